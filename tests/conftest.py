@@ -1,0 +1,171 @@
+"""Fixtures: real Dovecot, real SMTP (aiosmtpd), real databases (SQLite; PostgreSQL when
+CAREWATCH_TEST_POSTGRES_URL is set). In CI (CI=true) a missing server fails the run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from servers import Dovecot, SmtpSink, dovecot_available  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_URL = os.environ.get("CAREWATCH_TEST_POSTGRES_URL")
+
+
+def _missing(what: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI (CI=true) but is not available", pytrace=False)
+    pytest.skip(f"{what} not available")
+
+
+@pytest.fixture(scope="session")
+def dovecot_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
+    if not dovecot_available():
+        _missing("Dovecot (apt-get install dovecot-imapd)")
+    root = Path(tempfile.mkdtemp(prefix="carewatch-dovecot-"))
+    d = Dovecot(root).start()
+    yield d
+    d.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    """A fresh Dovecot per test: its own Maildir, port and UIDVALIDITY.
+
+    Its folder lives outside pytest's tmp_path: Dovecot's auth and login processes run as
+    other users and must be able to traverse to their files."""
+    if not dovecot_available():
+        _missing("Dovecot (apt-get install dovecot-imapd)")
+    root = Path(tempfile.mkdtemp(prefix="carewatch-dovecot-"))
+    d = Dovecot(root).start()
+    yield d
+    d.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    s = SmtpSink().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each store test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'carewatch.db'}"
+        return
+    if not PG_URL:
+        _missing("PostgreSQL (set CAREWATCH_TEST_POSTGRES_URL)")
+    from sqlalchemy import create_engine, text
+
+    # A schema of its own per test keeps tests independent on one database.
+    schema = f"t_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
+    eng = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with eng.begin() as c:
+            c.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            c.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as exc:  # noqa: BLE001
+        _missing(f"PostgreSQL at {PG_URL} ({exc.__class__.__name__})")
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with eng.begin() as c:
+        c.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    eng.dispose()
+
+
+FIRM_TOML = """\
+[firm]
+name = "Firm & Partners"
+domains = ["firm.example"]
+
+[calendar]
+timezone = "Europe/London"
+holidays = ["2026-12-25", "2026-12-28"]
+
+[store]
+url = "{db_url}"
+
+[[mailboxes]]
+name = "shared"
+{mailbox}
+folders = ["INBOX", "Sent"]
+batch_size = {batch_size}
+
+[notify]
+dir = "{outbox}"
+from_address = "carewatch@firm.example"
+reply_to = "shared@firm.example"
+
+[[owners]]
+name = "Olivia Owner"
+email = "olivia@firm.example"
+backup = "Paul Partner"
+
+[[owners]]
+name = "Oscar Owner"
+email = "oscar@firm.example"
+backup = "paul@firm.example"
+
+[[partners]]
+name = "Paul Partner"
+email = "paul@firm.example"
+
+[[clients]]
+name = "Acme Ltd"
+domains = ["acme.example"]
+owner = "olivia@firm.example"
+contacts = [
+  {{ name = "Alice Principal", email = "alice@acme.example", role = "principal" }},
+  {{ name = "Bob User", email = "bob@acme.example", role = "user" }},
+]
+
+[[clients]]
+name = "Globex"
+domains = ["globex.example"]
+owner = "oscar@firm.example"
+contacts = [
+  {{ name = "Gina Sponsor", email = "gina@globex.example", role = "principal" }},
+]
+
+[[clients]]
+name = "Tax Division"
+internal = true
+owner = "oscar@firm.example"
+contacts = [
+  {{ name = "Ivan Internal", email = "ivan@firm.example", role = "principal" }},
+]
+"""
+
+
+def write_config(tmp_path: Path, db_url: str, dovecot: Dovecot | None = None, maildir: Path | None = None,
+                 batch_size: int = 500, extra: str = "") -> Path:
+    if dovecot is not None:
+        mailbox = textwrap.dedent(f"""\
+            kind = "imap"
+            host = "127.0.0.1"
+            port = {dovecot.port}
+            tls = "none"
+            allow_plaintext = true
+            username = "{dovecot.user}"
+            password_env = "CW_TEST_IMAP_PASSWORD"
+            """)
+        os.environ["CW_TEST_IMAP_PASSWORD"] = dovecot.password
+    else:
+        assert maildir is not None
+        mailbox = f'kind = "maildir"\npath = "{maildir}"\n'
+    p = tmp_path / "carewatch.toml"
+    p.write_text(FIRM_TOML.format(db_url=db_url, mailbox=mailbox, batch_size=batch_size,
+                                  outbox=tmp_path / "outbox") + extra)
+    return p

@@ -1,0 +1,289 @@
+"""Real servers for the tests and benchmarks: a throwaway Dovecot, an aiosmtpd SMTP sink.
+
+Shared by tests/conftest.py and benchmarks/, so both exercise exactly the same set-up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
+MAIL_UID = 65534 if os.geteuid() == 0 else os.getuid()
+MAIL_GID = 65534 if os.geteuid() == 0 else os.getgid()
+
+
+def dovecot_available() -> bool:
+    return os.path.exists(DOVECOT) and os.access(DOVECOT, os.X_OK)
+
+
+def free_port() -> int:
+    # aiosmtpd's Controller(port=0) does not work (aiosmtpd #276): pick a port first.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+CONF = """\
+base_dir = {root}/run
+state_dir = {root}/state
+instance_name = carewatch-test-{port}
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = {ssl}
+{ssl_files}
+disable_plaintext_auth = no
+auth_mechanisms = plain login {oauth_mech}
+default_login_user = {login_user}
+default_internal_user = {internal_user}
+mail_location = maildir:~/Maildir
+mail_fsync = never
+first_valid_uid = 0
+first_valid_gid = 0
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+{oauth_passdb}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={root}/home/%u
+}}
+namespace inbox {{
+  inbox = yes
+  separator = /
+  mailbox Sent {{
+    special_use = \\Sent
+    auto = create
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {imaps_port}
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service stats {{
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
+"""
+
+
+@dataclass
+class Dovecot:
+    """A Dovecot instance on a free loopback port with one user and a Maildir."""
+
+    root: Path
+    user: str = "shared@firm.example"
+    password: str = "s3cret-pass"
+    port: int = 0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    oauth_token_url: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home" / self.user
+
+    @property
+    def maildir(self) -> Path:
+        return self.home / "Maildir"
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "dovecot.conf"
+
+    def write_config(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        if not self.port:
+            self.port = free_port()
+        tls = self.tls_cert is not None
+        oauth_passdb = ""
+        if self.oauth_token_url:
+            (self.root / "oauth2.conf.ext").write_text(
+                f"introspection_mode = post\nintrospection_url = {self.oauth_token_url}\n"
+                "username_attribute = username\nactive_attribute = active\nactive_value = true\n"
+                "force_introspection = yes\n")
+            oauth_passdb = (f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                            f"  args = {self.root}/oauth2.conf.ext\n}}\n")
+        self.conf.write_text(CONF.format(
+            root=self.root, port=self.port, uid=MAIL_UID, gid=MAIL_GID,
+            imap_port=0 if tls else self.port, imaps_port=self.port if tls else 0,
+            ssl="required" if tls else "no",
+            ssl_files=(f"ssl_cert = <{self.tls_cert}\nssl_key = <{self.tls_key}" if tls else ""),
+            login_user="dovenull" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
+            internal_user="dovecot" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
+            oauth_mech="xoauth2 oauthbearer" if self.oauth_token_url else "",
+            oauth_passdb=oauth_passdb,
+        ))
+        (self.root / "passwd").write_text(f"{self.user}:{{PLAIN}}{self.password}\n")
+        for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
+            (self.maildir / sub).mkdir(parents=True, exist_ok=True)
+        (self.maildir / ".Sent" / "maildirfolder").touch()
+        self.chown_mail()
+
+    def chown_mail(self) -> None:
+        if os.geteuid() != 0:
+            return
+        for dirpath, dirnames, filenames in os.walk(self.root / "home"):
+            os.chown(dirpath, MAIL_UID, MAIL_GID)
+            for f in filenames:
+                os.chown(os.path.join(dirpath, f), MAIL_UID, MAIL_GID)
+
+    def start(self) -> Dovecot:
+        if not self.conf.exists():
+            self.write_config()
+        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_port(self.port)
+        except RuntimeError:
+            self.stop()
+            log = (self.root / "dovecot.log")
+            raise RuntimeError("Dovecot did not start: " + (log.read_text()[-2000:] if log.exists() else "")) from None
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+        # Child processes (imap, imap-login) may linger a moment after the master exits.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    time.sleep(0.05)
+            except OSError:
+                break
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def doveadm(self, *args: str) -> str:
+        r = subprocess.run([DOVEADM, "-c", str(self.conf), *args], capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"doveadm {' '.join(args)} failed: {r.stderr}")
+        return r.stdout
+
+    # --- mail --------------------------------------------------------------------------------
+    def folder_path(self, folder: str) -> Path:
+        return self.maildir if folder == "INBOX" else self.maildir / ("." + folder.replace("/", "."))
+
+    def deliver_files(self, messages: list[bytes], folder: str = "INBOX", flags: str = "") -> None:
+        """Write messages straight into the Maildir (fast: 50k in seconds), then index."""
+        d = self.folder_path(folder)
+        if folder != "INBOX" and not d.exists():
+            for sub in ("cur", "new", "tmp"):
+                (d / sub).mkdir(parents=True, exist_ok=True)
+            (d / "maildirfolder").touch()
+        base = int(time.time())
+        host = socket.gethostname()
+        for i, raw in enumerate(messages):
+            name = f"{base}.M{i}P{os.getpid()}R{os.urandom(4).hex()}.{host}"
+            p = d / "cur" / f"{name}:2,{flags}"
+            p.write_bytes(raw)
+            if os.geteuid() == 0:
+                os.chown(p, MAIL_UID, MAIL_GID)
+        self.chown_mail()
+
+    def append(self, messages: list[bytes], folder: str = "INBOX") -> None:
+        """Deliver through IMAP APPEND (as a mail client would)."""
+        import imapclient
+
+        with imapclient.IMAPClient("127.0.0.1", port=self.port, ssl=False) as c:
+            c.login(self.user, self.password)
+            for raw in messages:
+                c.append(folder, raw, msg_time=_date_of(raw))
+
+
+def _date_of(raw: bytes) -> datetime | None:
+    """The Date header of a message, for APPEND's INTERNALDATE (as mail clients do)."""
+    m = re.search(rb"^Date: (.+?)\r?$", raw, re.MULTILINE | re.IGNORECASE)
+    if not m:
+        return None
+    try:
+        return parsedate_to_datetime(m.group(1).decode())
+    except (TypeError, ValueError):
+        return None
+
+
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) that keeps what it receives; can refuse on demand."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.refuse_code: str | None = None  # e.g. "451 try later" or "550 no such user"
+        self.lock = threading.Lock()
+        self.port = free_port()
+        sink = self
+
+        class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+                if sink.refuse_code:
+                    return sink.refuse_code
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
+            async def handle_DATA(self, server, session, envelope):  # noqa: N802
+                with sink.lock:
+                    sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+                return "250 Message accepted"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> SmtpSink:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.messages.clear()

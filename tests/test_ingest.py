@@ -1,0 +1,203 @@
+"""Ingest against a real Dovecot: incremental, resumable, idempotent, and read-only."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import imapclient
+from conftest import write_config
+from servers import Dovecot
+from sqlalchemy import func, select
+
+from worker.app import prepare_store, run_scan
+from worker.config import load_config
+from worker.ingest import Ingestor
+from worker.mailbox import open_source
+from worker.store.models import Contact, FolderState, Message
+from worker.synth import build_message
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+def inbound(i: int, sender: str = "alice@acme.example", **kw: object) -> bytes:
+    return build_message(sender=sender, to=["shared@firm.example"], subject=f"Question {i}",
+                         date=T0 + timedelta(minutes=i), message_id=f"<q{i}@acme.example>", **kw)  # type: ignore[arg-type]
+
+
+def count(store, *where) -> int:  # type: ignore[no-untyped-def]
+    with store.session() as db:
+        return int(db.execute(select(func.count()).select_from(Message).where(*where)).scalar_one())
+
+
+def flags_of(d: Dovecot, folder: str) -> dict[int, tuple[bytes, ...]]:
+    with imapclient.IMAPClient("127.0.0.1", port=d.port, ssl=False) as c:
+        c.login(d.user, d.password)
+        c.select_folder(folder, readonly=True)
+        return {uid: v[b"FLAGS"] for uid, v in c.fetch(c.search("ALL"), ["FLAGS"]).items()}
+
+
+def test_a_second_scan_reads_only_what_is_new(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+    dovecot.append([inbound(i) for i in range(5)])
+    cfg = load_config(write_config(tmp_path, db_url, dovecot))
+    store, directory = prepare_store(cfg)
+    r1 = run_scan(cfg, store, directory)
+    assert r1.ok and r1.stored == 5
+    r2 = run_scan(cfg, store, directory)
+    assert r2.stored == 0 and all(f.unchanged for f in r2.folders)
+    dovecot.append([inbound(i) for i in range(5, 8)])
+    r3 = run_scan(cfg, store, directory)
+    inbox = next(f for f in r3.folders if f.folder == "INBOX")
+    assert inbox.new == 3 and inbox.stored == 3
+    assert count(store) == 8
+    m = _one(store, "<q6@acme.example>")
+    assert m.direction == "inbound" and m.client_id is not None and m.contact_ids
+    assert m.sent_at == (T0 + timedelta(minutes=6)).replace(tzinfo=None)
+    assert m.internal_date is not None and m.uid == 7 and m.folder == "INBOX"
+
+
+def _one(store, message_id: str) -> Message:  # type: ignore[no-untyped-def]
+    with store.session() as db:
+        return db.execute(select(Message).where(Message.message_id == message_id)).scalar_one()
+
+
+def test_scanning_never_changes_the_mailbox(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+    dovecot.append([inbound(i) for i in range(4)])
+    dovecot.append([build_message(sender="olivia@firm.example", to=["alice@acme.example"],
+                                  subject="Re: Question 1", date=T0 + timedelta(hours=1))], folder="Sent")
+    before = {f: flags_of(dovecot, f) for f in ("INBOX", "Sent")}
+    assert all(b"\\Seen" not in fl for fl in before["INBOX"].values())
+    cfg = load_config(write_config(tmp_path, db_url, dovecot))
+    store, directory = prepare_store(cfg)
+    assert run_scan(cfg, store, directory).stored == 5
+    after = {f: flags_of(dovecot, f) for f in ("INBOX", "Sent")}
+    assert after == before
+
+
+def test_an_interrupted_scan_resumes_where_it_stopped(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+    dovecot.append([inbound(i) for i in range(10)])
+    cfg = load_config(write_config(tmp_path, db_url, dovecot, batch_size=3))
+    store, directory = prepare_store(cfg)
+    stop = threading.Event()
+    ing = Ingestor(store, cfg, directory, stop=stop, on_batch=lambda rep: stop.set())
+    with open_source(cfg.settings.mailboxes[0]) as src:
+        rep = ing.scan_folder(src, "shared", "INBOX", 3)
+    assert rep.interrupted and rep.stored == 3
+    with store.session() as db:
+        st = db.execute(select(FolderState).where(FolderState.folder == "INBOX")).scalar_one()
+    assert st.last_uid == 3
+    r = run_scan(cfg, store, directory)
+    inbox = next(f for f in r.folders if f.folder == "INBOX")
+    assert inbox.new == 7 and inbox.stored == 7 and inbox.duplicates == 0
+    assert count(store) == 10
+
+
+def test_a_changed_uidvalidity_rereads_without_duplicates(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+    dovecot.append([inbound(i) for i in range(4)])
+    cfg = load_config(write_config(tmp_path, db_url, dovecot))
+    store, directory = prepare_store(cfg)
+    run_scan(cfg, store, directory)
+    # Dovecot assigns a new UIDVALIDITY when its uid list and indexes are gone (a restored
+    # backup or a rebuilt mailbox looks like this to a client).
+    dovecot.stop()
+    for p in dovecot.maildir.glob("dovecot*"):
+        p.unlink()
+    dovecot.start()
+    dovecot.append([inbound(9)])
+    r = run_scan(cfg, store, directory)
+    inbox = next(f for f in r.folders if f.folder == "INBOX")
+    assert inbox.uidvalidity_reset and inbox.new == 5 and inbox.stored == 1 and inbox.duplicates == 4
+    assert count(store) == 5
+
+
+def test_a_message_in_inbox_and_sent_is_stored_once(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+    # Someone at the firm writes to a client and copies the shared mailbox: it lands in
+    # INBOX and in Sent with one Message-ID.
+    msg = build_message(sender="olivia@firm.example", to=["alice@acme.example"], cc=["shared@firm.example"],
+                        subject="Engagement letter", date=T0, message_id="<eng@firm.example>")
+    no_id = build_message(sender="olivia@firm.example", to=["bob@acme.example"], subject="No id",
+                          date=T0, message_id=False)  # type: ignore[arg-type]
+    dovecot.append([msg, no_id])
+    dovecot.append([msg, no_id], folder="Sent")
+    cfg = load_config(write_config(tmp_path, db_url, dovecot))
+    store, directory = prepare_store(cfg)
+    r = run_scan(cfg, store, directory)
+    assert r.stored == 2 and sum(f.duplicates for f in r.folders) == 2
+    m = _one(store, "<eng@firm.example>")
+    assert m.direction == "outbound"
+    with store.session() as db:
+        synth = db.execute(select(Message).where(Message.synthetic_id)).scalar_one()
+    assert synth.message_id.endswith("@synthetic.carewatch>")
+
+
+def test_unknown_people_at_a_client_domain_become_discovered_contacts(
+        tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+    dovecot.append([inbound(1, sender=("Carl New", "carl@acme.example")),  # type: ignore[arg-type]
+                    inbound(2, sender="stranger@elsewhere.example")])
+    cfg = load_config(write_config(tmp_path, db_url, dovecot))
+    store, directory = prepare_store(cfg)
+    run_scan(cfg, store, directory)
+    with store.session() as db:
+        carl = db.execute(select(Contact).where(Contact.email == "carl@acme.example")).scalar_one()
+    assert carl.discovered and carl.name == "Carl New"
+    m = _one(store, "<q1@acme.example>")
+    assert m.direction == "inbound" and m.contact_ids == str(carl.id)
+    assert _one(store, "<q2@acme.example>").direction == "other"
+
+
+def test_directions_cover_outbound_internal_and_internal_clients(
+        tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+    msgs = [
+        build_message(sender="olivia@firm.example", to=["alice@acme.example", "bob@acme.example"],
+                      subject="Update", date=T0, message_id="<out@firm>"),
+        build_message(sender="olivia@firm.example", to=["oscar@firm.example"], subject="Lunch?",
+                      date=T0, message_id="<int@firm>"),
+        # Ivan works at the firm but is a contact of the internal client "Tax Division".
+        build_message(sender="ivan@firm.example", to=["shared@firm.example"], subject="Need the figures",
+                      date=T0, message_id="<ivan@firm>"),
+        build_message(sender="oscar@firm.example", to=["ivan@firm.example"], subject="Re: Need the figures",
+                      date=T0, message_id="<ivan-reply@firm>"),
+    ]
+    dovecot.append(msgs)
+    cfg = load_config(write_config(tmp_path, db_url, dovecot))
+    store, directory = prepare_store(cfg)
+    run_scan(cfg, store, directory)
+    out = _one(store, "<out@firm>")
+    assert out.direction == "outbound" and len(out.contact_ids.split(",")) == 2
+    assert _one(store, "<int@firm>").direction == "internal"
+    assert _one(store, "<ivan@firm>").direction == "inbound"
+    assert _one(store, "<ivan-reply@firm>").direction == "outbound"
+
+
+def test_a_new_contact_in_the_config_reclassifies_stored_mail(tmp_path: Path, dovecot: Dovecot,
+                                                              db_url: str) -> None:
+    dovecot.append([build_message(sender="zed@initech.example", to=["shared@firm.example"], subject="Hello",
+                                  date=T0, message_id="<zed@initech>")])
+    path = write_config(tmp_path, db_url, dovecot)
+    cfg = load_config(path)
+    store, directory = prepare_store(cfg)
+    run_scan(cfg, store, directory)
+    assert _one(store, "<zed@initech>").direction == "other"
+    path.write_text(path.read_text() + '\n[[clients]]\nname = "Initech"\ndomains = ["initech.example"]\n'
+                    'owner = "olivia@firm.example"\ncontacts = [{ name = "Zed", email = "zed@initech.example", '
+                    'role = "principal" }]\n')
+    cfg2 = load_config(path)
+    store2, _ = prepare_store(cfg2)
+    assert _one(store2, "<zed@initech>").direction == "inbound"
+
+
+def test_maildir_source_scans_incrementally_without_touching_files(tmp_path: Path, db_url: str) -> None:
+    md = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
+        (md / sub).mkdir(parents=True)
+    for i in range(3):
+        (md / "new" / f"{i}.host").write_bytes(inbound(i))
+    cfg = load_config(write_config(tmp_path, db_url, maildir=md))
+    store, directory = prepare_store(cfg)
+    names_before = sorted(p.name for p in md.rglob("*") if p.is_file())
+    assert run_scan(cfg, store, directory).stored == 3
+    assert run_scan(cfg, store, directory).stored == 0
+    (md / "new" / "9.host").write_bytes(inbound(9))
+    assert run_scan(cfg, store, directory).stored == 1
+    assert sorted(p.name for p in md.rglob("*") if p.is_file()) == names_before + ["9.host"]

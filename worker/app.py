@@ -1,0 +1,34 @@
+"""Wiring shared by the CLI and the service: open the store, sync the directory, scan."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .classify import Directory
+from .config import Config
+from .ingest import Ingestor, Progress, ScanReport, reclassify
+from .store import Store, open_store
+from .store.sync import load_directory, sync_directory
+
+log = logging.getLogger(__name__)
+
+
+def prepare_store(config: Config) -> tuple[Store, Directory]:
+    """Open (and migrate) the store, sync who-is-who from the config, and classify stored
+    messages again if that changed."""
+    store = open_store(config.settings.store.url)
+    changed = sync_directory(store, config)
+    directory = load_directory(store, config)
+    if changed:
+        n = reclassify(store, directory)
+        if n:
+            log.info("directory changed: %d stored message(s) classified again", n)
+    return store, directory
+
+
+def run_scan(config: Config, store: Store, directory: Directory,
+             stop: threading.Event | None = None, progress: Progress | None = None,
+             mailboxes: list[str] | None = None) -> ScanReport:
+    chosen = [m for m in config.settings.mailboxes if not mailboxes or m.name in mailboxes]
+    return Ingestor(store, config, directory, stop=stop, progress=progress).scan(chosen)

@@ -1,0 +1,637 @@
+"""Configuration: one TOML file (plus an optional clients CSV), validated all at once.
+
+The config is the source of truth for clients, contacts, owners and partners; it is synced into
+the store at start-up. Every problem is collected and reported together with the key that is
+wrong and how to fix it, so an operator fixes the file in one pass instead of ten.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import defaults
+from .errors import ConfigError
+
+ENV_CONFIG = "CAREWATCH_CONFIG"
+#: Environment overrides: CAREWATCH__STORE__URL=... sets [store] url (double underscore = nesting).
+ENV_PREFIX = "CAREWATCH__"
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+KNOWN_ROLES = ("principal", "sponsor", "user", "finance", "legal", "other")
+_EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
+_HOURS_RE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
+
+
+def parse_duration_minutes(value: str | int | float, *, business: bool) -> float:
+    """Parse "30m", "4h", "2d", "1w" into minutes.
+
+    Business durations (reply_within, escalate_after) are counted on the firm's calendar, where
+    a "day" has no fixed length, so only minutes and hours are accepted for them.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    m = _DURATION_RE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration: write e.g. '30m', '4h'" + ("" if business else ", '14d', '2w'"))
+    n, unit = float(m.group(1)), m.group(2).lower()
+    if business and unit in ("d", "w"):
+        raise ValueError(
+            f"{value!r}: business durations are counted in business hours; write e.g. '16h' "
+            "for two 8-hour business days"
+        )
+    return n * {"m": 1, "min": 1, "h": 60, "d": 1440, "w": 10080}[unit]
+
+
+def _check_email(v: str) -> str:
+    v = v.strip().lower()
+    if not _EMAIL_RE.match(v):
+        raise ValueError(f"{v!r} is not an email address")
+    return v
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class FirmConfig(_Model):
+    name: str = "Our firm"
+    domains: list[str] = Field(min_length=1)
+    #: Addresses that are "us" although not at a firm domain (e.g. a shared mailbox elsewhere).
+    addresses: list[str] = []
+
+    @field_validator("domains")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        out = [d.strip().lower().lstrip("@") for d in v]
+        for d in out:
+            if "." not in d or "@" in d or " " in d:
+                raise ValueError(f"{d!r} is not a domain name (write e.g. 'example.com')")
+        return out
+
+
+class CalendarConfig(_Model):
+    timezone: str = defaults.TIMEZONE
+    #: Weekday -> "09:00-17:30" or a list of such ranges; weekdays not listed are closed.
+    hours: dict[str, str | list[str]] = Field(default_factory=lambda: dict(defaults.BUSINESS_HOURS))
+    holidays: list[date] = []
+    #: An iCalendar file whose all-day events are holidays (relative to the config file).
+    holidays_ics: Path | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}: use an IANA name such as 'Europe/London'") from None
+        return v
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for day, ranges in v.items():
+            if day.lower()[:3] not in WEEKDAYS:
+                raise ValueError(f"{day!r} is not a weekday: use mon, tue, wed, thu, fri, sat, sun")
+            for r in [ranges] if isinstance(ranges, str) else ranges:
+                m = _HOURS_RE.match(r.replace(" ", ""))
+                if not m:
+                    raise ValueError(f"{day}: {r!r} is not a time range: write e.g. '09:00-17:30'")
+                h1, m1, h2, m2 = map(int, m.groups())
+                if not (h1 * 60 + m1 < h2 * 60 + m2 <= 24 * 60) or m1 > 59 or m2 > 59:
+                    raise ValueError(f"{day}: {r!r} must start before it ends, within one day")
+        return {k.lower()[:3]: val for k, val in v.items()}
+
+
+class MailboxConfig(_Model):
+    name: str
+    kind: Literal["imap", "maildir"] = "imap"
+    # IMAP
+    host: str | None = None
+    port: int | None = None
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    #: Plain-text IMAP (tls = "none") is refused unless this is set: passwords would travel in clear.
+    allow_plaintext: bool = False
+    #: A CA bundle to trust in addition to (instead of) the system store, e.g. for a private CA.
+    ca_file: Path | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    auth: Literal["password", "xoauth2"] = "password"
+    #: XOAUTH2 token provider: "microsoft" (client credentials) or "google" (service account).
+    oauth_provider: Literal["microsoft", "google"] | None = None
+    oauth_tenant: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret_env: str | None = None
+    oauth_client_secret_file: Path | None = None
+    oauth_token_url: str | None = None
+    oauth_service_account_file: Path | None = None
+    # Maildir
+    path: Path | None = None
+    # both
+    folders: list[str] = ["INBOX"]
+    batch_size: int = Field(default=defaults.FETCH_BATCH_SIZE, ge=1, le=5000)
+    scan_interval_minutes: float = Field(default=5, gt=0)
+    idle: bool = True
+    timeout_seconds: float = Field(default=defaults.IMAP_TIMEOUT_SECONDS, gt=0)
+
+
+class OwnerConfig(_Model):
+    name: str
+    email: str
+    #: Who alerts escalate to when this owner has not acted (a partner or a named deputy).
+    backup: str | None = None
+
+    _email = field_validator("email")(lambda cls, v: _check_email(v))
+
+
+class PartnerConfig(_Model):
+    name: str
+    email: str
+    #: "all", or the owners (emails or names) whose clients this partner sees.
+    scope: Literal["all"] | list[str] = "all"
+
+    _email = field_validator("email")(lambda cls, v: _check_email(v))
+
+
+class ContactConfig(_Model):
+    name: str
+    email: str
+    role: str = "user"
+
+    _email = field_validator("email")(lambda cls, v: _check_email(v))
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str) -> str:
+        return v.strip().lower()
+
+
+class RolePolicy(_Model):
+    reply_within: str | float | None = None
+    silence_after: str | float | None = None
+    going_quiet: bool | None = None
+    #: Set false to stop alerts about silence for this role altogether.
+    silence: bool | None = None
+
+    @field_validator("reply_within")
+    @classmethod
+    def _rw(cls, v: str | float | None) -> str | float | None:
+        if v is not None:
+            parse_duration_minutes(v, business=True)
+        return v
+
+    @field_validator("silence_after")
+    @classmethod
+    def _sa(cls, v: str | float | None) -> str | float | None:
+        if v is not None:
+            parse_duration_minutes(v, business=False)
+        return v
+
+
+class ClientConfig(_Model):
+    name: str
+    internal: bool = False
+    domains: list[str] = []
+    owner: str | None = None
+    backup: str | None = None
+    contacts: list[ContactConfig] = []
+    calendar: CalendarConfig | None = None
+    #: Per-client policy overrides: role name -> thresholds (or "default" for all roles).
+    policy: dict[str, RolePolicy] = {}
+
+    @field_validator("domains")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [d.strip().lower().lstrip("@") for d in v]
+
+
+class PolicyConfig(_Model):
+    reply_within: str | float = f"{defaults.REPLY_WITHIN_MINUTES // 60}h"
+    #: Count an inbound message as needing a reply when the firm is only in Cc.
+    count_cc: bool = False
+    escalate_after: str | float = f"{defaults.ESCALATE_AFTER_MINUTES // 60}h"
+    #: How many escalation levels follow the first notification (0 = never escalate).
+    escalation_levels: int = Field(default=1, ge=0, le=5)
+    roles: dict[str, RolePolicy] = {}
+    going_quiet_factor: float = Field(default=defaults.GOING_QUIET_FACTOR, gt=1)
+    going_quiet_floor: str | float = f"{defaults.GOING_QUIET_FLOOR_DAYS}d"
+    going_quiet_min_messages: int = Field(default=defaults.GOING_QUIET_MIN_MESSAGES, ge=2)
+    slowing_factor: float = Field(default=defaults.SLOWING_FACTOR, gt=1)
+    slowing_floor: str | float = f"{defaults.SLOWING_FLOOR_MINUTES}m"
+    stats_window_days: int = Field(default=defaults.STATS_WINDOW_DAYS, ge=1)
+
+    @field_validator("reply_within", "escalate_after", "slowing_floor")
+    @classmethod
+    def _biz(cls, v: str | float) -> str | float:
+        parse_duration_minutes(v, business=True)
+        return v
+
+    @field_validator("going_quiet_floor")
+    @classmethod
+    def _cal(cls, v: str | float) -> str | float:
+        parse_duration_minutes(v, business=False)
+        return v
+
+
+class StoreConfig(_Model):
+    url: str = defaults.DATABASE_URL
+
+
+class SmtpConfig(_Model):
+    host: str
+    port: int | None = None
+    tls: Literal["implicit", "starttls", "none"] = "starttls"
+    allow_plaintext: bool = False
+    ca_file: Path | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    timeout_seconds: float = Field(default=defaults.SMTP_TIMEOUT_SECONDS, gt=0)
+
+
+class NotifyConfig(_Model):
+    #: "file" writes .eml files into `dir` (the embedded default); "smtp" sends them.
+    transport: Literal["file", "smtp"] = "file"
+    dir: Path = Path("outbox")
+    smtp: SmtpConfig | None = None
+    from_address: str = "carewatch@localhost"
+    from_name: str = "Carewatch"
+    #: Where owners reply to snooze or acknowledge (a scanned mailbox address).
+    reply_to: str | None = None
+    #: Hold alerts raised outside the recipient's business hours until the next opening.
+    quiet_hours: bool = True
+    #: Escalations are urgent: deliver them even in quiet hours.
+    escalations_ignore_quiet_hours: bool = False
+    max_attempts: int = Field(default=defaults.OUTBOX_MAX_ATTEMPTS, ge=1)
+    #: The secret that signs snooze tokens; by default derived from the store URL.
+    token_secret_env: str | None = None
+
+
+class DigestConfig(_Model):
+    #: Cron fields in the firm's time zone (APScheduler CronTrigger): Monday 07:00 by default.
+    day_of_week: str = "mon"
+    hour: int = Field(default=7, ge=0, le=23)
+    minute: int = Field(default=0, ge=0, le=59)
+
+
+class ServiceConfig(_Model):
+    metrics_port: int = Field(default=9108, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
+    #: A mailbox counts as unhealthy when its last good scan is older than this many intervals.
+    health_stale_intervals: float = Field(default=3, gt=0)
+
+
+class Settings(_Model):
+    firm: FirmConfig
+    calendar: CalendarConfig = CalendarConfig()
+    mailboxes: list[MailboxConfig] = []
+    owners: list[OwnerConfig] = []
+    partners: list[PartnerConfig] = []
+    clients: list[ClientConfig] = []
+    #: A CSV exported from a CRM with more clients and contacts (see config/clients.example.csv).
+    clients_csv: Path | None = None
+    policy: PolicyConfig = PolicyConfig()
+    store: StoreConfig = StoreConfig()
+    notify: NotifyConfig = NotifyConfig()
+    digest: DigestConfig = DigestConfig()
+    service: ServiceConfig = ServiceConfig()
+    #: A folder with your own copies of the email templates.
+    templates_dir: Path | None = None
+
+
+@dataclass
+class Config:
+    """A validated configuration, plus what it was loaded from and the findings about it."""
+
+    settings: Settings
+    path: Path | None
+    findings: list[str]
+
+    # Convenience pass-throughs; the rest of the code reads these a lot.
+    @property
+    def firm(self) -> FirmConfig:
+        return self.settings.firm
+
+    @property
+    def clients(self) -> list[ClientConfig]:
+        return self.settings.clients
+
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+
+def _format_loc(loc: tuple[Any, ...], data: Mapping[str, Any]) -> str:
+    """("clients", 2, "owner") -> 'clients[2] ("Acme").owner', naming list items where we can."""
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            try:
+                node = node[item]
+                if isinstance(node, Mapping) and "name" in node:
+                    label += f' ("{node["name"]}")'
+            except (IndexError, KeyError, TypeError):
+                node = None
+            parts.append(label)
+        else:
+            if parts:
+                parts.append(".")
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, Mapping) else None
+    return "".join(parts)
+
+
+def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """CAREWATCH__STORE__URL=postgresql://... sets data["store"]["url"]; values parsed as TOML."""
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare string
+        node = data
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[path[-1]] = value
+
+
+def load_clients_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Read clients and contacts from a CRM export: one row per contact, client columns repeated.
+
+    Columns: client, internal, domains (";"-separated), owner, backup, contact_name,
+    contact_email, role. Returns (clients as dicts, problems with line numbers).
+    """
+    problems: list[str] = []
+    clients: dict[str, dict[str, Any]] = {}
+    try:
+        fh = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        return [], [f"clients_csv: cannot read {path}: {exc.strerror}"]
+    with fh:
+        reader = csv.DictReader(fh)
+        required = {"client", "contact_email"}
+        missing = required - set(reader.fieldnames or [])
+        if missing:
+            return [], [f"{path}: missing column(s) {', '.join(sorted(missing))}; the header row "
+                        "needs: client,internal,domains,owner,backup,contact_name,contact_email,role"]
+        for row in reader:
+            line = reader.line_num
+            name = (row.get("client") or "").strip()
+            if not name:
+                problems.append(f"{path}:{line}: empty 'client' column")
+                continue
+            c = clients.setdefault(name, {"name": name, "contacts": [], "domains": []})
+            internal = (row.get("internal") or "").strip().lower()
+            if internal in ("1", "true", "yes", "y", "internal"):
+                c["internal"] = True
+            for d in (row.get("domains") or "").replace(",", ";").split(";"):
+                if d.strip() and d.strip().lower() not in c["domains"]:
+                    c["domains"].append(d.strip().lower())
+            for k in ("owner", "backup"):
+                v = (row.get(k) or "").strip()
+                if v:
+                    if c.get(k) and c[k] != v:
+                        problems.append(f"{path}:{line}: client {name!r} has {k} {c[k]!r} on an "
+                                        f"earlier row and {v!r} here; a client has exactly one {k}")
+                    c[k] = v
+            email = (row.get("contact_email") or "").strip()
+            if email:
+                c["contacts"].append({
+                    "name": (row.get("contact_name") or email).strip(),
+                    "email": email,
+                    "role": (row.get("role") or "user").strip() or "user",
+                    "_line": line,
+                })
+    return list(clients.values()), problems
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load, merge and validate the configuration; raise ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any]
+    cfg_path: Path | None = None
+    if path is None and environ.get(ENV_CONFIG):
+        path = environ[ENV_CONFIG]
+    if path is None:
+        raise ConfigError([f"no configuration given: pass --config PATH or set {ENV_CONFIG}"])
+    cfg_path = Path(path)
+    try:
+        raw = cfg_path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"cannot read {cfg_path}: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text at byte {exc.start}"], str(cfg_path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already says "(at line N, column M)".
+        raise ConfigError([f"TOML syntax error: {exc}"], str(cfg_path)) from None
+    return validate_data(data, cfg_path, environ)
+
+
+def _resolve(base: Path, p: Path | None) -> Path | None:
+    if p is None:
+        return None
+    p = p.expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def validate_data(data: dict[str, Any], cfg_path: Path | None,
+                  environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    _apply_env_overrides(data, environ)
+    base = cfg_path.parent if cfg_path else Path.cwd()
+    problems: list[str] = []
+
+    # Clients from CSV join those written in the file, before validation, so that both are
+    # checked by the same rules.
+    csv_lines: dict[tuple[str, str], int] = {}
+    if data.get("clients_csv"):
+        csv_path = _resolve(base, Path(str(data["clients_csv"])))
+        assert csv_path is not None
+        csv_clients, csv_problems = load_clients_csv(csv_path)
+        problems += csv_problems
+        for c in csv_clients:
+            for contact in c["contacts"]:
+                csv_lines[(c["name"], contact["email"].lower())] = contact.pop("_line")
+        data = dict(data)
+        data["clients"] = list(data.get("clients") or []) + csv_clients
+
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = _format_loc(err["loc"], data)
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (misspelt? see config/carewatch.example.toml for the keys)"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            problems.append(f"{where}: {msg}")
+        raise ConfigError(problems, str(cfg_path or "")) from None
+
+    # Resolve relative paths against the config file's folder.
+    s = settings
+    s.clients_csv = _resolve(base, s.clients_csv)
+    s.templates_dir = _resolve(base, s.templates_dir)
+    s.calendar.holidays_ics = _resolve(base, s.calendar.holidays_ics)
+    s.notify.dir = _resolve(base, s.notify.dir) or s.notify.dir
+    if s.store.url.startswith("sqlite:///") and not s.store.url.startswith("sqlite:////"):
+        rel = s.store.url.removeprefix("sqlite:///")
+        if rel and rel != ":memory:":
+            s.store.url = "sqlite:///" + str((base / rel).resolve())
+    for mb in s.mailboxes:
+        mb.path = _resolve(base, mb.path)
+        mb.password_file = _resolve(base, mb.password_file)
+        mb.ca_file = _resolve(base, mb.ca_file)
+        mb.oauth_service_account_file = _resolve(base, mb.oauth_service_account_file)
+        mb.oauth_client_secret_file = _resolve(base, mb.oauth_client_secret_file)
+    if s.notify.smtp:
+        s.notify.smtp.password_file = _resolve(base, s.notify.smtp.password_file)
+        s.notify.smtp.ca_file = _resolve(base, s.notify.smtp.ca_file)
+
+    problems += _cross_check(s, csv_lines)
+    if problems:
+        raise ConfigError(problems, str(cfg_path or ""))
+    return Config(settings=s, path=cfg_path, findings=findings(s))
+
+
+def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str]:
+    """Rules that span several keys: references, uniqueness, mailbox completeness."""
+    problems: list[str] = []
+    people = {o.email: o for o in s.owners}
+    names = {o.name.lower(): o.email for o in s.owners}
+    partner_emails = {p.email for p in s.partners}
+    partner_names = {p.name.lower(): p.email for p in s.partners}
+
+    def person_ref(ref: str) -> str | None:
+        r = ref.strip().lower()
+        if r in people or r in partner_emails:
+            return r
+        return names.get(r) or partner_names.get(r)
+
+    seen_mb: set[str] = set()
+    for i, mb in enumerate(s.mailboxes):
+        where = f'mailboxes[{i}] ("{mb.name}")'
+        if mb.name in seen_mb:
+            problems.append(f"{where}.name: duplicate mailbox name; each mailbox needs its own name")
+        seen_mb.add(mb.name)
+        if mb.kind == "imap":
+            if not mb.host:
+                problems.append(f"{where}.host: required for an IMAP mailbox")
+            if not mb.username:
+                problems.append(f"{where}.username: required for an IMAP mailbox")
+            if mb.auth == "password" and not (mb.password_env or mb.password_file):
+                problems.append(f"{where}: set password_env (an environment variable name) or "
+                                "password_file (e.g. a container secret); passwords never go in the file")
+            if mb.auth == "xoauth2" and not mb.oauth_provider:
+                problems.append(f"{where}.oauth_provider: required with auth = \"xoauth2\" "
+                                "(\"microsoft\" or \"google\")")
+            if mb.tls == "none" and not mb.allow_plaintext:
+                problems.append(f"{where}.tls: \"none\" sends the password in clear; use \"implicit\" "
+                                "or \"starttls\", or set allow_plaintext = true if you really mean it")
+        else:
+            if not mb.path:
+                problems.append(f"{where}.path: required for a Maildir mailbox")
+        if not mb.folders:
+            problems.append(f"{where}.folders: list at least one folder, e.g. [\"INBOX\", \"Sent\"]")
+
+    for i, o in enumerate(s.owners):
+        if o.backup and not person_ref(o.backup):
+            problems.append(f'owners[{i}] ("{o.name}").backup: {o.backup!r} is neither an owner nor a '
+                            "partner; add them or fix the spelling")
+    owner_set = set(people) | set(names)
+    for i, p in enumerate(s.partners):
+        if isinstance(p.scope, list):
+            for ref in p.scope:
+                if ref.strip().lower() not in owner_set:
+                    problems.append(f'partners[{i}] ("{p.name}").scope: {ref!r} is not an owner')
+
+    seen_clients: set[str] = set()
+    contact_home: dict[str, str] = {}
+    for i, c in enumerate(s.clients):
+        where = f'clients[{i}] ("{c.name}")'
+        if c.name.lower() in seen_clients:
+            problems.append(f"{where}.name: duplicate client name")
+        seen_clients.add(c.name.lower())
+        if c.owner and c.owner.strip().lower() not in owner_set:
+            problems.append(f"{where}.owner: {c.owner!r} is not listed under [[owners]]; add them "
+                            "or fix the spelling")
+        if c.backup and not person_ref(c.backup):
+            problems.append(f"{where}.backup: {c.backup!r} is neither an owner nor a partner")
+        if not c.internal:
+            for d in c.domains:
+                if d in s.firm.domains:
+                    problems.append(f"{where}.domains: {d!r} is a firm domain; mark the client "
+                                    "internal = true and list its contacts by email")
+        if not c.domains and not c.contacts:
+            problems.append(f"{where}: give the client at least one domain or one contact")
+        for j, ct in enumerate(c.contacts):
+            line = csv_lines.get((c.name, ct.email))
+            cwhere = f"{s.clients_csv}:{line}" if line else f"{where}.contacts[{j}]"
+            if ct.email in contact_home and contact_home[ct.email] != c.name:
+                problems.append(f"{cwhere}: {ct.email} is already a contact of "
+                                f"{contact_home[ct.email]!r}; a person belongs to one client")
+            contact_home.setdefault(ct.email, c.name)
+    return problems
+
+
+def findings(s: Settings) -> list[str]:
+    """What good client management asks for but the config lacks (not errors: the worker runs)."""
+    out: list[str] = []
+    for c in s.clients:
+        if not c.owner:
+            out.append(f"client {c.name!r} has no owner: every client needs exactly one "
+                       "accountable account manager")
+        principals = [ct for ct in c.contacts if ct.role == "principal"]
+        if not principals:
+            out.append(f"client {c.name!r} has no principal contact: name the one person "
+                       "accountable on the client's side (role = \"principal\")")
+        elif len(principals) > 1:
+            out.append(f"client {c.name!r} has {len(principals)} principals "
+                       f"({', '.join(p.email for p in principals)}): there should be exactly one")
+        for ct in c.contacts:
+            if ct.role not in KNOWN_ROLES and ct.role not in s.policy.roles:
+                out.append(f"client {c.name!r}: contact {ct.email} has role {ct.role!r}, which has "
+                           "no policy of its own; the defaults apply")
+    return out
+
+
+def resolve_secret(env: str | None, file: Path | None, what: str,
+                   environ: Mapping[str, str] | None = None) -> str:
+    """Read a secret from an environment variable or a file (the *_FILE container convention)."""
+    environ = os.environ if environ is None else environ
+    if env:
+        if env in environ and environ[env] != "":
+            return environ[env]
+        file_env = environ.get(env + "_FILE")
+        if file_env:
+            file = Path(file_env)
+        elif not file:
+            raise ConfigError([f"{what}: environment variable {env} is not set"])
+    if file:
+        try:
+            return file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError([f"{what}: cannot read secret file {file}: {exc.strerror}"]) from None
+    raise ConfigError([f"{what}: no secret configured"])

@@ -1,0 +1,67 @@
+"""Every default in one place, each with its unit (the rq habit: no magic numbers in code)."""
+
+# --- ingest -------------------------------------------------------------------------------
+#: UIDs per IMAP FETCH. 500-1000 is as fast as larger batches with flat memory (PITFALLS).
+FETCH_BATCH_SIZE = 500
+#: Upper bound of the UID list in one FETCH command, in bytes. Exchange/Office 365 reject
+#: long command lines far below Dovecot's 64 KiB.
+FETCH_MAX_COMMAND_BYTES = 8000
+#: Bytes of the first text part fetched (BODY.PEEK[...]<0.N>) to recognise acknowledgements.
+SNIPPET_BYTES = 600
+#: Seconds before an IMAP socket operation times out.
+IMAP_TIMEOUT_SECONDS = 60.0
+#: Longest header value we keep, in characters; hostile mail has 100k-character headers.
+MAX_HEADER_CHARS = 4000
+#: Most recipient addresses kept per message (To and Cc each).
+MAX_RECIPIENTS = 200
+
+# --- care policy --------------------------------------------------------------------------
+#: Business minutes an inbound message may wait for a reply (8 business hours).
+REPLY_WITHIN_MINUTES = 8 * 60
+#: Calendar days without any outbound mail before a principal or sponsor counts as silent.
+SILENCE_AFTER_DAYS = {"principal": 21, "sponsor": 30}
+#: A contact goes quiet when their current gap exceeds FACTOR x their median gap ...
+GOING_QUIET_FACTOR = 3.0
+#: ... and this many calendar days ...
+GOING_QUIET_FLOOR_DAYS = 14
+#: ... and they have written at least this many messages.
+GOING_QUIET_MIN_MESSAGES = 6
+#: A client is slowing when its last-week median response exceeds FACTOR x its baseline ...
+SLOWING_FACTOR = 2.0
+#: ... and at least this many business minutes ...
+SLOWING_FLOOR_MINUTES = 120
+#: ... with at least this many responses in the week and in the baseline.
+SLOWING_MIN_RECENT = 3
+SLOWING_MIN_BASELINE = 5
+#: Days of history the slowing baseline covers (ending where the recent week starts).
+SLOWING_BASELINE_DAYS = 90
+#: Days over which response-time statistics in `status` are computed.
+STATS_WINDOW_DAYS = 30
+#: Days within which a reply that lost its References still joins a thread by subject.
+SUBJECT_THREAD_WINDOW_DAYS = 30
+
+# --- calendar -----------------------------------------------------------------------------
+TIMEZONE = "UTC"
+BUSINESS_HOURS = {
+    "mon": "09:00-17:30",
+    "tue": "09:00-17:30",
+    "wed": "09:00-17:30",
+    "thu": "09:00-17:30",
+    "fri": "09:00-17:30",
+}
+
+# --- alerts and delivery ------------------------------------------------------------------
+#: Business minutes after notification before an alert escalates to the next level.
+ESCALATE_AFTER_MINUTES = 8 * 60
+#: Delivery attempts before an email is marked failed (kept, visible, never dropped).
+OUTBOX_MAX_ATTEMPTS = 8
+#: Seconds of the first retry delay; doubled each attempt, capped below.
+OUTBOX_RETRY_BASE_SECONDS = 60
+OUTBOX_RETRY_CAP_SECONDS = 3600
+#: Seconds before an SMTP operation times out.
+SMTP_TIMEOUT_SECONDS = 30.0
+
+# --- storage ------------------------------------------------------------------------------
+DATABASE_URL = "sqlite:///carewatch.db"
+#: Milliseconds SQLite waits on a locked database before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 30000

@@ -1,0 +1,74 @@
+"""One exception hierarchy for Carewatch, with named exit codes for the CLI."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    #: Unexpected failure: a bug; the traceback is logged.
+    INTERNAL = 1
+    #: The command line itself was wrong (click uses 2 as well).
+    USAGE = 2
+    #: The configuration file or a referenced file is invalid.
+    CONFIG = 3
+    #: A mailbox could not be read (connection, login, TLS).
+    MAILBOX = 4
+    #: The store (database) could not be opened or written.
+    STORE = 5
+    #: Email delivery failed.
+    DELIVERY = 6
+    #: Findings were reported (validate --strict).
+    FINDINGS = 7
+
+
+class CarewatchError(Exception):
+    """Base class of every error Carewatch raises on purpose."""
+
+    exit_code = ExitCode.INTERNAL
+
+
+class ConfigError(CarewatchError):
+    """Raised when the configuration is invalid; carries every problem found, not just the first."""
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(
+            f"{head}{len(problems)} problem(s) in the configuration:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+class MailboxError(CarewatchError):
+    """Raised when a mailbox cannot be reached, logged into or read."""
+
+    exit_code = ExitCode.MAILBOX
+
+
+class MailboxAuthError(MailboxError):
+    """Raised when the mailbox server rejects the credentials (retrying will not help)."""
+
+
+class FolderMissingError(MailboxError):
+    """Raised when a configured folder does not exist on the server."""
+
+
+class StoreError(CarewatchError):
+    """Raised when the database cannot be opened, migrated or written (locked, disk full)."""
+
+    exit_code = ExitCode.STORE
+
+
+class DeliveryError(CarewatchError):
+    """Raised when an email cannot be handed to the SMTP server or written to the outbox folder."""
+
+    exit_code = ExitCode.DELIVERY
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent

@@ -1,0 +1,31 @@
+"""Mailbox sources: IMAP (imapclient) and a local Maildir. Both are read-only."""
+
+from __future__ import annotations
+
+from ..config import MailboxConfig, resolve_secret
+from ..errors import MailboxError
+from .base import FolderStatus, Item, MailboxSource, RawMessage
+from .maildir import MaildirSource
+
+__all__ = ["FolderStatus", "Item", "MailboxSource", "RawMessage", "MaildirSource", "open_source"]
+
+
+def open_source(mb: MailboxConfig) -> MailboxSource:
+    """Build (not yet connect) the source for a configured mailbox."""
+    if mb.kind == "maildir":
+        assert mb.path is not None
+        return MaildirSource(mb.name, mb.path)
+    from .imap import ImapSource
+
+    if not mb.host or not mb.username:
+        raise MailboxError(f"mailbox {mb.name!r}: host and username are required")
+    password = oauth = None
+    if mb.auth == "xoauth2":
+        from ..oauth import token_provider
+
+        oauth = token_provider(mb)
+    else:
+        def password() -> str:
+            return resolve_secret(mb.password_env, mb.password_file, f"mailboxes.{mb.name}.password")
+    return ImapSource(mb.name, mb.host, mb.port, mb.tls, mb.username, password=password,
+                      oauth_token=oauth, ca_file=mb.ca_file, timeout=mb.timeout_seconds)

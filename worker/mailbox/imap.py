@@ -1,0 +1,189 @@
+"""IMAP through imapclient. Read-only by construction: folders are opened with EXAMINE
+(readonly=True) and bodies are fetched with BODY.PEEK, so no \\Seen flag is ever set."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+import imapclient
+from imapclient.exceptions import IMAPClientError, LoginError
+
+from .. import defaults
+from ..errors import FolderMissingError, MailboxAuthError, MailboxError
+from ..headers import FETCH_FIELDS
+from .base import FolderStatus, Item, MailboxSource, RawMessage
+
+log = logging.getLogger(__name__)
+
+HEADER_ITEM = ("BODY.PEEK[HEADER.FIELDS (" + " ".join(f.upper() for f in FETCH_FIELDS) + ")]").encode()
+SNIPPET_ITEM = f"BODY.PEEK[TEXT]<0.{defaults.SNIPPET_BYTES}>".encode()
+#: Errors that mean "the connection is gone": the caller reconnects with backoff.
+CONNECTION_ERRORS = (OSError, socket.timeout, ssl.SSLError, imapclient.imaplib.IMAP4.abort, EOFError)
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """A verifying TLS context: the system's CAs, or the given CA bundle."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def chunk_by_command_length(uids: list[int], max_count: int, max_bytes: int) -> list[list[int]]:
+    """Split UIDs so that no FETCH command line exceeds max_bytes (Exchange fails far below
+    Dovecot's 64 KiB) nor max_count UIDs."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    size = 0
+    for u in uids:
+        n = len(str(u)) + 1
+        if cur and (len(cur) >= max_count or size + n > max_bytes):
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(u)
+        size += n
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _lookup(data: dict[bytes, Any], prefix: bytes) -> Any:
+    """FETCH response keys drop .PEEK and some servers quote field names: match by prefix."""
+    for k, v in data.items():
+        if isinstance(k, bytes) and k.startswith(prefix):
+            return v
+    return None
+
+
+class ImapSource(MailboxSource):
+    def __init__(self, name: str, host: str, port: int | None, tls: str, username: str,
+                 password: Callable[[], str] | None = None,
+                 oauth_token: Callable[[], str] | None = None, ca_file: Path | None = None,
+                 timeout: float = defaults.IMAP_TIMEOUT_SECONDS,
+                 max_command_bytes: int = defaults.FETCH_MAX_COMMAND_BYTES) -> None:
+        self.name = name
+        self.host = host
+        self.tls = tls
+        self.port = port or (993 if tls == "implicit" else 143)
+        self.username = username
+        self._password = password
+        self._oauth_token = oauth_token
+        self.ca_file = ca_file
+        self.timeout = timeout
+        self.max_command_bytes = max_command_bytes
+        self.client: imapclient.IMAPClient | None = None
+        self._selected: str | None = None
+        self.capabilities: tuple[bytes, ...] = ()
+
+    def _where(self) -> str:
+        return f"mailbox {self.name!r} ({self.host}:{self.port})"
+
+    def open(self) -> None:
+        try:
+            ctx = tls_context(self.ca_file) if self.tls != "none" else None
+            c = imapclient.IMAPClient(self.host, port=self.port, ssl=self.tls == "implicit",
+                                      ssl_context=ctx, timeout=self.timeout)
+            if self.tls == "starttls":
+                c.starttls(ctx)
+            c.normalise_times = False  # keep INTERNALDATE's zone
+            if self._oauth_token is not None:
+                c.oauth2_login(self.username, self._oauth_token())
+            else:
+                assert self._password is not None
+                c.login(self.username, self._password())
+            self.capabilities = tuple(c.capabilities())
+        except LoginError as exc:
+            raise MailboxAuthError(f"{self._where()}: login refused for {self.username!r}: "
+                                   f"{exc}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise MailboxError(f"{self._where()}: TLS certificate not trusted ({exc.verify_message}); "
+                               "set ca_file to your CA bundle if the server uses a private CA") from None
+        except (OSError, IMAPClientError, imapclient.imaplib.IMAP4.error) as exc:
+            raise MailboxError(f"{self._where()}: cannot connect: {exc}") from None
+        self.client = c
+        self._selected = None
+
+    def close(self) -> None:
+        c, self.client = self.client, None
+        if c is None:
+            return
+        try:
+            c.logout()
+        except Exception:  # the connection may already be gone; closing must never raise
+            with contextlib.suppress(Exception):
+                c.shutdown()
+
+    @property
+    def c(self) -> imapclient.IMAPClient:
+        if self.client is None:
+            raise MailboxError(f"{self._where()}: not connected")
+        return self.client
+
+    def _select(self, folder: str) -> dict[bytes, Any]:
+        try:
+            info = self.c.select_folder(folder, readonly=True)
+        except IMAPClientError as exc:
+            raise FolderMissingError(f"{self._where()}: cannot open folder {folder!r}: {exc}") from None
+        self._selected = folder
+        return info
+
+    def folder_status(self, folder: str) -> FolderStatus:
+        try:
+            st = self.c.folder_status(folder, [b"UIDNEXT", b"UIDVALIDITY", b"MESSAGES"])
+        except IMAPClientError as exc:
+            raise FolderMissingError(f"{self._where()}: folder {folder!r} not found: {exc}") from None
+        return FolderStatus(uidvalidity=int(st[b"UIDVALIDITY"]), uidnext=int(st[b"UIDNEXT"]),
+                            messages=int(st[b"MESSAGES"]))
+
+    def new_items(self, folder: str, after_cursor: int) -> list[Item]:
+        self._select(folder)
+        uids = self.c.search(["UID", f"{after_cursor + 1}:*"])
+        # "UID N:*" always matches the highest UID even when N is above it (PITFALLS).
+        return [Item(u, u) for u in sorted(int(u) for u in uids if int(u) > after_cursor)]
+
+    def _fetch(self, folder: str, uids: list[int], what: list[bytes]) -> dict[int, dict[bytes, Any]]:
+        if self._selected != folder:
+            self._select(folder)
+        out: dict[int, dict[bytes, Any]] = {}
+        for part in chunk_by_command_length(uids, len(uids) or 1, self.max_command_bytes):
+            out.update(self.c.fetch(part, what))
+        return out
+
+    def fetch(self, folder: str, items: list[Item]) -> list[RawMessage]:
+        by_uid = {int(i.key): i for i in items}  # type: ignore[call-overload]
+        data = self._fetch(folder, list(by_uid), [HEADER_ITEM, b"INTERNALDATE"])
+        out = []
+        for uid, d in data.items():
+            item = by_uid.get(uid)
+            if item is None:
+                continue
+            header = _lookup(d, b"BODY[HEADER") or b""
+            out.append(RawMessage(item, bytes(header), d.get(b"INTERNALDATE")))
+        out.sort(key=lambda r: r.item.cursor)
+        return out
+
+    def fetch_snippets(self, folder: str, items: list[Item]) -> dict[Hashable, bytes]:
+        if not items:
+            return {}
+        data = self._fetch(folder, [int(i.key) for i in items], [SNIPPET_ITEM])  # type: ignore[call-overload]
+        return {uid: bytes(_lookup(d, b"BODY[TEXT]") or b"") for uid, d in data.items()}
+
+    # --- IDLE (push) -------------------------------------------------------------------------
+    def supports_idle(self) -> bool:
+        return b"IDLE" in self.capabilities
+
+    def idle_wait(self, folder: str, seconds: float) -> bool:
+        """Wait up to `seconds` for the server to announce a change. True if something happened.
+        IDLE is only a wake-up signal: the scan that follows finds what is new."""
+        self._select(folder)
+        self.c.idle()
+        try:
+            responses = self.c.idle_check(timeout=seconds)
+        finally:
+            self.c.idle_done()
+        return bool(responses)

@@ -1,0 +1,146 @@
+"""Engine set-up, migrations and the few dialect-specific operations (idempotent inserts)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.pool import NullPool
+from sqlmodel import Session
+
+from .. import defaults
+from ..errors import StoreError
+
+log = logging.getLogger(__name__)
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """A one-line, actionable description of a database failure (no credentials in it)."""
+    text = str(getattr(exc, "orig", exc) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+    low = text.lower()
+    if "database or disk is full" in low or "no space left" in low:
+        return f"the disk holding the database is full ({text}); free space and rerun: nothing was lost"
+    if "locked" in low:
+        return f"the database is locked by another process ({text}); it will be retried"
+    if "unable to open database" in low or "readonly" in low or "read-only" in low:
+        return f"cannot open or write the database file ({text}); check the path and permissions"
+    if "connection refused" in low or "could not connect" in low or "connection" in low:
+        return f"cannot reach the database server ({text})"
+    return text
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute(f"PRAGMA busy_timeout={defaults.SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"store.url {url!r} is not a database URL (e.g. sqlite:///carewatch.db or "
+                         "postgresql+psycopg://user@host/db)") from None
+    if u.drivername == "postgresql":
+        # psycopg 3 is the driver we test with; plain postgresql:// would pick psycopg2.
+        u = u.set(drivername="postgresql+psycopg")
+    if u.get_backend_name() == "sqlite":
+        db = u.database
+        if db and db != ":memory:":
+            path = Path(db)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                # Create the file private to us before SQLite does (it would use the umask):
+                # it holds who wrote to whom.
+                fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+                os.close(fd)
+        engine = create_engine(u, poolclass=NullPool, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(u, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def run_migrations(engine: Engine) -> None:
+    """Bring the schema to the newest revision (alembic), safe to call on every start."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Store:
+    """The database: engine, sessions and the few operations that differ per dialect."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            try:
+                yield s
+            except (OperationalError, DBAPIError) as exc:
+                s.rollback()
+                raise StoreError(describe_db_error(exc)) from exc
+
+    def insert_ignore(self, conn: Connection | Session, table: Any, rows: Sequence[dict[str, Any]],
+                      conflict: Sequence[str]) -> int:
+        """Insert rows, skipping those whose `conflict` columns already exist. Returns inserted."""
+        if not rows:
+            return 0
+        if self.dialect == "sqlite":
+            stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        elif self.dialect == "postgresql":
+            stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        else:  # pragma: no cover - other dialects: insert one by one
+            n = 0
+            for r in rows:
+                try:
+                    conn.execute(insert(table).values(**r))
+                    n += 1
+                except DBAPIError:
+                    pass
+            return n
+        # rowcount of a multi-row insert is unreliable across drivers: count RETURNING rows.
+        pk = list(table.primary_key.columns)[0]
+        result = conn.execute(stmt.returning(pk), list(rows))
+        return len(result.all())
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_store(url: str, migrate: bool = True) -> Store:
+    engine = make_engine(url)
+    try:
+        if migrate:
+            run_migrations(engine)
+        else:
+            with engine.connect():
+                pass
+    except (OperationalError, DBAPIError) as exc:
+        engine.dispose()
+        raise StoreError(f"store {make_url(url).render_as_string(hide_password=True)}: "
+                         f"{describe_db_error(exc)}") from exc
+    return Store(engine)

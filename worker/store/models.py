@@ -1,0 +1,131 @@
+"""SQLModel tables. All datetimes are stored as naive UTC (SQLite keeps no zone)."""
+
+from __future__ import annotations
+
+from pydantic import NaiveDatetime
+
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Client(SQLModel, table=True):
+    __tablename__ = "client"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=300)
+    internal: bool = False
+    #: Space-separated domains (external clients only).
+    domains: str = ""
+    owner_email: str | None = Field(default=None, max_length=320)
+    backup_email: str | None = Field(default=None, max_length=320)
+    #: False once the client was removed from the config (history is kept).
+    active: bool = True
+
+
+class Person(SQLModel, table=True):
+    """An owner (account manager) or partner of the firm."""
+
+    __tablename__ = "person"
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(index=True, unique=True, max_length=320)
+    name: str = Field(max_length=300)
+    is_owner: bool = False
+    is_partner: bool = False
+    backup_email: str | None = Field(default=None, max_length=320)
+    active: bool = True
+
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "contact"
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(index=True, unique=True, max_length=320)
+    name: str = Field(default="", max_length=300)
+    role: str = Field(default="user", max_length=50)
+    client_id: int = Field(foreign_key="client.id", index=True)
+    #: Seen writing from (or written to at) a client domain but not listed in the config.
+    discovered: bool = False
+    active: bool = True
+    first_seen_at: NaiveDatetime | None = None
+
+
+class FolderState(SQLModel, table=True):
+    """Where the incremental scan of one folder stands."""
+
+    __tablename__ = "folder_state"
+    __table_args__ = (UniqueConstraint("mailbox", "folder"),)
+    id: int | None = Field(default=None, primary_key=True)
+    mailbox: str = Field(max_length=200)
+    folder: str = Field(max_length=500)
+    uidvalidity: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    #: Highest UID committed (IMAP) or file-time cursor in nanoseconds (Maildir).
+    last_uid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    last_scan_at: NaiveDatetime | None = None
+    last_ok_at: NaiveDatetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    messages_seen: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    messages_skipped: int = 0
+
+
+class Message(SQLModel, table=True):
+    """One email, headers only: bodies are never stored."""
+
+    __tablename__ = "message"
+    __table_args__ = (
+        Index("ix_message_client_sent", "client_id", "sent_at"),
+        Index("ix_message_direction_sent", "direction", "sent_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(unique=True, max_length=1000)
+    synthetic_id: bool = False
+    #: A first guess at the thread (the oldest reference, or the message itself); evaluation
+    #: joins threads properly from in_reply_to, references and subjects.
+    thread_key: str = Field(index=True, max_length=1000)
+    in_reply_to: str | None = Field(default=None, max_length=1000)
+    #: Space-separated Message-IDs, oldest first.
+    references: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    norm_subject: str = Field(default="", max_length=300)
+    from_addr: str = Field(default="", index=True, max_length=320)
+    from_name: str = Field(default="", max_length=300)
+    #: Comma-separated addresses.
+    to_addrs: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    cc_addrs: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    date_header: NaiveDatetime | None = None
+    internal_date: NaiveDatetime | None = None
+    #: The sending time used everywhere: Date when plausible, else INTERNALDATE.
+    sent_at: NaiveDatetime = Field(index=True)
+    direction: str = Field(max_length=10)
+    automated: bool = False
+    automated_reason: str | None = Field(default=None, max_length=100)
+    acknowledgement: bool = False
+    firm_in_to: bool = False
+    firm_in_cc: bool = False
+    client_id: int | None = Field(default=None, foreign_key="client.id")
+    #: Comma-separated contact ids (inbound: the sender; outbound: the recipients).
+    contact_ids: str = Field(default="", max_length=2000)
+    mailbox: str = Field(default="", max_length=200)
+    folder: str = Field(default="", max_length=500)
+    uid: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    ingested_at: NaiveDatetime
+    problems: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class SkippedMessage(SQLModel, table=True):
+    """A message that could not be read at all: kept with its reason so nothing goes unseen."""
+
+    __tablename__ = "skipped_message"
+    __table_args__ = (UniqueConstraint("mailbox", "folder", "uidvalidity", "uid"),)
+    id: int | None = Field(default=None, primary_key=True)
+    mailbox: str = Field(max_length=200)
+    folder: str = Field(max_length=500)
+    uidvalidity: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    uid: int = Field(sa_column=Column(BigInteger, nullable=False))
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    seen_at: NaiveDatetime
+
+
+class Meta(SQLModel, table=True):
+    """Small key/value facts about the store (e.g. the fingerprint of the synced directory)."""
+
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True, max_length=100)
+    value: str = Field(sa_column=Column(Text, nullable=False))

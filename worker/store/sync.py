@@ -1,0 +1,139 @@
+"""Sync the config's clients, contacts, owners and partners into the store.
+
+The config is the source of truth. Rows are never deleted (messages refer to them); a client or
+contact removed from the config is marked inactive. Discovered contacts (seen at a client's
+domain, not in the config) are kept as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from sqlmodel import select
+
+from ..classify import ContactRef, Directory
+from ..config import Config
+from .db import Store
+from .models import Client, Contact, Meta, Person
+
+log = logging.getLogger(__name__)
+
+
+def directory_fingerprint(config: Config) -> str:
+    s = config.settings
+    doc = {
+        "firm": [sorted(s.firm.domains), sorted(a.lower() for a in s.firm.addresses)],
+        "clients": [[c.name, c.internal, sorted(c.domains), sorted((ct.email, ct.role) for ct in c.contacts)]
+                    for c in s.clients],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _owner_email(config: Config, ref: str | None) -> str | None:
+    if not ref:
+        return None
+    r = ref.strip().lower()
+    for o in config.settings.owners:
+        if r in (o.email, o.name.lower()):
+            return o.email
+    for p in config.settings.partners:
+        if r in (p.email, p.name.lower()):
+            return p.email
+    return r
+
+
+def sync_directory(store: Store, config: Config) -> bool:
+    """Write the config's directory into the store. Returns True when who-is-who changed (so
+    stored messages should be classified again)."""
+    s = config.settings
+    with store.session() as db:
+        people = {p.email: p for p in db.exec(select(Person)).all()}
+        wanted: dict[str, Person] = {}
+        for o in s.owners:
+            p = people.get(o.email) or Person(email=o.email, name=o.name)
+            p.name, p.is_owner, p.active = o.name, True, True
+            p.backup_email = _owner_email(config, o.backup)
+            wanted[o.email] = p
+        for pa in s.partners:
+            p = wanted.get(pa.email) or people.get(pa.email) or Person(email=pa.email, name=pa.name)
+            if pa.email not in wanted:
+                p.is_owner = False
+            p.name, p.is_partner, p.active = pa.name, True, True
+            wanted[pa.email] = p
+        for email, p in people.items():
+            if email not in wanted:
+                p.active = p.is_owner = p.is_partner = False
+                db.add(p)
+        for p in wanted.values():
+            db.add(p)
+
+        clients = {c.name: c for c in db.exec(select(Client)).all()}
+        seen_clients: set[str] = set()
+        for cc in s.clients:
+            c = clients.get(cc.name) or Client(name=cc.name)
+            c.internal = cc.internal
+            c.domains = " ".join(cc.domains)
+            c.owner_email = _owner_email(config, cc.owner)
+            c.backup_email = _owner_email(config, cc.backup)
+            c.active = True
+            db.add(c)
+            clients[cc.name] = c
+            seen_clients.add(cc.name)
+        for name, c in clients.items():
+            if name not in seen_clients and c.active:
+                c.active = False
+                db.add(c)
+        db.flush()
+
+        contacts = {c.email: c for c in db.exec(select(Contact)).all()}
+        listed: set[str] = set()
+        for cc in s.clients:
+            client_id = clients[cc.name].id
+            assert client_id is not None
+            for ct in cc.contacts:
+                c = contacts.get(ct.email) or Contact(email=ct.email, client_id=client_id)
+                c.name, c.role, c.client_id = ct.name, ct.role, client_id
+                c.discovered, c.active = False, True
+                db.add(c)
+                listed.add(ct.email)
+        for email, c in contacts.items():
+            if email not in listed and not c.discovered and c.active:
+                c.active = False
+                db.add(c)
+
+        fp = directory_fingerprint(config)
+        meta = db.get(Meta, "directory_fingerprint")
+        changed = meta is None or meta.value != fp
+        if meta is None:
+            meta = Meta(key="directory_fingerprint", value=fp)
+        meta.value = fp
+        db.add(meta)
+        db.commit()
+    if changed:
+        log.info("directory synced: %d clients, %d contacts listed", len(s.clients), len(listed))
+    return changed
+
+
+def load_directory(store: Store, config: Config) -> Directory:
+    """Build the classification directory from the store (config contacts + discovered ones)."""
+    s = config.settings
+    with store.session() as db:
+        clients = {c.id: c for c in db.exec(select(Client).where(Client.active == True)).all()}  # noqa: E712
+        domain_clients: dict[str, int] = {}
+        for c in clients.values():
+            if c.internal or c.id is None:
+                continue
+            for d in c.domains.split():
+                domain_clients[d] = c.id
+        contacts: dict[str, ContactRef] = {}
+        for ct in db.exec(select(Contact).where(Contact.active == True)).all():  # noqa: E712
+            if ct.client_id in clients and ct.id is not None:
+                contacts[ct.email] = ContactRef(ct.id, ct.client_id, ct.role)
+    own = {s.notify.from_address.lower()}
+    return Directory(
+        firm_domains=frozenset(s.firm.domains),
+        firm_addresses=frozenset(a.lower() for a in s.firm.addresses),
+        contacts=contacts, domain_clients=domain_clients, own_addresses=frozenset(own),
+    )
