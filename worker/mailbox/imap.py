@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Callable, Hashable
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import imapclient
+from imapclient.datetime_util import parse_to_datetime
 from imapclient.exceptions import IMAPClientError, LoginError
 
 from .. import defaults
@@ -25,6 +27,35 @@ HEADER_ITEM = ("BODY.PEEK[HEADER.FIELDS (" + " ".join(f.upper() for f in FETCH_F
 SNIPPET_ITEM = f"BODY.PEEK[TEXT]<0.{defaults.SNIPPET_BYTES}>".encode()
 #: Errors that mean "the connection is gone": the caller reconnects with backoff.
 CONNECTION_ERRORS = (OSError, socket.timeout, ssl.SSLError, imapclient.imaplib.IMAP4.abort, EOFError)
+
+
+_UID_RE = re.compile(rb"[( ]UID (\d+)")
+_IDATE_RE = re.compile(rb'INTERNALDATE "([^"]+)"')
+_FETCH_START_RE = re.compile(rb"^\d+ \(")
+
+
+def split_fetch_response(data: list[Any]) -> dict[int, tuple[bytes, bytes]] | None:
+    """Group imaplib's FETCH data into uid -> (metadata bytes, literal bytes).
+
+    imaplib returns a (prefix, literal) tuple per literal and the rest of the response as
+    plain bytes (b")" or b" INTERNALDATE ... UID 5)"). None if a message lacks a UID."""
+    messages: list[tuple[list[bytes], bytes]] = []
+    for el in data:
+        if isinstance(el, tuple):
+            messages.append(([el[0]], el[1]))
+        elif isinstance(el, bytes):
+            if _FETCH_START_RE.match(el):  # a message whose item came without a literal
+                messages.append(([el], b""))
+            elif messages:
+                messages[-1][0].append(el)
+    out: dict[int, tuple[bytes, bytes]] = {}
+    for meta_parts, literal in messages:
+        meta = b"".join(meta_parts)
+        m = _UID_RE.search(meta)
+        if not m:
+            return None
+        out[int(m.group(1))] = (meta, literal)
+    return out
 
 
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
@@ -154,23 +185,61 @@ class ImapSource(MailboxSource):
             out.update(self.c.fetch(part, what))
         return out
 
+    def _fetch_fast(self, folder: str, uids: list[int], item: bytes) -> dict[int, tuple[bytes, bytes]] | None:
+        """The hot FETCH without imapclient's pure-Python response lexer.
+
+        imapclient tokenises every response byte in Python, mostly the long
+        `BODY[HEADER.FIELDS (...)]` echo, which caps a header fetch at a few thousand
+        messages/s. imaplib already splits literals out as bytes, so for this one response
+        shape we read UID and INTERNALDATE with a regex. Returns uid -> (metadata, literal),
+        or None when the response is not the expected shape (the caller then uses imapclient).
+        """
+        if self._selected != folder:
+            self._select(folder)
+        imap = self.c._imap
+        out: dict[int, tuple[bytes, bytes]] = {}
+        for part in chunk_by_command_length(uids, len(uids) or 1, self.max_command_bytes):
+            typ, data = imap.uid("FETCH", ",".join(map(str, part)), b"(UID INTERNALDATE " + item + b")")
+            if typ != "OK":
+                raise MailboxError(f"{self._where()}: FETCH failed: {data!r}"[:500])
+            parsed = split_fetch_response(data)
+            if parsed is None:
+                return None
+            out.update(parsed)
+        return out
+
     def fetch(self, folder: str, items: list[Item]) -> list[RawMessage]:
         by_uid = {int(i.key): i for i in items}  # type: ignore[call-overload]
-        data = self._fetch(folder, list(by_uid), [HEADER_ITEM, b"INTERNALDATE"])
         out = []
-        for uid, d in data.items():
-            item = by_uid.get(uid)
-            if item is None:
-                continue
-            header = _lookup(d, b"BODY[HEADER") or b""
-            out.append(RawMessage(item, bytes(header), d.get(b"INTERNALDATE")))
+        fast = self._fetch_fast(folder, list(by_uid), HEADER_ITEM)
+        if fast is not None:
+            for uid, (meta, literal) in fast.items():
+                item = by_uid.get(uid)
+                if item is None:
+                    continue
+                m = _IDATE_RE.search(meta)
+                idate = parse_to_datetime(m.group(1), normalise=False) if m else None
+                out.append(RawMessage(item, literal, idate))
+        else:
+            log.debug("%s: unexpected FETCH response shape; using imapclient's parser", self._where())
+            data = self._fetch(folder, list(by_uid), [HEADER_ITEM, b"INTERNALDATE"])
+            for uid, d in data.items():
+                item = by_uid.get(uid)
+                if item is None:
+                    continue
+                header = _lookup(d, b"BODY[HEADER") or b""
+                out.append(RawMessage(item, bytes(header), d.get(b"INTERNALDATE")))
         out.sort(key=lambda r: r.item.cursor)
         return out
 
     def fetch_snippets(self, folder: str, items: list[Item]) -> dict[Hashable, bytes]:
         if not items:
             return {}
-        data = self._fetch(folder, [int(i.key) for i in items], [SNIPPET_ITEM])  # type: ignore[call-overload]
+        uids = [int(i.key) for i in items]  # type: ignore[call-overload]
+        fast = self._fetch_fast(folder, uids, SNIPPET_ITEM)
+        if fast is not None:
+            return {uid: literal for uid, (_, literal) in fast.items()}
+        data = self._fetch(folder, uids, [SNIPPET_ITEM])
         return {uid: bytes(_lookup(d, b"BODY[TEXT]") or b"") for uid, d in data.items()}
 
     # --- IDLE (push) -------------------------------------------------------------------------

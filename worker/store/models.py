@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pydantic import NaiveDatetime
-
 from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 

@@ -1,0 +1,245 @@
+"""Classification: automated-mail rules with realistic header sets, acknowledgements, bad mail."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import write_config
+from servers import Dovecot
+from sqlalchemy import select
+
+from worker.app import prepare_store, run_scan
+from worker.classify import automated_reason, is_acknowledgement, snippet_text
+from worker.config import load_config
+from worker.headers import normalise_subject, parse_header_block
+from worker.store.models import Message, SkippedMessage
+from worker.synth import build_message
+
+NOW = datetime(2026, 11, 20, 12, 0)
+IDATE = datetime(2026, 11, 20, 11, 0, tzinfo=UTC)
+
+
+def hdr(text: str) -> bytes:
+    return text.strip().replace("\n", "\r\n").encode() + b"\r\n\r\n"
+
+
+# Real-world header sets (trimmed to what we fetch), one per family of automated mail.
+AUTOMATED = {
+    "exchange out-of-office": """
+From: Alice Principal <alice@acme.example>
+To: shared@firm.example
+Subject: Automatic reply: Budget 2027
+Date: Fri, 20 Nov 2026 10:00:00 +0000
+Message-ID: <oof1@acme.example>
+Auto-Submitted: auto-replied
+X-MS-Exchange-Inbox-Rules-Loop: alice@acme.example
+X-Auto-Response-Suppress: All
+""",
+    "exchange oof without auto-submitted": """
+From: Alice Principal <alice@acme.example>
+To: shared@firm.example
+Subject: Automatic reply: Budget 2027
+Date: Fri, 20 Nov 2026 10:00:00 +0000
+Message-ID: <oof2@acme.example>
+X-MS-Exchange-Generated-Message-Source: Mailbox Rules Agent
+""",
+    "gmail vacation responder": """
+From: Bob User <bob@acme.example>
+To: shared@firm.example
+Subject: Out of office
+Date: Fri, 20 Nov 2026 10:00:00 +0000
+Message-ID: <CAGmail@mail.gmail.com>
+Auto-Submitted: auto-replied
+Precedence: bulk
+""",
+    "zimbra out-of-office": """
+From: bob@acme.example
+To: shared@firm.example
+Subject: Abwesenheitsnotiz: Vertrag
+Date: Fri, 20 Nov 2026 10:00:00 +0100
+Message-ID: <zimbra-oof@acme.example>
+X-Autoreply: yes
+""",
+    "french out-of-office by subject only": """
+From: bob@acme.example
+To: shared@firm.example
+Subject: Réponse automatique : Vertrag
+Date: Fri, 20 Nov 2026 10:00:00 +0100
+Message-ID: <fr-oof@acme.example>
+""",
+    "postfix bounce": """
+From: MAILER-DAEMON@mx.acme.example (Mail Delivery System)
+To: shared@firm.example
+Subject: Undelivered Mail Returned to Sender
+Date: Fri, 20 Nov 2026 10:00:00 +0000
+Message-ID: <bounce@mx.acme.example>
+Auto-Submitted: auto-replied
+Content-Type: multipart/report; report-type=delivery-status; boundary="x"
+""",
+    "exchange NDR with null return-path": """
+From: Microsoft Outlook <postmaster@acme.example>
+To: shared@firm.example
+Subject: Undeliverable: Budget 2027
+Date: Fri, 20 Nov 2026 10:00:00 +0000
+Message-ID: <ndr@acme.example>
+Return-Path: <>
+Content-Type: multipart/report; report-type=delivery-status; boundary="y"
+""",
+    "mailing list": """
+From: Acme Newsletter <news@acme.example>
+To: shared@firm.example
+Subject: November news from Acme
+Date: Fri, 20 Nov 2026 10:00:00 +0000
+Message-ID: <news@acme.example>
+List-Id: Acme customers <customers.acme.example>
+List-Unsubscribe: <mailto:unsubscribe@acme.example>
+""",
+    "bulk marketing with list-unsubscribe only": """
+From: Acme Events <events@acme.example>
+To: shared@firm.example
+Subject: Join us
+Date: Fri, 20 Nov 2026 10:00:00 +0000
+Message-ID: <events@acme.example>
+List-Unsubscribe: <https://acme.example/u>
+""",
+    "noreply system notification": """
+From: Acme Portal <no-reply@acme.example>
+To: shared@firm.example
+Subject: Your invoice is ready
+Date: Fri, 20 Nov 2026 10:00:00 +0000
+Message-ID: <portal@acme.example>
+""",
+}
+
+HUMAN = {
+    "plain question": """
+From: Alice Principal <alice@acme.example>
+To: shared@firm.example
+Subject: Budget 2027
+Date: Fri, 20 Nov 2026 10:00:00 +0000
+Message-ID: <human1@acme.example>
+""",
+    "auto-submitted no is human": """
+From: Alice Principal <alice@acme.example>
+To: shared@firm.example
+Subject: Budget 2027
+Date: Fri, 20 Nov 2026 10:00:00 +0000
+Message-ID: <human2@acme.example>
+Auto-Submitted: no
+""",
+    "outlook to a group (suppress is only a request)": """
+From: Alice Principal <alice@acme.example>
+To: shared@firm.example
+Subject: Budget 2027
+Date: Fri, 20 Nov 2026 10:00:00 +0000
+Message-ID: <human3@acme.example>
+X-Auto-Response-Suppress: All
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUTOMATED))
+def test_automated_mail_is_recognised(name: str) -> None:
+    pm = parse_header_block(hdr(AUTOMATED[name]), IDATE, NOW)
+    assert automated_reason(pm) is not None, name
+
+
+@pytest.mark.parametrize("name", sorted(HUMAN))
+def test_human_mail_is_not_taken_for_automated(name: str) -> None:
+    pm = parse_header_block(hdr(HUMAN[name]), IDATE, NOW)
+    assert automated_reason(pm) is None, name
+
+
+@pytest.mark.parametrize("subject,body,ack", [
+    ("Re: Budget", "Thanks!", True),
+    ("Re: Budget", "Hi Olivia,\n\nGot it, thank you.\n\nBest,\nAlice\n\nOn Mon, Olivia wrote:\n> the budget", True),
+    ("Re: Budget", "Perfect, many thanks\n\n-----Original Message-----\nFrom: x", True),
+    ("Thanks!", "", True),
+    ("Re: Budget", "Thanks, but could you also send the 2025 figures?", False),
+    ("Re: Budget", "Thanks. I have looked at the numbers and I think we need to discuss the "
+                   "allocation for the second half of the year before the board meeting.", False),
+    ("Re: Budget", "When can we meet", False),
+    ("Budget", "", False),
+])
+def test_acknowledgements_are_short_thanks_that_ask_nothing(subject: str, body: str, ack: bool) -> None:
+    assert is_acknowledgement(subject, body) is ack
+
+
+def test_snippet_text_finds_the_first_text_part_in_multipart_and_encoded_bodies() -> None:
+    raw = build_message(sender="a@acme.example", to=["x@firm.example"], subject="s", date=NOW,
+                        body="Thanks so much!", html=True)
+    ctype = "multipart/alternative; " + raw.split(b"multipart/alternative; ")[1].split(b"\r\n")[0].decode()
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    assert snippet_text(body, ctype).strip().startswith("Thanks so much!")
+    qp = b"Danke sch=C3=B6n f=C3=BCr die Info"
+    assert "schön" in snippet_text(qp, "text/plain; charset=utf-8", "quoted-printable")
+    b64 = b"VGhhbmtzIGEgbG90IQ==\r\nVGhp"  # a partial tail, as a byte-range fetch cuts it
+    assert snippet_text(b64, "text/plain", "base64") == "Thanks a lot!"
+
+
+def test_subjects_normalise_across_languages_and_tags() -> None:
+    for s in ("Re: Budget 2027", "RE[2]: Budget 2027", "AW: WG: Budget 2027", "SV: Budget 2027",
+              "[EXT] Re: Budget 2027", "Fwd: Re:  budget 2027", "Re: [External] budget 2027"):
+        assert normalise_subject(s) == "budget 2027", s
+
+
+MALFORMED = [
+    # (description, raw headers, what must hold)
+    ("garbage date", b"From: a@acme.example\r\nTo: s@firm.example\r\nSubject: x\r\nDate: 31 Feb 2026 99:99\r\n"
+                     b"Message-ID: <bad-date@acme>\r\n\r\n"),
+    ("date without zone", b"From: a@acme.example\r\nSubject: x\r\nDate: Fri, 20 Nov 2026 10:00:00 CEST\r\n"
+                          b"Message-ID: <nozone@acme>\r\n\r\n"),
+    ("unknown charset", b"From: =?x-unknown-cs?Q?Al=E9?= <a@acme.example>\r\nSubject: =?utf-8?B?!!!notbase64?=\r\n"
+                        b"Message-ID: <cs@acme>\r\n\r\n"),
+    ("8-bit latin-1 header", b"From: Andr\xe9 <andre@acme.example>\r\nSubject: Caf\xe9 cr\xe8me\r\n"
+                             b"Message-ID: <latin1@acme>\r\n\r\n"),
+    ("garbage addresses", b"From: <<<@@@>>>\r\nTo: ,,,;;; undisclosed-recipients:;\r\nSubject: x\r\n"
+                          b"Message-ID: <addr@acme>\r\n\r\n"),
+    ("no message-id", b"From: a@acme.example\r\nSubject: no id\r\nDate: Fri, 20 Nov 2026 10:00:00 +0000\r\n\r\n"),
+    ("far future date", b"From: a@acme.example\r\nSubject: x\r\nDate: Fri, 20 Nov 2099 10:00:00 +0000\r\n"
+                        b"Message-ID: <future@acme>\r\n\r\n"),
+    ("NUL bytes", b"From: a@acme.example\r\nSubject: nul\x00here\r\nMessage-ID: <nul@acme>\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize("desc,raw", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_headers_are_stored_as_well_as_possible(desc: str, raw: bytes) -> None:
+    pm = parse_header_block(raw, IDATE, NOW)
+    assert pm.message_id.startswith("<") and pm.message_id.endswith(">")
+    assert pm.sent_at <= NOW + timedelta(days=1)
+    assert "\x00" not in pm.subject
+    if desc in ("garbage date", "date without zone", "far future date"):
+        assert pm.sent_at == IDATE.replace(tzinfo=None)
+    if desc == "8-bit latin-1 header":
+        assert pm.subject == "Café crème" and pm.from_name == "André"
+    if desc == "no message-id":
+        again = parse_header_block(raw, IDATE, NOW)
+        assert pm.synthetic_id and again.message_id == pm.message_id
+
+
+def test_acknowledgements_and_automated_mail_through_dovecot(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+    t = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)
+    dovecot.append([
+        build_message(sender="alice@acme.example", to=["shared@firm.example"], subject="Re: Budget",
+                      date=t, body="Hi,\n\nThanks, got it!\n\nAlice", message_id="<ack@acme>"),
+        build_message(sender="alice@acme.example", to=["shared@firm.example"], subject="Re: Budget",
+                      date=t, body="Thanks! Quick one: can we move the meeting?", message_id="<q@acme>",
+                      html=True),
+        build_message(sender="bob@acme.example", to=["shared@firm.example"], subject="Automatic reply: Budget",
+                      date=t, message_id="<oof@acme>", extra_headers={"Auto-Submitted": "auto-replied"}),
+    ])
+    # A message that cannot be parsed at all (an empty header block) is skipped and counted.
+    dovecot.append([b"\r\n\r\nno headers at all"])
+    cfg = load_config(write_config(tmp_path, db_url, dovecot))
+    store, directory = prepare_store(cfg)
+    rep = run_scan(cfg, store, directory)
+    inbox = next(f for f in rep.folders if f.folder == "INBOX")
+    assert inbox.stored == 3 and inbox.skipped == 1 and inbox.automated == 1
+    with store.session() as db:
+        rows = {m.message_id: m for m in db.execute(select(Message)).scalars()}
+        skipped = db.execute(select(SkippedMessage)).scalars().all()
+    assert rows["<ack@acme>"].acknowledgement and not rows["<q@acme>"].acknowledgement
+    assert rows["<oof@acme>"].automated and rows["<oof@acme>"].automated_reason.startswith("Auto-Submitted")
+    assert len(skipped) == 1 and "empty header block" in skipped[0].reason

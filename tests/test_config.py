@@ -1,0 +1,197 @@
+"""Configuration: every problem listed at once, with the key and how to fix it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from worker.cli import app
+from worker.config import load_config, parse_duration_minutes
+from worker.errors import ConfigError, ExitCode
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+def run(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, list(args), env=env)
+
+
+def test_the_example_config_validates_and_loads_the_csv() -> None:
+    cfg = load_config(ROOT / "config" / "carewatch.example.toml", environ={})
+    names = [c.name for c in cfg.clients]
+    assert "Globex Corporation" in names and "People Team" in names
+    globex = next(c for c in cfg.clients if c.name == "Globex Corporation")
+    assert globex.domains == ["globex.example", "globex.co.uk"] and len(globex.contacts) == 2
+    people = next(c for c in cfg.clients if c.name == "People Team")
+    assert people.internal
+    assert cfg.settings.store.url.endswith("/config/carewatch.db")
+
+
+BROKEN = """\
+[firm]
+domains = ["firm example"]
+
+[calendar]
+timezone = "Mars/Olympus"
+hours = { mon = "17:00-09:00", funday = "09:00-10:00" }
+
+[[mailboxes]]
+name = "shared"
+host = "imap.firm.example"
+tls = "none"
+folderz = ["INBOX"]
+
+[[owners]]
+name = "Olivia"
+email = "not-an-email"
+
+[[clients]]
+name = "Acme"
+domains = ["acme.example"]
+owner = "nobody@firm.example"
+contacts = [{ name = "A", email = "a@acme.example", role = "principal" }]
+
+[policy]
+reply_within = "2d"
+"""
+
+
+def test_a_broken_config_lists_every_problem_with_its_key(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(BROKEN)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, environ={})
+    text = str(ei.value)
+    for expected in [
+        "firm.domains",
+        "'firm example' is not a domain name",
+        "calendar.timezone: unknown time zone 'Mars/Olympus'",
+        "must start before it ends",
+        'mailboxes[0] ("shared").folderz: unknown key',
+        'owners[0] ("Olivia").email',
+        "policy.reply_within",
+        "business durations are counted in business hours",
+    ]:
+        assert expected in text, expected
+    assert len(ei.value.problems) == 6
+
+
+def test_cross_checks_name_the_key_and_the_fix(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(BROKEN.replace('"firm example"', '"firm.example"').replace("Mars/Olympus", "UTC")
+                 .replace("17:00-09:00", "09:00-17:00").replace(', funday = "09:00-10:00"', "")
+                 .replace("folderz", "folders").replace("not-an-email", "olivia@firm.example")
+                 .replace('"2d"', '"16h"'))
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, environ={})
+    problems = ei.value.problems
+    assert any('clients[0] ("Acme").owner' in x and "not listed under [[owners]]" in x for x in problems)
+    assert any("username: required" in x for x in problems)
+    assert any("password_env" in x and "never go in the file" in x for x in problems)
+    assert any('.tls: "none" sends the password in clear' in x for x in problems)
+
+
+def test_toml_syntax_errors_give_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[firm]\ndomains = ["a.example"\nname = "x"\n')
+    r = run("--config", str(p), "validate")
+    assert r.exit_code == ExitCode.CONFIG
+    assert "line 3" in r.output or "line 2" in r.output
+
+
+def test_validate_exits_with_the_config_code_and_lists_problems(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(BROKEN)
+    r = run("--config", str(p), "validate")
+    assert r.exit_code == ExitCode.CONFIG == 3
+    assert "problem(s) in the configuration" in r.output and "Mars/Olympus" in r.output
+
+
+def test_findings_name_clients_without_owner_or_principal(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("""\
+[firm]
+domains = ["firm.example"]
+[[owners]]
+name = "O"
+email = "o@firm.example"
+[[clients]]
+name = "NoOwner"
+domains = ["a.example"]
+contacts = [{ name = "A", email = "a@a.example", role = "principal" }]
+[[clients]]
+name = "NoPrincipal"
+domains = ["b.example"]
+owner = "o@firm.example"
+contacts = [{ name = "B", email = "b@b.example", role = "user" }]
+[[clients]]
+name = "TwoPrincipals"
+domains = ["c.example"]
+owner = "O"
+contacts = [{ name = "C", email = "c@c.example", role = "principal" },
+            { name = "D", email = "d@c.example", role = "principal" }]
+""")
+    r = run("--config", str(p), "validate")
+    assert r.exit_code == 0
+    out = " ".join(r.output.split())
+    assert "'NoOwner' has no owner" in out
+    assert "'NoPrincipal' has no principal" in out
+    assert "'TwoPrincipals' has 2 principals" in out
+    assert run("--config", str(p), "validate", "--strict").exit_code == ExitCode.FINDINGS
+
+
+def test_csv_problems_give_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "clients.csv").write_text(
+        "client,domains,owner,contact_name,contact_email,role\n"
+        "Acme,acme.example,o@firm.example,A,a@acme.example,principal\n"
+        "Acme,,p@firm.example,B,not-an-address,user\n"
+        ",,,C,c@x.example,user\n")
+    (tmp_path / "c.toml").write_text('clients_csv = "clients.csv"\n[firm]\ndomains = ["firm.example"]\n'
+                                     '[[owners]]\nname = "O"\nemail = "o@firm.example"\n')
+    with pytest.raises(ConfigError) as ei:
+        load_config(tmp_path / "c.toml", environ={})
+    text = str(ei.value)
+    assert "clients.csv:3: client 'Acme' has owner" in text
+    assert "clients.csv:4: empty 'client' column" in text
+    assert "not-an-address" in text
+
+
+def test_secrets_come_from_env_or_files_never_the_config(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[firm]\ndomains = ["firm.example"]\n[[mailboxes]]\nname = "m"\nhost = "h"\n'
+                 'username = "u"\npassword_env = "CW_PW"\n')
+    r = run("--config", str(p), "validate", "--check-secrets", env={"CW_PW": ""})
+    assert r.exit_code == ExitCode.CONFIG and "CW_PW is not set" in r.output
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    r = run("--config", str(p), "validate", "--check-secrets", env={"CW_PW_FILE": str(secret)})
+    assert r.exit_code == 0, r.output
+    assert "hunter2" not in r.output
+
+
+def test_environment_overrides_any_setting(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[firm]\ndomains = ["firm.example"]\n')
+    cfg = load_config(p, environ={"CAREWATCH__STORE__URL": "postgresql://x@db/cw",
+                                  "CAREWATCH__POLICY__COUNT_CC": "true",
+                                  "CAREWATCH__FIRM__DOMAINS": '["a.example", "b.example"]'})
+    assert cfg.settings.store.url == "postgresql://x@db/cw"
+    assert cfg.settings.policy.count_cc is True
+    assert cfg.settings.firm.domains == ["a.example", "b.example"]
+
+
+def test_durations() -> None:
+    assert parse_duration_minutes("4h", business=True) == 240
+    assert parse_duration_minutes("14d", business=False) == 14 * 1440
+    with pytest.raises(ValueError):
+        parse_duration_minutes("2d", business=True)
+    with pytest.raises(ValueError):
+        parse_duration_minutes("soon", business=False)
+
+
+def test_a_missing_config_says_how_to_give_one() -> None:
+    r = run("validate", env={"CAREWATCH_CONFIG": ""})
+    assert r.exit_code == ExitCode.CONFIG and "--config" in r.output
