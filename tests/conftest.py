@@ -92,7 +92,7 @@ domains = ["firm.example"]
 
 [calendar]
 timezone = "Europe/London"
-holidays = ["2026-12-25", "2026-12-28"]
+holidays = ["2025-12-25", "2025-12-26", "2026-12-25", "2026-12-28"]
 
 [store]
 url = "{db_url}"

@@ -197,6 +197,78 @@ def scan(
         raise typer.Exit(int(ExitCode.MAILBOX))
 
 
+def _age(dt: datetime | None, now: datetime) -> str:
+    if dt is None:
+        return "never"
+    days = (now - dt).total_seconds() / 86400
+    return f"{days * 24:.0f}h ago" if days < 1 else f"{days:.0f}d ago"
+
+
+def render_status(picture: Any, console: Console) -> None:
+    from .care.evaluate import fmt_minutes
+
+    t = Table(title=f"Care at {picture.now:%Y-%m-%d %H:%M} UTC", show_lines=False, expand=False)
+    for col in ("client", "contact", "role", "owner", "last in", "last out", "waiting", "median reply",
+                "lapses"):
+        t.add_column(col, overflow="fold")
+    for c in picture.clients:
+        first = True
+        client_lapses = ", ".join(sorted({lp.kind for lp in c.lapses}))
+        if not c.contacts:
+            t.add_row(c.name, "-", "-", c.owner or "[red]none[/]", "", "", "", "", client_lapses)
+        for ct in c.contacts:
+            waiting = ""
+            if ct.waiting:
+                oldest = max(w.business_minutes for w in ct.waiting)
+                waiting = f"{len(ct.waiting)} ({fmt_minutes(oldest)})"
+            med = (fmt_minutes(ct.stats.median_business_minutes)
+                   if ct.stats and ct.stats.median_business_minutes is not None else "")
+            kinds = sorted({lp.kind for lp in ct.lapses} | ({k for k in client_lapses.split(", ") if k}
+                                                              if first else set()))
+            lapses = ", ".join(f"[red]{k}[/]" for k in kinds)
+            name = ct.name + (" [dim](discovered)[/]" if ct.discovered else "")
+            t.add_row(f"{c.name}{' [dim](internal)[/]' if c.internal else ''}" if first else "",
+                      name, ct.role, (c.owner or "[red]none[/]") if first else "",
+                      _age(ct.last_inbound_at, picture.now), _age(ct.last_outbound_at, picture.now),
+                      waiting, med, lapses)
+            first = False
+    console.print(t)
+    n = len(picture.lapses)
+    console.print(f"{len(picture.clients)} client(s), {n} lapse(s), "
+                  f"{picture.messages_considered} message(s) considered")
+
+
+@app.command()
+@handled
+def status(
+    now: NowOpt = None,
+    client: Annotated[str | None, typer.Option("--client", help="Only this client (by name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the machine-readable document "
+                                                          "(see README: status --json).")] = False,
+    scan_first: Annotated[bool, typer.Option("--scan", help="Scan the mailboxes first.")] = False,
+) -> None:
+    """The care picture per client and named contact at a moment: last word each way, who is
+    waiting and for how long (business time), response times, and the current lapses."""
+    from .app import prepare_store, run_scan
+    from .care.evaluate import evaluate
+
+    cfg = state.config()
+    at = parse_now(now)
+    store, directory = prepare_store(cfg)
+    try:
+        if scan_first:
+            run_scan(cfg, store, directory)
+        picture = evaluate(store, cfg, at, client_filter=client)
+    finally:
+        store.dispose()
+    if client and not picture.clients:
+        raise ConfigError([f"--client {client!r}: no such client in the configuration"])
+    if as_json:
+        sys.stdout.write(json.dumps(picture.to_json(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        render_status(picture, out)
+
+
 def main() -> None:
     try:
         app()

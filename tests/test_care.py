@@ -1,0 +1,253 @@
+"""Care metrics through the real path: mail in a Maildir (or Dovecot) -> scan -> status --json."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from conftest import write_config
+from servers import Dovecot
+from typer.testing import CliRunner
+
+from worker.cli import app
+from worker.synth import build_message
+
+LONDON = ZoneInfo("Europe/London")
+runner = CliRunner()
+
+
+def london(*a: int) -> datetime:
+    return datetime(*a, tzinfo=LONDON)  # type: ignore[misc]
+
+
+class Mail:
+    """Builds a small mailbox by hand: each message gets a unique Message-ID and file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.n = 0
+        for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+
+    def add(self, sender: str, to: list[str], subject: str, when: datetime, *, folder: str = "INBOX",
+            reply_to: str | None = None, refs: list[str] | None = None, **kw: object) -> str:
+        self.n += 1
+        mid = f"<m{self.n}@{sender.split('@')[1]}>"
+        raw = build_message(sender=sender, to=to, subject=subject, date=when, message_id=mid,  # type: ignore[arg-type]
+                            in_reply_to=reply_to, references=refs if refs is not None else
+                            ([reply_to] if reply_to else None), **kw)
+        d = self.root if folder == "INBOX" else self.root / f".{folder}"
+        path = d / "cur" / f"{self.n:06d}.test:2,S"
+        path.write_bytes(raw)
+        # Delivered when it was sent: the file time is the Maildir's INTERNALDATE.
+        os.utime(path, (when.timestamp(), when.timestamp()))
+        return mid
+
+
+@pytest.fixture
+def mail(tmp_path: Path) -> Mail:
+    return Mail(tmp_path / "Maildir")
+
+
+def status(tmp_path: Path, mail: Mail, now: datetime, extra: str = "", db_url: str | None = None) -> dict:
+    cfg = write_config(tmp_path, db_url or f"sqlite:///{tmp_path / 'cw.db'}", maildir=mail.root, extra=extra)
+    r = runner.invoke(app, ["--config", str(cfg), "scan"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["--config", str(cfg), "status", "--json", "--now", now.astimezone(UTC).isoformat()])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def contact(doc: dict, email: str) -> dict:
+    return next(ct for c in doc["clients"] for ct in c["contacts"] if ct["email"] == email)
+
+
+def client(doc: dict, name: str) -> dict:
+    return next(c for c in doc["clients"] if c["name"] == name)
+
+
+def kinds(ct: dict) -> set[str]:
+    return {lp["kind"] for lp in ct["lapses"]}
+
+
+ALICE, BOB, GINA, IVAN = "alice@acme.example", "bob@acme.example", "gina@globex.example", "ivan@firm.example"
+SHARED, OLIVIA, OSCAR = "shared@firm.example", "olivia@firm.example", "oscar@firm.example"
+
+
+def test_a_reply_within_hours_is_measured_in_business_minutes(tmp_path: Path, mail: Mail) -> None:
+    q = mail.add(ALICE, [SHARED], "Budget 2027", london(2026, 11, 16, 10, 0))
+    mail.add(OLIVIA, [ALICE], "Re: Budget 2027", london(2026, 11, 16, 13, 15), reply_to=q, folder="Sent")
+    doc = status(tmp_path, mail, london(2026, 11, 16, 17, 0))
+    a = contact(doc, ALICE)
+    assert a["waiting"] == []
+    assert a["response_time"]["count"] == 1
+    assert a["response_time"]["median_business_minutes"] == 195.0
+    assert a["response_time"]["median_wall_minutes"] == 195.0
+    assert a["last_inbound_at"] == "2026-11-16T10:00:00Z" and a["last_outbound_at"] == "2026-11-16T13:15:00Z"
+    assert "unanswered" not in kinds(a)
+
+
+def test_a_reply_across_a_weekend_and_holidays_counts_only_open_hours(tmp_path: Path, mail: Mail) -> None:
+    # Wed 24 Dec 2025 16:00; Thu 25 and Fri 26 are holidays in the config, then a weekend;
+    # the reply comes on Mon 29 at 10:00.
+    q = mail.add(BOB, [SHARED], "Year-end", london(2025, 12, 24, 16, 0))
+    mail.add(OLIVIA, [BOB], "RE: Year-end", london(2025, 12, 29, 10, 0), reply_to=q)
+    a = contact(status(tmp_path, mail, london(2025, 12, 30, 9, 0)), BOB)
+    assert a["response_time"]["median_business_minutes"] == 90 + 60
+    assert a["response_time"]["median_wall_minutes"] == (4 * 24 + 18) * 60
+
+
+def test_a_reply_across_the_dst_change_is_dst_correct(tmp_path: Path, mail: Mail) -> None:
+    # Clocks go back on Sun 25 Oct 2026: Fri 17:00 BST (16:00Z) -> Mon 10:00 GMT (10:00Z).
+    q = mail.add(BOB, [SHARED], "Forms", london(2026, 10, 23, 17, 0))
+    mail.add(OLIVIA, [BOB], "Re: Forms", london(2026, 10, 26, 10, 0), reply_to=q)
+    a = contact(status(tmp_path, mail, london(2026, 10, 27, 9, 0)), BOB)
+    assert a["response_time"]["median_business_minutes"] == 30 + 60
+    assert a["response_time"]["median_wall_minutes"] == (2 * 24 + 18) * 60
+
+
+def test_a_thanks_only_message_does_not_wait(tmp_path: Path, mail: Mail) -> None:
+    q = mail.add(ALICE, [SHARED], "Budget", london(2026, 11, 16, 10, 0))
+    r = mail.add(OLIVIA, [ALICE], "Re: Budget", london(2026, 11, 16, 11, 0), reply_to=q)
+    mail.add(ALICE, [SHARED], "Re: Budget", london(2026, 11, 16, 11, 30), reply_to=r, body="Thanks, got it!\n\nAlice")
+    a = contact(status(tmp_path, mail, london(2026, 11, 20, 17, 0)), ALICE)
+    assert a["waiting"] == [] and "unanswered" not in kinds(a)
+    assert a["last_inbound_at"] == "2026-11-16T11:30:00Z"
+
+
+def test_an_out_of_office_is_not_a_reply(tmp_path: Path, mail: Mail) -> None:
+    q = mail.add(ALICE, [OLIVIA, SHARED], "Urgent: contract", london(2026, 11, 16, 10, 0))
+    mail.add(OLIVIA, [ALICE], "Automatic reply: Urgent: contract", london(2026, 11, 16, 10, 1), reply_to=q,
+             extra_headers={"Auto-Submitted": "auto-replied"})
+    # ...and the client's own out-of-office is not a message that waits.
+    mail.add(BOB, [SHARED], "Out of Office: Urgent: contract", london(2026, 11, 16, 10, 2), reply_to=q,
+             extra_headers={"X-Autoreply": "yes"})
+    doc = status(tmp_path, mail, london(2026, 11, 17, 12, 0))
+    a = contact(doc, ALICE)
+    assert len(a["waiting"]) == 1 and a["waiting"][0]["message_id"] == q
+    assert a["waiting"][0]["business_minutes"] == 450 + 180
+    assert a["last_outbound_at"] is None
+    assert "unanswered" in kinds(a)  # 10.5 business hours > principal default of 8h
+    assert contact(doc, BOB)["waiting"] == []
+
+
+def test_a_reply_from_the_sent_folder_resolves_the_wait(tmp_path: Path, mail: Mail) -> None:
+    q = mail.add(GINA, [SHARED], "Board pack", london(2026, 11, 16, 9, 30))
+    mail.add(OSCAR, [GINA], "Re: Board pack", london(2026, 11, 16, 12, 0), reply_to=q, folder="Sent")
+    g = contact(status(tmp_path, mail, london(2026, 11, 18, 9, 0)), GINA)
+    assert g["waiting"] == [] and g["response_time"]["median_business_minutes"] == 150
+
+
+def test_a_reply_that_breaks_the_references_chain_joins_by_subject(tmp_path: Path, mail: Mail) -> None:
+    mail.add(ALICE, [SHARED], "Invoice 4411 query", london(2026, 11, 16, 9, 0))
+    mail.add(OLIVIA, [ALICE], "RE: [EXT] invoice 4411 query", london(2026, 11, 16, 9, 45), refs=[])
+    a = contact(status(tmp_path, mail, london(2026, 11, 17, 9, 0)), ALICE)
+    assert a["waiting"] == [] and a["response_time"]["median_business_minutes"] == 45
+    # A different subject does not join: a fresh question is still a wait.
+    mail.add(ALICE, [SHARED], "New topic", london(2026, 11, 17, 9, 0))
+    mail.add(OLIVIA, [BOB], "Re: Something else", london(2026, 11, 17, 9, 30), refs=[])
+    a = contact(status(tmp_path, mail, london(2026, 11, 17, 10, 0)), ALICE)
+    assert [w["subject"] for w in a["waiting"]] == ["New topic"]
+
+
+def test_a_chaser_marks_the_thread_chased(tmp_path: Path, mail: Mail) -> None:
+    q = mail.add(ALICE, [SHARED], "Tax return", london(2026, 11, 16, 9, 0))
+    mail.add(ALICE, [SHARED], "Re: Tax return", london(2026, 11, 17, 9, 0), reply_to=q, body="Any news on this?")
+    a = contact(status(tmp_path, mail, london(2026, 11, 17, 12, 0)), ALICE)
+    assert [w["chased"] for w in a["waiting"]] == [True, False]
+    assert {"unanswered", "chased"} <= kinds(a)
+    chased = next(lp for lp in a["lapses"] if lp["kind"] == "chased")
+    assert chased["facts"]["chasers"] == 1 and chased["key"].endswith(q)
+
+
+def test_a_principal_nobody_wrote_to_for_40_days_is_silent(tmp_path: Path, mail: Mail) -> None:
+    mail.add(OLIVIA, [ALICE], "Catch-up", london(2026, 10, 1, 10, 0))
+    mail.add(OLIVIA, [BOB], "Report", london(2026, 11, 9, 10, 0))
+    doc = status(tmp_path, mail, london(2026, 11, 10, 10, 0))
+    a = contact(doc, ALICE)
+    silent = next(lp for lp in a["lapses"] if lp["kind"] == "silent")
+    assert silent["facts"]["days"] == 40.0 and silent["since"] == "2026-10-01T09:00:00Z"
+    assert a["days_since_outbound"] == 40.0
+    assert "silent" not in kinds(contact(doc, BOB))  # users have no silence threshold by default
+    assert client(doc, "Acme Ltd")["days_since_outbound_to_principal"] == 40.0
+
+
+def test_an_internal_client_is_measured_like_any_other(tmp_path: Path, mail: Mail) -> None:
+    q = mail.add(IVAN, [SHARED], "Need the Q3 figures", london(2026, 11, 16, 9, 0))
+    mail.add(OSCAR, [IVAN], "Re: Need the Q3 figures", london(2026, 11, 16, 9, 20), reply_to=q)
+    doc = status(tmp_path, mail, london(2026, 11, 16, 12, 0))
+    tax = client(doc, "Tax Division")
+    assert tax["internal"] is True and tax["owner"] == OSCAR
+    assert contact(doc, IVAN)["response_time"]["median_business_minutes"] == 20
+
+
+def test_going_quiet_and_slowing(tmp_path: Path, mail: Mail) -> None:
+    # Gina wrote every few days for two months, then stopped; Globex replies slowed this week.
+    t = london(2026, 9, 1, 10, 0)
+    for k in range(20):
+        q = mail.add(GINA, [SHARED], f"Item {k}", t + timedelta(days=3 * k))
+        mail.add(OSCAR, [GINA], f"Re: Item {k}", t + timedelta(days=3 * k, minutes=30), reply_to=q)
+    now = london(2026, 11, 20, 16, 0)
+    for k in range(4):  # this week: replies take 5 business hours
+        q = mail.add(BOB, [SHARED], f"Week item {k}", london(2026, 11, 16 + k, 9, 0))
+        mail.add(OLIVIA, [BOB], f"Re: Week item {k}", london(2026, 11, 16 + k, 14, 0), reply_to=q)
+    for k in range(6):  # before: 30 minutes
+        q = mail.add(BOB, [SHARED], f"Old item {k}", london(2026, 10, 5 + k, 9, 0))
+        mail.add(OLIVIA, [BOB], f"Re: Old item {k}", london(2026, 10, 5 + k, 9, 30), reply_to=q)
+    doc = status(tmp_path, mail, now)
+    g = contact(doc, GINA)
+    quiet = next(lp for lp in g["lapses"] if lp["kind"] == "going_quiet")
+    assert quiet["facts"]["usual_gap_days"] == 3
+    slowing = next(lp for lp in client(doc, "Acme Ltd")["lapses"] if lp["kind"] == "slowing")
+    assert slowing["facts"]["recent_median_minutes"] == 300 and slowing["facts"]["baseline_median_minutes"] == 30
+    assert not [lp for lp in client(doc, "Globex")["lapses"] if lp["kind"] == "slowing"]
+
+
+def test_unowned_clients_are_lapses(tmp_path: Path, mail: Mail) -> None:
+    extra = '\n[[clients]]\nname = "Orphan Co"\ndomains = ["orphan.example"]\n'
+    doc = status(tmp_path, mail, london(2026, 11, 20, 12, 0), extra=extra)
+    orphan = client(doc, "Orphan Co")
+    assert {lp["facts"]["missing"] for lp in orphan["lapses"] if lp["kind"] == "unowned"} == {"owner", "principal"}
+
+
+def test_now_replay_gives_identical_output_and_ignores_later_mail(tmp_path: Path, mail: Mail) -> None:
+    q = mail.add(ALICE, [SHARED], "Budget", london(2026, 11, 16, 10, 0))
+    mail.add(ALICE, [SHARED], "Re: Budget", london(2026, 11, 17, 10, 0), reply_to=q)
+    mail.add(OLIVIA, [ALICE], "Re: Budget", london(2026, 11, 18, 10, 0), reply_to=q)
+    then = london(2026, 11, 17, 15, 0)
+    first = status(tmp_path, mail, then)
+    second = status(tmp_path, mail, then)
+    assert first == second
+    assert len(contact(first, ALICE)["waiting"]) == 2  # the reply of the 18th is in the future
+    later = status(tmp_path, mail, london(2026, 11, 19, 10, 0))
+    assert contact(later, ALICE)["waiting"] == []
+
+
+def test_status_through_dovecot_and_postgres(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+    q = "<dq1@acme.example>"
+    dovecot.append([build_message(sender=ALICE, to=[SHARED], subject="Via IMAP", date=london(2026, 11, 16, 10, 0),
+                                  message_id=q)])
+    dovecot.append([build_message(sender=OLIVIA, to=[ALICE], subject="Re: Via IMAP", date=london(2026, 11, 16, 11, 0),
+                                  in_reply_to=q, references=[q])], folder="Sent")
+    cfg = write_config(tmp_path, db_url, dovecot)
+    assert runner.invoke(app, ["--config", str(cfg), "scan"]).exit_code == 0
+    r = runner.invoke(app, ["--config", str(cfg), "status", "--json", "--now", "2026-11-16T15:00:00Z"])
+    assert r.exit_code == 0, r.output
+    a = contact(json.loads(r.stdout), ALICE)
+    assert a["response_time"]["median_business_minutes"] == 60 and a["waiting"] == []
+
+
+def test_status_table_and_client_filter(tmp_path: Path, mail: Mail) -> None:
+    mail.add(ALICE, [SHARED], "Budget", london(2026, 11, 16, 10, 0))
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=mail.root)
+    runner.invoke(app, ["--config", str(cfg), "scan"])
+    r = runner.invoke(app, ["--config", str(cfg), "status", "--now", "2026-11-18T10:00:00Z", "--client", "Acme Ltd"],
+                      env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "Alice Principal" in r.output and "Globex" not in r.output
+    assert "unanswered" in r.output and "1 client(s)" in r.output
+    r = runner.invoke(app, ["--config", str(cfg), "status", "--client", "Nope"])
+    assert r.exit_code == 3 and "no such client" in r.output

@@ -1,0 +1,181 @@
+"""Business time on a firm's calendar: time zone (DST-correct), weekly hours, holidays.
+
+Times are POSIX seconds (UTC). The calendar keeps, per local day, its open intervals and the
+cumulative business seconds up to its midnight, so `seconds_between` is one bisect and a
+few additions however long the span: evaluation computes it for every response.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from ..config import WEEKDAYS, CalendarConfig
+
+_ICS_DATE_RE = re.compile(r"^(DTSTART|DTEND)[^:]*:(\d{8})", re.MULTILINE)
+
+
+def load_ics_holidays(path: Path) -> set[date]:
+    """All-day events of an iCalendar file (DTSTART/DTEND with dates; DTEND is exclusive)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    out: set[date] = set()
+    for block in text.split("BEGIN:VEVENT")[1:]:
+        block = block.replace("\r\n ", "").replace("\n ", "")
+        found = dict((k, v) for k, v in _ICS_DATE_RE.findall(block))
+        if "DTSTART" not in found:
+            continue
+        start = datetime.strptime(found["DTSTART"], "%Y%m%d").date()
+        end = datetime.strptime(found["DTEND"], "%Y%m%d").date() if "DTEND" in found else start + timedelta(days=1)
+        d = start
+        while d < max(end, start + timedelta(days=1)):
+            out.add(d)
+            d += timedelta(days=1)
+    return out
+
+
+def _parse_ranges(spec: str | list[str]) -> list[tuple[int, int]]:
+    out = []
+    for r in [spec] if isinstance(spec, str) else spec:
+        a, b = r.replace(" ", "").split("-")
+        h1, m1 = map(int, a.split(":"))
+        h2, m2 = map(int, b.split(":"))
+        out.append((h1 * 60 + m1, h2 * 60 + m2))
+    return sorted(out)
+
+
+class BusinessCalendar:
+    def __init__(self, timezone: str, hours: Mapping[str, str | list[str]],
+                 holidays: Iterable[date] = ()) -> None:
+        self.tz = ZoneInfo(timezone)
+        self.timezone = timezone
+        self.week: list[list[tuple[int, int]]] = [
+            _parse_ranges(hours[d]) if d in hours else [] for d in WEEKDAYS
+        ]
+        self.holidays = frozenset(holidays)
+        self._base: date | None = None
+        self._starts: list[float] = []  # UTC seconds of each local midnight
+        self._cum: list[float] = []  # business seconds from the base to that midnight
+        self._open: list[list[tuple[float, float]]] = []
+
+    @classmethod
+    def from_config(cls, cal: CalendarConfig) -> BusinessCalendar:
+        holidays = set(cal.holidays)
+        if cal.holidays_ics:
+            holidays |= load_ics_holidays(cal.holidays_ics)
+        return cls(cal.timezone, cal.hours, holidays)
+
+    @property
+    def weekly_open_seconds(self) -> float:
+        return sum(e - s for day in self.week for s, e in day) * 60.0
+
+    # --- the day table -----------------------------------------------------------------------
+    def _intervals(self, d: date) -> list[tuple[float, float]]:
+        if d in self.holidays:
+            return []
+        out = []
+        for s, e in self.week[d.weekday()]:
+            start = datetime.combine(d, time(s // 60, s % 60), self.tz).timestamp()
+            end = (datetime.combine(d + timedelta(days=1), time(0), self.tz).timestamp() if e >= 1440
+                   else datetime.combine(d, time(e // 60, e % 60), self.tz).timestamp())
+            out.append((start, end))
+        return out
+
+    def _local_date(self, t: float) -> date:
+        return datetime.fromtimestamp(t, self.tz).date()
+
+    def _ensure(self, t: float) -> None:
+        """Extend the day table so that it covers t (with a margin on both sides)."""
+        if self._starts and self._starts[0] <= t < self._starts[-1]:
+            return
+        d = self._local_date(t)
+        lo = d - timedelta(days=40)
+        hi = d + timedelta(days=40)
+        if self._base is not None:
+            lo = min(lo, self._base)
+            hi = max(hi, self._base + timedelta(days=len(self._starts) - 1))
+        self._base = lo
+        self._starts, self._cum, self._open = [], [], []
+        acc = 0.0
+        day = lo
+        while day <= hi:
+            self._starts.append(datetime.combine(day, time(0), self.tz).timestamp())
+            self._cum.append(acc)
+            ivs = self._intervals(day)
+            self._open.append(ivs)
+            acc += sum(e - s for s, e in ivs)
+            day += timedelta(days=1)
+
+    def _index(self, t: float) -> int:
+        self._ensure(t)
+        return bisect_right(self._starts, t) - 1
+
+    def _position(self, t: float) -> float:
+        """Business seconds from the table's base to t."""
+        i = self._index(t)
+        acc = self._cum[i]
+        for s, e in self._open[i]:
+            if t <= s:
+                break
+            acc += min(t, e) - s
+        return acc
+
+    # --- the public operations ---------------------------------------------------------------
+    def seconds_between(self, a: float, b: float) -> float:
+        if b <= a:
+            return 0.0
+        self._ensure(a)
+        self._ensure(b)
+        return self._position(b) - self._position(a)
+
+    def minutes_between(self, a: float, b: float) -> float:
+        return self.seconds_between(a, b) / 60.0
+
+    def is_open(self, t: float) -> bool:
+        i = self._index(t)
+        return any(s <= t < e for s, e in self._open[i])
+
+    def next_open(self, t: float, horizon_days: int = 370) -> float:
+        """t itself if the firm is open then, else the start of the next opening."""
+        i = self._index(t)
+        for _ in range(horizon_days):
+            for s, e in self._open[i]:
+                if t < e:
+                    return max(t, s)
+            i += 1
+            if i >= len(self._starts) - 1:
+                # Extending forward keeps the table's base, so indices stay valid.
+                self._ensure(self._starts[-1] + 86400 * 2)
+        return t  # a calendar with no opening at all: do not hold mail forever
+
+    def add_minutes(self, t: float, minutes: float) -> float:
+        """The moment `minutes` business minutes after t."""
+        remaining = minutes * 60.0
+        i = self._index(t)
+        cur = t
+        for _ in range(3660):
+            for s, e in self._open[i]:
+                if cur >= e:
+                    continue
+                start = max(cur, s)
+                if start + remaining <= e:
+                    return start + remaining
+                remaining -= e - start
+                cur = e
+            i += 1
+            if i >= len(self._starts) - 1:
+                self._ensure(self._starts[-1] + 86400 * 2)
+            cur = max(cur, self._starts[i])
+        return cur
+
+
+def to_ts(dt: datetime) -> float:
+    """Naive UTC (as stored) or aware datetime -> POSIX seconds."""
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def from_ts(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC).replace(tzinfo=None)
