@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from statistics import median
 from typing import Any
 
@@ -247,12 +247,6 @@ class _UnionFind:
                 self.parent[ra] = rb
 
 
-def _ts(value: Any) -> float:
-    if isinstance(value, datetime):
-        return to_ts(value)
-    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC).timestamp()
-
-
 def evaluate(store: Store, config: Config, now: datetime, client_filter: str | None = None,
              history_days: int | None = None) -> CarePicture:
     """The care picture at `now` (naive UTC)."""
@@ -265,9 +259,12 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
 
     # --- directory -------------------------------------------------------------------------
     with store.session() as db:
-        clients = {c.id: c for c in db.execute(select(Client).where(Client.active)).scalars()}
-        contacts = {c.id: c for c in db.execute(select(Contact).where(Contact.active)).scalars()
-                    if c.client_id in clients}
+        # Plain rows, not ORM objects: 10k contacts as ORM instances cost most of a second.
+        clients = {c.id: c for c in db.execute(select(
+            Client.id, Client.name, Client.internal, Client.owner_email, Client.backup_email).where(Client.active))}
+        contacts = {c.id: c for c in db.execute(select(
+            Contact.id, Contact.email, Contact.name, Contact.role, Contact.client_id, Contact.discovered)
+            .where(Contact.active)) if c.client_id in clients}
     if client_filter:
         clients = {k: v for k, v in clients.items() if v.name.lower() == client_filter.lower()}
 
@@ -278,7 +275,11 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
     ids_seen: set[int] = set()
     observation_start: float | None = None
 
-    sql = ('SELECT id, message_id, in_reply_to, "references", subject, norm_subject, sent_at, direction, '
+    # The database turns sent_at into epoch seconds: parsing a million datetimes in Python
+    # was a fifth of the evaluation time.
+    epoch = ("CAST(strftime('%s', sent_at) AS REAL)" if store.dialect == "sqlite"
+             else "EXTRACT(EPOCH FROM sent_at)::float8")
+    sql = ('SELECT id, message_id, in_reply_to, "references", subject, norm_subject, ' + epoch + ', direction, '
            "automated, acknowledgement, firm_in_to, firm_in_cc, client_id, contact_ids FROM message "
            "WHERE client_id IS NOT NULL AND direction IN ('inbound', 'outbound') AND sent_at <= ? "
            "ORDER BY sent_at, id")
@@ -297,7 +298,7 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
                  client_id, contact_ids) in batch:
                 if client_id not in clients:
                     continue
-                ts = _ts(sent_at)
+                ts = sent_at
                 if observation_start is None:
                     observation_start = ts
                 h = hash(mid)
@@ -414,10 +415,12 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
                           backup=cl.backup_email, contacts=by_client_contacts.get(cid, []),
                           responses=sorted(responses.get(cid, []), key=lambda r: (r.replied_at, r.inbound_at)))
         care.stats = stats_of(care.responses, now_ts - window_days * DAY, now_ts, window_days)
+        per_contact: dict[int, list[Response]] = defaultdict(list)
+        for r in care.responses:
+            per_contact[r.contact_id].append(r)
         for cc in care.contacts:
             th = book.thresholds(cl.name, cc.role)
-            mine = [r for r in care.responses if r.contact_id == cc.id]
-            cc.stats = stats_of(mine, now_ts - window_days * DAY, now_ts, window_days)
+            cc.stats = stats_of(per_contact.get(cc.id, []), now_ts - window_days * DAY, now_ts, window_days)
             for i, since, chased in sorted(waits.get(cc.id, []), key=lambda w: (w[1], w[0])):
                 db_id = rows[i][1]
                 mid, subj = shown.get(db_id, ("", ""))

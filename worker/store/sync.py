@@ -21,7 +21,8 @@ from .models import Client, Contact, Meta, Person
 log = logging.getLogger(__name__)
 
 
-def directory_fingerprint(config: Config) -> str:
+def classification_fingerprint(config: Config) -> str:
+    """What classification depends on: when it changes, stored messages are classified again."""
     s = config.settings
     doc = {
         "firm": [sorted(s.firm.domains), sorted(a.lower() for a in s.firm.addresses)],
@@ -29,6 +30,15 @@ def directory_fingerprint(config: Config) -> str:
                     for c in s.clients],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def directory_fingerprint(config: Config) -> str:
+    """Everything the sync writes: when unchanged, the sync has nothing to do."""
+    s = config.settings
+    doc = {"owners": [o.model_dump() for o in s.owners], "partners": [p.model_dump() for p in s.partners],
+           "clients": [c.model_dump(mode="json", include={"name", "internal", "domains", "owner", "backup",
+                                                          "contacts"}) for c in s.clients]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _owner_email(config: Config, ref: str | None) -> str | None:
@@ -48,7 +58,11 @@ def sync_directory(store: Store, config: Config) -> bool:
     """Write the config's directory into the store. Returns True when who-is-who changed (so
     stored messages should be classified again)."""
     s = config.settings
+    sync_fp = directory_fingerprint(config)
     with store.session() as db:
+        done = db.get(Meta, "directory_synced")
+        if done is not None and done.value == sync_fp:
+            return False
         people = {p.email: p for p in db.exec(select(Person)).all()}
         wanted: dict[str, Person] = {}
         for o in s.owners:
@@ -103,13 +117,13 @@ def sync_directory(store: Store, config: Config) -> bool:
                 c.active = False
                 db.add(c)
 
-        fp = directory_fingerprint(config)
+        fp = classification_fingerprint(config)
         meta = db.get(Meta, "directory_fingerprint")
         changed = meta is None or meta.value != fp
-        if meta is None:
-            meta = Meta(key="directory_fingerprint", value=fp)
-        meta.value = fp
-        db.add(meta)
+        for key, value in (("directory_fingerprint", fp), ("directory_synced", sync_fp)):
+            row = db.get(Meta, key) or Meta(key=key, value=value)
+            row.value = value
+            db.add(row)
         db.commit()
     if changed:
         log.info("directory synced: %d clients, %d contacts listed", len(s.clients), len(listed))

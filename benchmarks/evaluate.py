@@ -1,0 +1,148 @@
+"""Evaluation speed and memory: a full `status --json` over N stored messages, 10k contacts.
+
+    python benchmarks/evaluate.py                     # N = 250k 500k 1M
+    python benchmarks/evaluate.py --sizes 100000
+
+Messages are written straight into a SQLite store (ingest has its own benchmark). Each size
+runs `carewatch status --json` in a child process and reports wall time and peak RSS.
+Target (issue 3): 1M messages under 5 s and 500 MB on one core, time roughly linear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CLIENTS = 1000
+PER_CLIENT = 10  # contacts: 10k in all
+
+
+def write_config(d: Path) -> Path:
+    lines = ['[firm]\ndomains = ["firm.example"]\n', f'[store]\nurl = "sqlite:///{d / "bench.db"}"\n',
+             '[[owners]]\nname = "O"\nemail = "o@firm.example"\n']
+    for c in range(CLIENTS):
+        contacts = ", ".join(
+            f'{{ name = "P{c}-{k}", email = "p{k}@c{c}.example", role = "{"principal" if k == 0 else "user"}" }}'
+            for k in range(PER_CLIENT))
+        lines.append(f'[[clients]]\nname = "Client {c}"\ndomains = ["c{c}.example"]\nowner = "o@firm.example"\n'
+                     f"contacts = [{contacts}]\n")
+    p = d / "bench.toml"
+    p.write_text("\n".join(lines))
+    return p
+
+
+def populate(cfg_path: Path, n: int) -> None:
+    from worker.app import prepare_store
+    from worker.config import load_config
+
+    cfg = load_config(cfg_path)
+    store, _ = prepare_store(cfg)  # migrate and sync the 10k contacts
+    store.dispose()
+    db = sqlite3.connect(cfg.settings.store.url.removeprefix("sqlite:///"))
+    ids = {email: (cid, client) for cid, email, client in db.execute("SELECT id, email, client_id FROM contact")}
+    emails = sorted(ids)
+    rng = random.Random(7)
+    start = datetime(2025, 11, 1, tzinfo=UTC)
+    span = 365 * 86400
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = []
+    fmt = "%Y-%m-%d %H:%M:%S.%f"
+    i = 0
+    while i < n:
+        email = emails[rng.randrange(len(emails))]
+        cid, client = ids[email]
+        t = start + timedelta(seconds=rng.randrange(span))
+        mid = f"<t{i}@c.example>"
+        subject = f"Matter {i}"
+        # A thread: question, maybe a chaser, usually a reply, sometimes thanks.
+        rows.append((mid, mid, None, "", subject, subject.lower(), email, "", "shared@firm.example", "",
+                     t.strftime(fmt), "inbound", 0, 0, 1, 0, client, str(cid), "bench", "INBOX", now.strftime(fmt)))
+        i += 1
+        k = 1
+        if rng.random() < 0.1 and i < n:
+            rows.append((f"<t{i}@c.example>", mid, mid, mid, "Re: " + subject, subject.lower(), email, "",
+                         "shared@firm.example", "", (t + timedelta(hours=20)).strftime(fmt), "inbound", 0, 0, 1, 0,
+                         client, str(cid), "bench", "INBOX", now.strftime(fmt)))
+            i += 1
+            k += 1
+        if rng.random() < 0.85 and i < n:
+            rt = t + timedelta(minutes=rng.randrange(10, 3000))
+            rows.append((f"<t{i}@firm.example>", mid, mid, mid, "Re: " + subject, subject.lower(), "o@firm.example",
+                         "", email, "", rt.strftime(fmt), "outbound", 0, 0, 0, 0, client, str(cid), "bench", "Sent",
+                         now.strftime(fmt)))
+            i += 1
+        if len(rows) >= 50000:
+            _flush(db, rows)
+    _flush(db, rows)
+    db.commit()
+    db.close()
+
+
+def _flush(db: sqlite3.Connection, rows: list[tuple]) -> None:
+    db.executemany(
+        'INSERT INTO message (message_id, thread_key, in_reply_to, "references", subject, norm_subject, from_addr, '
+        "from_name, to_addrs, cc_addrs, sent_at, direction, automated, acknowledgement, firm_in_to, firm_in_cc, "
+        "client_id, contact_ids, mailbox, folder, ingested_at, synthetic_id) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)", rows)
+    rows.clear()
+
+
+def child(cfg_path: str) -> None:
+    from worker.app import prepare_store
+    from worker.care.evaluate import evaluate
+    from worker.config import load_config
+
+    cfg = load_config(cfg_path)
+    t = time.perf_counter()
+    store, _ = prepare_store(cfg)
+    picture = evaluate(store, cfg, datetime(2026, 11, 20, 12, 0))
+    doc = json.dumps(picture.to_json())
+    secs = time.perf_counter() - t
+    print(json.dumps({"seconds": secs, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "messages": picture.messages_considered, "json_bytes": len(doc),
+                      "lapses": len(picture.lapses)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 500_000, 1_000_000])
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        child(a.child)
+        return
+    print(f"{'N':>9} {'populate s':>11} {'status s':>9} {'msgs/s':>11} {'peak RSS MiB':>13} {'lapses':>7}")
+    for n in a.sizes:
+        with tempfile.TemporaryDirectory(prefix="carewatch-eval-") as tmp:
+            cfg = write_config(Path(tmp))
+            t = time.perf_counter()
+            populate(cfg, n)
+            pop = time.perf_counter() - t
+            # taskset: one core, as the target says.
+            cmd = [sys.executable, __file__, "--child", str(cfg)]
+            if os.path.exists("/usr/bin/taskset"):
+                cmd = ["taskset", "-c", "0", *cmd]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                print(r.stderr[-3000:], file=sys.stderr)
+                sys.exit(1)
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            print(f"{n:>9} {pop:>11.1f} {res['seconds']:>9.2f} {res['messages'] / res['seconds']:>11,.0f} "
+                  f"{res['peak_rss_mib']:>13.0f} {res['lapses']:>7}")
+
+
+if __name__ == "__main__":
+    main()
