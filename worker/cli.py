@@ -269,6 +269,196 @@ def status(
         render_status(picture, out)
 
 
+@app.command()
+@handled
+def check(
+    now: NowOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run",
+                                          help="Show what would be sent; send and change nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    scan_first: Annotated[bool, typer.Option("--scan", help="Scan the mailboxes first.")] = False,
+) -> None:
+    """Turn current lapses into alerts and deliver them: one email per owner per check with all
+    their new or escalated lapses; never the same episode twice; quiet hours respected."""
+    from .alerts import AlertDesk
+    from .app import prepare_store, run_scan
+
+    cfg = state.config()
+    at = parse_now(now)
+    store, directory = prepare_store(cfg)
+    try:
+        if scan_first:
+            run_scan(cfg, store, directory)
+        report = AlertDesk(store, cfg).check(at, dry_run=dry_run)
+    finally:
+        store.dispose()
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+        return
+    head = "[bold]dry run[/]: nothing sent, nothing changed. " if dry_run else ""
+    out.print(f"{head}{len(report.new)} new, {len(report.escalated)} escalated, {len(report.resolved)} resolved, "
+              f"{len(report.snoozed)} snoozed alert(s); {len(report.emails)} email(s)")
+    if report.held:
+        out.print(f"quiet hours: {len(report.held)} alert(s) held until {report.hold_until:%Y-%m-%d %H:%M} UTC")
+    for c in report.commands:
+        out.print(f"reply: {c}", highlight=False)
+    for e in report.emails:
+        out.print(f"\n[bold]To:[/] {', '.join(e.recipients)}\n[bold]Subject:[/] {e.subject}", highlight=False)
+        if dry_run:
+            out.print(e.text, highlight=False, markup=False)
+    if report.delivery:
+        d = report.delivery
+        out.print(f"delivery: {len(d.sent)} sent, {len(d.retrying)} to retry, {len(d.failed)} failed")
+        for e in d.errors:
+            err.print(f"[yellow]delivery:[/] {e}", highlight=False)
+
+
+alerts_app = typer.Typer(help="List, snooze and close alerts.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("list")
+@handled
+def alerts_list(
+    show_all: Annotated[bool, typer.Option("--all", help="Include resolved alerts.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The alerts and where each stands."""
+    from sqlalchemy import select
+
+    from .store import open_store
+    from .store.models import Alert
+
+    cfg = state.config()
+    store = open_store(cfg.settings.store.url)
+    with store.session() as db:
+        q = select(Alert).order_by(Alert.client_name, Alert.since)
+        if not show_all:
+            q = q.where(Alert.state != "resolved")
+        rows = db.execute(q).scalars().all()
+    store.dispose()
+    if as_json:
+        sys.stdout.write(json.dumps([{k: (v.isoformat() if isinstance(v, datetime) else v)
+                                      for k, v in a.model_dump().items()} for a in rows], indent=2) + "\n")
+        return
+    t = Table(title="alerts")
+    for col in ("id", "state", "kind", "client", "contact", "owner", "level", "since", "detail"):
+        t.add_column(col, overflow="fold")
+    for a in rows:
+        state_txt = a.state + (f" until {a.snoozed_until:%Y-%m-%d %H:%M}" if a.state == "snoozed" and a.snoozed_until
+                               else "")
+        t.add_row(str(a.id), state_txt, a.kind, a.client_name, a.contact_email or "", a.owner_email or "none",
+                  str(a.level), f"{a.since:%Y-%m-%d}", a.detail)
+    out.print(t)
+
+
+def _set_alert(alert_id: int, **values: Any) -> None:
+    from .store import open_store
+    from .store.models import Alert
+
+    cfg = state.config()
+    store = open_store(cfg.settings.store.url)
+    try:
+        with store.session() as db:
+            a = db.get(Alert, alert_id)
+            if a is None:
+                raise ConfigError([f"no alert with id {alert_id} (see `carewatch alerts list`)"])
+            if a.state == "resolved":
+                raise ConfigError([f"alert {alert_id} is already resolved"])
+            for k, v in values.items():
+                setattr(a, k, v)
+            a.updated_at = parse_now(None)
+            db.add(a)
+            db.commit()
+            out.print(f"alert {alert_id} ({a.kind}, {a.client_name}): {a.state}")
+    finally:
+        store.dispose()
+
+
+@alerts_app.command("snooze")
+@handled
+def alerts_snooze(
+    alert_id: Annotated[int, typer.Argument(help="Alert id from `carewatch alerts list`.")],
+    span: Annotated[str, typer.Option("--for", help="How long: e.g. 4h, 3d, 1w.")] = "1d",
+) -> None:
+    """Hear about an alert again later."""
+    from datetime import timedelta
+
+    from .config import parse_duration_minutes
+
+    try:
+        minutes = parse_duration_minutes(span, business=False)
+    except ValueError as exc:
+        raise ConfigError([f"--for: {exc}"]) from None
+    _set_alert(alert_id, state="snoozed", snoozed_until=parse_now(None) + timedelta(minutes=minutes))
+
+
+@alerts_app.command("ack")
+@handled
+def alerts_ack(alert_id: Annotated[int, typer.Argument(help="Alert id from `carewatch alerts list`.")]) -> None:
+    """Close an alert: it has been dealt with; no more reminders or escalations for this episode."""
+    _set_alert(alert_id, state="acknowledged", acknowledged_at=parse_now(None), acknowledged_by="cli")
+
+
+outbox_app = typer.Typer(help="The outbox: every email Carewatch sends, and its delivery.", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
+
+
+@outbox_app.command("list")
+@handled
+def outbox_list(
+    status_filter: Annotated[str | None, typer.Option("--status", help="pending, sent or failed.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Emails in the outbox with their delivery state; failed ones are kept here, never dropped."""
+    from sqlalchemy import select
+
+    from .store import open_store
+    from .store.models import OutboxEmail
+
+    cfg = state.config()
+    store = open_store(cfg.settings.store.url)
+    with store.session() as db:
+        q = select(OutboxEmail).order_by(OutboxEmail.id)
+        if status_filter:
+            q = q.where(OutboxEmail.status == status_filter)
+        rows = db.execute(q).scalars().all()
+    store.dispose()
+    if as_json:
+        sys.stdout.write(json.dumps([{"id": r.id, "message_id": r.message_id, "kind": r.kind, "to": r.recipients,
+                                      "subject": r.subject, "status": r.status, "attempts": r.attempts,
+                                      "created_at": r.created_at.isoformat(), "sent_at": r.sent_at.isoformat()
+                                      if r.sent_at else None, "last_error": r.last_error} for r in rows],
+                                    indent=2) + "\n")
+        return
+    t = Table(title="outbox")
+    for col in ("id", "status", "kind", "to", "subject", "attempts", "created", "last error"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        colour = {"sent": "green", "failed": "red"}.get(r.status, "yellow")
+        t.add_row(str(r.id), f"[{colour}]{r.status}[/]", r.kind, r.recipients, r.subject, str(r.attempts),
+                  f"{r.created_at:%Y-%m-%d %H:%M}", r.last_error or "")
+    out.print(t)
+
+
+@outbox_app.command("deliver")
+@handled
+def outbox_deliver(now: NowOpt = None) -> None:
+    """Deliver what is due now (the worker does this after every check)."""
+    from .notify.outbox import deliver
+    from .notify.transport import make_transport
+    from .store import open_store
+
+    cfg = state.config()
+    store = open_store(cfg.settings.store.url)
+    try:
+        rep = deliver(store, make_transport(cfg), cfg.settings.notify.from_address, parse_now(now),
+                      cfg.settings.notify.max_attempts)
+    finally:
+        store.dispose()
+    out.print(f"{len(rep.sent)} sent, {len(rep.retrying)} to retry, {len(rep.failed)} failed")
+
+
 def main() -> None:
     try:
         app()

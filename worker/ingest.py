@@ -30,13 +30,14 @@ from .classify import (
     is_acknowledgement,
     snippet_text,
 )
+from .commands import find_token, parse_command
 from .config import Config, MailboxConfig
 from .errors import MailboxError, StoreError
 from .headers import ParsedMessage, normalise_subject, parse_header_block
 from .mailbox import MailboxSource, open_source
 from .mailbox.base import Item, RawMessage
 from .store.db import Store, describe_db_error
-from .store.models import Contact, FolderState, Message, SkippedMessage
+from .store.models import AlertCommand, Contact, FolderState, Message, SkippedMessage
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,14 @@ class ScanReport:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+def is_alert_reply(pm: ParsedMessage) -> bool:
+    """A reply to one of our alert emails: our reference in the subject, or it answers a
+    Message-ID we made."""
+    if "[cw:" in pm.subject:
+        return True
+    return any(r.startswith("<cw.") for r in ([pm.in_reply_to] if pm.in_reply_to else []) + pm.references)
 
 
 def _row(pm: ParsedMessage, cl: Classification, auto: str | None, ack: bool, mailbox: str,
@@ -285,11 +294,29 @@ class Ingestor:
                           for raw, pm, cl in classified]
 
         autos = {id(pm): automated_reason(pm) for _, pm, _ in classified}
+        # Replies to our alert emails ("snooze 3d", "done") carry our reference.
+        commands = {id(pm) for _, pm, _ in classified if autos[id(pm)] is None and is_alert_reply(pm)}
         # Acknowledgements matter only for inbound human mail: fetch a few hundred bytes of
-        # body for those alone (BODY.PEEK, never stored).
+        # body for those (and for alert replies) alone, with BODY.PEEK; bodies are never stored.
         want = [raw.item for raw, pm, cl in classified
-                if cl.direction == "inbound" and autos[id(pm)] is None]
+                if (cl.direction == "inbound" and autos[id(pm)] is None) or id(pm) in commands]
         snippets = source.fetch_snippets(folder, want) if want else {}
+        command_rows = []
+        for raw, pm, _ in classified:
+            if id(pm) not in commands:
+                continue
+            h = pm.auto_headers
+            text = snippet_text(snippets.get(raw.item.key, b""), h.get("content-type", "text/plain"),
+                                h.get("content-transfer-encoding", ""))
+            parsed = parse_command(text)
+            if parsed is None:
+                continue
+            verb, span, item = parsed
+            command_rows.append({
+                "message_id": pm.message_id, "from_addr": pm.from_addr, "token": find_token(pm.subject),
+                "in_reply_to": pm.in_reply_to, "command": verb,
+                "argument": (span or "") + (f"#{item}" if item else "") or None,
+                "received_at": pm.sent_at, "status": "pending"})
 
         rows: dict[str, dict[str, Any]] = {}
         for raw, pm, cl in classified:
@@ -316,6 +343,8 @@ class Ingestor:
             with self.store.session() as db:
                 inserted = self.store.insert_ignore(db, Message.__table__, list(rows.values()),
                                                     ["message_id"])
+                if command_rows:
+                    self.store.insert_ignore(db, AlertCommand.__table__, command_rows, ["message_id"])
                 if skipped:
                     self.store.insert_ignore(db, SkippedMessage.__table__, [
                         {"mailbox": mailbox, "folder": folder, "uidvalidity": uidvalidity,

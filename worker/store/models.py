@@ -128,3 +128,75 @@ class Meta(SQLModel, table=True):
     __tablename__ = "meta"
     key: str = Field(primary_key=True, max_length=100)
     value: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class Alert(SQLModel, table=True):
+    """One lapse episode told to its owner: open -> notified -> escalated -> resolved (or snoozed,
+    acknowledged). The key comes from the lapse, so the same episode is never told twice."""
+
+    __tablename__ = "alert"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=1200)
+    kind: str = Field(max_length=20, index=True)
+    client_id: int | None = Field(default=None, foreign_key="client.id")
+    client_name: str = Field(max_length=300)
+    contact_email: str | None = Field(default=None, max_length=320)
+    owner_email: str | None = Field(default=None, max_length=320)
+    backup_email: str | None = Field(default=None, max_length=320)
+    #: open | notified | escalated | snoozed | acknowledged | resolved
+    state: str = Field(default="open", max_length=20, index=True)
+    #: 0 = told the owner; 1.. = escalation levels reached.
+    level: int = 0
+    since: NaiveDatetime
+    detail: str = Field(sa_column=Column(Text, nullable=False))
+    expected: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    facts: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    created_at: NaiveDatetime
+    notified_at: NaiveDatetime | None = None
+    escalated_at: NaiveDatetime | None = None
+    snoozed_until: NaiveDatetime | None = None
+    acknowledged_at: NaiveDatetime | None = None
+    acknowledged_by: str | None = Field(default=None, max_length=320)
+    resolved_at: NaiveDatetime | None = None
+    updated_at: NaiveDatetime
+
+
+class OutboxEmail(SQLModel, table=True):
+    """Every email is written here first, then delivered and marked sent: nothing is lost."""
+
+    __tablename__ = "outbox"
+    id: int | None = Field(default=None, primary_key=True)
+    #: Stable across retries and crash replays, so a resend is recognisably the same email.
+    message_id: str = Field(unique=True, max_length=300)
+    kind: str = Field(max_length=20, index=True)
+    recipients: str = Field(sa_column=Column(Text, nullable=False))
+    subject: str = Field(sa_column=Column(Text, nullable=False))
+    #: The complete RFC 5322 message, as sent.
+    raw: str = Field(sa_column=Column(Text, nullable=False))
+    #: Signs snooze/ack replies to this email; alert ids it carries, comma-separated.
+    token: str | None = Field(default=None, max_length=64, index=True)
+    alert_ids: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    #: pending | sent | failed
+    status: str = Field(default="pending", max_length=10, index=True)
+    attempts: int = 0
+    created_at: NaiveDatetime
+    next_attempt_at: NaiveDatetime
+    sent_at: NaiveDatetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class AlertCommand(SQLModel, table=True):
+    """A reply to an alert email ("snooze 3d", "done") found by a scan, applied by the next check."""
+
+    __tablename__ = "alert_command"
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(unique=True, max_length=1000)
+    from_addr: str = Field(max_length=320)
+    token: str | None = Field(default=None, max_length=64)
+    in_reply_to: str | None = Field(default=None, max_length=1000)
+    command: str = Field(max_length=20)
+    argument: str | None = Field(default=None, max_length=100)
+    received_at: NaiveDatetime
+    #: pending | applied | refused
+    status: str = Field(default="pending", max_length=10)
+    result: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -1,0 +1,279 @@
+"""Alerts end to end: Maildir -> scan -> check -> a real SMTP server (aiosmtpd)."""
+
+from __future__ import annotations
+
+import email
+import os
+from datetime import UTC, datetime, timedelta
+from email import policy
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from conftest import write_config
+from servers import SmtpSink
+from sqlalchemy import select
+from test_care import ALICE, BOB, GINA, OLIVIA, OSCAR, SHARED, Mail
+from typer.testing import CliRunner
+
+from worker.alerts import AlertDesk
+from worker.app import prepare_store, run_scan
+from worker.cli import app
+from worker.config import load_config
+from worker.notify.transport import make_transport
+from worker.store.models import Alert, AlertCommand, OutboxEmail
+
+LONDON = ZoneInfo("Europe/London")
+PAUL = "paul@firm.example"
+runner = CliRunner()
+
+
+def at(*a: int) -> datetime:
+    """London wall time -> naive UTC, as Carewatch keeps time."""
+    return datetime(*a, tzinfo=LONDON).astimezone(UTC).replace(tzinfo=None)  # type: ignore[misc]
+
+
+def london(*a: int) -> datetime:
+    return datetime(*a, tzinfo=LONDON)  # type: ignore[misc]
+
+
+class Firm:
+    """A Maildir, a store, an SMTP sink and the desk, with helpers to scan and check."""
+
+    def __init__(self, tmp_path: Path, smtp: SmtpSink, db_url: str, extra: str = "") -> None:
+        self.mail = Mail(tmp_path / "Maildir")
+        smtp_section = f'\n[notify.smtp]\nhost = "127.0.0.1"\nport = {smtp.port}\ntls = "none"\nallow_plaintext = true\n'
+        self.path = write_config(tmp_path, db_url, maildir=self.mail.root, extra=smtp_section + extra)
+        os.environ["CAREWATCH__NOTIFY__TRANSPORT"] = '"smtp"'
+        self.config = load_config(self.path)
+        del os.environ["CAREWATCH__NOTIFY__TRANSPORT"]
+        self.smtp = smtp
+        self.store, self.directory = prepare_store(self.config)
+
+    def scan(self) -> None:
+        assert run_scan(self.config, self.store, self.directory).ok
+
+    def check(self, now: datetime, **kw):  # type: ignore[no-untyped-def]
+        self.scan()
+        return AlertDesk(self.store, self.config).check(now, **kw)
+
+    def received(self) -> list[email.message.EmailMessage]:
+        return [email.message_from_bytes(raw, policy=policy.default) for _, _, raw in self.smtp.messages]  # type: ignore[misc]
+
+    def alerts(self) -> dict[str, Alert]:
+        with self.store.session() as db:
+            return {a.key: a for a in db.execute(select(Alert)).scalars()}
+
+    def outbox(self) -> list[OutboxEmail]:
+        with self.store.session() as db:
+            return list(db.execute(select(OutboxEmail).order_by(OutboxEmail.id)).scalars())
+
+
+@pytest.fixture
+def firm(tmp_path: Path, smtp: SmtpSink) -> Firm:
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}")
+    f.mail.add(ALICE, [SHARED], "Budget 2027", london(2026, 11, 16, 10, 0))
+    f.mail.add(BOB, [SHARED], "Access to the portal", london(2026, 11, 16, 9, 30))
+    f.mail.add(GINA, [SHARED], "Board pack", london(2026, 11, 16, 9, 0))
+    return f
+
+
+def test_one_email_per_owner_per_check_and_no_repeat(firm: Firm) -> None:
+    rep = firm.check(at(2026, 11, 17, 12, 0))
+    assert len(rep.new) == 3 and rep.delivery and len(rep.delivery.sent) == 2
+    got = {m["To"]: m for m in firm.received()}
+    assert set(got) == {OLIVIA, OSCAR}
+    olivia = got[OLIVIA]
+    body = olivia.get_body(("plain",)).get_content()
+    assert "Alice Principal" in body and "Bob User" in body and "Budget 2027" in body
+    assert "What to do:" in body and "snooze 3d" in body
+    assert olivia["Auto-Submitted"] == "auto-generated" and olivia["X-Auto-Response-Suppress"] == "All"
+    assert olivia["Reply-To"] == SHARED and "[cw:" in olivia["Subject"]
+    html = olivia.get_body(("html",)).get_content()
+    assert 'style="' in html and "<style" not in html  # CSS inlined for mail clients
+    # The next check tells nobody anything new.
+    firm.smtp.clear()
+    rep2 = firm.check(at(2026, 11, 17, 12, 30))
+    assert rep2.new == [] and rep2.emails == [] and firm.smtp.messages == []
+
+
+def test_escalation_after_the_threshold_goes_to_owner_and_backup(firm: Firm) -> None:
+    firm.check(at(2026, 11, 17, 12, 0))
+    firm.smtp.clear()
+    # 8 business hours after Tue 12:00 is Wed 11:30.
+    assert firm.check(at(2026, 11, 18, 11, 0)).escalated == []
+    rep = firm.check(at(2026, 11, 18, 11, 45))
+    assert len(rep.escalated) == 3
+    got = {m["To"]: m for m in firm.received()}
+    assert set(got) == {OLIVIA, OSCAR, PAUL}
+    assert str(got[PAUL]["Subject"]).strip().startswith("Escalated: ")
+    paul_body = got[PAUL].get_body(("plain",)).get_content()
+    assert paul_body.count("ESCALATED") == 3 and "owner: Olivia Owner" in paul_body
+    assert all(a.level == 1 and a.state == "escalated" for a in firm.alerts().values())
+    # One level only by default: no second escalation.
+    firm.smtp.clear()
+    assert firm.check(at(2026, 11, 20, 12, 0)).escalated == [] and firm.smtp.messages == []
+
+
+def test_an_alert_resolves_when_the_reply_lands(firm: Firm) -> None:
+    firm.check(at(2026, 11, 17, 12, 0))
+    budget = next(k for k in firm.alerts() if "unanswered" in k and "m1@" in k)
+    firm.mail.add(OLIVIA, [ALICE], "Re: Budget 2027", london(2026, 11, 17, 13, 0), reply_to="<m1@acme.example>",
+                  folder="Sent")
+    rep = firm.check(at(2026, 11, 17, 14, 0))
+    assert budget in rep.resolved
+    a = firm.alerts()[budget]
+    assert a.state == "resolved" and a.resolved_at == at(2026, 11, 17, 14, 0)
+
+
+def test_quiet_hours_hold_an_alert_until_morning(firm: Firm) -> None:
+    rep = firm.check(at(2026, 11, 17, 22, 0))
+    assert len(rep.held) == 3 and rep.emails == [] and firm.smtp.messages == []
+    assert rep.hold_until == at(2026, 11, 18, 9, 0)
+    assert all(a.state == "open" for a in firm.alerts().values())
+    rep = firm.check(at(2026, 11, 18, 9, 5))
+    assert len(rep.new) == 3 and len(firm.smtp.messages) == 2
+
+
+def _reply(firm: Firm, sender: str, text: str, to_email: email.message.EmailMessage, when: datetime,
+           token: str | None = None) -> None:
+    subject = "Re: " + str(to_email["Subject"])
+    if token is not None:
+        subject = subject.split("[cw:")[0] + f"[cw:{token}]"
+    firm.mail.add(sender, [SHARED], subject, when, reply_to=str(to_email["Message-ID"]), body=text)
+
+
+def test_snooze_by_reply_is_honoured_only_from_the_right_person(firm: Firm) -> None:
+    firm.check(at(2026, 11, 17, 12, 0))
+    olivia_mail = next(m for m in firm.received() if m["To"] == OLIVIA)
+    oscar_mail = next(m for m in firm.received() if m["To"] == OSCAR)
+    # Oscar is not owner or backup of Acme's alerts; Bob is the client; a forged token fails.
+    _reply(firm, OSCAR, "done", olivia_mail, london(2026, 11, 17, 12, 10))
+    _reply(firm, BOB, "snooze 1w", olivia_mail, london(2026, 11, 17, 12, 11))
+    _reply(firm, OLIVIA, "snooze 3d", olivia_mail, london(2026, 11, 17, 12, 12), token="0" * 20)
+    # Olivia snoozes her email's alerts; Oscar closes only item 1 of his.
+    _reply(firm, OLIVIA, "Snooze 3d\n\nOn Tue, Carewatch wrote:\n> ...", olivia_mail, london(2026, 11, 17, 12, 15))
+    _reply(firm, OSCAR, "done 1", oscar_mail, london(2026, 11, 17, 12, 16))
+    firm.smtp.clear()
+    rep = firm.check(at(2026, 11, 17, 12, 30))
+    results = sorted(rep.commands)
+    assert sum("refused" in r for r in results) == 3 and sum("snoozed 2" in r for r in results) == 1
+    assert any("closed 1" in r for r in results)
+    with firm.store.session() as db:
+        statuses = {c.from_addr + c.command: c.status for c in db.execute(select(AlertCommand)).scalars()}
+    assert statuses[BOB + "snooze"] == "refused"
+    alerts = firm.alerts()
+    acme = [a for a in alerts.values() if a.client_name == "Acme Ltd"]
+    assert all(a.state == "snoozed" and a.snoozed_until == at(2026, 11, 20, 12, 15) for a in acme)
+    assert next(a for a in alerts.values() if a.client_name == "Globex").state == "acknowledged"
+    # Snoozed and acknowledged alerts neither escalate nor remind. (Bob's own reply is real
+    # client mail that now waits in its own right: that is the only new alert.)
+    rep = firm.check(at(2026, 11, 18, 15, 0))
+    assert rep.escalated == [] and all("m5@acme" in k for k in rep.new), rep.new
+    # ...until the snooze ends: then the owner hears again.
+    firm.smtp.clear()
+    rep = firm.check(at(2026, 11, 20, 12, 30))
+    assert sorted(k for k in rep.new if "m5@" not in k) == sorted(a.key for a in acme)
+    got = {m["To"]: m.get_body(("plain",)).get_content() for m in firm.received()}
+    assert "Budget 2027" in got[OLIVIA] and "Access to the portal" in got[OLIVIA]
+    # Paul hears only of Bob's newer wait, which has now escalated; not of the snoozed ones.
+    assert set(got) == {OLIVIA, PAUL} and "Budget 2027" not in got[PAUL] and "ESCALATED" in got[PAUL]
+
+
+def test_smtp_down_then_up_loses_nothing_and_doubles_nothing(firm: Firm) -> None:
+    firm.smtp.refuse_code = "451 4.3.0 try again later"
+    rep = firm.check(at(2026, 11, 17, 12, 0))
+    assert rep.delivery and rep.delivery.sent == [] and len(rep.delivery.retrying) == 1
+    assert [r.status for r in firm.outbox()] == ["pending", "pending"]
+    firm.smtp.refuse_code = None
+    # Backoff: nothing is retried before its time...
+    rep = firm.check(at(2026, 11, 17, 12, 0, 30))
+    assert rep.delivery and len(rep.delivery.sent) == 1  # the one never tried goes now
+    rep = firm.check(at(2026, 11, 17, 12, 5))
+    assert rep.delivery and len(rep.delivery.sent) == 1
+    assert [r.status for r in firm.outbox()] == ["sent", "sent"]
+    ids = [m["Message-ID"] for m in firm.received()]
+    assert len(ids) == 2 and len(set(ids)) == 2
+
+
+def test_a_permanent_failure_is_kept_and_visible(firm: Firm) -> None:
+    firm.smtp.refuse_code = "550 5.1.1 no such user"
+    firm.check(at(2026, 11, 17, 12, 0))
+    assert [r.status for r in firm.outbox()] == ["failed", "failed"]
+    r = runner.invoke(app, ["--config", str(firm.path), "outbox", "list", "--status", "failed"],
+                      env={"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"', "COLUMNS": "200"})
+    assert r.exit_code == 0 and r.output.count("failed") >= 2 and "550" in r.output
+
+
+def test_a_crash_between_sent_and_marked_sent_resends_the_same_message(firm: Firm) -> None:
+    from worker.notify import outbox as ob
+
+    class Crash(BaseException):
+        pass
+
+    transport = make_transport(firm.config)
+    real_send = transport.send
+
+    def send_then_crash(*a, **kw):  # type: ignore[no-untyped-def]
+        real_send(*a, **kw)
+        raise Crash()  # the process dies after the server accepted, before we noted it
+
+    transport.send = send_then_crash  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        firm.check(at(2026, 11, 17, 12, 0), transport=transport)
+    assert len(firm.smtp.messages) == 1 and all(r.status == "pending" for r in firm.outbox())
+    rep = ob.deliver(firm.store, make_transport(firm.config), "carewatch@firm.example", at(2026, 11, 17, 12, 1))
+    assert len(rep.sent) == 2
+    ids = [m["Message-ID"] for m in firm.received()]
+    assert len(ids) == 3 and len(set(ids)) == 2  # the resend carries the same Message-ID
+    assert len(firm.outbox()) == 2 and firm.check(at(2026, 11, 17, 12, 2)).new == []
+
+
+def test_headers_and_markup_cannot_be_injected(tmp_path: Path, smtp: SmtpSink) -> None:
+    extra = ('\n[[clients]]\nname = "Evil\\r\\nBcc: victim@evil.example\\r\\nX-Injected: yes"\n'
+             'domains = ["evil.example"]\nowner = "olivia@firm.example"\n'
+             'contacts = [{ name = "<script>alert(1)</script>", email = "eve@evil.example", role = "principal" }]\n')
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}", extra=extra)
+    f.mail.add("eve@evil.example", [SHARED], "<b>Hi</b>\r\nBcc: x@evil.example", london(2026, 11, 16, 9, 0))
+    f.check(at(2026, 11, 17, 12, 0))
+    [(mail_from, rcpts, raw)] = smtp.messages
+    assert rcpts == [OLIVIA]
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    # The client name is folded into the Subject's text, never a header of its own.
+    assert msg["Bcc"] is None and msg["X-Injected"] is None
+    assert "Bcc: victim@evil.example" in str(msg["Subject"])
+    html = msg.get_body(("html",)).get_content()
+    assert "<script>" not in html and "&lt;script&gt;" in html and "<b>Hi</b>" not in html
+
+
+def test_dry_run_sends_nothing_and_changes_nothing(firm: Firm) -> None:
+    r = runner.invoke(app, ["--config", str(firm.path), "check", "--dry-run", "--scan", "--now", "2026-11-17T12:00:00Z"],
+                      env={"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"'})
+    assert r.exit_code == 0, r.output
+    assert "dry run" in r.output and "Alice Principal" in r.output and "To: olivia@firm.example" in r.output
+    assert firm.smtp.messages == [] and firm.outbox() == [] and firm.alerts() == {}
+
+
+def test_check_and_alerts_commands_from_the_cli(firm: Firm) -> None:
+    env = {"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"', "COLUMNS": "200"}
+    r = runner.invoke(app, ["--config", str(firm.path), "check", "--scan", "--now", "2026-11-17T12:00:00Z"], env=env)
+    assert r.exit_code == 0 and "3 new" in r.output and "2 sent" in r.output, r.output
+    r = runner.invoke(app, ["--config", str(firm.path), "alerts", "list"], env=env)
+    assert r.exit_code == 0 and "notified" in r.output and "Acme Ltd" in r.output
+    first = min(firm.alerts().values(), key=lambda a: a.id or 0)
+    r = runner.invoke(app, ["--config", str(firm.path), "alerts", "snooze", str(first.id), "--for", "2d"], env=env)
+    assert r.exit_code == 0 and "snoozed" in r.output
+    r = runner.invoke(app, ["--config", str(firm.path), "alerts", "ack", "999"], env=env)
+    assert r.exit_code == 3 and "no alert with id 999" in r.output
+
+
+def test_file_outbox_is_the_embedded_default(tmp_path: Path) -> None:
+    mail = Mail(tmp_path / "Maildir")
+    mail.add(ALICE, [SHARED], "Budget", london(2026, 11, 16, 10, 0))
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=mail.root)
+    r = runner.invoke(app, ["--config", str(cfg), "check", "--scan", "--now", "2026-11-17T12:00:00Z"])
+    assert r.exit_code == 0, r.output
+    files = list((tmp_path / "outbox").glob("*.eml"))
+    assert len(files) == 1
+    msg = email.message_from_bytes(files[0].read_bytes(), policy=policy.default)
+    assert msg["To"] == OLIVIA and "Budget" in msg.get_body(("plain",)).get_content()

@@ -1,0 +1,356 @@
+"""Alerts: turn lapses into a lifecycle (open -> notified -> escalated -> resolved, or snoozed /
+acknowledged), group them into one email per recipient per check, and write those emails to
+the outbox in the same transaction as the state change, so a crash can never tell anyone twice
+or lose an alert."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from .care.clock import BusinessCalendar, from_ts, to_ts
+from .care.evaluate import CarePicture, Lapse, evaluate
+from .commands import find_token, parse_command
+from .config import Config, parse_duration_minutes
+from .notify.outbox import DeliveryReport, deliver, enqueue
+from .notify.render import Renderer, build_email
+from .notify.transport import Transport, make_transport
+from .store import Store
+from .store.models import Alert, AlertCommand, Meta, OutboxEmail
+
+log = logging.getLogger(__name__)
+
+LABELS = {
+    "unanswered": "Waiting for a reply",
+    "chased": "Client had to chase",
+    "silent": "Nobody has written",
+    "going_quiet": "Client going quiet",
+    "slowing": "Replies slowing down",
+    "unowned": "Nobody accountable",
+}
+ACTIONS = {
+    "unanswered": "reply to {contact} today, or hand the thread to a colleague and say so",
+    "chased": "reply today and acknowledge the wait; the client has already asked twice",
+    "silent": "send {contact} a short personal note or suggest a call",
+    "going_quiet": "check in with {contact}: ask how things are going",
+    "slowing": "look at the team's workload on {client}; replies are taking much longer than usual",
+    "unowned": "name the missing owner or principal for {client} in the Carewatch configuration",
+}
+ACTIVE = ("open", "notified", "escalated", "snoozed", "acknowledged")
+#: Replies to an alert email are accepted for this long after it was sent.
+TOKEN_VALID_DAYS = 30
+# --- tokens --------------------------------------------------------------------------------------
+def token_secret(store: Store, db: Session) -> bytes:
+    """A per-deployment secret kept in the store (shared by replicas), made on first use."""
+    row = db.get(Meta, "token_secret")
+    if row is None:
+        store.insert_ignore(db, Meta.__table__, [{"key": "token_secret", "value": secrets.token_hex(32)}], ["key"])
+        db.flush()
+        row = db.get(Meta, "token_secret")
+    assert row is not None
+    return bytes.fromhex(row.value)
+
+
+def make_token(secret: bytes, message_id: str) -> str:
+    return hmac.new(secret, message_id.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+# --- the check -----------------------------------------------------------------------------------
+@dataclass
+class PlannedEmail:
+    recipients: list[str]
+    subject: str
+    message_id: str
+    items: list[dict[str, Any]]
+    text: str
+    html: str
+
+
+@dataclass
+class CheckReport:
+    now: datetime
+    new: list[str] = field(default_factory=list)
+    escalated: list[str] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)
+    reopened: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    snoozed: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    emails: list[PlannedEmail] = field(default_factory=list)
+    delivery: DeliveryReport | None = None
+    hold_until: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"now": self.now.isoformat() + "Z", "new": self.new, "escalated": self.escalated,
+                "resolved": self.resolved, "reopened": self.reopened, "held": self.held,
+                "snoozed": self.snoozed, "commands": self.commands,
+                "hold_until": self.hold_until.isoformat() + "Z" if self.hold_until else None,
+                "emails": [{"to": e.recipients, "subject": e.subject, "message_id": e.message_id,
+                            "items": [i["key"] for i in e.items]} for e in self.emails],
+                "delivery": None if self.delivery is None else {
+                    "sent": self.delivery.sent, "retrying": self.delivery.retrying, "failed": self.delivery.failed}}
+
+
+class AlertDesk:
+    def __init__(self, store: Store, config: Config) -> None:
+        self.store = store
+        self.config = config
+        self.settings = config.settings
+        self.calendar = BusinessCalendar.from_config(config.settings.calendar)
+        self.tz = ZoneInfo(config.settings.calendar.timezone)
+        self.escalate_after = parse_duration_minutes(config.settings.policy.escalate_after, business=True)
+        self.levels = config.settings.policy.escalation_levels
+        self.names = {o.email: o.name for o in self.settings.owners} | {p.email: p.name for p in self.settings.partners}
+        self.owner_backup = {o.email: o.backup for o in self.settings.owners}
+        self.partners = [p.email for p in self.settings.partners]
+
+    # --- people ----------------------------------------------------------------------------------
+    def _person(self, ref: str | None) -> str | None:
+        if not ref:
+            return None
+        r = ref.strip().lower()
+        for email, name in self.names.items():
+            if r in (email, name.lower()):
+                return email
+        return r if "@" in r else None
+
+    def backup_for(self, alert: Alert) -> list[str]:
+        """Who an alert escalates to: the client's backup, the owner's backup, or the partners."""
+        b = alert.backup_email or self._person(self.owner_backup.get(alert.owner_email or ""))
+        return [b] if b else list(self.partners)
+
+    def first_recipients(self, alert: Alert) -> list[str]:
+        if alert.owner_email:
+            return [alert.owner_email]
+        return self.backup_for(alert)  # an unowned client: someone senior must hear of it
+
+    def local(self, dt: datetime) -> str:
+        return from_naive(dt).astimezone(self.tz).strftime("%a %d %b %Y %H:%M")
+
+    # --- commands (snooze / done by reply) -------------------------------------------------------
+    def apply_commands(self, db: Session, now: datetime, report: CheckReport) -> None:
+        pending = db.execute(select(AlertCommand).where(AlertCommand.status == "pending")
+                             .order_by(AlertCommand.received_at, AlertCommand.id)).scalars().all()
+        if not pending:
+            return
+        secret = token_secret(self.store, db)
+        for cmd in pending:
+            result, ok = self._apply_one(db, cmd, secret, now)
+            cmd.status = "applied" if ok else "refused"
+            cmd.result = result
+            db.add(cmd)
+            report.commands.append(f"{cmd.command} from {cmd.from_addr}: {result}")
+            (log.info if ok else log.warning)("reply %s from %s: %s", cmd.message_id, cmd.from_addr, result)
+
+    def _apply_one(self, db: Session, cmd: AlertCommand, secret: bytes, now: datetime) -> tuple[str, bool]:
+        email = None
+        if cmd.token:
+            email = db.execute(select(OutboxEmail).where(OutboxEmail.token == cmd.token)).scalars().first()
+        if email is None and cmd.in_reply_to:
+            email = db.execute(select(OutboxEmail).where(OutboxEmail.message_id == cmd.in_reply_to)).scalars().first()
+        if email is None or email.token is None:
+            return "refused: no alert email carries this reference", False
+        # The token must be the one we signed for that very email (altered tokens fail here).
+        if not cmd.token or not hmac.compare_digest(cmd.token, make_token(secret, email.message_id)):
+            return "refused: the reference does not match the email it answers", False
+        if cmd.received_at < email.created_at or cmd.received_at > email.created_at + timedelta(days=TOKEN_VALID_DAYS):
+            return "refused: the reference has expired", False
+        ids = [int(x) for x in email.alert_ids.split(",") if x]
+        alerts = [a for a in (db.get(Alert, i) for i in ids) if a is not None]
+        # argument: "3d" (snooze span), optionally "#N" for one item of the email.
+        span, _, item_s = (cmd.argument or "").partition("#")
+        if item_s:
+            item = int(item_s)
+            if not 1 <= item <= len(alerts):
+                return f"refused: the email has no item {item}", False
+            alerts = [alerts[item - 1]]
+        sender = cmd.from_addr.lower()
+        allowed = [a for a in alerts if sender in {a.owner_email, *self.backup_for(a)}]
+        if not allowed:
+            return "refused: only the alert's owner or backup may snooze or close it", False
+        done = []
+        for a in allowed:
+            if a.state == "resolved":
+                continue
+            if cmd.command == "snooze":
+                minutes = parse_duration_minutes(span or "1d", business=False)
+                a.state = "snoozed"
+                a.snoozed_until = cmd.received_at + timedelta(minutes=minutes)
+            else:
+                a.state = "acknowledged"
+                a.acknowledged_at = cmd.received_at
+                a.acknowledged_by = sender
+            a.updated_at = now
+            db.add(a)
+            done.append(a.key)
+        verb = "snoozed" if cmd.command == "snooze" else "closed"
+        return f"{verb} {len(done)} alert(s)", True
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def sync(self, db: Session, picture: CarePicture, now: datetime, report: CheckReport) -> None:
+        lapses = {lp.key: lp for lp in picture.lapses}
+        clients = {c.name: c for c in picture.clients}
+        existing = {a.key: a for a in db.execute(select(Alert).where(Alert.key.in_(list(lapses)))).scalars()} \
+            if lapses else {}
+        for key, lp in lapses.items():
+            a = existing.get(key)
+            c = clients.get(lp.client)
+            if a is None:
+                a = Alert(key=key, kind=lp.kind, client_id=c.id if c else None, client_name=lp.client,
+                          contact_email=lp.contact_email, owner_email=c.owner if c else None,
+                          backup_email=c.backup if c else None, state="open", level=0, since=lp.since,
+                          detail=lp.detail, expected=lp.expected, facts=json.dumps(lp.facts, sort_keys=True),
+                          created_at=now, updated_at=now)
+            else:
+                if a.state == "resolved":
+                    a.state, a.level, a.resolved_at, a.notified_at = "open", 0, None, None
+                    report.reopened.append(key)
+                elif a.state == "snoozed" and a.snoozed_until and a.snoozed_until <= now:
+                    a.state = "open"  # the owner asked to hear about it again now
+                # The picture moves on (waits grow longer): keep the latest words.
+                a.detail, a.expected, a.facts = lp.detail, lp.expected, json.dumps(lp.facts, sort_keys=True)
+                if c is not None:
+                    a.owner_email, a.backup_email = c.owner, c.backup
+                a.updated_at = now
+            db.add(a)
+        db.flush()
+        for a in db.execute(select(Alert).where(Alert.state.in_(ACTIVE))).scalars():
+            if a.key not in lapses:
+                a.state, a.resolved_at, a.updated_at = "resolved", now, now
+                db.add(a)
+                report.resolved.append(a.key)
+
+    def due(self, db: Session, now: datetime, report: CheckReport) -> dict[str, list[tuple[Alert, bool]]]:
+        """Recipient -> [(alert, escalated?)] that should be told now."""
+        out: dict[str, list[tuple[Alert, bool]]] = {}
+        now_ts = to_ts(now)
+        for a in db.execute(select(Alert).where(Alert.state.in_(("open", "notified", "escalated", "snoozed")))
+                            .order_by(Alert.client_name, Alert.since, Alert.id)).scalars():
+            if a.state == "snoozed":
+                report.snoozed.append(a.key)
+                continue
+            if a.state == "open":
+                for r in self.first_recipients(a):
+                    out.setdefault(r, []).append((a, False))
+                continue
+            last = a.escalated_at or a.notified_at or a.created_at
+            if (a.level < self.levels
+                    and self.calendar.minutes_between(to_ts(last), now_ts) >= self.escalate_after):
+                for r in dict.fromkeys(self.first_recipients(a) + self.backup_for(a)):
+                    out.setdefault(r, []).append((a, True))
+        return out
+
+    # --- emails ------------------------------------------------------------------------------------
+    def compose(self, renderer: Renderer, secret: bytes, recipient: str, entries: list[tuple[Alert, bool]],
+                now: datetime, people: dict[str, tuple[str, str]] | None = None) -> tuple[PlannedEmail, str]:
+        n = self.settings.notify
+        keys = "|".join(f"{a.key}#{a.level + (1 if esc else 0)}" for a, esc in entries)
+        digest = hashlib.sha256(f"{recipient}|{now.isoformat()}|{keys}".encode()).hexdigest()[:24]
+        domain = n.from_address.rpartition("@")[2] or "carewatch.local"
+        message_id = f"<cw.{digest}@{domain}>"
+        token = make_token(secret, message_id)
+        items = []
+        for a, esc in entries:
+            facts = json.loads(a.facts or "{}")
+            name, role = (people or {}).get(a.contact_email or "", (a.contact_email, None))
+            contact_name = f"{name} <{a.contact_email}>" if a.contact_email and name != a.contact_email else name
+            items.append({
+                "key": a.key, "kind": a.kind, "label": LABELS.get(a.kind, a.kind), "client": a.client_name,
+                "contact": contact_name, "role": role, "detail": a.detail, "expected": a.expected,
+                "subject": facts.get("subject"), "since_local": self.local(a.since), "escalated": esc,
+                "owner_name": self.names.get(a.owner_email or "", a.owner_email),
+                "action": ACTIONS.get(a.kind, "look into it").format(contact=name or "the contact",
+                                                                       client=a.client_name),
+            })
+        escalated = any(esc for _, esc in entries)
+        first = items[0]
+        more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
+        subject = (f"{'Escalated: ' if escalated else ''}{first['client']}: {first['label'].lower()}{more} "
+                   f"[cw:{token}]")
+        ctx = {"subject": subject, "items": items, "escalated": escalated, "recipient": recipient,
+               "recipient_name": self.names.get(recipient, recipient), "token": token,
+               "now_local": self.local(now), "timezone": self.settings.calendar.timezone}
+        text, html = renderer.render("alert", ctx)
+        return PlannedEmail([recipient], subject, message_id, items, text, html), token
+
+    def check(self, now: datetime, dry_run: bool = False, transport: Transport | None = None,
+              picture: CarePicture | None = None) -> CheckReport:
+        report = CheckReport(now=now)
+        renderer = Renderer(self.config)
+        with self.store.session() as db:
+            self.apply_commands(db, now, report)
+            db.flush()
+            picture = picture or evaluate(self.store, self.config, now)
+            self.sync(db, picture, now, report)
+            db.flush()
+            due = self.due(db, now, report)
+            n = self.settings.notify
+            is_open = self.calendar.is_open(to_ts(now))
+            secret = token_secret(self.store, db)
+            people = {ct.email: (ct.name, ct.role) for c in picture.clients for ct in c.contacts}
+            for recipient, entries in sorted(due.items()):
+                if n.quiet_hours and not is_open:
+                    urgent = [(a, e) for a, e in entries if e and n.escalations_ignore_quiet_hours]
+                    held = [a.key for a, e in entries if (a, e) not in urgent]
+                    report.held += held
+                    entries = urgent
+                    if not entries:
+                        continue
+                planned, token = self.compose(renderer, secret, recipient, entries, now, people)
+                report.emails.append(planned)
+                msg = build_email(from_addr=n.from_address, from_name=n.from_name, to=planned.recipients,
+                                  subject=planned.subject, text=planned.text, html=planned.html,
+                                  message_id=planned.message_id, reply_to=n.reply_to, date=from_naive(now),
+                                  headers={"X-Carewatch-Kind": "alert", "X-Carewatch-Token": token})
+                enqueue(self.store, db, msg, kind="alert", now=now, token=token,
+                        alert_ids=[a.id for a, _ in entries if a.id is not None])
+                for a, esc in entries:
+                    if esc:
+                        if a.key not in report.escalated:
+                            report.escalated.append(a.key)
+                    elif a.key not in report.new:
+                        report.new.append(a.key)
+            # State changes once per alert, after all emails are planned: an escalation goes to
+            # the owner and the backup but raises the level once.
+            told: dict[int, tuple[Alert, bool]] = {}
+            for _recipient, entries in due.items():
+                for a, esc in entries:
+                    if a.key not in report.held and a.id is not None:
+                        told[a.id] = (a, esc)
+            for a, esc in told.values():
+                if esc:
+                    a.level += 1
+                    a.state, a.escalated_at = "escalated", now
+                else:
+                    a.state, a.notified_at = "notified", now
+                a.updated_at = now
+                db.add(a)
+            if report.held:
+                report.hold_until = from_ts(self.calendar.next_open(to_ts(now)))
+            if dry_run:
+                db.rollback()
+                return report
+            db.commit()
+        if transport is not None or not dry_run:
+            report.delivery = deliver(self.store, transport or make_transport(self.config),
+                                      self.settings.notify.from_address, now, self.settings.notify.max_attempts)
+        return report
+
+
+def from_naive(dt: datetime) -> datetime:
+    from datetime import UTC
+
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+
+
+__all__ = ["AlertDesk", "CheckReport", "Lapse", "find_token", "parse_command", "make_token"]

@@ -1,0 +1,82 @@
+"""Email rendering: Jinja2 templates (HTML autoescaped, CSS inlined) and safe headers."""
+
+from __future__ import annotations
+
+import re
+import sys
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, make_msgid
+from pathlib import Path
+from typing import Any
+
+import css_inline
+import jinja2
+
+from ..config import Config
+
+_UNSAFE_HEADER_RE = re.compile(r"[\r\n\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029]+")
+
+
+def default_templates_dir() -> Path:
+    """The templates/ folder shipped with Carewatch: beside the package in a checkout or an
+    editable install, or under <prefix>/share/carewatch/templates in an installed wheel."""
+    here = Path(__file__).resolve().parent.parent.parent / "templates"
+    if (here / "base.html").exists():
+        return here
+    return Path(sys.prefix) / "share" / "carewatch" / "templates"
+
+
+def safe_header(value: str, limit: int = 200) -> str:
+    """One line, no control characters: a client name or subject cannot inject headers."""
+    v = _UNSAFE_HEADER_RE.sub(" ", value).strip()
+    return v if len(v) <= limit else v[: limit - 1] + "\u2026"
+
+
+class Renderer:
+    def __init__(self, config: Config) -> None:
+        dirs = []
+        if config.settings.templates_dir:
+            dirs.append(str(config.settings.templates_dir))  # ops' own copies win
+        dirs.append(str(default_templates_dir()))
+        loader = jinja2.FileSystemLoader(dirs)
+        self.html = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+        self.text = jinja2.Environment(loader=loader, autoescape=False, undefined=jinja2.StrictUndefined,
+                                       keep_trailing_newline=True)
+        self.inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
+        self.firm_name = config.settings.firm.name
+
+    def render(self, name: str, context: dict[str, Any]) -> tuple[str, str]:
+        """(text, html) for templates NAME.txt and NAME.html; the HTML has its CSS inlined, as
+        Gmail and Outlook ignore most <style> blocks."""
+        ctx = {"firm_name": self.firm_name, **context}
+        text = self.text.get_template(f"{name}.txt").render(ctx)
+        html = self.html.get_template(f"{name}.html").render(ctx)
+        return text, self.inliner.inline(html)
+
+
+def build_email(*, from_addr: str, from_name: str, to: list[str], subject: str, text: str, html: str | None,
+                message_id: str, reply_to: str | None = None, headers: dict[str, str] | None = None,
+                date: Any = None, in_reply_to: str | None = None) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = formataddr((safe_header(from_name, 80), from_addr))
+    msg["To"] = ", ".join(safe_header(a, 320) for a in to)
+    msg["Subject"] = safe_header(subject)
+    msg["Message-ID"] = message_id or make_msgid(domain="carewatch.local")
+    if date is not None:
+        msg["Date"] = format_datetime(date)
+    if reply_to:
+        msg["Reply-To"] = safe_header(reply_to, 320)
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = in_reply_to
+    # Nobody's auto-reply should answer us, and our own scan must recognise our mail.
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Auto-Response-Suppress"] = "All"
+    for k, v in (headers or {}).items():
+        msg[k] = safe_header(v)
+    # Quoted-printable keeps every line under SMTP's 1000-octet limit (inlined CSS makes long
+    # HTML lines) and survives 7-bit relays.
+    msg.set_content(text, cte="quoted-printable")
+    if html is not None:
+        msg.add_alternative(html, subtype="html", cte="quoted-printable")
+    return msg

@@ -1,0 +1,120 @@
+"""Delivery: SMTP (STARTTLS or implicit TLS, auth, verified certificates) or .eml files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import smtplib
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from ..config import Config, SmtpConfig, resolve_secret
+from ..errors import DeliveryError
+
+
+class Transport(Protocol):
+    name: str
+
+    def send(self, raw: bytes, mail_from: str, recipients: list[str], message_id: str) -> dict[str, str]:
+        """Deliver; return the recipients refused (the others got it). Raises DeliveryError."""
+
+    def close(self) -> None: ...
+
+
+class FileTransport:
+    """The embedded default: each email becomes an .eml file (written atomically)."""
+
+    name = "file"
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def path_for(self, message_id: str) -> Path:
+        stem = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in message_id.strip("<>"))
+        return self.dir / f"{stem}.eml"
+
+    def send(self, raw: bytes, mail_from: str, recipients: list[str], message_id: str) -> dict[str, str]:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            target = self.path_for(message_id)
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)  # a crash leaves either no file or the whole file
+        except OSError as exc:
+            raise DeliveryError(f"cannot write {self.dir}: {exc.strerror}") from exc
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class SmtpTransport:
+    name = "smtp"
+
+    def __init__(self, cfg: SmtpConfig) -> None:
+        self.cfg = cfg
+        self.conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        c = self.cfg
+        ctx = ssl.create_default_context(cafile=str(c.ca_file) if c.ca_file else None)
+        port = c.port or {"implicit": 465, "starttls": 587, "none": 25}[c.tls]
+        try:
+            conn: smtplib.SMTP
+            if c.tls == "implicit":
+                conn = smtplib.SMTP_SSL(c.host, port, timeout=c.timeout_seconds, context=ctx)
+            else:
+                conn = smtplib.SMTP(c.host, port, timeout=c.timeout_seconds)
+                if c.tls == "starttls":
+                    conn.starttls(context=ctx)
+            if c.username:
+                conn.login(c.username, resolve_secret(c.password_env, c.password_file, "notify.smtp.password"))
+        except ssl.SSLCertVerificationError as exc:
+            raise DeliveryError(f"SMTP {c.host}:{port}: TLS certificate not trusted ({exc.verify_message}); set "
+                                "notify.smtp.ca_file for a private CA") from None
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(f"SMTP {c.host}:{port}: login refused ({exc.smtp_code})", permanent=False) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(f"SMTP {c.host}:{port}: cannot connect: {exc}") from None
+        return conn
+
+    def send(self, raw: bytes, mail_from: str, recipients: list[str], message_id: str) -> dict[str, str]:
+        if self.conn is None:
+            self.conn = self._connect()
+        try:
+            refused = self.conn.sendmail(mail_from, recipients, raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            self.close()
+            codes = [code for code, _ in exc.recipients.values()]
+            raise DeliveryError(f"SMTP refused every recipient: {exc.recipients}",
+                                permanent=all(500 <= c < 600 for c in codes)) from None
+        except smtplib.SMTPResponseException as exc:
+            self.close()
+            raise DeliveryError(f"SMTP said {exc.smtp_code} {exc.smtp_error!r}",
+                                permanent=500 <= exc.smtp_code < 600) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            self.close()
+            raise DeliveryError(f"SMTP delivery failed: {exc}") from None
+        # Some recipients may have been refused while others accepted: the email is delivered.
+        return {addr: f"{code} {msg.decode(errors='replace') if isinstance(msg, bytes) else msg}"
+                for addr, (code, msg) in refused.items()}
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                self.conn.quit()
+            self.conn = None
+
+
+def make_transport(config: Config) -> Transport:
+    n = config.settings.notify
+    if n.transport == "smtp":
+        if n.smtp is None:
+            raise DeliveryError("notify.transport = \"smtp\" needs a [notify.smtp] section")
+        return SmtpTransport(n.smtp)
+    return FileTransport(n.dir)
