@@ -157,6 +157,8 @@ def test_human_mail_is_not_taken_for_automated(name: str) -> None:
     ("Re: Budget", "Hi Olivia,\n\nGot it, thank you.\n\nBest,\nAlice\n\nOn Mon, Olivia wrote:\n> the budget", True),
     ("Re: Budget", "Perfect, many thanks\n\n-----Original Message-----\nFrom: x", True),
     ("Thanks!", "", True),
+    ("Re: Budget", "Many thanks!\r\n\r\nEmma\r\n", True),
+    ("Re: Budget", "Hi Olivia,\n\nCould you send the figures?\n\nMany thanks\nEmma", False),
     ("Re: Budget", "Thanks, but could you also send the 2025 figures?", False),
     ("Re: Budget", "Thanks. I have looked at the numbers and I think we need to discuss the "
                    "allocation for the second half of the year before the board meeting.", False),

@@ -164,7 +164,8 @@ def is_acknowledgement(subject: str, text: str | None) -> bool:
     if lines and _GREETING_RE.match(lines[0]) and not _ACK_RE.search(lines[0]):
         lines = lines[1:]
     if len(lines) >= 2 and _SIGNOFF_RE.match(lines[-2]) and len(_WORD_RE.findall(lines[-1])) <= 3:
-        lines = lines[:-2]
+        # "Many thanks!\nEmma": when the sign-off is all there is, it is the message.
+        lines = lines[:-2] if len(lines) > 2 else lines[:-1]
     elif lines and len(lines) >= 2 and len(_WORD_RE.findall(lines[-1])) <= 2 and not _ACK_RE.search(lines[-1]):
         lines = lines[:-1]  # just a name
     body = " ".join(lines)

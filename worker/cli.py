@@ -303,7 +303,7 @@ def check(
     for c in report.commands:
         out.print(f"reply: {c}", highlight=False)
     for e in report.emails:
-        out.print(f"\n[bold]To:[/] {', '.join(e.recipients)}\n[bold]Subject:[/] {e.subject}", highlight=False)
+        out.print(f"\nTo: {', '.join(e.recipients)}\nSubject: {e.subject}", highlight=False, markup=False)
         if dry_run:
             out.print(e.text, highlight=False, markup=False)
     if report.delivery:
@@ -457,6 +457,72 @@ def outbox_deliver(now: NowOpt = None) -> None:
     finally:
         store.dispose()
     out.print(f"{len(rep.sent)} sent, {len(rep.retrying)} to retry, {len(rep.failed)} failed")
+
+
+@app.command()
+@handled
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to put the demo firm (created; replaced if "
+                                                          "it holds an earlier demo).")] = Path("carewatch-demo"),
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same firm and mail.")] = 7,
+    now: NowOpt = None,
+) -> None:
+    """Generate a realistic firm (a dozen clients, months of mail in a local Maildir) and run the
+    real pipeline on it: scan, status, check (alerts as .eml/.html files) and the partner digest.
+    No server, account or configuration needed."""
+    import shutil
+    import time
+
+    from .alerts import AlertDesk
+    from .app import prepare_store, run_scan
+    from .care.evaluate import evaluate
+    from .demo import DEFAULT_NOW, demo_now, generate
+
+    marker = directory / ".carewatch-demo"
+    if directory.exists() and any(directory.iterdir()):
+        if not marker.exists():
+            raise ConfigError([f"--dir {directory} exists and is not an earlier demo; choose an empty or new folder"])
+        shutil.rmtree(directory)
+    t0 = time.perf_counter()
+    at = parse_now(now) if now else demo_now(None)
+    firm = generate(directory.resolve(), seed=seed, now=DEFAULT_NOW if not now else
+                    datetime.fromisoformat(at.isoformat()).replace(tzinfo=UTC))
+    marker.touch()
+    out.print(f"[bold]Carewatch demo[/]: {len(firm.clients)} clients, {firm.messages} messages in {firm.maildir}")
+    cfg = load_config(firm.config)
+    state._config = cfg
+    store, directory_ = prepare_store(cfg)
+    try:
+        report = run_scan(cfg, store, directory_)
+        out.print(f"scan: {report.stored} messages stored "
+                  f"({sum(f.automated for f in report.folders)} automated) from INBOX and Sent")
+        picture = evaluate(store, cfg, at)
+        render_status(picture, out)
+        check_report = AlertDesk(store, cfg).check(at)
+        digest_paths: list[Path] = []
+        try:
+            from .digest import preview_digests
+
+            digest_paths = preview_digests(store, cfg, at, directory / "digest")
+        except ImportError:
+            pass
+    finally:
+        store.dispose()
+    out.print(f"\n[bold]Alerts[/]: {len(check_report.new)} new lapse(s) told to their owners in "
+              f"{len(check_report.emails)} email(s):")
+    outbox_dir = cfg.settings.notify.dir
+    for e in check_report.emails:
+        stem = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in e.message_id.strip("<>"))
+        out.print(f"  {', '.join(e.recipients)}: {e.subject}", highlight=False, markup=False)
+        out.print(f"    {outbox_dir / (stem + '.eml')}\n    {outbox_dir / (stem + '.html')}", highlight=False)
+    if check_report.held:
+        out.print(f"  ({len(check_report.held)} held for quiet hours until {check_report.hold_until} UTC)")
+    if digest_paths:
+        out.print("\n[bold]Partner digest[/] (open in a browser):")
+        for p in digest_paths:
+            out.print(f"  {p}", highlight=False)
+    out.print(f"\nConfig: {firm.config}\nTry: carewatch --config {firm.config} status --client \"Cobalt Systems\" "
+              f"--now {at.isoformat()}Z\nDone in {time.perf_counter() - t0:.1f}s.", highlight=False)
 
 
 def main() -> None:

@@ -284,16 +284,18 @@ class Ingestor:
         parsed = self._parse(raws, now, skipped)
 
         classified = [(raw, pm, classify(pm, self.directory)) for raw, pm in parsed]
+        autos = {id(pm): automated_reason(pm) for _, pm, _ in classified}
+        # People, not newsletters or bounces, become discovered contacts.
         found: dict[str, tuple[str, int]] = {}
-        for _, _, cl in classified:
-            for addr, name, cid in cl.discovered:
-                found.setdefault(addr, (name, cid))
+        for _, pm, cl in classified:
+            if autos[id(pm)] is None:
+                for addr, name, cid in cl.discovered:
+                    found.setdefault(addr, (name, cid))
         if found:
             self._discover(found, now)
             classified = [(raw, pm, classify(pm, self.directory)) if cl.discovered else (raw, pm, cl)
                           for raw, pm, cl in classified]
 
-        autos = {id(pm): automated_reason(pm) for _, pm, _ in classified}
         # Replies to our alert emails ("snooze 3d", "done") carry our reference.
         commands = {id(pm) for _, pm, _ in classified if autos[id(pm)] is None and is_alert_reply(pm)}
         # Acknowledgements matter only for inbound human mail: fetch a few hundred bytes of

@@ -45,12 +45,24 @@ class FileTransport:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)  # a crash leaves either no file or the whole file
+            html = _html_part(raw)
+            if html is not None:  # beside it, the HTML to open in a browser
+                target.with_suffix(".html").write_text(html, encoding="utf-8")
         except OSError as exc:
             raise DeliveryError(f"cannot write {self.dir}: {exc.strerror}") from exc
         return {}
 
     def close(self) -> None:
         pass
+
+
+def _html_part(raw: bytes) -> str | None:
+    import email
+    from email import policy
+
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    part = msg.get_body(("html",))  # type: ignore[attr-defined]
+    return part.get_content() if part is not None else None
 
 
 class SmtpTransport:
