@@ -461,6 +461,41 @@ def outbox_deliver(now: NowOpt = None) -> None:
 
 @app.command()
 @handled
+def digest(
+    now: NowOpt = None,
+    preview: Annotated[Path | None, typer.Option("--preview", help="Write each partner's digest as .html and "
+                                                                   ".txt files into this folder.")] = None,
+    send: Annotated[bool, typer.Option("--send", help="Queue the digests in the outbox and deliver them "
+                                                      "(once per partner per week).")] = False,
+) -> None:
+    """The weekly partner digest: headline figures against last week, accounts at risk, every
+    client's status with an 8-week trend, owner accountability and hygiene."""
+    from .app import prepare_store
+    from .digest import preview_digests, queue_digests
+    from .notify.outbox import deliver
+    from .notify.transport import make_transport
+
+    if not preview and not send:
+        raise ConfigError(["say what to do: --preview DIR to look at the digests, --send to send them"])
+    cfg = state.config()
+    at = parse_now(now)
+    store, _ = prepare_store(cfg)
+    try:
+        if preview:
+            for p in preview_digests(store, cfg, at, preview):
+                out.print(f"{p}  {p.with_suffix('.txt')}", highlight=False)
+        if send:
+            queued = queue_digests(store, cfg, at)
+            rep = deliver(store, make_transport(cfg), cfg.settings.notify.from_address, at,
+                          cfg.settings.notify.max_attempts)
+            out.print(f"{len(queued)} digest(s) queued; delivery: {len(rep.sent)} sent, {len(rep.retrying)} to retry, "
+                      f"{len(rep.failed)} failed")
+    finally:
+        store.dispose()
+
+
+@app.command()
+@handled
 def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where to put the demo firm (created; replaced if "
                                                           "it holds an earlier demo).")] = Path("carewatch-demo"),

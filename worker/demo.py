@@ -110,7 +110,10 @@ class _Writer:
         os.utime(p, (when.timestamp(), when.timestamp()))
 
 
-def generate(root: Path, seed: int = 7, now: datetime = DEFAULT_NOW, months: int = 4) -> DemoFirm:
+def generate(root: Path, seed: int = 7, now: datetime = DEFAULT_NOW, months: int = 4,
+             extra_clients: int = 0) -> DemoFirm:
+    """The demo firm; `extra_clients` adds that many ordinary, healthy clients (for tests and
+    benchmarks that want a bigger portfolio)."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     maildir = root / "Maildir"
@@ -119,7 +122,9 @@ def generate(root: Path, seed: int = 7, now: datetime = DEFAULT_NOW, months: int
     owner_addr = {k: f"{k}@{FIRM}" for _, k in OWNERS}
     used: set[str] = set()
     clients: list[DemoClient] = []
-    for name, domain, owner, situation in CLIENTS:
+    roster = list(CLIENTS) + [(f"Client {k:03d} Ltd", f"client{k:03d}.example", OWNERS[k % len(OWNERS)][1], "healthy")
+                              for k in range(extra_clients)]
+    for name, domain, owner, situation in roster:
         c = DemoClient(name, domain, owner, internal=situation == "internal", situation=situation)
         roles = ["principal", "sponsor", "user", "user"] if situation != "no_principal" else ["sponsor", "user", "user"]
         for role in roles[: 2 + rng.randrange(len(roles) - 1)]:

@@ -1,0 +1,211 @@
+"""The weekly partner digest, from a generated portfolio (dozens of clients, months of mail)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from datetime import datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI
+from test_alerts import Firm, at, london
+from test_care import ALICE, OLIVIA, SHARED
+from typer.testing import CliRunner
+
+from worker.app import prepare_store, run_scan
+from worker.care.evaluate import evaluate
+from worker.cli import app
+from worker.config import load_config
+from worker.demo import generate
+from worker.digest import build_digest, context, render_digest
+
+runner = CliRunner()
+NOW = datetime(2026, 11, 16, 11, 0)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+VOID = {"meta", "br", "hr", "img", "input", "link", "area", "base", "col", "embed", "source", "track", "wbr"}
+
+
+@pytest.fixture(scope="module")
+def portfolio(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("portfolio")
+    firm = generate(root / "firm", seed=11, extra_clients=24)
+    cfg = load_config(firm.config)
+    store, directory = prepare_store(cfg)
+    run_scan(cfg, store, directory)
+    return cfg, store, firm
+
+
+class Checker(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag, attrs):  # type: ignore[no-untyped-def]
+        if tag in ("script", "link", "img", "iframe", "object"):
+            self.external.append(tag)
+        for k, v in attrs:
+            if k in ("src", "href", "background") and v and re.match(r"^(https?:)?//", v):
+                self.external.append(f"{tag} {k}={v}")
+            if k == "style" and v and "url(" in v:
+                self.external.append(f"{tag} style url()")
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):  # type: ignore[no-untyped-def]
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unexpected </{tag}> with open {self.stack[-3:]}")
+            return
+        self.stack.pop()
+
+
+def test_digest_facts_equal_status_json_for_the_same_moment(portfolio) -> None:  # type: ignore[no-untyped-def]
+    cfg, store, firm = portfolio
+    r = runner.invoke(app, ["--config", str(firm.config), "status", "--json", "--now", NOW.isoformat() + "Z"])
+    status = json.loads(r.stdout)
+    helen = next(p for p in cfg.settings.partners if p.email.startswith("helen"))
+    d = build_digest(store, cfg, helen, NOW)
+    assert len(d.clients) == len(status["clients"]) == 36
+    by_name = {c["name"]: c for c in status["clients"]}
+    for row in d.clients:
+        s = by_name[row.name]
+        assert row.median_response_minutes == s["response_time"]["median_business_minutes"] or (
+            round(row.median_response_minutes or 0, 1) == s["response_time"]["median_business_minutes"])
+        assert row.open_waits == s["open_waits"]
+        assert row.days_since_principal == s["days_since_outbound_to_principal"]
+        lapses = s["lapses"] + [lp for ct in s["contacts"] for lp in ct["lapses"]]
+        assert (row.rag == "red") == any(lp["kind"] in ("unanswered", "chased", "silent") for lp in lapses)
+    assert d.this_week.open_waits == sum(c["open_waits"] for c in status["clients"])
+    silent_principals = sum(1 for c in status["clients"] for ct in c["contacts"]
+                            if ct["role"] == "principal" and any(lp["kind"] == "silent" for lp in ct["lapses"]))
+    assert d.this_week.silent_principals == silent_principals
+    # The riskiest accounts are named with their owner and reasons.
+    names = [a.name for a in d.at_risk]
+    assert "Cobalt Systems" in names[:3]
+    assert d.no_principal == ["Juniper Retail"]
+    assert any(email.startswith("nadia.frost@") for _, email, _ in d.discovered)
+
+
+def test_scope_is_respected(portfolio) -> None:  # type: ignore[no-untyped-def]
+    cfg, store, _ = portfolio
+    daniel = next(p for p in cfg.settings.partners if p.email.startswith("daniel"))
+    d = build_digest(store, cfg, daniel, NOW)
+    owners = {r.owner for r in d.clients}
+    assert owners == {"marcus@harbourline.example", "tom@harbourline.example"}
+    assert {o.email for o in d.owners} == owners
+    assert all(a.owner in owners for a in (r for r in d.at_risk))
+    assert "Evergreen Trust" not in {r.name for r in d.clients}  # Priya's client
+    # Each client appears under exactly one owner.
+    held = [c for o in d.owners for c in o.clients]
+    assert len(held) == len(set(held)) == len(d.clients)
+
+
+def test_week_over_week_deltas(tmp_path: Path, smtp) -> None:  # type: ignore[no-untyped-def]
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}")
+    # The week before: two replies within an hour. This week: one after three hours, one
+    # still waiting past the principal's 8h.
+    for day, minutes in ((3, 30), (4, 50)):
+        q = f.mail.add(ALICE, [SHARED], f"Q{day}", london(2026, 11, day, 10, 0))
+        f.mail.add(OLIVIA, [ALICE], f"Re: Q{day}", london(2026, 11, day, 10, minutes), reply_to=q)
+    q = f.mail.add(ALICE, [SHARED], "Q10", london(2026, 11, 10, 10, 0))
+    f.mail.add(OLIVIA, [ALICE], "Re: Q10", london(2026, 11, 10, 13, 0), reply_to=q)
+    f.mail.add(ALICE, [SHARED], "Q11", london(2026, 11, 11, 9, 0))
+    f.scan()
+    paul = f.config.settings.partners[0]
+    d = build_digest(f.store, f.config, paul, at(2026, 11, 12, 12, 0))
+    assert d.last_week.median_response_minutes == 40 and d.last_week.responses == 2
+    assert d.this_week.median_response_minutes == 180 and d.this_week.responses == 1
+    assert d.last_week.within_policy_share == 1.0
+    assert d.this_week.within_policy_share == 0.5  # one in time, one overdue
+    assert (d.this_week.open_waits, d.last_week.open_waits) == (1, 0)
+    ctx = context(d, f.config)
+    median = next(x for x in ctx["figures"] if x["label"] == "Median first response")
+    assert median["delta"]["text"] == "+2.3 h" and median["delta"]["good"] is False
+    share = next(x for x in ctx["figures"] if x["label"] == "Answered within policy")
+    assert share["delta"]["text"] == "−50 pts"
+    subject, text, _ = render_digest(d, f.config)
+    assert "+2.3 h" in text and "Acme Ltd" in text and "red" in subject
+
+
+def test_html_is_well_formed_escaped_and_self_contained(tmp_path: Path, smtp) -> None:  # type: ignore[no-untyped-def]
+    extra = ('\n[[clients]]\nname = "<img src=x onerror=alert(1)> & Co"\ndomains = ["evil.example"]\n'
+             'owner = "olivia@firm.example"\ncontacts = [{ name = "<b>Eve</b>", email = "eve@evil.example", '
+             'role = "principal" }]\n')
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}", extra=extra)
+    f.mail.add("eve@evil.example", [SHARED], "<script>x</script>", london(2026, 11, 10, 9, 0))
+    f.scan()
+    _, text, html = render_digest(build_digest(f.store, f.config, f.config.settings.partners[0],
+                                               at(2026, 11, 12, 12, 0)), f.config)
+    c = Checker()
+    c.feed(html)
+    c.close()
+    assert c.errors == [] and c.stack == [] and c.external == []
+    # No tag got in (the parser saw no img/script at all); in text the name is escaped. (The
+    # CSS inliner writes "<" literally inside quoted attribute values, where it is only text.)
+    assert "&lt;img src=x onerror=alert(1)&gt; &amp; Co" in html
+    assert "<script>" not in html and "<b>Eve</b>" not in html
+    assert "<img src=x onerror=alert(1)> & Co" in text  # plain text is plain
+
+
+def _chromium(args: list[str]) -> subprocess.CompletedProcess[str]:
+    profile = tempfile.mkdtemp(prefix="cw-chromium-")
+    try:
+        return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                               "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                               "--disable-sync", f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_digest_renders_in_chromium_within_a_600px_column(portfolio, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if CHROMIUM is None:
+        if IN_CI:
+            pytest.fail("chromium is required in CI (apt-get install chromium)")
+        pytest.skip("chromium not installed")
+    cfg, store, _ = portfolio
+    d = build_digest(store, cfg, cfg.settings.partners[0], NOW)
+    _, _, html = render_digest(d, cfg)
+    page = tmp_path / "digest.html"
+    # Measure after layout: the widest element's right edge and the document's scroll width.
+    probe = ("<script>var w=0;document.querySelectorAll('*').forEach(function(e){var r=e.getBoundingClientRect();"
+             "w=Math.max(w,r.right)});document.body.setAttribute('data-sw',document.documentElement.scrollWidth);"
+             "document.body.setAttribute('data-right',Math.ceil(w));</script>")
+    page.write_text(html.replace("</body>", probe + "</body>"))
+    r = _chromium(["--window-size=600,900", "--dump-dom", page.as_uri()])
+    sw = re.search(r'data-sw="(\d+)"', r.stdout)
+    right = re.search(r'data-right="(\d+)"', r.stdout)
+    assert sw and right, r.stderr[-2000:]
+    assert int(sw.group(1)) <= 600 and int(right.group(1)) <= 600
+    shot = tmp_path / "digest.png"
+    (tmp_path / "plain.html").write_text(html)
+    _chromium(["--window-size=600,2400", f"--screenshot={shot}", (tmp_path / "plain.html").as_uri()])
+    assert shot.exists() and shot.stat().st_size > 20_000
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_digest_command_previews_and_sends_once_per_week(tmp_path: Path, smtp) -> None:  # type: ignore[no-untyped-def]
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}")
+    f.mail.add(ALICE, [SHARED], "Q", london(2026, 11, 10, 10, 0))
+    env = {"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"'}
+    r = runner.invoke(app, ["--config", str(f.path), "digest", "--preview", str(tmp_path / "p"), "--now",
+                            "2026-11-16T07:00:00Z"], env=env)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "p" / "paul.html").exists() and (tmp_path / "p" / "paul.txt").exists()
+    for _ in range(2):
+        r = runner.invoke(app, ["--config", str(f.path), "digest", "--send", "--now", "2026-11-16T07:00:00Z"], env=env)
+        assert r.exit_code == 0, r.output
+    assert [to for _, to, _ in smtp.messages] == [["paul@firm.example"]]
+    r = runner.invoke(app, ["--config", str(f.path), "digest", "--send", "--now", "2026-11-23T07:00:00Z"], env=env)
+    assert len(smtp.messages) == 2
+    assert runner.invoke(app, ["--config", str(f.path), "digest"], env=env).exit_code == 3
+    assert os.environ.get("CAREWATCH__NOTIFY__TRANSPORT") is None
