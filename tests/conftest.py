@@ -59,12 +59,7 @@ def smtp() -> Iterator[SmtpSink]:
     s.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each store test runs on SQLite and on PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'carewatch.db'}"
-        return
+def _pg_schema(request: pytest.FixtureRequest) -> Iterator[str]:
     if not PG_URL:
         _missing("PostgreSQL (set CAREWATCH_TEST_POSTGRES_URL)")
     from sqlalchemy import create_engine, text
@@ -83,6 +78,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with eng.begin() as c:
         c.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
     eng.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each store test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'carewatch.db'}"
+        return
+    yield from _pg_schema(request)
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """PostgreSQL only (scale-out tests)."""
+    yield from _pg_schema(request)
 
 
 FIRM_TOML = """\
@@ -149,8 +159,15 @@ contacts = [
 """
 
 
-def write_config(tmp_path: Path, db_url: str, dovecot: Dovecot | None = None, maildir: Path | None = None,
-                 batch_size: int = 500, extra: str = "") -> Path:
+def write_config(
+    tmp_path: Path,
+    db_url: str,
+    dovecot: Dovecot | None = None,
+    maildir: Path | None = None,
+    batch_size: int = 500,
+    extra: str = "",
+    mailbox_extra: str = "",
+) -> Path:
     if dovecot is not None:
         mailbox = textwrap.dedent(f"""\
             kind = "imap"
@@ -166,6 +183,10 @@ def write_config(tmp_path: Path, db_url: str, dovecot: Dovecot | None = None, ma
         assert maildir is not None
         mailbox = f'kind = "maildir"\npath = "{maildir}"\n'
     p = tmp_path / "carewatch.toml"
-    p.write_text(FIRM_TOML.format(db_url=db_url, mailbox=mailbox, batch_size=batch_size,
-                                  outbox=tmp_path / "outbox") + extra)
+    p.write_text(
+        FIRM_TOML.format(
+            db_url=db_url, mailbox=mailbox + mailbox_extra, batch_size=batch_size, outbox=tmp_path / "outbox"
+        )
+        + extra
+    )
     return p

@@ -137,19 +137,28 @@ class Dovecot:
             (self.root / "oauth2.conf.ext").write_text(
                 f"introspection_mode = post\nintrospection_url = {self.oauth_token_url}\n"
                 "username_attribute = username\nactive_attribute = active\nactive_value = true\n"
-                "force_introspection = yes\n")
-            oauth_passdb = (f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
-                            f"  args = {self.root}/oauth2.conf.ext\n}}\n")
-        self.conf.write_text(CONF.format(
-            root=self.root, port=self.port, uid=MAIL_UID, gid=MAIL_GID,
-            imap_port=0 if tls else self.port, imaps_port=self.port if tls else 0,
-            ssl="required" if tls else "no",
-            ssl_files=(f"ssl_cert = <{self.tls_cert}\nssl_key = <{self.tls_key}" if tls else ""),
-            login_user="dovenull" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
-            internal_user="dovecot" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
-            oauth_mech="xoauth2 oauthbearer" if self.oauth_token_url else "",
-            oauth_passdb=oauth_passdb,
-        ))
+                "force_introspection = yes\n"
+            )
+            oauth_passdb = (
+                f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                f"  args = {self.root}/oauth2.conf.ext\n}}\n"
+            )
+        self.conf.write_text(
+            CONF.format(
+                root=self.root,
+                port=self.port,
+                uid=MAIL_UID,
+                gid=MAIL_GID,
+                imap_port=0 if tls else self.port,
+                imaps_port=self.port if tls else 0,
+                ssl="required" if tls else "no",
+                ssl_files=(f"ssl_cert = <{self.tls_cert}\nssl_key = <{self.tls_key}" if tls else ""),
+                login_user="dovenull" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
+                internal_user="dovecot" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
+                oauth_mech="xoauth2 oauthbearer" if self.oauth_token_url else "",
+                oauth_passdb=oauth_passdb,
+            )
+        )
         (self.root / "passwd").write_text(f"{self.user}:{{PLAIN}}{self.password}\n")
         for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
             (self.maildir / sub).mkdir(parents=True, exist_ok=True)
@@ -159,7 +168,7 @@ class Dovecot:
     def chown_mail(self) -> None:
         if os.geteuid() != 0:
             return
-        for dirpath, dirnames, filenames in os.walk(self.root / "home"):
+        for dirpath, _dirnames, filenames in os.walk(self.root / "home"):
             os.chown(dirpath, MAIL_UID, MAIL_GID)
             for f in filenames:
                 os.chown(os.path.join(dirpath, f), MAIL_UID, MAIL_GID)
@@ -167,13 +176,14 @@ class Dovecot:
     def start(self) -> Dovecot:
         if not self.conf.exists():
             self.write_config()
-        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [DOVECOT, "-F", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             wait_port(self.port)
         except RuntimeError:
             self.stop()
-            log = (self.root / "dovecot.log")
+            log = self.root / "dovecot.log"
             raise RuntimeError("Dovecot did not start: " + (log.read_text()[-2000:] if log.exists() else "")) from None
         return self
 

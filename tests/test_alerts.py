@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email import policy
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -42,7 +42,9 @@ class Firm:
 
     def __init__(self, tmp_path: Path, smtp: SmtpSink, db_url: str, extra: str = "") -> None:
         self.mail = Mail(tmp_path / "Maildir")
-        smtp_section = f'\n[notify.smtp]\nhost = "127.0.0.1"\nport = {smtp.port}\ntls = "none"\nallow_plaintext = true\n'
+        smtp_section = (
+            f'\n[notify.smtp]\nhost = "127.0.0.1"\nport = {smtp.port}\ntls = "none"\nallow_plaintext = true\n'
+        )
         self.path = write_config(tmp_path, db_url, maildir=self.mail.root, extra=smtp_section + extra)
         os.environ["CAREWATCH__NOTIFY__TRANSPORT"] = '"smtp"'
         self.config = load_config(self.path)
@@ -118,8 +120,9 @@ def test_escalation_after_the_threshold_goes_to_owner_and_backup(firm: Firm) -> 
 def test_an_alert_resolves_when_the_reply_lands(firm: Firm) -> None:
     firm.check(at(2026, 11, 17, 12, 0))
     budget = next(k for k in firm.alerts() if "unanswered" in k and "m1@" in k)
-    firm.mail.add(OLIVIA, [ALICE], "Re: Budget 2027", london(2026, 11, 17, 13, 0), reply_to="<m1@acme.example>",
-                  folder="Sent")
+    firm.mail.add(
+        OLIVIA, [ALICE], "Re: Budget 2027", london(2026, 11, 17, 13, 0), reply_to="<m1@acme.example>", folder="Sent"
+    )
     rep = firm.check(at(2026, 11, 17, 14, 0))
     assert budget in rep.resolved
     a = firm.alerts()[budget]
@@ -135,8 +138,9 @@ def test_quiet_hours_hold_an_alert_until_morning(firm: Firm) -> None:
     assert len(rep.new) == 3 and len(firm.smtp.messages) == 2
 
 
-def _reply(firm: Firm, sender: str, text: str, to_email: email.message.EmailMessage, when: datetime,
-           token: str | None = None) -> None:
+def _reply(
+    firm: Firm, sender: str, text: str, to_email: email.message.EmailMessage, when: datetime, token: str | None = None
+) -> None:
     subject = "Re: " + str(to_email["Subject"])
     if token is not None:
         subject = subject.split("[cw:")[0] + f"[cw:{token}]"
@@ -200,8 +204,11 @@ def test_a_permanent_failure_is_kept_and_visible(firm: Firm) -> None:
     firm.smtp.refuse_code = "550 5.1.1 no such user"
     firm.check(at(2026, 11, 17, 12, 0))
     assert [r.status for r in firm.outbox()] == ["failed", "failed"]
-    r = runner.invoke(app, ["--config", str(firm.path), "outbox", "list", "--status", "failed"],
-                      env={"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"', "COLUMNS": "200"})
+    r = runner.invoke(
+        app,
+        ["--config", str(firm.path), "outbox", "list", "--status", "failed"],
+        env={"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"', "COLUMNS": "200"},
+    )
     assert r.exit_code == 0 and r.output.count("failed") >= 2 and "550" in r.output
 
 
@@ -230,9 +237,11 @@ def test_a_crash_between_sent_and_marked_sent_resends_the_same_message(firm: Fir
 
 
 def test_headers_and_markup_cannot_be_injected(tmp_path: Path, smtp: SmtpSink) -> None:
-    extra = ('\n[[clients]]\nname = "Evil\\r\\nBcc: victim@evil.example\\r\\nX-Injected: yes"\n'
-             'domains = ["evil.example"]\nowner = "olivia@firm.example"\n'
-             'contacts = [{ name = "<script>alert(1)</script>", email = "eve@evil.example", role = "principal" }]\n')
+    extra = (
+        '\n[[clients]]\nname = "Evil\\r\\nBcc: victim@evil.example\\r\\nX-Injected: yes"\n'
+        'domains = ["evil.example"]\nowner = "olivia@firm.example"\n'
+        'contacts = [{ name = "<script>alert(1)</script>", email = "eve@evil.example", role = "principal" }]\n'
+    )
     f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}", extra=extra)
     f.mail.add("eve@evil.example", [SHARED], "<b>Hi</b>\r\nBcc: x@evil.example", london(2026, 11, 16, 9, 0))
     f.check(at(2026, 11, 17, 12, 0))
@@ -247,8 +256,11 @@ def test_headers_and_markup_cannot_be_injected(tmp_path: Path, smtp: SmtpSink) -
 
 
 def test_dry_run_sends_nothing_and_changes_nothing(firm: Firm) -> None:
-    r = runner.invoke(app, ["--config", str(firm.path), "check", "--dry-run", "--scan", "--now", "2026-11-17T12:00:00Z"],
-                      env={"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"'})
+    r = runner.invoke(
+        app,
+        ["--config", str(firm.path), "check", "--dry-run", "--scan", "--now", "2026-11-17T12:00:00Z"],
+        env={"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"'},
+    )
     assert r.exit_code == 0, r.output
     assert "dry run" in r.output and "Alice Principal" in r.output and "To: olivia@firm.example" in r.output
     assert firm.smtp.messages == [] and firm.outbox() == [] and firm.alerts() == {}

@@ -33,13 +33,30 @@ class Mail:
         for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
 
-    def add(self, sender: str, to: list[str], subject: str, when: datetime, *, folder: str = "INBOX",
-            reply_to: str | None = None, refs: list[str] | None = None, **kw: object) -> str:
+    def add(
+        self,
+        sender: str,
+        to: list[str],
+        subject: str,
+        when: datetime,
+        *,
+        folder: str = "INBOX",
+        reply_to: str | None = None,
+        refs: list[str] | None = None,
+        **kw: object,
+    ) -> str:
         self.n += 1
         mid = f"<m{self.n}@{sender.split('@')[1]}>"
-        raw = build_message(sender=sender, to=to, subject=subject, date=when, message_id=mid,  # type: ignore[arg-type]
-                            in_reply_to=reply_to, references=refs if refs is not None else
-                            ([reply_to] if reply_to else None), **kw)
+        raw = build_message(
+            sender=sender,
+            to=to,
+            subject=subject,
+            date=when,
+            message_id=mid,  # type: ignore[arg-type]
+            in_reply_to=reply_to,
+            references=refs if refs is not None else ([reply_to] if reply_to else None),
+            **kw,
+        )
         d = self.root if folder == "INBOX" else self.root / f".{folder}"
         path = d / "cur" / f"{self.n:06d}.test:2,S"
         path.write_bytes(raw)
@@ -121,11 +138,23 @@ def test_a_thanks_only_message_does_not_wait(tmp_path: Path, mail: Mail) -> None
 
 def test_an_out_of_office_is_not_a_reply(tmp_path: Path, mail: Mail) -> None:
     q = mail.add(ALICE, [OLIVIA, SHARED], "Urgent: contract", london(2026, 11, 16, 10, 0))
-    mail.add(OLIVIA, [ALICE], "Automatic reply: Urgent: contract", london(2026, 11, 16, 10, 1), reply_to=q,
-             extra_headers={"Auto-Submitted": "auto-replied"})
+    mail.add(
+        OLIVIA,
+        [ALICE],
+        "Automatic reply: Urgent: contract",
+        london(2026, 11, 16, 10, 1),
+        reply_to=q,
+        extra_headers={"Auto-Submitted": "auto-replied"},
+    )
     # ...and the client's own out-of-office is not a message that waits.
-    mail.add(BOB, [SHARED], "Out of Office: Urgent: contract", london(2026, 11, 16, 10, 2), reply_to=q,
-             extra_headers={"X-Autoreply": "yes"})
+    mail.add(
+        BOB,
+        [SHARED],
+        "Out of Office: Urgent: contract",
+        london(2026, 11, 16, 10, 2),
+        reply_to=q,
+        extra_headers={"X-Autoreply": "yes"},
+    )
     doc = status(tmp_path, mail, london(2026, 11, 17, 12, 0))
     a = contact(doc, ALICE)
     assert len(a["waiting"]) == 1 and a["waiting"][0]["message_id"] == q
@@ -229,10 +258,22 @@ def test_now_replay_gives_identical_output_and_ignores_later_mail(tmp_path: Path
 
 def test_status_through_dovecot_and_postgres(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
     q = "<dq1@acme.example>"
-    dovecot.append([build_message(sender=ALICE, to=[SHARED], subject="Via IMAP", date=london(2026, 11, 16, 10, 0),
-                                  message_id=q)])
-    dovecot.append([build_message(sender=OLIVIA, to=[ALICE], subject="Re: Via IMAP", date=london(2026, 11, 16, 11, 0),
-                                  in_reply_to=q, references=[q])], folder="Sent")
+    dovecot.append(
+        [build_message(sender=ALICE, to=[SHARED], subject="Via IMAP", date=london(2026, 11, 16, 10, 0), message_id=q)]
+    )
+    dovecot.append(
+        [
+            build_message(
+                sender=OLIVIA,
+                to=[ALICE],
+                subject="Re: Via IMAP",
+                date=london(2026, 11, 16, 11, 0),
+                in_reply_to=q,
+                references=[q],
+            )
+        ],
+        folder="Sent",
+    )
     cfg = write_config(tmp_path, db_url, dovecot)
     assert runner.invoke(app, ["--config", str(cfg), "scan"]).exit_code == 0
     r = runner.invoke(app, ["--config", str(cfg), "status", "--json", "--now", "2026-11-16T15:00:00Z"])
@@ -245,8 +286,11 @@ def test_status_table_and_client_filter(tmp_path: Path, mail: Mail) -> None:
     mail.add(ALICE, [SHARED], "Budget", london(2026, 11, 16, 10, 0))
     cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=mail.root)
     runner.invoke(app, ["--config", str(cfg), "scan"])
-    r = runner.invoke(app, ["--config", str(cfg), "status", "--now", "2026-11-18T10:00:00Z", "--client", "Acme Ltd"],
-                      env={"COLUMNS": "200"})
+    r = runner.invoke(
+        app,
+        ["--config", str(cfg), "status", "--now", "2026-11-18T10:00:00Z", "--client", "Acme Ltd"],
+        env={"COLUMNS": "200"},
+    )
     assert r.exit_code == 0 and "Alice Principal" in r.output and "Globex" not in r.output
     assert "unanswered" in r.output and "1 client(s)" in r.output
     r = runner.invoke(app, ["--config", str(cfg), "status", "--client", "Nope"])

@@ -152,26 +152,34 @@ def test_human_mail_is_not_taken_for_automated(name: str) -> None:
     assert automated_reason(pm) is None, name
 
 
-@pytest.mark.parametrize("subject,body,ack", [
-    ("Re: Budget", "Thanks!", True),
-    ("Re: Budget", "Hi Olivia,\n\nGot it, thank you.\n\nBest,\nAlice\n\nOn Mon, Olivia wrote:\n> the budget", True),
-    ("Re: Budget", "Perfect, many thanks\n\n-----Original Message-----\nFrom: x", True),
-    ("Thanks!", "", True),
-    ("Re: Budget", "Many thanks!\r\n\r\nEmma\r\n", True),
-    ("Re: Budget", "Hi Olivia,\n\nCould you send the figures?\n\nMany thanks\nEmma", False),
-    ("Re: Budget", "Thanks, but could you also send the 2025 figures?", False),
-    ("Re: Budget", "Thanks. I have looked at the numbers and I think we need to discuss the "
-                   "allocation for the second half of the year before the board meeting.", False),
-    ("Re: Budget", "When can we meet", False),
-    ("Budget", "", False),
-])
+@pytest.mark.parametrize(
+    "subject,body,ack",
+    [
+        ("Re: Budget", "Thanks!", True),
+        ("Re: Budget", "Hi Olivia,\n\nGot it, thank you.\n\nBest,\nAlice\n\nOn Mon, Olivia wrote:\n> the budget", True),
+        ("Re: Budget", "Perfect, many thanks\n\n-----Original Message-----\nFrom: x", True),
+        ("Thanks!", "", True),
+        ("Re: Budget", "Many thanks!\r\n\r\nEmma\r\n", True),
+        ("Re: Budget", "Hi Olivia,\n\nCould you send the figures?\n\nMany thanks\nEmma", False),
+        ("Re: Budget", "Thanks, but could you also send the 2025 figures?", False),
+        (
+            "Re: Budget",
+            "Thanks. I have looked at the numbers and I think we need to discuss the "
+            "allocation for the second half of the year before the board meeting.",
+            False,
+        ),
+        ("Re: Budget", "When can we meet", False),
+        ("Budget", "", False),
+    ],
+)
 def test_acknowledgements_are_short_thanks_that_ask_nothing(subject: str, body: str, ack: bool) -> None:
     assert is_acknowledgement(subject, body) is ack
 
 
 def test_snippet_text_finds_the_first_text_part_in_multipart_and_encoded_bodies() -> None:
-    raw = build_message(sender="a@acme.example", to=["x@firm.example"], subject="s", date=NOW,
-                        body="Thanks so much!", html=True)
+    raw = build_message(
+        sender="a@acme.example", to=["x@firm.example"], subject="s", date=NOW, body="Thanks so much!", html=True
+    )
     ctype = "multipart/alternative; " + raw.split(b"multipart/alternative; ")[1].split(b"\r\n")[0].decode()
     body = raw.split(b"\r\n\r\n", 1)[1]
     assert snippet_text(body, ctype).strip().startswith("Thanks so much!")
@@ -182,26 +190,49 @@ def test_snippet_text_finds_the_first_text_part_in_multipart_and_encoded_bodies(
 
 
 def test_subjects_normalise_across_languages_and_tags() -> None:
-    for s in ("Re: Budget 2027", "RE[2]: Budget 2027", "AW: WG: Budget 2027", "SV: Budget 2027",
-              "[EXT] Re: Budget 2027", "Fwd: Re:  budget 2027", "Re: [External] budget 2027"):
+    for s in (
+        "Re: Budget 2027",
+        "RE[2]: Budget 2027",
+        "AW: WG: Budget 2027",
+        "SV: Budget 2027",
+        "[EXT] Re: Budget 2027",
+        "Fwd: Re:  budget 2027",
+        "Re: [External] budget 2027",
+    ):
         assert normalise_subject(s) == "budget 2027", s
 
 
 MALFORMED = [
     # (description, raw headers, what must hold)
-    ("garbage date", b"From: a@acme.example\r\nTo: s@firm.example\r\nSubject: x\r\nDate: 31 Feb 2026 99:99\r\n"
-                     b"Message-ID: <bad-date@acme>\r\n\r\n"),
-    ("date without zone", b"From: a@acme.example\r\nSubject: x\r\nDate: Fri, 20 Nov 2026 10:00:00 CEST\r\n"
-                          b"Message-ID: <nozone@acme>\r\n\r\n"),
-    ("unknown charset", b"From: =?x-unknown-cs?Q?Al=E9?= <a@acme.example>\r\nSubject: =?utf-8?B?!!!notbase64?=\r\n"
-                        b"Message-ID: <cs@acme>\r\n\r\n"),
-    ("8-bit latin-1 header", b"From: Andr\xe9 <andre@acme.example>\r\nSubject: Caf\xe9 cr\xe8me\r\n"
-                             b"Message-ID: <latin1@acme>\r\n\r\n"),
-    ("garbage addresses", b"From: <<<@@@>>>\r\nTo: ,,,;;; undisclosed-recipients:;\r\nSubject: x\r\n"
-                          b"Message-ID: <addr@acme>\r\n\r\n"),
+    (
+        "garbage date",
+        b"From: a@acme.example\r\nTo: s@firm.example\r\nSubject: x\r\nDate: 31 Feb 2026 99:99\r\n"
+        b"Message-ID: <bad-date@acme>\r\n\r\n",
+    ),
+    (
+        "date without zone",
+        b"From: a@acme.example\r\nSubject: x\r\nDate: Fri, 20 Nov 2026 10:00:00 CEST\r\n"
+        b"Message-ID: <nozone@acme>\r\n\r\n",
+    ),
+    (
+        "unknown charset",
+        b"From: =?x-unknown-cs?Q?Al=E9?= <a@acme.example>\r\nSubject: =?utf-8?B?!!!notbase64?=\r\n"
+        b"Message-ID: <cs@acme>\r\n\r\n",
+    ),
+    (
+        "8-bit latin-1 header",
+        b"From: Andr\xe9 <andre@acme.example>\r\nSubject: Caf\xe9 cr\xe8me\r\nMessage-ID: <latin1@acme>\r\n\r\n",
+    ),
+    (
+        "garbage addresses",
+        b"From: <<<@@@>>>\r\nTo: ,,,;;; undisclosed-recipients:;\r\nSubject: x\r\nMessage-ID: <addr@acme>\r\n\r\n",
+    ),
     ("no message-id", b"From: a@acme.example\r\nSubject: no id\r\nDate: Fri, 20 Nov 2026 10:00:00 +0000\r\n\r\n"),
-    ("far future date", b"From: a@acme.example\r\nSubject: x\r\nDate: Fri, 20 Nov 2099 10:00:00 +0000\r\n"
-                        b"Message-ID: <future@acme>\r\n\r\n"),
+    (
+        "far future date",
+        b"From: a@acme.example\r\nSubject: x\r\nDate: Fri, 20 Nov 2099 10:00:00 +0000\r\n"
+        b"Message-ID: <future@acme>\r\n\r\n",
+    ),
     ("NUL bytes", b"From: a@acme.example\r\nSubject: nul\x00here\r\nMessage-ID: <nul@acme>\r\n\r\n"),
 ]
 
@@ -223,15 +254,35 @@ def test_malformed_headers_are_stored_as_well_as_possible(desc: str, raw: bytes)
 
 def test_acknowledgements_and_automated_mail_through_dovecot(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
     t = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)
-    dovecot.append([
-        build_message(sender="alice@acme.example", to=["shared@firm.example"], subject="Re: Budget",
-                      date=t, body="Hi,\n\nThanks, got it!\n\nAlice", message_id="<ack@acme>"),
-        build_message(sender="alice@acme.example", to=["shared@firm.example"], subject="Re: Budget",
-                      date=t, body="Thanks! Quick one: can we move the meeting?", message_id="<q@acme>",
-                      html=True),
-        build_message(sender="bob@acme.example", to=["shared@firm.example"], subject="Automatic reply: Budget",
-                      date=t, message_id="<oof@acme>", extra_headers={"Auto-Submitted": "auto-replied"}),
-    ])
+    dovecot.append(
+        [
+            build_message(
+                sender="alice@acme.example",
+                to=["shared@firm.example"],
+                subject="Re: Budget",
+                date=t,
+                body="Hi,\n\nThanks, got it!\n\nAlice",
+                message_id="<ack@acme>",
+            ),
+            build_message(
+                sender="alice@acme.example",
+                to=["shared@firm.example"],
+                subject="Re: Budget",
+                date=t,
+                body="Thanks! Quick one: can we move the meeting?",
+                message_id="<q@acme>",
+                html=True,
+            ),
+            build_message(
+                sender="bob@acme.example",
+                to=["shared@firm.example"],
+                subject="Automatic reply: Budget",
+                date=t,
+                message_id="<oof@acme>",
+                extra_headers={"Auto-Submitted": "auto-replied"},
+            ),
+        ]
+    )
     # A message that cannot be parsed at all (an empty header block) is skipped and counted.
     dovecot.append([b"\r\n\r\nno headers at all"])
     cfg = load_config(write_config(tmp_path, db_url, dovecot))

@@ -81,10 +81,15 @@ def test_a_broken_config_lists_every_problem_with_its_key(tmp_path: Path) -> Non
 
 def test_cross_checks_name_the_key_and_the_fix(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
-    p.write_text(BROKEN.replace('"firm example"', '"firm.example"').replace("Mars/Olympus", "UTC")
-                 .replace("17:00-09:00", "09:00-17:00").replace(', funday = "09:00-10:00"', "")
-                 .replace("folderz", "folders").replace("not-an-email", "olivia@firm.example")
-                 .replace('"2d"', '"16h"'))
+    p.write_text(
+        BROKEN.replace('"firm example"', '"firm.example"')
+        .replace("Mars/Olympus", "UTC")
+        .replace("17:00-09:00", "09:00-17:00")
+        .replace(', funday = "09:00-10:00"', "")
+        .replace("folderz", "folders")
+        .replace("not-an-email", "olivia@firm.example")
+        .replace('"2d"', '"16h"')
+    )
     with pytest.raises(ConfigError) as ei:
         load_config(p, environ={})
     problems = ei.value.problems
@@ -148,9 +153,12 @@ def test_csv_problems_give_file_and_line(tmp_path: Path) -> None:
         "client,domains,owner,contact_name,contact_email,role\n"
         "Acme,acme.example,o@firm.example,A,a@acme.example,principal\n"
         "Acme,,p@firm.example,B,not-an-address,user\n"
-        ",,,C,c@x.example,user\n")
-    (tmp_path / "c.toml").write_text('clients_csv = "clients.csv"\n[firm]\ndomains = ["firm.example"]\n'
-                                     '[[owners]]\nname = "O"\nemail = "o@firm.example"\n')
+        ",,,C,c@x.example,user\n"
+    )
+    (tmp_path / "c.toml").write_text(
+        'clients_csv = "clients.csv"\n[firm]\ndomains = ["firm.example"]\n'
+        '[[owners]]\nname = "O"\nemail = "o@firm.example"\n'
+    )
     with pytest.raises(ConfigError) as ei:
         load_config(tmp_path / "c.toml", environ={})
     text = str(ei.value)
@@ -161,8 +169,10 @@ def test_csv_problems_give_file_and_line(tmp_path: Path) -> None:
 
 def test_secrets_come_from_env_or_files_never_the_config(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
-    p.write_text('[firm]\ndomains = ["firm.example"]\n[[mailboxes]]\nname = "m"\nhost = "h"\n'
-                 'username = "u"\npassword_env = "CW_PW"\n')
+    p.write_text(
+        '[firm]\ndomains = ["firm.example"]\n[[mailboxes]]\nname = "m"\nhost = "h"\n'
+        'username = "u"\npassword_env = "CW_PW"\n'
+    )
     r = run("--config", str(p), "validate", "--check-secrets", env={"CW_PW": ""})
     assert r.exit_code == ExitCode.CONFIG and "CW_PW is not set" in r.output
     secret = tmp_path / "pw"
@@ -175,9 +185,14 @@ def test_secrets_come_from_env_or_files_never_the_config(tmp_path: Path) -> None
 def test_environment_overrides_any_setting(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text('[firm]\ndomains = ["firm.example"]\n')
-    cfg = load_config(p, environ={"CAREWATCH__STORE__URL": "postgresql://x@db/cw",
-                                  "CAREWATCH__POLICY__COUNT_CC": "true",
-                                  "CAREWATCH__FIRM__DOMAINS": '["a.example", "b.example"]'})
+    cfg = load_config(
+        p,
+        environ={
+            "CAREWATCH__STORE__URL": "postgresql://x@db/cw",
+            "CAREWATCH__POLICY__COUNT_CC": "true",
+            "CAREWATCH__FIRM__DOMAINS": '["a.example", "b.example"]',
+        },
+    )
     assert cfg.settings.store.url == "postgresql://x@db/cw"
     assert cfg.settings.policy.count_cc is True
     assert cfg.settings.firm.domains == ["a.example", "b.example"]

@@ -25,7 +25,9 @@ def test_the_demo_runs_the_whole_pipeline_and_shows_every_situation(tmp_path: Pa
     # Every situation the demo promises is in the care picture.
     r = runner.invoke(app, ["--config", str(d / "carewatch.toml"), "status", "--json", "--now", "2026-11-16T11:00:00Z"])
     doc = json.loads(r.stdout)
-    kinds = {lp["kind"] for c in doc["clients"] for lp in c["lapses"] + [x for ct in c["contacts"] for x in ct["lapses"]]}
+    kinds = {
+        lp["kind"] for c in doc["clients"] for lp in c["lapses"] + [x for ct in c["contacts"] for x in ct["lapses"]]
+    }
     assert {"unanswered", "chased", "silent", "going_quiet", "slowing", "unowned"} <= kinds
     internal = [c for c in doc["clients"] if c["internal"]]
     assert len(internal) == 1
@@ -40,7 +42,7 @@ def test_the_demo_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     files_a = sorted(p.read_bytes() for p in (tmp_path / "a" / "Maildir").rglob("*.demo:2,S"))
     files_b = sorted(p.read_bytes() for p in (tmp_path / "b" / "Maildir").rglob("*.demo:2,S"))
     assert a.messages == b.messages and files_a == files_b
-    c = generate(tmp_path / "c", seed=4)
+    generate(tmp_path / "c", seed=4)
     assert sorted(p.read_bytes() for p in (tmp_path / "c" / "Maildir").rglob("*.demo:2,S")) != files_a
 
 

@@ -8,7 +8,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from datetime import datetime, timedelta
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,7 +19,6 @@ from test_care import ALICE, OLIVIA, SHARED
 from typer.testing import CliRunner
 
 from worker.app import prepare_store, run_scan
-from worker.care.evaluate import evaluate
 from worker.cli import app
 from worker.config import load_config
 from worker.demo import generate
@@ -79,14 +78,19 @@ def test_digest_facts_equal_status_json_for_the_same_moment(portfolio) -> None: 
     for row in d.clients:
         s = by_name[row.name]
         assert row.median_response_minutes == s["response_time"]["median_business_minutes"] or (
-            round(row.median_response_minutes or 0, 1) == s["response_time"]["median_business_minutes"])
+            round(row.median_response_minutes or 0, 1) == s["response_time"]["median_business_minutes"]
+        )
         assert row.open_waits == s["open_waits"]
         assert row.days_since_principal == s["days_since_outbound_to_principal"]
         lapses = s["lapses"] + [lp for ct in s["contacts"] for lp in ct["lapses"]]
         assert (row.rag == "red") == any(lp["kind"] in ("unanswered", "chased", "silent") for lp in lapses)
     assert d.this_week.open_waits == sum(c["open_waits"] for c in status["clients"])
-    silent_principals = sum(1 for c in status["clients"] for ct in c["contacts"]
-                            if ct["role"] == "principal" and any(lp["kind"] == "silent" for lp in ct["lapses"]))
+    silent_principals = sum(
+        1
+        for c in status["clients"]
+        for ct in c["contacts"]
+        if ct["role"] == "principal" and any(lp["kind"] == "silent" for lp in ct["lapses"])
+    )
     assert d.this_week.silent_principals == silent_principals
     # The riskiest accounts are named with their owner and reasons.
     names = [a.name for a in d.at_risk]
@@ -137,14 +141,17 @@ def test_week_over_week_deltas(tmp_path: Path, smtp) -> None:  # type: ignore[no
 
 
 def test_html_is_well_formed_escaped_and_self_contained(tmp_path: Path, smtp) -> None:  # type: ignore[no-untyped-def]
-    extra = ('\n[[clients]]\nname = "<img src=x onerror=alert(1)> & Co"\ndomains = ["evil.example"]\n'
-             'owner = "olivia@firm.example"\ncontacts = [{ name = "<b>Eve</b>", email = "eve@evil.example", '
-             'role = "principal" }]\n')
+    extra = (
+        '\n[[clients]]\nname = "<img src=x onerror=alert(1)> & Co"\ndomains = ["evil.example"]\n'
+        'owner = "olivia@firm.example"\ncontacts = [{ name = "<b>Eve</b>", email = "eve@evil.example", '
+        'role = "principal" }]\n'
+    )
     f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}", extra=extra)
     f.mail.add("eve@evil.example", [SHARED], "<script>x</script>", london(2026, 11, 10, 9, 0))
     f.scan()
-    _, text, html = render_digest(build_digest(f.store, f.config, f.config.settings.partners[0],
-                                               at(2026, 11, 12, 12, 0)), f.config)
+    _, text, html = render_digest(
+        build_digest(f.store, f.config, f.config.settings.partners[0], at(2026, 11, 12, 12, 0)), f.config
+    )
     c = Checker()
     c.feed(html)
     c.close()
@@ -159,10 +166,24 @@ def test_html_is_well_formed_escaped_and_self_contained(tmp_path: Path, smtp) ->
 def _chromium(args: list[str]) -> subprocess.CompletedProcess[str]:
     profile = tempfile.mkdtemp(prefix="cw-chromium-")
     try:
-        return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                               "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                               "--disable-sync", f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
@@ -177,9 +198,11 @@ def test_digest_renders_in_chromium_within_a_600px_column(portfolio, tmp_path: P
     _, _, html = render_digest(d, cfg)
     page = tmp_path / "digest.html"
     # Measure after layout: the widest element's right edge and the document's scroll width.
-    probe = ("<script>var w=0;document.querySelectorAll('*').forEach(function(e){var r=e.getBoundingClientRect();"
-             "w=Math.max(w,r.right)});document.body.setAttribute('data-sw',document.documentElement.scrollWidth);"
-             "document.body.setAttribute('data-right',Math.ceil(w));</script>")
+    probe = (
+        "<script>var w=0;document.querySelectorAll('*').forEach(function(e){var r=e.getBoundingClientRect();"
+        "w=Math.max(w,r.right)});document.body.setAttribute('data-sw',document.documentElement.scrollWidth);"
+        "document.body.setAttribute('data-right',Math.ceil(w));</script>"
+    )
     page.write_text(html.replace("</body>", probe + "</body>"))
     r = _chromium(["--window-size=600,900", "--dump-dom", page.as_uri()])
     sw = re.search(r'data-sw="(\d+)"', r.stdout)
@@ -197,8 +220,11 @@ def test_digest_command_previews_and_sends_once_per_week(tmp_path: Path, smtp) -
     f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}")
     f.mail.add(ALICE, [SHARED], "Q", london(2026, 11, 10, 10, 0))
     env = {"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"'}
-    r = runner.invoke(app, ["--config", str(f.path), "digest", "--preview", str(tmp_path / "p"), "--now",
-                            "2026-11-16T07:00:00Z"], env=env)
+    r = runner.invoke(
+        app,
+        ["--config", str(f.path), "digest", "--preview", str(tmp_path / "p"), "--now", "2026-11-16T07:00:00Z"],
+        env=env,
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "p" / "paul.html").exists() and (tmp_path / "p" / "paul.txt").exists()
     for _ in range(2):

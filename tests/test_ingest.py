@@ -22,8 +22,14 @@ T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
 def inbound(i: int, sender: str = "alice@acme.example", **kw: object) -> bytes:
-    return build_message(sender=sender, to=["shared@firm.example"], subject=f"Question {i}",
-                         date=T0 + timedelta(minutes=i), message_id=f"<q{i}@acme.example>", **kw)  # type: ignore[arg-type]
+    return build_message(
+        sender=sender,
+        to=["shared@firm.example"],
+        subject=f"Question {i}",
+        date=T0 + timedelta(minutes=i),
+        message_id=f"<q{i}@acme.example>",
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def count(store, *where) -> int:  # type: ignore[no-untyped-def]
@@ -64,8 +70,17 @@ def _one(store, message_id: str) -> Message:  # type: ignore[no-untyped-def]
 
 def test_scanning_never_changes_the_mailbox(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
     dovecot.append([inbound(i) for i in range(4)])
-    dovecot.append([build_message(sender="olivia@firm.example", to=["alice@acme.example"],
-                                  subject="Re: Question 1", date=T0 + timedelta(hours=1))], folder="Sent")
+    dovecot.append(
+        [
+            build_message(
+                sender="olivia@firm.example",
+                to=["alice@acme.example"],
+                subject="Re: Question 1",
+                date=T0 + timedelta(hours=1),
+            )
+        ],
+        folder="Sent",
+    )
     before = {f: flags_of(dovecot, f) for f in ("INBOX", "Sent")}
     assert all(b"\\Seen" not in fl for fl in before["INBOX"].values())
     cfg = load_config(write_config(tmp_path, db_url, dovecot))
@@ -114,10 +129,17 @@ def test_a_changed_uidvalidity_rereads_without_duplicates(tmp_path: Path, doveco
 def test_a_message_in_inbox_and_sent_is_stored_once(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
     # Someone at the firm writes to a client and copies the shared mailbox: it lands in
     # INBOX and in Sent with one Message-ID.
-    msg = build_message(sender="olivia@firm.example", to=["alice@acme.example"], cc=["shared@firm.example"],
-                        subject="Engagement letter", date=T0, message_id="<eng@firm.example>")
-    no_id = build_message(sender="olivia@firm.example", to=["bob@acme.example"], subject="No id",
-                          date=T0, message_id=False)  # type: ignore[arg-type]
+    msg = build_message(
+        sender="olivia@firm.example",
+        to=["alice@acme.example"],
+        cc=["shared@firm.example"],
+        subject="Engagement letter",
+        date=T0,
+        message_id="<eng@firm.example>",
+    )
+    no_id = build_message(
+        sender="olivia@firm.example", to=["bob@acme.example"], subject="No id", date=T0, message_id=False
+    )  # type: ignore[arg-type]
     dovecot.append([msg, no_id])
     dovecot.append([msg, no_id], folder="Sent")
     cfg = load_config(write_config(tmp_path, db_url, dovecot))
@@ -132,9 +154,14 @@ def test_a_message_in_inbox_and_sent_is_stored_once(tmp_path: Path, dovecot: Dov
 
 
 def test_unknown_people_at_a_client_domain_become_discovered_contacts(
-        tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
-    dovecot.append([inbound(1, sender=("Carl New", "carl@acme.example")),  # type: ignore[arg-type]
-                    inbound(2, sender="stranger@elsewhere.example")])
+    tmp_path: Path, dovecot: Dovecot, db_url: str
+) -> None:
+    dovecot.append(
+        [
+            inbound(1, sender=("Carl New", "carl@acme.example")),  # type: ignore[arg-type]
+            inbound(2, sender="stranger@elsewhere.example"),
+        ]
+    )
     cfg = load_config(write_config(tmp_path, db_url, dovecot))
     store, directory = prepare_store(cfg)
     run_scan(cfg, store, directory)
@@ -146,18 +173,33 @@ def test_unknown_people_at_a_client_domain_become_discovered_contacts(
     assert _one(store, "<q2@acme.example>").direction == "other"
 
 
-def test_directions_cover_outbound_internal_and_internal_clients(
-        tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+def test_directions_cover_outbound_internal_and_internal_clients(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
     msgs = [
-        build_message(sender="olivia@firm.example", to=["alice@acme.example", "bob@acme.example"],
-                      subject="Update", date=T0, message_id="<out@firm>"),
-        build_message(sender="olivia@firm.example", to=["oscar@firm.example"], subject="Lunch?",
-                      date=T0, message_id="<int@firm>"),
+        build_message(
+            sender="olivia@firm.example",
+            to=["alice@acme.example", "bob@acme.example"],
+            subject="Update",
+            date=T0,
+            message_id="<out@firm>",
+        ),
+        build_message(
+            sender="olivia@firm.example", to=["oscar@firm.example"], subject="Lunch?", date=T0, message_id="<int@firm>"
+        ),
         # Ivan works at the firm but is a contact of the internal client "Tax Division".
-        build_message(sender="ivan@firm.example", to=["shared@firm.example"], subject="Need the figures",
-                      date=T0, message_id="<ivan@firm>"),
-        build_message(sender="oscar@firm.example", to=["ivan@firm.example"], subject="Re: Need the figures",
-                      date=T0, message_id="<ivan-reply@firm>"),
+        build_message(
+            sender="ivan@firm.example",
+            to=["shared@firm.example"],
+            subject="Need the figures",
+            date=T0,
+            message_id="<ivan@firm>",
+        ),
+        build_message(
+            sender="oscar@firm.example",
+            to=["ivan@firm.example"],
+            subject="Re: Need the figures",
+            date=T0,
+            message_id="<ivan-reply@firm>",
+        ),
     ]
     dovecot.append(msgs)
     cfg = load_config(write_config(tmp_path, db_url, dovecot))
@@ -170,18 +212,28 @@ def test_directions_cover_outbound_internal_and_internal_clients(
     assert _one(store, "<ivan-reply@firm>").direction == "outbound"
 
 
-def test_a_new_contact_in_the_config_reclassifies_stored_mail(tmp_path: Path, dovecot: Dovecot,
-                                                              db_url: str) -> None:
-    dovecot.append([build_message(sender="zed@initech.example", to=["shared@firm.example"], subject="Hello",
-                                  date=T0, message_id="<zed@initech>")])
+def test_a_new_contact_in_the_config_reclassifies_stored_mail(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+    dovecot.append(
+        [
+            build_message(
+                sender="zed@initech.example",
+                to=["shared@firm.example"],
+                subject="Hello",
+                date=T0,
+                message_id="<zed@initech>",
+            )
+        ]
+    )
     path = write_config(tmp_path, db_url, dovecot)
     cfg = load_config(path)
     store, directory = prepare_store(cfg)
     run_scan(cfg, store, directory)
     assert _one(store, "<zed@initech>").direction == "other"
-    path.write_text(path.read_text() + '\n[[clients]]\nname = "Initech"\ndomains = ["initech.example"]\n'
-                    'owner = "olivia@firm.example"\ncontacts = [{ name = "Zed", email = "zed@initech.example", '
-                    'role = "principal" }]\n')
+    path.write_text(
+        path.read_text() + '\n[[clients]]\nname = "Initech"\ndomains = ["initech.example"]\n'
+        'owner = "olivia@firm.example"\ncontacts = [{ name = "Zed", email = "zed@initech.example", '
+        'role = "principal" }]\n'
+    )
     cfg2 = load_config(path)
     store2, _ = prepare_store(cfg2)
     assert _one(store2, "<zed@initech>").direction == "inbound"

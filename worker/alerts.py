@@ -22,7 +22,8 @@ from .care.clock import BusinessCalendar, from_ts, to_ts
 from .care.evaluate import CarePicture, Lapse, evaluate
 from .commands import find_token, parse_command
 from .config import Config, parse_duration_minutes
-from .notify.outbox import DeliveryReport, deliver, enqueue
+from .notify.outbox import DeliveryReport, enqueue
+from .notify.outbox import deliver as deliver_outbox
 from .notify.render import Renderer, build_email
 from .notify.transport import Transport, make_transport
 from .store import Store
@@ -284,7 +285,9 @@ class AlertDesk:
         return PlannedEmail([recipient], subject, message_id, items, text, html), token
 
     def check(self, now: datetime, dry_run: bool = False, transport: Transport | None = None,
-              picture: CarePicture | None = None) -> CheckReport:
+              picture: CarePicture | None = None, deliver: bool = True) -> CheckReport:
+        """Apply replies, sync alerts with the lapses at `now`, queue the emails and (unless
+        `deliver` is False: the worker delivers under its own lock) deliver them."""
         report = CheckReport(now=now)
         renderer = Renderer(self.config)
         with self.store.session() as db:
@@ -341,8 +344,8 @@ class AlertDesk:
                 db.rollback()
                 return report
             db.commit()
-        if transport is not None or not dry_run:
-            report.delivery = deliver(self.store, transport or make_transport(self.config),
+        if deliver:
+            report.delivery = deliver_outbox(self.store, transport or make_transport(self.config),
                                       self.settings.notify.from_address, now, self.settings.notify.max_attempts)
         return report
 

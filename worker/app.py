@@ -17,13 +17,17 @@ log = logging.getLogger(__name__)
 def prepare_store(config: Config) -> tuple[Store, Directory]:
     """Open (and migrate) the store, sync who-is-who from the config, and classify stored
     messages again if that changed."""
+    from .locks import held
+
     store = open_store(config.settings.store.url)
-    changed = sync_directory(store, config)
-    directory = load_directory(store, config)
-    if changed:
-        n = reclassify(store, directory)
-        if n:
-            log.info("directory changed: %d stored message(s) classified again", n)
+    # Replicas starting together sync one after the other (the second finds nothing to do).
+    with held(store, "directory"):
+        changed = sync_directory(store, config)
+        directory = load_directory(store, config)
+        if changed:
+            n = reclassify(store, directory)
+            if n:
+                log.info("directory changed: %d stored message(s) classified again", n)
     return store, directory
 
 

@@ -496,6 +496,21 @@ def digest(
 
 @app.command()
 @handled
+def run(
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Port for /healthz and /metrics "
+                                                      "(default: service.metrics_port; -1 turns them off).")] = None,
+) -> None:
+    """The long-running worker: scans every mailbox on its interval (and on IMAP IDLE), raises and
+    delivers alerts after each scan, sends the weekly digest. SIGTERM stops it cleanly."""
+    from .service import Worker
+
+    cfg = state.config()
+    code = Worker(cfg, metrics_port=metrics_port).run()
+    raise typer.Exit(code)
+
+
+@app.command()
+@handled
 def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where to put the demo firm (created; replaced if "
                                                           "it holds an earlier demo).")] = Path("carewatch-demo"),

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert
+from sqlalchemy import Engine, create_engine, event, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -80,6 +80,10 @@ def run_migrations(engine: Engine) -> None:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Replicas starting together migrate one after the other; the lock ends with the
+            # transaction.
+            conn.execute(text("SELECT pg_advisory_xact_lock(8146235541)"))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

@@ -1,0 +1,220 @@
+"""`carewatch run` end to end: a subprocess against real Dovecot, aiosmtpd and the database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import write_config
+from servers import Dovecot, SmtpSink, free_port
+
+from worker.synth import build_message
+
+ALWAYS_OPEN = "{ " + ", ".join(f'{d} = "00:00-24:00"' for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")) + " }"
+
+
+def service_env(smtp: SmtpSink) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "CAREWATCH__NOTIFY__TRANSPORT": '"smtp"',
+            "CAREWATCH__NOTIFY__QUIET_HOURS": "false",
+            "CAREWATCH__POLICY__REPLY_WITHIN": '"1m"',
+            "CAREWATCH__CALENDAR__HOURS": ALWAYS_OPEN,
+            "CAREWATCH_LOG_LEVEL": "INFO",
+        }
+    )
+    return env
+
+
+def service_config(tmp_path: Path, db_url: str, dovecot: Dovecot, smtp: SmtpSink, interval: float = 0.05) -> Path:
+    return write_config(
+        tmp_path,
+        db_url,
+        dovecot,
+        mailbox_extra=f"scan_interval_minutes = {interval}\nidle = true\n",
+        extra=f'\n[notify.smtp]\nhost = "127.0.0.1"\nport = {smtp.port}\ntls = "none"\nallow_plaintext = true\n',
+    )
+
+
+class Running:
+    def __init__(self, config: Path, smtp: SmtpSink, name: str = "w") -> None:
+        self.port = free_port()
+        self.log = config.parent / f"{name}.log"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker.cli",
+                "--config",
+                str(config),
+                "--json-logs",
+                "run",
+                "--metrics-port",
+                str(self.port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+            env=service_env(smtp),
+        )
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def wait_for(cond, timeout: float = 30, what: str = "condition", logs=None):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{logs()[-3000:]}" if logs else ""))
+
+
+def question(n: int, sender: str = "alice@acme.example") -> bytes:
+    return build_message(
+        sender=sender,
+        to=["shared@firm.example"],
+        subject=f"Question {n}",
+        date=datetime.now(UTC) - timedelta(minutes=30),
+        message_id=f"<svc{n}.{time.time_ns()}@acme>",
+    )
+
+
+def test_the_worker_alerts_survives_a_dovecot_restart_and_stops_cleanly(
+    tmp_path: Path, dovecot: Dovecot, smtp: SmtpSink
+) -> None:
+    w = Running(service_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot, smtp), smtp)
+    try:
+        wait_for(lambda: w.get("/healthz")[0] == 200, what="healthz 200", logs=w.logs)
+        health = json.loads(w.get("/healthz")[1])
+        assert health["store"] == "ok" and health["mailboxes"]["shared"]["ok"]
+        dovecot.append([question(1)])
+        wait_for(lambda: smtp.messages, timeout=20, what="the first alert", logs=w.logs)
+        assert smtp.messages[0][1] == ["olivia@firm.example"]
+        # The IMAP server goes away and comes back: the worker logs, backs off and carries on.
+        dovecot.stop(kill=True)
+        wait_for(
+            lambda: "connection" in w.logs().lower() or "cannot connect" in w.logs(),
+            timeout=20,
+            what="the worker to notice",
+            logs=w.logs,
+        )
+        dovecot.start()
+        dovecot.append([question(2, sender="gina@globex.example")])
+        wait_for(lambda: len(smtp.messages) >= 2, timeout=60, what="the alert after the restart", logs=w.logs)
+        assert smtp.messages[1][1] == ["oscar@firm.example"]
+        status, metrics = w.get("/metrics")
+        assert status == 200 and 'carewatch_messages_ingested_total{mailbox="shared"}' in metrics
+        assert "carewatch_scan_errors_total" in metrics and "carewatch_open_alerts" in metrics
+        assert w.stop() == 0
+        assert "stopped cleanly" in w.logs()
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+    # Nothing lost: every queued email was delivered exactly once.
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(f"sqlite:///{tmp_path / 'cw.db'}")
+    with eng.connect() as c:
+        statuses = [r[0] for r in c.execute(text("SELECT status FROM outbox"))]
+        messages = c.execute(text("SELECT count(*) FROM message")).scalar()
+    assert statuses == ["sent", "sent"] and len(smtp.messages) == 2 and messages == 2
+
+
+def test_a_second_sigterm_exits_at_once(tmp_path: Path, dovecot: Dovecot, smtp: SmtpSink) -> None:
+    w = Running(service_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot, smtp), smtp)
+    try:
+        wait_for(lambda: w.get("/healthz")[0] == 200, what="healthz 200", logs=w.logs)
+        w.proc.send_signal(signal.SIGTERM)
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.proc.wait(10) in (0, 1)
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+
+
+def test_health_is_not_ready_while_the_mailbox_cannot_be_scanned(
+    tmp_path: Path, dovecot: Dovecot, smtp: SmtpSink
+) -> None:
+    dovecot.stop()
+    w = Running(service_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot, smtp), smtp)
+    try:
+        wait_for(lambda: w.get("/healthz")[0] == 503, what="healthz 503", logs=w.logs)
+        assert json.loads(w.get("/healthz")[1])["mailboxes"]["shared"]["ok"] is False
+        assert w.stop() == 0
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+
+
+@pytest.mark.postgres
+def test_two_replicas_on_postgres_never_duplicate(
+    tmp_path: Path, dovecot: Dovecot, smtp: SmtpSink, pg_url: str
+) -> None:
+    db_url = pg_url
+    cfg = service_config(tmp_path, db_url, dovecot, smtp)
+    dovecot.append(
+        [
+            question(k, sender=s)
+            for k, s in enumerate(
+                ["alice@acme.example", "bob@acme.example", "gina@globex.example", "ivan@firm.example"] * 3
+            )
+        ]
+    )
+    a, b = Running(cfg, smtp, "a"), Running(cfg, smtp, "b")
+    try:
+        wait_for(
+            lambda: a.get("/healthz")[0] == 200 and b.get("/healthz")[0] == 200,
+            timeout=40,
+            what="both ready",
+            logs=lambda: a.logs() + b.logs(),
+        )
+        wait_for(lambda: len(smtp.messages) >= 2, timeout=40, what="alerts", logs=lambda: a.logs() + b.logs())
+        for k in range(12, 20):
+            dovecot.append([question(k)])
+        time.sleep(8)  # several scan intervals with both replicas competing
+        assert a.stop() == 0 and b.stop() == 0
+    finally:
+        for w in (a, b):
+            if w.proc.poll() is None:
+                w.proc.kill()
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with eng.connect() as c:
+        n_messages = c.execute(text("SELECT count(*) FROM message")).scalar()
+        n_alerts = c.execute(text("SELECT count(*) FROM alert")).scalar()
+        n_alert_keys = c.execute(text("SELECT count(DISTINCT key) FROM alert")).scalar()
+        outbox = c.execute(text("SELECT message_id, status FROM outbox")).all()
+    eng.dispose()
+    assert n_messages == 20
+    assert n_alerts == n_alert_keys and n_alerts >= 4
+    received = [raw.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0].decode() for _, _, raw in smtp.messages]
+    assert sorted(received) == sorted(m for m, _ in outbox)  # every email once, none twice
+    assert all(st == "sent" for _, st in outbox)
+    assert len(outbox) == 3  # Olivia and Oscar first; Olivia again for the later questions

@@ -1,0 +1,86 @@
+"""XOAUTH2 access tokens for hosted mailboxes (Microsoft 365 and Google Workspace no longer
+accept passwords over IMAP). Tokens are cached and refreshed before they expire."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+
+from .config import MailboxConfig, resolve_secret
+from .errors import MailboxAuthError, MailboxError
+
+log = logging.getLogger(__name__)
+
+MICROSOFT_SCOPE = "https://outlook.office365.com/.default"
+GOOGLE_SCOPE = "https://mail.google.com/"
+#: Refresh this long before the token expires.
+REFRESH_MARGIN_SECONDS = 300
+
+
+class TokenCache:
+    def __init__(self, fetch: Callable[[], tuple[str, float]]) -> None:
+        self.fetch = fetch
+        self.token: str | None = None
+        self.expires_at = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self.lock:
+            if self.token is None or time.time() >= self.expires_at - REFRESH_MARGIN_SECONDS:
+                self.token, lifetime = self.fetch()
+                self.expires_at = time.time() + lifetime
+            return self.token
+
+
+def microsoft_client_credentials(mb: MailboxConfig) -> tuple[str, float]:
+    """Client-credentials grant for an app granted the shared mailbox (Exchange app-only access)."""
+    if not mb.oauth_client_id or not (mb.oauth_tenant or mb.oauth_token_url):
+        raise MailboxError(f"mailbox {mb.name!r}: oauth_client_id and oauth_tenant are required for Microsoft 365")
+    url = mb.oauth_token_url or f"https://login.microsoftonline.com/{mb.oauth_tenant}/oauth2/v2.0/token"
+    secret = resolve_secret(mb.oauth_client_secret_env, mb.oauth_client_secret_file,
+                            f"mailboxes.{mb.name}.oauth_client_secret")
+    body = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": mb.oauth_client_id,
+                                   "client_secret": secret, "scope": MICROSOFT_SCOPE}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    try:
+        with urllib.request.urlopen(req, timeout=mb.timeout_seconds) as resp:
+            doc = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read()[:300].decode(errors="replace")
+        # The error body never contains our secret; it names the problem (AADSTS codes).
+        raise MailboxAuthError(f"mailbox {mb.name!r}: the token endpoint refused the client ({exc.code}): "
+                               f"{detail}") from None
+    except (OSError, ValueError) as exc:
+        raise MailboxError(f"mailbox {mb.name!r}: cannot reach the token endpoint: {exc}") from None
+    if "access_token" not in doc:
+        raise MailboxAuthError(f"mailbox {mb.name!r}: the token endpoint answered without an access_token")
+    return doc["access_token"], float(doc.get("expires_in", 3600))
+
+
+def google_service_account(mb: MailboxConfig) -> tuple[str, float]:
+    """A service account with domain-wide delegation, acting as the mailbox user."""
+    try:
+        from google.auth.transport.requests import Request
+        from google.oauth2 import service_account
+    except ImportError:
+        raise MailboxError("Google Workspace XOAUTH2 needs the google-auth package: "
+                           "pip install 'carewatch[google]'") from None
+    if not mb.oauth_service_account_file:
+        raise MailboxError(f"mailbox {mb.name!r}: oauth_service_account_file is required for Google")
+    creds = service_account.Credentials.from_service_account_file(
+        str(mb.oauth_service_account_file), scopes=[GOOGLE_SCOPE], subject=mb.username)
+    creds.refresh(Request())
+    lifetime = (creds.expiry.timestamp() - time.time()) if creds.expiry else 3600.0
+    return creds.token, lifetime
+
+
+def token_provider(mb: MailboxConfig) -> Callable[[], str]:
+    if mb.oauth_provider == "google":
+        return TokenCache(lambda: google_service_account(mb))
+    return TokenCache(lambda: microsoft_client_credentials(mb))

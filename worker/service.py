@@ -1,0 +1,305 @@
+"""`carewatch run`: the long-running worker.
+
+APScheduler 3.x runs, from config (jobs live in memory; replicas coordinate through the
+database, never through a shared job store):
+  * a scan per mailbox every N minutes (coalesced, never overlapping itself, a missed run runs
+    once), each followed by evaluation, alerts and delivery;
+  * IMAP IDLE per mailbox where the server supports it, as a wake-up signal for that scan;
+  * outbox delivery every minute (retries with backoff);
+  * the weekly digest on a cron in the firm's time zone.
+Failures are logged, counted and retried with capped exponential backoff without stopping the
+other mailboxes or jobs. The first SIGTERM finishes the batch in hand, commits and exits 0; a
+second exits at once.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import func, select, text
+
+from .alerts import AlertDesk
+from .app import prepare_store
+from .config import Config, MailboxConfig
+from .errors import CarewatchError, MailboxAuthError
+from .ingest import Ingestor
+from .locks import exclusive
+from .mailbox import open_source
+from .metrics import HealthServer, Metrics
+from .notify.outbox import deliver
+from .notify.transport import make_transport
+from .store.models import Alert, FolderState, OutboxEmail
+
+log = logging.getLogger(__name__)
+
+#: Capped exponential backoff after failures, in seconds.
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_CAP_SECONDS = 600.0
+#: IDLE is renewed well within RFC 2177's 29 minutes (Office 365 hangs after an hour or two).
+IDLE_RENEW_SECONDS = 540.0
+#: How often an IDLE loop looks at the stop flag.
+IDLE_POLL_SECONDS = 1.0
+DELIVERY_INTERVAL_SECONDS = 60.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def backoff_seconds(failures: int) -> float:
+    return min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, failures - 1))
+
+
+class Worker:
+    def __init__(self, config: Config, metrics_port: int | None = None) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.stop = threading.Event()
+        self.metrics = Metrics()
+        self.store, self.directory = prepare_store(config)
+        self.scheduler = BackgroundScheduler(
+            timezone=self.settings.calendar.timezone,
+            executors={"default": ThreadPoolExecutor(max_workers=max(4, len(self.settings.mailboxes) + 3))},
+            job_defaults={"coalesce": True, "max_instances": 1},
+        )
+        self.failures: dict[str, int] = {}
+        self.not_before: dict[str, float] = {}
+        self.signals = 0
+        port = self.settings.service.metrics_port if metrics_port is None else metrics_port
+        self.health_server = HealthServer(self.settings.service.metrics_host, port, self.metrics, self.health) \
+            if port >= 0 else None
+        self.idle_threads: list[threading.Thread] = []
+
+    # --- jobs ---------------------------------------------------------------------------------
+    def scan_job(self, name: str) -> None:
+        mb = next(m for m in self.settings.mailboxes if m.name == name)
+        if self.stop.is_set() or time.monotonic() < self.not_before.get(name, 0.0):
+            return
+        with exclusive(self.store, f"scan:{name}") as mine:
+            if not mine:
+                log.debug("mailbox %s is being scanned by another replica", name)
+                return
+            t0 = time.perf_counter()
+            try:
+                rep = Ingestor(self.store, self.config, self.directory, stop=self.stop).scan([mb])
+                if rep.errors:
+                    raise CarewatchError("; ".join(rep.errors))
+            except CarewatchError as exc:
+                self._scan_failed(mb, exc)
+                return
+            finally:
+                self.metrics.scan_duration.labels(name).observe(time.perf_counter() - t0)
+            self.failures[name] = 0
+            self.not_before.pop(name, None)
+            self.metrics.last_scan_ok.labels(name).set(time.time())
+            stored = rep.stored
+            self.metrics.ingested.labels(name).inc(stored)
+            self.metrics.skipped.labels(name).inc(sum(f.skipped for f in rep.folders))
+            if stored:
+                log.info("mailbox %s: %d new message(s)", name, stored)
+        if not self.stop.is_set():
+            self.check_job()
+
+    def _scan_failed(self, mb: MailboxConfig, exc: Exception) -> None:
+        n = self.failures.get(mb.name, 0) + 1
+        self.failures[mb.name] = n
+        self.metrics.scan_errors.labels(mb.name).inc()
+        wait = backoff_seconds(n)
+        if isinstance(exc, MailboxAuthError):
+            wait = BACKOFF_CAP_SECONDS  # a wrong password will not fix itself in seconds
+        log.error("scan of %s failed (%d in a row): %s; next try in %.0fs at the earliest", mb.name, n, exc, wait)
+        # The job skips its runs until then. (It must not reschedule itself: APScheduler's
+        # shutdown holds the job store lock while it waits for running jobs.)
+        self.not_before[mb.name] = time.monotonic() + wait
+
+    def check_job(self) -> None:
+        if self.stop.is_set():
+            return
+        try:
+            with exclusive(self.store, "check") as mine:
+                if mine:
+                    rep = AlertDesk(self.store, self.config).check(utcnow(), deliver=False)
+                    if rep.new or rep.escalated or rep.resolved:
+                        log.info("alerts: %d new, %d escalated, %d resolved; %d email(s) queued",
+                                 len(rep.new), len(rep.escalated), len(rep.resolved), len(rep.emails))
+            self.deliver_job()
+            self.refresh_gauges()
+        except CarewatchError as exc:
+            self.metrics.job_errors.labels("check").inc()
+            log.error("check failed: %s", exc)
+
+    def deliver_job(self) -> None:
+        try:
+            with exclusive(self.store, "outbox") as mine:
+                if not mine:
+                    return
+                rep = deliver(self.store, make_transport(self.config), self.settings.notify.from_address, utcnow(),
+                              self.settings.notify.max_attempts)
+            for _ in rep.sent:
+                self.metrics.deliveries.labels("email").inc()
+            if rep.errors:
+                self.metrics.delivery_errors.inc(len(rep.errors))
+        except CarewatchError as exc:
+            self.metrics.job_errors.labels("deliver").inc()
+            log.error("delivery failed: %s", exc)
+
+    def digest_job(self) -> None:
+        from .digest import queue_digests
+
+        try:
+            with exclusive(self.store, "digest") as mine:
+                if mine:
+                    queued = queue_digests(self.store, self.config, utcnow())
+                    log.info("digest: %d queued", len(queued))
+                    self.metrics.last_digest.set(time.time())
+            self.deliver_job()
+        except CarewatchError as exc:
+            self.metrics.job_errors.labels("digest").inc()
+            log.error("digest failed: %s", exc)
+
+    def refresh_gauges(self) -> None:
+        with self.store.session() as db:
+            self.metrics.open_alerts.clear()
+            for kind, n in db.execute(select(Alert.kind, func.count()).where(Alert.state != "resolved")
+                                      .group_by(Alert.kind)).all():
+                self.metrics.open_alerts.labels(kind).set(n)
+            for status, n in db.execute(select(OutboxEmail.status, func.count()).group_by(OutboxEmail.status)).all():
+                if status == "pending":
+                    self.metrics.outbox_backlog.set(n)
+                elif status == "failed":
+                    self.metrics.outbox_failed.set(n)
+
+    # --- IDLE -----------------------------------------------------------------------------------
+    def idle_loop(self, mb: MailboxConfig) -> None:
+        """Wait for the server to announce new mail, then wake the scan. Reconnect with backoff."""
+        failures = 0
+        folder = mb.folders[0]
+        while not self.stop.is_set():
+            try:
+                with open_source(mb) as src:
+                    if not getattr(src, "supports_idle", lambda: False)():
+                        log.info("mailbox %s: no IDLE support; scanning every %s min", mb.name,
+                                 mb.scan_interval_minutes)
+                        return
+                    failures = 0
+                    c = src.c  # type: ignore[attr-defined]
+                    c.select_folder(folder, readonly=True)
+                    while not self.stop.is_set():
+                        c.idle()
+                        started = time.monotonic()
+                        woke = False
+                        while not self.stop.is_set() and time.monotonic() - started < IDLE_RENEW_SECONDS:
+                            if c.idle_check(timeout=IDLE_POLL_SECONDS):
+                                woke = True
+                                break
+                        c.idle_done()
+                        if woke:
+                            log.debug("mailbox %s: IDLE says something changed", mb.name)
+                            self.wake(mb.name)
+            except Exception as exc:  # noqa: BLE001 - any failure here means: reconnect later
+                failures += 1
+                wait = backoff_seconds(failures)
+                log.warning("mailbox %s: IDLE connection lost (%s); reconnecting in %.0fs", mb.name,
+                            exc or type(exc).__name__, wait)
+                self.stop.wait(wait)
+
+    def wake(self, name: str) -> None:
+        if self.stop.is_set():
+            return
+        job = self.scheduler.get_job(f"scan:{name}")
+        if job is not None:
+            self.not_before.pop(name, None)  # the server is back and talking: try now
+            job.modify(next_run_time=datetime.now(job.trigger.timezone))
+
+    # --- health ---------------------------------------------------------------------------------
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when the store answers and every mailbox had a good scan recently (by any
+        replica: the state is read from the database)."""
+        detail: dict[str, Any] = {"mailboxes": {}}
+        try:
+            with self.store.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            with self.store.session() as db:
+                rows = db.execute(select(FolderState.mailbox, func.min(FolderState.last_ok_at))
+                                  .group_by(FolderState.mailbox)).all()
+        except Exception as exc:  # noqa: BLE001
+            return False, {"store": f"unreachable: {exc}"}
+        detail["store"] = "ok"
+        last = dict(rows)
+        ok = True
+        now = utcnow()
+        for mb in self.settings.mailboxes:
+            stale = timedelta(minutes=mb.scan_interval_minutes * self.settings.service.health_stale_intervals)
+            seen = last.get(mb.name)
+            fresh = seen is not None and now - seen <= max(stale, timedelta(seconds=30))
+            detail["mailboxes"][mb.name] = {"last_ok": seen.isoformat() + "Z" if seen else None, "ok": fresh}
+            ok = ok and fresh
+        return ok, detail
+
+    # --- running ----------------------------------------------------------------------------------
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            log.info("received %s: finishing the batch in hand, then stopping (send again to exit at once)",
+                     signal.Signals(signum).name)
+            self.stop.set()
+        else:
+            log.warning("second %s: exiting at once", signal.Signals(signum).name)
+            os._exit(1)
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.on_signal)
+        # `kill -USR1` prints every thread's stack to stderr: for "why is it stuck?" in production.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+    def schedule(self) -> None:
+        now = datetime.now(self.scheduler.timezone)
+        for mb in self.settings.mailboxes:
+            seconds = mb.scan_interval_minutes * 60
+            self.scheduler.add_job(self.scan_job, IntervalTrigger(seconds=seconds), args=[mb.name],
+                                   id=f"scan:{mb.name}", name=f"scan {mb.name}", next_run_time=now,
+                                   misfire_grace_time=max(1, int(seconds)))
+        self.scheduler.add_job(self.deliver_job, IntervalTrigger(seconds=DELIVERY_INTERVAL_SECONDS), id="deliver",
+                               misfire_grace_time=int(DELIVERY_INTERVAL_SECONDS))
+        d = self.settings.digest
+        self.scheduler.add_job(self.digest_job, CronTrigger(day_of_week=d.day_of_week, hour=d.hour, minute=d.minute,
+                                                            timezone=self.settings.calendar.timezone),
+                               id="digest", misfire_grace_time=3600)
+
+    def run(self) -> int:
+        self.install_signal_handlers()
+        if self.health_server:
+            self.health_server.start()
+        self.schedule()
+        self.scheduler.start()
+        for mb in self.settings.mailboxes:
+            if mb.kind == "imap" and mb.idle:
+                t = threading.Thread(target=self.idle_loop, args=[mb], name=f"idle:{mb.name}", daemon=True)
+                t.start()
+                self.idle_threads.append(t)
+        log.info("carewatch running: %d mailbox(es), store %s", len(self.settings.mailboxes), self.store.url)
+        while not self.stop.wait(1.0):
+            pass
+        # shutdown(wait=True) does not interrupt a running job: the jobs themselves see the stop
+        # flag between batches and return after committing.
+        self.scheduler.shutdown(wait=True)
+        for t in self.idle_threads:
+            t.join(timeout=IDLE_POLL_SECONDS * 3)
+        if self.health_server:
+            self.health_server.stop()
+        self.store.dispose()
+        log.info("carewatch stopped cleanly")
+        return 0
