@@ -5,9 +5,11 @@ Shared by tests/conftest.py and benchmarks/, so both exercise exactly the same s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -191,6 +193,12 @@ class Dovecot:
         if self.proc is None:
             return
         if kill:
+            # A crash takes the whole tree: the imap processes serving open connections too.
+            # Freeze the master first so that it forks nothing while we look.
+            os.kill(self.proc.pid, signal.SIGSTOP)
+            for pid in _descendants(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
             self.proc.kill()
         else:
             self.proc.terminate()
@@ -250,6 +258,22 @@ class Dovecot:
                 c.append(folder, raw, msg_time=_date_of(raw))
 
 
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
 def _date_of(raw: bytes) -> datetime | None:
     """The Date header of a message, for APPEND's INTERNALDATE (as mail clients do)."""
     m = re.search(rb"^Date: (.+?)\r?$", raw, re.MULTILINE | re.IGNORECASE)
@@ -264,7 +288,9 @@ def _date_of(raw: bytes) -> datetime | None:
 class SmtpSink:
     """A real SMTP server (aiosmtpd) that keeps what it receives; can refuse on demand."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+        import ssl
+
         from aiosmtpd.controller import Controller
 
         self.messages: list[tuple[str, list[str], bytes]] = []
@@ -285,7 +311,12 @@ class SmtpSink:
                     sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
                 return "250 Message accepted"
 
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        kwargs: dict = {}
+        if tls_cert and tls_key:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(str(tls_cert), str(tls_key))
+            kwargs = {"tls_context": ctx, "require_starttls": True}
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, **kwargs)
 
     def start(self) -> SmtpSink:
         self.controller.start()
@@ -297,3 +328,15 @@ class SmtpSink:
     def clear(self) -> None:
         with self.lock:
             self.messages.clear()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for 127.0.0.1/localhost (openssl)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    os.chmod(directory, 0o755)
+    os.chmod(key, 0o644)
+    return cert, key

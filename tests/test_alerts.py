@@ -289,3 +289,24 @@ def test_file_outbox_is_the_embedded_default(tmp_path: Path) -> None:
     assert len(files) == 1
     msg = email.message_from_bytes(files[0].read_bytes(), policy=policy.default)
     assert msg["To"] == OLIVIA and "Budget" in msg.get_body(("plain",)).get_content()
+
+
+def test_a_replayed_or_expired_reply_is_not_applied_again(firm: Firm, monkeypatch: pytest.MonkeyPatch) -> None:
+    firm.check(at(2026, 11, 17, 12, 0))
+    olivia_mail = next(m for m in firm.received() if m["To"] == OLIVIA)
+    _reply(firm, OLIVIA, "done", olivia_mail, london(2026, 11, 17, 12, 10))
+    # The very same message again (a mail loop or a malicious replay): one command only.
+    first = sorted((firm.mail.root / "cur").glob("*"))[-1]
+    (firm.mail.root / "cur" / "replayed.test:2,S").write_bytes(first.read_bytes())
+    firm.check(at(2026, 11, 17, 12, 30))
+    with firm.store.session() as db:
+        cmds = db.execute(select(AlertCommand)).scalars().all()
+    assert len(cmds) == 1 and cmds[0].status == "applied"
+    # A reference used long after the email was sent is refused (the window is 30 days; 2 here).
+    import worker.alerts
+
+    monkeypatch.setattr(worker.alerts, "TOKEN_VALID_DAYS", 2)
+    _reply(firm, OLIVIA, "snooze 1w", olivia_mail, london(2026, 11, 20, 10, 0))
+    firm.scan()
+    rep = AlertDesk(firm.store, firm.config).check(at(2026, 11, 20, 10, 5), deliver=False)
+    assert any("expired" in c for c in rep.commands), rep.commands

@@ -271,3 +271,21 @@ def test_fetch_responses_are_split_by_uid_whatever_the_item_order() -> None:
     assert out[11][1] == b""
     # A response we do not understand sends the caller to imapclient's full parser.
     assert split_fetch_response([(b"1 (BODY[TEXT] {3}", b"abc"), b")"]) is None
+
+
+def test_maildir_mail_restored_with_an_old_mtime_is_still_scanned(tmp_path: Path) -> None:
+    import os
+
+    md = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    (md / "cur" / "new-one:2,").write_bytes(inbound(1))
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=md))
+    cfg.settings.mailboxes[0].folders = ["INBOX"]
+    store, directory = prepare_store(cfg)
+    assert run_scan(cfg, store, directory).stored == 1
+    old = md / "cur" / "restored:2,"
+    old.write_bytes(inbound(2))
+    os.utime(old, (T0.timestamp(), T0.timestamp()))  # cp -p / rsync -t keep the old time
+    assert run_scan(cfg, store, directory).stored == 1
+    assert _one(store, "<q2@acme.example>").internal_date == T0.replace(tzinfo=None)

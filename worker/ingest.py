@@ -8,6 +8,7 @@ UIDVALIDITY re-reads the folder without duplicating anything.
 
 from __future__ import annotations
 
+import imaplib
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ from .classify import (
 )
 from .commands import find_token, parse_command
 from .config import Config, MailboxConfig
-from .errors import MailboxError, StoreError
+from .errors import FolderMissingError, MailboxError, StoreError
 from .headers import ParsedMessage, normalise_subject, parse_header_block
 from .mailbox import MailboxSource, open_source
 from .mailbox.base import Item, RawMessage
@@ -177,21 +178,29 @@ class Ingestor:
                 break
             try:
                 with open_source(mb) as source:
-                    report.folders += self.scan_mailbox(mb, source)
+                    report.folders += self.scan_mailbox(mb, source, report.errors)
             except MailboxError as exc:
                 log.error("%s", exc)
                 report.errors.append(str(exc))
                 self.record_error(mb.name, mb.folders, str(exc))
         return report
 
-    def scan_mailbox(self, mb: MailboxConfig, source: MailboxSource) -> list[FolderReport]:
+    def scan_mailbox(self, mb: MailboxConfig, source: MailboxSource,
+                     errors: list[str] | None = None) -> list[FolderReport]:
         out = []
         for folder in mb.folders:
             if self.stop.is_set():
                 break
             try:
                 out.append(self.scan_folder(source, mb.name, folder, mb.batch_size))
-            except (OSError, EOFError) as exc:
+            except FolderMissingError as exc:
+                # A deleted or renamed folder must not stop the others.
+                log.error("%s", exc)
+                self.record_error(mb.name, [folder], str(exc))
+                if errors is None:
+                    raise
+                errors.append(str(exc))
+            except (OSError, EOFError, imaplib.IMAP4.error) as exc:
                 raise MailboxError(f"mailbox {mb.name!r}: connection lost while reading "
                                    f"{folder!r}: {exc or type(exc).__name__}; committed batches "
                                    "are kept, the next scan resumes") from exc

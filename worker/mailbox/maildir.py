@@ -1,8 +1,10 @@
 """A local Maildir (Maildir++ folders, as Dovecot lays them out): offline use, tests, the demo.
 
-Maildir has no UIDs, so the cursor is the file's modification time in nanoseconds; a rescan
+Maildir has no UIDs, so the cursor is the file's inode change time (ctime) in nanoseconds:
+it is set when a file arrives or is renamed and, unlike the modification time, cannot be set
+back (mail restored with `cp -p` or rsync keeps an old mtime but gets a new ctime). A rescan
 re-reads files at the last committed time too (ties), and Message-ID dedupe drops repeats.
-Files are only read, never renamed: flags stay as they are.
+The modification time stands in for INTERNALDATE. Files are only read, never renamed.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class MaildirSource(MailboxSource):
                 with os.scandir(d / sub) as it:
                     for e in it:
                         if e.is_file() and not e.name.startswith("."):
-                            out.append((e.stat().st_mtime_ns, e.path))
+                            out.append((e.stat().st_ctime_ns, e.path))
             except FileNotFoundError:
                 continue
         out.sort()

@@ -1,0 +1,282 @@
+"""Failing servers and a failing store: after each failure a rerun gives exactly the state of a
+clean run (no lost message, no duplicate, no double alert), and nothing secret leaks."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import write_config
+from servers import Dovecot, SmtpSink, self_signed
+from sqlalchemy import event, select, text
+from typer.testing import CliRunner
+
+from worker import defaults
+from worker.app import prepare_store, run_scan
+from worker.cli import app
+from worker.config import load_config, validate_data
+from worker.errors import MailboxError, StoreError
+from worker.ingest import Ingestor
+from worker.mailbox import open_source
+from worker.notify.outbox import deliver
+from worker.notify.transport import SmtpTransport
+from worker.store.models import FolderState, Message
+from worker.synth import build_message
+
+runner = CliRunner()
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+def mails(n: int, start: int = 0) -> list[bytes]:
+    return [build_message(sender=("Alice", "alice@acme.example") if k % 2 else "bob@acme.example",
+                          to=["shared@firm.example"], subject=f"Matter {k}", date=T0 + timedelta(minutes=k),
+                          message_id=f"<f{k}@acme.example>") for k in range(start, start + n)]
+
+
+def stored_ids(store) -> list[str]:  # type: ignore[no-untyped-def]
+    with store.session() as db:
+        return sorted(db.execute(select(Message.message_id)).scalars())
+
+
+def expected_ids(n: int) -> list[str]:
+    return sorted(f"<f{k}@acme.example>" for k in range(n))
+
+
+def test_imap_connection_cut_mid_fetch_then_rerun_is_clean(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+    dovecot.deliver_files(mails(600))
+    cfg = load_config(write_config(tmp_path, db_url, dovecot, batch_size=100))
+    store, directory = prepare_store(cfg)
+    batches = []
+
+    def kill_after_two(rep):  # type: ignore[no-untyped-def]
+        batches.append(rep.stored)
+        if len(batches) == 2:
+            dovecot.stop(kill=True)  # the server dies between two FETCHes
+
+    ing = Ingestor(store, cfg, directory, on_batch=kill_after_two)
+    rep = ing.scan(cfg.settings.mailboxes)
+    assert not rep.ok and "connection" in rep.errors[0].lower()
+    assert len(stored_ids(store)) == 200  # the two committed batches are kept
+    with store.session() as db:
+        st = db.execute(select(FolderState).where(FolderState.folder == "INBOX")).scalar_one()
+    assert st.last_uid == 200 and st.last_error
+    dovecot.start()
+    assert run_scan(cfg, store, directory).ok
+    assert stored_ids(store) == expected_ids(600)
+
+
+def test_a_rejected_login_is_a_clear_error_without_the_password(tmp_path: Path, dovecot: Dovecot) -> None:
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot)
+    env = {"CW_TEST_IMAP_PASSWORD": "Wr0ng-Secret-123"}
+    r = runner.invoke(app, ["--config", str(cfg), "scan"], env=env)
+    assert r.exit_code == 4
+    assert "login refused" in r.output and "Wr0ng-Secret-123" not in r.output
+
+
+def test_a_deleted_folder_does_not_stop_the_others(tmp_path: Path, dovecot: Dovecot) -> None:
+    dovecot.append(mails(3))
+    cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot)
+    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX", "Sent"]', 'folders = ["Gone", "INBOX"]'))
+    r = runner.invoke(app, ["--config", str(cfg_path), "scan"])
+    assert r.exit_code == 4 and "Gone" in r.output
+    cfg = load_config(cfg_path)
+    store, _ = prepare_store(cfg)
+    assert stored_ids(store) == expected_ids(3)
+
+
+def test_a_locked_database_fails_the_batch_and_loses_nothing(tmp_path: Path, dovecot: Dovecot,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(defaults, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    dovecot.deliver_files(mails(50))
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot, batch_size=10))
+    store, directory = prepare_store(cfg)
+    import sqlite3
+
+    blocker = sqlite3.connect(str(tmp_path / "cw.db"), isolation_level=None)
+    calls = []
+
+    def lock_after_first(rep):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            blocker.execute("BEGIN EXCLUSIVE")  # a backup tool or another process holds the file
+
+    with pytest.raises(StoreError) as ei:
+        Ingestor(store, cfg, directory, on_batch=lock_after_first).scan(cfg.settings.mailboxes)
+    assert "locked" in str(ei.value)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert len(stored_ids(store)) == 10
+    assert run_scan(cfg, store, directory).ok and stored_ids(store) == expected_ids(50)
+
+
+def test_a_full_disk_during_a_batch_loses_nothing(tmp_path: Path, dovecot: Dovecot) -> None:
+    dovecot.deliver_files(mails(200))
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot, batch_size=50))
+    store, directory = prepare_store(cfg)
+    full = {"on": False}
+
+    @event.listens_for(store.engine, "connect")
+    def cap(dbapi_conn, _rec):  # type: ignore[no-untyped-def]
+        if full["on"]:  # SQLite's own "disk is full" (SQLITE_FULL), as on a full volume
+            pages = dbapi_conn.execute("PRAGMA page_count").fetchone()[0]
+            dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    def fill_after_first(rep):  # type: ignore[no-untyped-def]
+        full["on"] = True
+
+    with pytest.raises(StoreError) as ei:
+        Ingestor(store, cfg, directory, on_batch=fill_after_first).scan(cfg.settings.mailboxes)
+    assert "full" in str(ei.value) and "nothing was lost" in str(ei.value)
+    assert len(stored_ids(store)) == 50
+    full["on"] = False
+    store.engine.dispose()
+    assert run_scan(cfg, store, directory).ok and stored_ids(store) == expected_ids(200)
+
+
+def test_kill_9_at_random_points_of_a_scan_converges(tmp_path: Path, dovecot: Dovecot) -> None:
+    n = 3000
+    dovecot.deliver_files(mails(n))
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot, batch_size=100)
+    rng = random.Random(42)
+    kills = 0
+    for _ in range(8):
+        p = subprocess.Popen([sys.executable, "-m", "worker.cli", "--config", str(cfg), "scan"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+        time.sleep(rng.uniform(0.3, 1.6))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait()
+    assert kills >= 3
+    r = subprocess.run([sys.executable, "-m", "worker.cli", "--config", str(cfg), "scan"], capture_output=True,
+                       text=True, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr[-2000:]
+    store, _ = prepare_store(load_config(cfg))
+    assert stored_ids(store) == expected_ids(n)
+    with store.session() as db:
+        assert db.execute(text("SELECT count(*), count(DISTINCT message_id) FROM message")).one() == (n, n)
+
+
+def test_kill_9_during_delivery_converges_without_double_alerts(tmp_path: Path, smtp: SmtpSink) -> None:
+    from worker.demo import generate
+
+    firm = generate(tmp_path / "demo", extra_clients=20)
+    cfg_path = firm.config
+    env = {**os.environ, "CAREWATCH__NOTIFY__TRANSPORT": '"smtp"',
+           "CAREWATCH__NOTIFY__SMTP": f'{{ host = "127.0.0.1", port = {smtp.port}, tls = "none", '
+                                      'allow_plaintext = true }'}
+    cmd = [sys.executable, "-m", "worker.cli", "--config", str(cfg_path), "check", "--scan", "--now",
+           "2026-11-16T11:00:00Z"]
+    rng = random.Random(7)
+    for _ in range(10):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        time.sleep(rng.uniform(0.4, 2.0))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        p.wait()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = load_config(cfg_path, environ=env)
+    store, _ = prepare_store(cfg)
+    with store.session() as db:
+        outbox = db.execute(text("SELECT message_id, status, alert_ids FROM outbox")).all()
+        alerts = db.execute(text("SELECT id, state FROM alert")).all()
+    assert outbox and all(st == "sent" for _, st, _ in outbox)
+    told = [int(a) for _, _, ids in outbox for a in ids.split(",") if a]
+    assert sorted(told) == sorted(a for a, _ in alerts)  # every alert told exactly once
+    received = {raw.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0].decode() for _, _, raw in smtp.messages}
+    assert received == {m for m, _, _ in outbox}  # resends, if any, carry the same Message-ID
+
+
+def test_smtp_that_times_out_is_retried_not_lost(tmp_path: Path) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)  # accepts connections, never says a word
+    port = silent.getsockname()[1]
+    from worker.config import SmtpConfig
+
+    store_cfg = validate_data({"firm": {"domains": ["firm.example"]},
+                               "store": {"url": f"sqlite:///{tmp_path / 'cw.db'}"}}, None, {})
+    store, _ = prepare_store(store_cfg)
+    from worker.notify.outbox import enqueue
+    from worker.notify.render import build_email
+
+    now = datetime(2026, 11, 16, 10, 0)
+    with store.session() as db:
+        enqueue(store, db, build_email(from_addr="cw@firm.example", from_name="CW", to=["o@firm.example"],
+                                       subject="s", text="t", html=None, message_id="<t1@firm.example>"),
+                kind="alert", now=now)
+        db.commit()
+    t = SmtpTransport(SmtpConfig(host="127.0.0.1", port=port, tls="none", allow_plaintext=True, timeout_seconds=1))
+    rep = deliver(store, t, "cw@firm.example", now)
+    silent.close()
+    assert rep.sent == [] and rep.retrying == ["<t1@firm.example>"] and "timed out" in rep.errors[0]
+
+
+def test_tls_certificates_are_verified_for_smtp(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path / "tls")
+    sink = SmtpSink(tls_cert=cert, tls_key=key).start()
+    try:
+        from worker.config import SmtpConfig
+        from worker.errors import DeliveryError
+
+        raw = b"From: a@firm.example\r\nTo: o@firm.example\r\nSubject: s\r\n\r\nbody\r\n"
+        untrusted = SmtpTransport(SmtpConfig(host="127.0.0.1", port=sink.port, tls="starttls"))
+        with pytest.raises(DeliveryError) as ei:
+            untrusted.send(raw, "a@firm.example", ["o@firm.example"], "<x>")
+        assert "certificate not trusted" in str(ei.value)
+        trusted = SmtpTransport(SmtpConfig(host="127.0.0.1", port=sink.port, tls="starttls", ca_file=cert))
+        assert trusted.send(raw, "a@firm.example", ["o@firm.example"], "<x>") == {}
+        trusted.close()
+        assert len(sink.messages) == 1
+    finally:
+        sink.stop()
+
+
+def test_tls_certificates_are_verified_for_imap(tmp_path: Path) -> None:
+    root = Path(tempfile.mkdtemp(prefix="carewatch-dovecot-"))
+    cert, key = self_signed(root / "tls")
+    d = Dovecot(root, tls_cert=cert, tls_key=key).start()
+    try:
+        base = {"name": "tls", "host": "127.0.0.1", "port": d.port, "tls": "implicit", "username": d.user,
+                "password_env": "CW_TLS_PW", "folders": ["INBOX"]}
+        env = {"CW_TLS_PW": d.password}
+        os.environ["CW_TLS_PW"] = d.password
+        cfg = validate_data({"firm": {"domains": ["firm.example"]}, "mailboxes": [base]}, None, env)
+        with pytest.raises(MailboxError) as ei, open_source(cfg.settings.mailboxes[0]):
+            pass
+        assert "certificate not trusted" in str(ei.value) and "ca_file" in str(ei.value)
+        cfg = validate_data({"firm": {"domains": ["firm.example"]}, "mailboxes": [{**base, "ca_file": str(cert)}]},
+                            None, env)
+        with open_source(cfg.settings.mailboxes[0]) as src:
+            assert src.folder_status("INBOX").messages == 0
+    finally:
+        d.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        os.environ.pop("CW_TLS_PW", None)
+
+
+def test_secrets_never_reach_logs_errors_or_the_database(tmp_path: Path, dovecot: Dovecot,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    dovecot.append(mails(2))
+    cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot)
+    caplog.set_level("DEBUG")
+    r = runner.invoke(app, ["--log-level", "DEBUG", "--config", str(cfg_path), "scan"])
+    assert r.exit_code == 0
+    r2 = runner.invoke(app, ["--log-level", "DEBUG", "--config", str(cfg_path), "scan"],
+                       env={"CW_TEST_IMAP_PASSWORD": "Another-Bad-Pass-9"})
+    assert r2.exit_code == 4
+    everything = r.output + r2.output + caplog.text + (tmp_path / "cw.db").read_bytes().decode("latin-1")
+    for wal in tmp_path.glob("cw.db-*"):
+        everything += wal.read_bytes().decode("latin-1")
+    assert dovecot.password not in everything and "Another-Bad-Pass-9" not in everything
