@@ -58,7 +58,10 @@ def populate(cfg_path: Path, n: int) -> None:
     start = datetime(2025, 11, 1, tzinfo=UTC)
     span = 365 * 86400
     now = datetime.now(UTC).replace(tzinfo=None)
+    from worker.store.threads import thread_hash
+
     rows = []
+    links: list[tuple] = []
     fmt = "%Y-%m-%d %H:%M:%S.%f"
     i = 0
     while i < n:
@@ -66,38 +69,46 @@ def populate(cfg_path: Path, n: int) -> None:
         cid, client = ids[email]
         t = start + timedelta(seconds=rng.randrange(span))
         mid = f"<t{i}@c.example>"
+        tid = thread_hash(mid)  # what ingest's threading gives a conversation
         subject = f"Matter {i}"
         # A thread: question, maybe a chaser, usually a reply, sometimes thanks.
         rows.append((mid, mid, None, "", subject, subject.lower(), email, "", "shared@firm.example", "",
-                     t.strftime(fmt), "inbound", 0, 0, 1, 0, client, str(cid), "bench", "INBOX", now.strftime(fmt)))
+                     t.strftime(fmt), "inbound", 0, 0, 1, 0, client, str(cid), "bench", "INBOX", now.strftime(fmt), tid))
+        links.append((mid, cid, 1, t.strftime(fmt)))
         i += 1
         k = 1
         if rng.random() < 0.1 and i < n:
             rows.append((f"<t{i}@c.example>", mid, mid, mid, "Re: " + subject, subject.lower(), email, "",
                          "shared@firm.example", "", (t + timedelta(hours=20)).strftime(fmt), "inbound", 0, 0, 1, 0,
-                         client, str(cid), "bench", "INBOX", now.strftime(fmt)))
+                         client, str(cid), "bench", "INBOX", now.strftime(fmt), tid))
+            links.append((f"<t{i}@c.example>", cid, 1, (t + timedelta(hours=20)).strftime(fmt)))
             i += 1
             k += 1
         if rng.random() < 0.85 and i < n:
             rt = t + timedelta(minutes=rng.randrange(10, 3000))
             rows.append((f"<t{i}@firm.example>", mid, mid, mid, "Re: " + subject, subject.lower(), "o@firm.example",
                          "", email, "", rt.strftime(fmt), "outbound", 0, 0, 0, 0, client, str(cid), "bench", "Sent",
-                         now.strftime(fmt)))
+                         now.strftime(fmt), tid))
+            links.append((f"<t{i}@firm.example>", cid, 0, rt.strftime(fmt)))
             i += 1
         if len(rows) >= 50000:
-            _flush(db, rows)
-    _flush(db, rows)
+            _flush(db, rows, links)
+    _flush(db, rows, links)
     db.commit()
     db.close()
 
 
-def _flush(db: sqlite3.Connection, rows: list[tuple]) -> None:
+def _flush(db: sqlite3.Connection, rows: list[tuple], links: list[tuple]) -> None:
     db.executemany(
         'INSERT INTO message (message_id, thread_key, in_reply_to, "references", subject, norm_subject, from_addr, '
         "from_name, to_addrs, cc_addrs, sent_at, direction, automated, acknowledgement, firm_in_to, firm_in_cc, "
-        "client_id, contact_ids, mailbox, folder, ingested_at, synthetic_id) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)", rows)
+        "client_id, contact_ids, mailbox, folder, ingested_at, thread_id, synthetic_id) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)", rows)
+    db.executemany("INSERT INTO message_contact (message_pk, contact_id, inbound, automated, sent_at) "
+                   "SELECT id, ?, ?, 0, ? FROM message WHERE message_id = ?",
+                   [(cid, inbound, at, mid) for mid, cid, inbound, at in links])
     rows.clear()
+    links.clear()
 
 
 def child(cfg_path: str) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import select as sm_select
 
@@ -38,7 +38,8 @@ from .headers import ParsedMessage, normalise_subject, parse_header_block
 from .mailbox import MailboxSource, open_source
 from .mailbox.base import Item, RawMessage
 from .store.db import Store, describe_db_error
-from .store.models import AlertCommand, Contact, FolderState, Message, SkippedMessage
+from .store.models import AlertCommand, Contact, FolderState, Message, MessageContact, SkippedMessage
+from .store.threads import assign_threads, link_contacts
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +355,10 @@ class Ingestor:
             with self.store.session() as db:
                 inserted = self.store.insert_ignore(db, Message.__table__, list(rows.values()),
                                                     ["message_id"])
+                if rows:
+                    conn = db.connection()
+                    assign_threads(conn, list(rows.values()))
+                    link_contacts(conn, list(rows.values()))
                 if command_rows:
                     self.store.insert_ignore(db, AlertCommand.__table__, command_rows, ["message_id"])
                 if skipped:
@@ -383,9 +388,11 @@ def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
     last_id = 0
     while True:
         with store.session() as db:
+            relink: list[dict[str, Any]] = []
             rows = db.execute(
-                select(Message.id, Message.from_addr, Message.from_name, Message.to_addrs,
-                       Message.cc_addrs, Message.direction, Message.client_id, Message.contact_ids)
+                select(Message.id, Message.message_id, Message.from_addr, Message.from_name, Message.to_addrs,
+                       Message.cc_addrs, Message.direction, Message.client_id, Message.contact_ids,
+                       Message.automated, Message.sent_at)
                 .where(Message.id > last_id).order_by(Message.id).limit(chunk)  # type: ignore[arg-type]
             ).all()
             if not rows:
@@ -402,6 +409,10 @@ def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
                     db.execute(update(Message).where(Message.id == r.id).values(
                         direction=cl.direction, client_id=cl.client_id, contact_ids=ids,
                         firm_in_to=cl.firm_in_to, firm_in_cc=cl.firm_in_cc))
+                    db.execute(delete(MessageContact).where(MessageContact.message_pk == r.id))
+                    relink.append({"message_id": r.message_id, "contact_ids": ids, "direction": cl.direction,
+                                   "automated": r.automated, "sent_at": r.sent_at})
                     changed += 1
+            link_contacts(db.connection(), relink)
             db.commit()
             last_id = rows[-1].id

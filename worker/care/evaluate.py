@@ -14,13 +14,12 @@ from datetime import datetime
 from statistics import median
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import DateTime, bindparam, select, text
 
 from .. import defaults
 from ..config import Config
-from ..headers import has_reply_prefix
 from ..store import Store
-from ..store.models import Client, Contact, Message
+from ..store.models import Client, Contact
 from .clock import from_ts, to_ts
 from .policy import PolicyBook
 
@@ -28,8 +27,6 @@ LAPSE_KINDS = ("unanswered", "chased", "silent", "going_quiet", "slowing", "unow
 DAY = 86400.0
 WEEK = 7 * DAY
 
-# Message flags (kept as bits to hold a million rows in little memory).
-INBOUND, OUTBOUND, AUTOMATED, ACK, FIRM_TO, FIRM_CC = 1, 2, 4, 8, 16, 32
 
 
 @dataclass
@@ -217,36 +214,6 @@ def fmt_minutes(m: float) -> str:
     return f"{m:.0f} min" if m < 90 else f"{m / 60:.1f} h"
 
 
-class _UnionFind:
-    __slots__ = ("parent",)
-
-    def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
-
-    def find(self, x: int) -> int:
-        parent = self.parent
-        root = x
-        while True:
-            p = parent.get(root, root)
-            if p == root:
-                break
-            root = p
-        while x != root:  # path compression
-            nxt = parent.get(x, x)
-            parent[x] = root
-            x = nxt
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            # Deterministic: the smaller hash becomes the root.
-            if ra < rb:
-                self.parent[rb] = ra
-            else:
-                self.parent[ra] = rb
-
-
 def evaluate(store: Store, config: Config, now: datetime, client_filter: str | None = None,
              history_days: int | None = None) -> CarePicture:
     """The care picture at `now` (naive UTC)."""
@@ -255,7 +222,6 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
     window_days = book.stats_window_days
     history = max(history_days or 0, defaults.SLOWING_BASELINE_DAYS + 7, window_days)
     keep_from = now_ts - history * DAY
-    subject_window = defaults.SUBJECT_THREAD_WINDOW_DAYS * DAY
 
     # --- directory -------------------------------------------------------------------------
     with store.session() as db:
@@ -268,131 +234,90 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
     if client_filter:
         clients = {k: v for k, v in clients.items() if v.name.lower() == client_filter.lower()}
 
-    # --- load compact rows, join threads -----------------------------------------------------
-    uf = _UnionFind()
-    rows: list[tuple[float, int, int, int, tuple[int, ...], int]] = []
-    by_subject: dict[tuple[int, int], tuple[int, float, tuple[int, ...]]] = {}
-    ids_seen: set[int] = set()
-    observation_start: float | None = None
+    # --- the heavy lifting happens in the database --------------------------------------------
+    # Threads were joined at ingest (store/threads.py). Each inbound message that needs a reply
+    # is paired with the first outbound message after it in its thread (an index lookup), and
+    # the inbound messages answered by the same reply form one episode: its first message is
+    # when the wait began, the others are chasers. Python sees only the recent episodes (for
+    # response times) and the open ones.
+    sqlite_db = store.dialect == "sqlite"
 
-    # The database turns sent_at into epoch seconds: parsing a million datetimes in Python
-    # was a fifth of the evaluation time.
-    epoch = ("CAST(strftime('%s', sent_at) AS REAL)" if store.dialect == "sqlite"
-             else "EXTRACT(EPOCH FROM sent_at)::float8")
-    sql = ('SELECT id, message_id, in_reply_to, "references", subject, norm_subject, ' + epoch + ', direction, '
-           "automated, acknowledgement, firm_in_to, firm_in_cc, client_id, contact_ids FROM message "
-           "WHERE client_id IS NOT NULL AND direction IN ('inbound', 'outbound') AND sent_at <= ? "
-           "ORDER BY sent_at, id")
-    raw = store.engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        if store.dialect == "postgresql":
-            sql = sql.replace("?", "%s")
-        # SQLite keeps datetimes as text in SQLAlchemy's format (always with microseconds).
-        cur.execute(sql, (now.strftime("%Y-%m-%d %H:%M:%S.%f") if store.dialect == "sqlite" else now,))
-        while True:
-            batch = cur.fetchmany(20000)
-            if not batch:
-                break
-            for (db_id, mid, irt, refs, subject, norm, sent_at, direction, automated, ack, fto, fcc,
-                 client_id, contact_ids) in batch:
-                if client_id not in clients:
-                    continue
-                ts = sent_at
-                if observation_start is None:
-                    observation_start = ts
-                h = hash(mid)
-                ids_seen.add(h)
-                parent = 0
-                if irt:
-                    parent = hash(irt)
-                    uf.union(h, parent)
-                if refs:
-                    for r in refs.split():
-                        rh = hash(r)
-                        uf.union(h, rh)
-                        parent = parent or rh
-                flags = ((INBOUND if direction == "inbound" else OUTBOUND) | (AUTOMATED if automated else 0)
-                         | (ACK if ack else 0) | (FIRM_TO if fto else 0) | (FIRM_CC if fcc else 0))
-                cids = tuple(int(x) for x in contact_ids.split(",") if x) if contact_ids else ()
-                # A reply whose References lead nowhere we know (or that has none but says
-                # "Re:") joins the latest earlier message with the same normalised subject at
-                # the same client, if it shares a participant and comes within the window.
-                skey = hash(norm) if norm else 0
-                if skey:
-                    prev = by_subject.get((client_id, skey))
-                    if (prev is not None and not (parent and parent in ids_seen)
-                            and (parent or has_reply_prefix(subject or ""))):
-                        ph, pts, pcids = prev
-                        if ts - pts <= subject_window and (not cids or not pcids or set(cids) & set(pcids)):
-                            uf.union(h, ph)
-                    by_subject[(client_id, skey)] = (h, ts, cids)
-                rows.append((ts, db_id, flags, client_id, cids, h))
-        cur.close()
-    finally:
-        raw.close()
+    def epoch(col: str) -> str:
+        return (f"CAST(strftime('%s', {col}) AS REAL)" if sqlite_db else f"EXTRACT(EPOCH FROM {col})::float8")
 
-    # --- walk: per contact activity, per thread waits and responses -------------------------
-    last_in: dict[int, float] = {}
-    last_out: dict[int, float] = {}
-    active_days: dict[int, list[int]] = defaultdict(list)
-    threads: dict[int, list[int]] = defaultdict(list)
-    for i, (ts, _db_id, flags, _client_id, cids, h) in enumerate(rows):
-        if not flags & AUTOMATED:
-            if flags & INBOUND:
-                for c in cids:
-                    last_in[c] = ts
-                    d = int(ts // DAY)
-                    days = active_days[c]
-                    if not days or days[-1] != d:
-                        days.append(d)
-            else:
-                for c in cids:
-                    last_out[c] = ts
-        threads[uf.find(h)].append(i)
-
+    dt_params = [bindparam("now", type_=DateTime()), bindparam("keep", type_=DateTime())]
+    episodes_sql = text(f"""
+        WITH inb AS (
+          SELECT m.id, m.thread_id, m.sent_at, m.client_id, m.contact_ids,
+            (SELECT MIN(o.sent_at) FROM message o
+              WHERE o.thread_id = m.thread_id AND o.direction = 'outbound' AND NOT o.automated
+                AND o.sent_at > m.sent_at AND o.sent_at <= :now) AS reply_at
+          FROM message m
+          WHERE m.direction = 'inbound' AND NOT m.automated AND NOT m.acknowledgement
+            AND (m.firm_in_to OR (:cc AND m.firm_in_cc)) AND m.contact_ids <> ''
+            AND m.client_id IS NOT NULL AND m.thread_id IS NOT NULL AND m.sent_at <= :now
+        ), ranked AS (
+          SELECT inb.*, ROW_NUMBER() OVER (PARTITION BY thread_id, reply_at ORDER BY sent_at, id) AS rn,
+                 COUNT(*) OVER (PARTITION BY thread_id, reply_at) AS n
+          FROM inb
+        )
+        SELECT r.id, {epoch("r.sent_at")}, {epoch("r.reply_at")}, r.client_id, r.contact_ids, r.rn, r.n,
+               CASE WHEN r.reply_at IS NULL THEN m.message_id END, CASE WHEN r.reply_at IS NULL THEN m.subject END
+        FROM ranked r JOIN message m ON m.id = r.id
+        WHERE r.reply_at IS NULL OR (r.rn = 1 AND r.reply_at >= :keep)
+    """).bindparams(*dt_params)
+    keep_dt = from_ts(keep_from)
     client_name = {cid: c.name for cid, c in clients.items()}
     responses: dict[int, list[Response]] = defaultdict(list)
-    waits: dict[int, list[tuple[int, float, bool]]] = defaultdict(list)  # contact -> (row, ts, chased)
-    episodes: list[tuple[int, int, float, int]] = []  # open episodes: (contact, first row, since, chasers)
+    #: contact -> (message pk, since, chased, Message-ID, subject) of each waiting message
+    waits: dict[int, list[tuple[int, float, bool, str, str]]] = defaultdict(list)
+    #: message pk of an open episode's first message -> chasers
+    episode_chasers: dict[int, int] = {}
     count_cc = book.count_cc
-    for members in threads.values():
-        open_waits: list[int] = []
-        for i in members:
-            ts, _db_id, flags, client_id, cids, _h = rows[i]
-            if flags & AUTOMATED:
+    with store.engine.connect() as conn:
+        for pk, since, reply, client_id, contact_ids, rn, n, mid, subject in conn.execute(
+                episodes_sql, {"now": now, "keep": keep_dt, "cc": count_cc}):
+            if client_id not in clients:
                 continue
-            if flags & INBOUND:
-                if flags & ACK or not (flags & FIRM_TO or (count_cc and flags & FIRM_CC)) or not cids:
-                    continue
-                open_waits.append(i)
-            elif open_waits:
-                first = rows[open_waits[0]]
-                contact = first[4][0]
-                cal = book.calendar(client_name[first[3]])
-                role = contacts[contact].role if contact in contacts else "user"
-                biz = cal.minutes_between(first[0], ts)
-                if ts >= keep_from:
-                    responses[first[3]].append(Response(
-                        first[3], contact, first[0], ts, biz, (ts - first[0]) / 60, len(open_waits) > 1,
-                        biz <= book.thresholds(client_name[first[3]], role).reply_within_minutes))
-                open_waits = []
-        if open_waits:
-            first = rows[open_waits[0]]
-            episodes.append((first[4][0], open_waits[0], first[0], len(open_waits) - 1))
-            for n, i in enumerate(open_waits):
-                waits[rows[i][4][0]].append((i, rows[i][0], n < len(open_waits) - 1))
+            contact = int(contact_ids.split(",")[0])
+            if reply is None:
+                waits[contact].append((pk, since, rn < n, mid or "", subject or ""))
+                if rn == 1:
+                    episode_chasers[pk] = n - 1
+                continue
+            cal = book.calendar(client_name[client_id])
+            role = contacts[contact].role if contact in contacts else "user"
+            biz = cal.minutes_between(since, reply)
+            responses[client_id].append(Response(
+                client_id, contact, since, reply, biz, (reply - since) / 60, n > 1,
+                biz <= book.thresholds(client_name[client_id], role).reply_within_minutes))
 
-    # Subjects and Message-IDs only for what is shown: the waiting messages.
-    wait_rows = {rows[i][1] for lst in waits.values() for i, _, _ in lst}
-    shown: dict[int, tuple[str, str]] = {}
-    if wait_rows:
-        with store.session() as db:
-            ids = sorted(wait_rows)
-            for k in range(0, len(ids), 500):
-                for r in db.execute(select(Message.id, Message.message_id, Message.subject)
-                                    .where(Message.id.in_(ids[k:k + 500]))):  # type: ignore[union-attr]
-                    shown[r.id] = (r.message_id, r.subject)
+        last_in: dict[int, float] = {}
+        last_out: dict[int, float] = {}
+        for contact, inbound, at in conn.execute(text(
+                f"SELECT contact_id, inbound, {epoch('MAX(sent_at)')} FROM message_contact "
+                "WHERE NOT automated AND sent_at <= :now GROUP BY contact_id, inbound").bindparams(dt_params[0]),
+                {"now": now}):
+            (last_in if inbound else last_out)[contact] = at
+        obs_row = conn.execute(text(
+            f"SELECT {epoch('MIN(sent_at)')}, COUNT(*) FROM message WHERE client_id IS NOT NULL "
+            "AND direction IN ('inbound', 'outbound') AND sent_at <= :now").bindparams(dt_params[0]),
+            {"now": now}).one()
+        observation_start, considered = obs_row[0], int(obs_row[1])
+
+        # Going quiet needs each contact's active days, but only for contacts silent longer
+        # than the floor: the rest cannot be going quiet.
+        active_days: dict[int, list[int]] = defaultdict(list)
+        quiet = sorted(c for c, t in last_in.items() if now_ts - t > book.going_quiet_floor_seconds)
+        day = ("CAST(strftime('%s', sent_at) AS INTEGER) / 86400" if sqlite_db
+               else "FLOOR(EXTRACT(EPOCH FROM sent_at) / 86400)::bigint")
+        for k in range(0, len(quiet), 500):
+            part = quiet[k:k + 500]
+            for contact, d in conn.execute(text(
+                    f"SELECT DISTINCT contact_id, {day} AS d FROM message_contact WHERE inbound AND NOT automated "
+                    "AND sent_at <= :now AND contact_id IN :ids ORDER BY contact_id, d").bindparams(
+                    dt_params[0], bindparam("ids", expanding=True)), {"now": now, "ids": part}):
+                active_days[contact].append(int(d))
 
     # --- assemble the picture and derive lapses ---------------------------------------------
     by_client_contacts: dict[int, list[ContactCare]] = defaultdict(list)
@@ -406,7 +331,6 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
                          last_outbound_at=from_ts(last_out[ct.id]) if ct.id in last_out else None)
         by_client_contacts[ct.client_id].append(cc)
 
-    episode_by_row = {first_row: (since, chasers) for _c, first_row, since, chasers in episodes}
     out_clients: list[ClientCare] = []
     obs = observation_start
     for cid, cl in sorted(clients.items(), key=lambda kv: kv[1].name.lower()):
@@ -421,16 +345,13 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
         for cc in care.contacts:
             th = book.thresholds(cl.name, cc.role)
             cc.stats = stats_of(per_contact.get(cc.id, []), now_ts - window_days * DAY, now_ts, window_days)
-            for i, since, chased in sorted(waits.get(cc.id, []), key=lambda w: (w[1], w[0])):
-                db_id = rows[i][1]
-                mid, subj = shown.get(db_id, ("", ""))
+            for db_id, since, chased, mid, subj in sorted(waits.get(cc.id, []), key=lambda w: (w[1], w[0])):
                 w = Wait(mid, subj, from_ts(since), cal.minutes_between(since, now_ts), (now_ts - since) / 60,
                          chased, cc.id, db_id)
                 cc.waiting.append(w)
-                ep = episode_by_row.get(i)
-                if ep is None:
+                if db_id not in episode_chasers:
                     continue  # a later message of an episode: the first one carries the lapse
-                _, chasers = ep
+                chasers = episode_chasers[db_id]
                 expected = f"a reply within {fmt_minutes(th.reply_within_minutes)} of business time"
                 if w.business_minutes > th.reply_within_minutes:
                     cc.lapses.append(Lapse(
@@ -493,4 +414,4 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
                                      {"missing": "principal"}))
         out_clients.append(care)
     return CarePicture(now=now, clients=out_clients, observation_start=from_ts(obs) if obs else None,
-                       messages_considered=len(rows))
+                       messages_considered=considered)

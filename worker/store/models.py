@@ -71,6 +71,7 @@ class Message(SQLModel, table=True):
     __table_args__ = (
         Index("ix_message_client_sent", "client_id", "sent_at"),
         Index("ix_message_direction_sent", "direction", "sent_at"),
+        Index("ix_message_thread_dir_sent", "thread_id", "direction", "sent_at"),
     )
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(unique=True, max_length=1000)
@@ -78,6 +79,9 @@ class Message(SQLModel, table=True):
     #: A first guess at the thread (the oldest reference, or the message itself); evaluation
     #: joins threads properly from in_reply_to, references and subjects.
     thread_key: str = Field(index=True, max_length=1000)
+    #: The conversation, joined at ingest from References/In-Reply-To (and a subject fallback);
+    #: threads merge when a late parent links them. See worker/store/threads.py.
+    thread_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     in_reply_to: str | None = Field(default=None, max_length=1000)
     #: Space-separated Message-IDs, oldest first.
     references: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
@@ -106,6 +110,31 @@ class Message(SQLModel, table=True):
     uid: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     ingested_at: NaiveDatetime
     problems: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class ThreadLink(SQLModel, table=True):
+    """Every Message-ID seen, as a message or as a reference, and the thread it belongs to: the
+    union-find of threading, kept in the store so evaluation reads integers, not strings."""
+
+    __tablename__ = "thread_link"
+    mid: str = Field(primary_key=True, max_length=1000)
+    thread_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+
+
+class MessageContact(SQLModel, table=True):
+    """Which contacts a message involves (inbound: the sender; outbound: each recipient)."""
+
+    __tablename__ = "message_contact"
+    __table_args__ = (
+        UniqueConstraint("message_pk", "contact_id"),
+        Index("ix_message_contact_contact", "contact_id", "inbound", "sent_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    message_pk: int = Field(foreign_key="message.id", index=True)
+    contact_id: int
+    inbound: bool
+    automated: bool = False
+    sent_at: NaiveDatetime
 
 
 class SkippedMessage(SQLModel, table=True):

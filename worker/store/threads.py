@@ -1,0 +1,146 @@
+"""Threads, assigned at ingest and kept in the store.
+
+`thread_link` maps every Message-ID seen (as a message or only as a reference) to a thread:
+a union-find that lives in the database. A new message joins the thread of any id it shares
+(itself, its In-Reply-To, its References); when it links two threads, they merge (the smaller
+id wins, deterministic whatever the order of arrival). A reply that lost its references but
+says "Re:" joins the latest message with the same normalised subject at the same client within
+30 days, if they share a participant. Evaluation then reads integer thread ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .. import defaults
+from ..headers import has_reply_prefix
+from .models import Message, MessageContact, ThreadLink
+
+CHUNK = 500
+
+
+def thread_hash(mid: str) -> int:
+    """A stable positive 63-bit id for a new thread, from its first Message-ID."""
+    return int.from_bytes(hashlib.sha256(mid.encode("utf-8", "surrogatepass")).digest()[:8], "big") >> 1
+
+
+def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _insert_ignore(conn: Connection, table: Any, rows: list[dict[str, Any]], conflict: list[str]) -> None:
+    if not rows:
+        return
+    ins = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
+    conn.execute(ins(table).on_conflict_do_nothing(index_elements=conflict), rows)
+
+
+def _merge(conn: Connection, target: int, others: set[int]) -> None:
+    others = {o for o in others if o != target}
+    if not others:
+        return
+    conn.execute(update(Message).where(Message.thread_id.in_(others)).values(thread_id=target))  # type: ignore[union-attr]
+    conn.execute(update(ThreadLink).where(ThreadLink.thread_id.in_(others)).values(thread_id=target))  # type: ignore[attr-defined]
+
+
+def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Give every message in `rows` (ingest's row dicts) its thread, merging threads it links."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent.setdefault(root, root) != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    refs_of: dict[str, list[str]] = {}
+    for r in rows:
+        mid = r["message_id"]
+        refs = ([r["in_reply_to"]] if r.get("in_reply_to") else []) + (r.get("references") or "").split()
+        refs_of[mid] = refs
+        find(mid)
+        for ref in refs:
+            union(mid, ref)
+
+    ids = list(parent)
+    existing: dict[str, int] = {}
+    for chunk in _chunks(ids):
+        for mid, tid in conn.execute(select(ThreadLink.mid, ThreadLink.thread_id)
+                                     .where(ThreadLink.mid.in_(chunk))):  # type: ignore[attr-defined]
+            existing[mid] = tid
+
+    components: dict[str, list[str]] = {}
+    for mid in ids:
+        components.setdefault(find(mid), []).append(mid)
+    target_of: dict[str, int] = {}
+    new_links: list[dict[str, Any]] = []
+    for root, members in components.items():
+        known = {existing[m] for m in members if m in existing}
+        target = min(known) if known else thread_hash(min(members))
+        _merge(conn, target, known)
+        target_of[root] = target
+        new_links += [{"mid": m, "thread_id": target} for m in members if m not in existing]
+    _insert_ignore(conn, ThreadLink.__table__, new_links, ["mid"])
+    conn.execute(update(Message).where(Message.message_id == bindparam("m")).values(thread_id=bindparam("t"))
+                 .execution_options(synchronize_session=False),
+                 [{"m": r["message_id"], "t": target_of[find(r["message_id"])]} for r in rows])
+
+    # Replies that lost their references: join by subject, in time order.
+    window = timedelta(days=defaults.SUBJECT_THREAD_WINDOW_DAYS)
+    for r in sorted(rows, key=lambda r: r["sent_at"]):
+        if refs_of[r["message_id"]] or not r.get("norm_subject") or r.get("client_id") is None:
+            continue
+        if not has_reply_prefix(r.get("subject") or ""):
+            continue
+        mine = target_of[find(r["message_id"])]
+        prev = conn.execute(
+            select(Message.thread_id, Message.contact_ids).where(
+                Message.client_id == r["client_id"], Message.norm_subject == r["norm_subject"],
+                Message.sent_at <= r["sent_at"], Message.sent_at >= r["sent_at"] - window,
+                Message.thread_id != mine, Message.thread_id.is_not(None))  # type: ignore[union-attr]
+            .order_by(Message.sent_at.desc()).limit(1)).first()  # type: ignore[attr-defined]
+        if prev is None:
+            continue
+        a = set((r.get("contact_ids") or "").split(",")) - {""}
+        b = set((prev.contact_ids or "").split(",")) - {""}
+        if a and b and not a & b:
+            continue  # same subject, other people: another conversation
+        target = min(mine, prev.thread_id)
+        _merge(conn, target, {mine, prev.thread_id})
+        for root, t in list(target_of.items()):
+            if t in (mine, prev.thread_id):
+                target_of[root] = target
+
+
+def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """message_contact rows for the messages in `rows` (by Message-ID)."""
+    pks: dict[str, int] = {}
+    mids = [r["message_id"] for r in rows if r.get("contact_ids")]
+    for chunk in _chunks(mids):
+        for pk, mid in conn.execute(select(Message.id, Message.message_id)
+                                    .where(Message.message_id.in_(chunk))):  # type: ignore[attr-defined]
+            pks[mid] = pk
+    links = []
+    for r in rows:
+        pk = pks.get(r["message_id"])
+        if pk is None:
+            continue
+        for c in (r.get("contact_ids") or "").split(","):
+            if c:
+                links.append({"message_pk": pk, "contact_id": int(c), "inbound": r["direction"] == "inbound",
+                              "automated": bool(r.get("automated")), "sent_at": r["sent_at"]})
+    _insert_ignore(conn, MessageContact.__table__, links, ["message_pk", "contact_id"])
