@@ -31,14 +31,20 @@ PER_CLIENT = 10  # contacts: 10k in all
 
 
 def write_config(d: Path) -> Path:
-    lines = ['[firm]\ndomains = ["firm.example"]\n', f'[store]\nurl = "sqlite:///{d / "bench.db"}"\n',
-             '[[owners]]\nname = "O"\nemail = "o@firm.example"\n']
+    lines = [
+        '[firm]\ndomains = ["firm.example"]\n',
+        f'[store]\nurl = "sqlite:///{d / "bench.db"}"\n',
+        '[[owners]]\nname = "O"\nemail = "o@firm.example"\n',
+    ]
     for c in range(CLIENTS):
         contacts = ", ".join(
             f'{{ name = "P{c}-{k}", email = "p{k}@c{c}.example", role = "{"principal" if k == 0 else "user"}" }}'
-            for k in range(PER_CLIENT))
-        lines.append(f'[[clients]]\nname = "Client {c}"\ndomains = ["c{c}.example"]\nowner = "o@firm.example"\n'
-                     f"contacts = [{contacts}]\n")
+            for k in range(PER_CLIENT)
+        )
+        lines.append(
+            f'[[clients]]\nname = "Client {c}"\ndomains = ["c{c}.example"]\nowner = "o@firm.example"\n'
+            f"contacts = [{contacts}]\n"
+        )
     p = d / "bench.toml"
     p.write_text("\n".join(lines))
     return p
@@ -72,28 +78,101 @@ def populate(cfg_path: Path, n: int) -> None:
         tid = thread_hash(mid)  # what ingest's threading gives a conversation
         subject = f"Matter {i}"
         # A thread: question, maybe a chaser, usually a reply, sometimes thanks.
-        rows.append((mid, mid, None, "", subject, subject.lower(), email, "", "shared@firm.example", "",
-                     t.strftime(fmt), "inbound", 0, 0, 1, 0, client, str(cid), "bench", "INBOX", now.strftime(fmt), tid))
+        rows.append(
+            (
+                mid,
+                mid,
+                None,
+                "",
+                subject,
+                subject.lower(),
+                email,
+                "",
+                "shared@firm.example",
+                "",
+                t.strftime(fmt),
+                "inbound",
+                0,
+                0,
+                1,
+                0,
+                client,
+                str(cid),
+                "bench",
+                "INBOX",
+                now.strftime(fmt),
+                tid,
+            )
+        )
         links.append((mid, cid, 1, t.strftime(fmt)))
         i += 1
         k = 1
         if rng.random() < 0.1 and i < n:
-            rows.append((f"<t{i}@c.example>", mid, mid, mid, "Re: " + subject, subject.lower(), email, "",
-                         "shared@firm.example", "", (t + timedelta(hours=20)).strftime(fmt), "inbound", 0, 0, 1, 0,
-                         client, str(cid), "bench", "INBOX", now.strftime(fmt), tid))
+            rows.append(
+                (
+                    f"<t{i}@c.example>",
+                    mid,
+                    mid,
+                    mid,
+                    "Re: " + subject,
+                    subject.lower(),
+                    email,
+                    "",
+                    "shared@firm.example",
+                    "",
+                    (t + timedelta(hours=20)).strftime(fmt),
+                    "inbound",
+                    0,
+                    0,
+                    1,
+                    0,
+                    client,
+                    str(cid),
+                    "bench",
+                    "INBOX",
+                    now.strftime(fmt),
+                    tid,
+                )
+            )
             links.append((f"<t{i}@c.example>", cid, 1, (t + timedelta(hours=20)).strftime(fmt)))
             i += 1
             k += 1
         if rng.random() < 0.85 and i < n:
             rt = t + timedelta(minutes=rng.randrange(10, 3000))
-            rows.append((f"<t{i}@firm.example>", mid, mid, mid, "Re: " + subject, subject.lower(), "o@firm.example",
-                         "", email, "", rt.strftime(fmt), "outbound", 0, 0, 0, 0, client, str(cid), "bench", "Sent",
-                         now.strftime(fmt), tid))
+            rows.append(
+                (
+                    f"<t{i}@firm.example>",
+                    mid,
+                    mid,
+                    mid,
+                    "Re: " + subject,
+                    subject.lower(),
+                    "o@firm.example",
+                    "",
+                    email,
+                    "",
+                    rt.strftime(fmt),
+                    "outbound",
+                    0,
+                    0,
+                    0,
+                    0,
+                    client,
+                    str(cid),
+                    "bench",
+                    "Sent",
+                    now.strftime(fmt),
+                    tid,
+                )
+            )
             links.append((f"<t{i}@firm.example>", cid, 0, rt.strftime(fmt)))
             i += 1
         if len(rows) >= 50000:
             _flush(db, rows, links)
     _flush(db, rows, links)
+    from worker.store.threads import REFRESH_REPLIES
+
+    db.execute(REFRESH_REPLIES)  # what ingest keeps current: when each inbound was answered
     db.commit()
     db.close()
 
@@ -103,10 +182,14 @@ def _flush(db: sqlite3.Connection, rows: list[tuple], links: list[tuple]) -> Non
         'INSERT INTO message (message_id, thread_key, in_reply_to, "references", subject, norm_subject, from_addr, '
         "from_name, to_addrs, cc_addrs, sent_at, direction, automated, acknowledgement, firm_in_to, firm_in_cc, "
         "client_id, contact_ids, mailbox, folder, ingested_at, thread_id, synthetic_id) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)", rows)
-    db.executemany("INSERT INTO message_contact (message_pk, contact_id, inbound, automated, sent_at) "
-                   "SELECT id, ?, ?, 0, ? FROM message WHERE message_id = ?",
-                   [(cid, inbound, at, mid) for mid, cid, inbound, at in links])
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
+        rows,
+    )
+    db.executemany(
+        "INSERT INTO message_contact (message_pk, contact_id, inbound, automated, sent_at) "
+        "SELECT id, ?, ?, 0, ? FROM message WHERE message_id = ?",
+        [(cid, inbound, at, mid) for mid, cid, inbound, at in links],
+    )
     rows.clear()
     links.clear()
 
@@ -122,9 +205,17 @@ def child(cfg_path: str) -> None:
     picture = evaluate(store, cfg, datetime(2026, 11, 20, 12, 0))
     doc = json.dumps(picture.to_json())
     secs = time.perf_counter() - t
-    print(json.dumps({"seconds": secs, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "messages": picture.messages_considered, "json_bytes": len(doc),
-                      "lapses": len(picture.lapses)}))
+    print(
+        json.dumps(
+            {
+                "seconds": secs,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "messages": picture.messages_considered,
+                "json_bytes": len(doc),
+                "lapses": len(picture.lapses),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -151,8 +242,10 @@ def main() -> None:
                 print(r.stderr[-3000:], file=sys.stderr)
                 sys.exit(1)
             res = json.loads(r.stdout.strip().splitlines()[-1])
-            print(f"{n:>9} {pop:>11.1f} {res['seconds']:>9.2f} {res['messages'] / res['seconds']:>11,.0f} "
-                  f"{res['peak_rss_mib']:>13.0f} {res['lapses']:>7}")
+            print(
+                f"{n:>9} {pop:>11.1f} {res['seconds']:>9.2f} {res['messages'] / res['seconds']:>11,.0f} "
+                f"{res['peak_rss_mib']:>13.0f} {res['lapses']:>7}"
+            )
 
 
 if __name__ == "__main__":

@@ -289,3 +289,90 @@ def test_maildir_mail_restored_with_an_old_mtime_is_still_scanned(tmp_path: Path
     os.utime(old, (T0.timestamp(), T0.timestamp()))  # cp -p / rsync -t keep the old time
     assert run_scan(cfg, store, directory).stored == 1
     assert _one(store, "<q2@acme.example>").internal_date == T0.replace(tzinfo=None)
+
+
+def test_a_late_message_linking_two_threads_merges_them(tmp_path: Path, db_url: str) -> None:
+    from worker.store.threads import assign_threads
+
+    cfg = load_config(write_config(tmp_path, db_url, maildir=tmp_path / "md"))
+    store, _ = prepare_store(cfg)
+    now = datetime(2026, 11, 16, 9, 0)
+    base = {
+        "subject": "s",
+        "norm_subject": "s",
+        "client_id": None,
+        "contact_ids": "",
+        "from_addr": "a@x.example",
+        "direction": "other",
+        "sent_at": now,
+        "ingested_at": now,
+        "references": "",
+        "in_reply_to": None,
+    }
+
+    def add(mid: str, refs: str = "", direction: str = "other", minutes: int = 0) -> None:
+        row = {
+            **base,
+            "message_id": mid,
+            "thread_key": mid,
+            "references": refs,
+            "direction": direction,
+            "sent_at": now + timedelta(minutes=minutes),
+        }
+        with store.session() as db:
+            store.insert_ignore(db, Message.__table__, [row], ["message_id"])
+            assign_threads(db.connection(), [row])
+            db.commit()
+
+    def thread_of(mid: str) -> int:
+        return _one(store, mid).thread_id  # type: ignore[return-value]
+
+    add("<a@x>", "<x@x>", "inbound")
+    add("<b@x>", "<y@x>", "outbound", minutes=5)
+    assert thread_of("<a@x>") != thread_of("<b@x>")
+    add("<c@x>", "<x@x> <y@x>", minutes=10)  # knows both parents: one conversation after all
+    assert thread_of("<a@x>") == thread_of("<b@x>") == thread_of("<c@x>")
+    # ...and the inbound message now knows it was answered by the outbound one.
+    assert _one(store, "<a@x>").reply_at == now + timedelta(minutes=5)
+
+
+def test_upgrading_an_existing_store_backfills_threads_and_replies(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import text
+
+    from worker.store.db import MIGRATIONS_DIR, make_engine, run_migrations
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    acfg = AlembicConfig()
+    acfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        acfg.attributes["connection"] = conn
+        command.upgrade(acfg, "0002")  # a store from before threads were kept
+        conn.execute(text("INSERT INTO client (name, internal, domains, active) VALUES ('C', 0, 'c.example', 1)"))
+        cols = (
+            'message_id, synthetic_id, thread_key, in_reply_to, "references", subject, norm_subject, from_addr, '
+            "from_name, to_addrs, cc_addrs, sent_at, direction, automated, acknowledgement, firm_in_to, firm_in_cc, "
+            "client_id, contact_ids, mailbox, folder, ingested_at"
+        )
+        conn.execute(
+            text(
+                f"INSERT INTO message ({cols}) VALUES ('<q@c>', 0, '<q@c>', NULL, '', 'Q', 'q', 'p@c.example', "
+                "'', 'f@firm.example', '', '2026-11-16 09:00:00.000000', 'inbound', 0, 0, 1, 0, 1, '7', "
+                "'m', 'INBOX', '2026-11-16 09:00:00.000000')"
+            )
+        )
+        conn.execute(
+            text(
+                f"INSERT INTO message ({cols}) VALUES ('<r@f>', 0, '<q@c>', '<q@c>', '<q@c>', 'Re: Q', 'q', "
+                "'f@firm.example', '', 'p@c.example', '', '2026-11-16 10:00:00.000000', 'outbound', 0, 0, 0, "
+                "0, 1, '7', 'm', 'Sent', '2026-11-16 10:00:00.000000')"
+            )
+        )
+    run_migrations(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT message_id, thread_id, reply_at FROM message ORDER BY id")).all()
+        links = conn.execute(text("SELECT count(*) FROM message_contact")).scalar()
+    assert rows[0][1] == rows[1][1] is not None
+    assert str(rows[0][2]).startswith("2026-11-16 10:00") and rows[1][2] is None
+    assert links == 2

@@ -39,7 +39,7 @@ from .mailbox import MailboxSource, open_source
 from .mailbox.base import Item, RawMessage
 from .store.db import Store, describe_db_error
 from .store.models import AlertCommand, Contact, FolderState, Message, MessageContact, SkippedMessage
-from .store.threads import assign_threads, link_contacts
+from .store.threads import assign_threads, link_contacts, refresh_replies
 
 log = logging.getLogger(__name__)
 
@@ -414,5 +414,7 @@ def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
                                    "automated": r.automated, "sent_at": r.sent_at})
                     changed += 1
             link_contacts(db.connection(), relink)
+            if relink:
+                refresh_replies(db.connection())  # directions changed: replies may have too
             db.commit()
             last_id = rows[-1].id

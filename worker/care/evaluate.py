@@ -235,11 +235,11 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
         clients = {k: v for k, v in clients.items() if v.name.lower() == client_filter.lower()}
 
     # --- the heavy lifting happens in the database --------------------------------------------
-    # Threads were joined at ingest (store/threads.py). Each inbound message that needs a reply
-    # is paired with the first outbound message after it in its thread (an index lookup), and
-    # the inbound messages answered by the same reply form one episode: its first message is
-    # when the wait began, the others are chasers. Python sees only the recent episodes (for
-    # response times) and the open ones.
+    # Threads were joined at ingest, and each inbound message knows when the first reply in its
+    # thread came (reply_at, store/threads.py). The inbound messages answered by the same reply
+    # form one episode: its first message is when the wait began, the others are chasers. Only
+    # open episodes and those answered within the history window are read, so the work grows
+    # with recent activity, not with the whole mailbox.
     sqlite_db = store.dialect == "sqlite"
 
     def epoch(col: str) -> str:
@@ -249,13 +249,12 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
     episodes_sql = text(f"""
         WITH inb AS (
           SELECT m.id, m.thread_id, m.sent_at, m.client_id, m.contact_ids,
-            (SELECT MIN(o.sent_at) FROM message o
-              WHERE o.thread_id = m.thread_id AND o.direction = 'outbound' AND NOT o.automated
-                AND o.sent_at > m.sent_at AND o.sent_at <= :now) AS reply_at
+                 CASE WHEN m.reply_at <= :now THEN m.reply_at END AS reply_at
           FROM message m
           WHERE m.direction = 'inbound' AND NOT m.automated AND NOT m.acknowledgement
             AND (m.firm_in_to OR (:cc AND m.firm_in_cc)) AND m.contact_ids <> ''
             AND m.client_id IS NOT NULL AND m.thread_id IS NOT NULL AND m.sent_at <= :now
+            AND (m.reply_at IS NULL OR m.reply_at > :now OR m.reply_at >= :keep)
         ), ranked AS (
           SELECT inb.*, ROW_NUMBER() OVER (PARTITION BY thread_id, reply_at ORDER BY sent_at, id) AS rn,
                  COUNT(*) OVER (PARTITION BY thread_id, reply_at) AS n
@@ -311,13 +310,17 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
         quiet = sorted(c for c, t in last_in.items() if now_ts - t > book.going_quiet_floor_seconds)
         day = ("CAST(strftime('%s', sent_at) AS INTEGER) / 86400" if sqlite_db
                else "FLOOR(EXTRACT(EPOCH FROM sent_at) / 86400)::bigint")
+        # One row per contact with its active days joined into a string: row by row this was
+        # most of the time on a big mailbox.
+        agg = "GROUP_CONCAT(d)" if sqlite_db else "string_agg(d::text, ',')"
         for k in range(0, len(quiet), 500):
             part = quiet[k:k + 500]
-            for contact, d in conn.execute(text(
-                    f"SELECT DISTINCT contact_id, {day} AS d FROM message_contact WHERE inbound AND NOT automated "
-                    "AND sent_at <= :now AND contact_id IN :ids ORDER BY contact_id, d").bindparams(
-                    dt_params[0], bindparam("ids", expanding=True)), {"now": now, "ids": part}):
-                active_days[contact].append(int(d))
+            for contact, days_csv in conn.execute(text(
+                    f"SELECT contact_id, {agg} FROM (SELECT DISTINCT contact_id, {day} AS d FROM message_contact "
+                    "WHERE inbound AND NOT automated AND sent_at <= :now AND contact_id IN :ids) AS x "
+                    "GROUP BY contact_id").bindparams(dt_params[0], bindparam("ids", expanding=True)),
+                    {"now": now, "ids": part}):
+                active_days[contact] = sorted(int(x) for x in str(days_csv).split(","))
 
     # --- assemble the picture and derive lapses ---------------------------------------------
     by_client_contacts: dict[int, list[ContactCare]] = defaultdict(list)

@@ -72,6 +72,7 @@ class Message(SQLModel, table=True):
         Index("ix_message_client_sent", "client_id", "sent_at"),
         Index("ix_message_direction_sent", "direction", "sent_at"),
         Index("ix_message_thread_dir_sent", "thread_id", "direction", "sent_at"),
+        Index("ix_message_dir_reply", "direction", "reply_at"),
     )
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(unique=True, max_length=1000)
@@ -82,6 +83,10 @@ class Message(SQLModel, table=True):
     #: The conversation, joined at ingest from References/In-Reply-To (and a subject fallback);
     #: threads merge when a late parent links them. See worker/store/threads.py.
     thread_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    #: Inbound only: when the first (non-automated) outbound message after it in its thread was
+    #: sent, whenever that is; kept current at ingest (see store/threads.py). Evaluation at a
+    #: moment `now` treats a later reply as none yet, so this does not depend on `now`.
+    reply_at: NaiveDatetime | None = None
     in_reply_to: str | None = Field(default=None, max_length=1000)
     #: Space-separated Message-IDs, oldest first.
     references: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))

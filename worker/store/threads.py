@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import defaults
@@ -50,8 +50,27 @@ def _merge(conn: Connection, target: int, others: set[int]) -> None:
     conn.execute(update(ThreadLink).where(ThreadLink.thread_id.in_(others)).values(thread_id=target))  # type: ignore[attr-defined]
 
 
-def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Give every message in `rows` (ingest's row dicts) its thread, merging threads it links."""
+REFRESH_REPLIES = (
+    "UPDATE message SET reply_at = (SELECT MIN(o.sent_at) FROM message o WHERE o.thread_id = message.thread_id "
+    "AND o.direction = 'outbound' AND NOT o.automated AND o.sent_at > message.sent_at) "
+    "WHERE direction = 'inbound'"
+)
+
+
+def refresh_replies(conn: Connection, thread_ids: Iterable[int] | None = None) -> None:
+    """Recompute reply_at for the inbound messages of these threads (all threads if None)."""
+    if thread_ids is None:
+        conn.execute(text(REFRESH_REPLIES))
+        return
+    ids = sorted(set(thread_ids))
+    for chunk in _chunks(ids):
+        conn.execute(text(REFRESH_REPLIES + " AND thread_id IN :ids").bindparams(bindparam("ids", expanding=True)),
+                     {"ids": list(chunk)})
+
+
+def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bool = True) -> set[int]:
+    """Give every message in `rows` (ingest's row dicts) its thread, merging threads it links,
+    and bring reply_at up to date in every thread the batch touched. Returns those threads."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -124,6 +143,10 @@ def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         for root, t in list(target_of.items()):
             if t in (mine, prev.thread_id):
                 target_of[root] = target
+    final = set(target_of.values())  # merged-away threads no longer exist
+    if refresh:
+        refresh_replies(conn, final)
+    return final
 
 
 def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:

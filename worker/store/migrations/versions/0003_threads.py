@@ -76,13 +76,13 @@ def _backfill() -> None:
     msg = sa.table("message", sa.column("id"), sa.column("message_id"), sa.column("in_reply_to"),
                    sa.column("references"), sa.column("subject"), sa.column("norm_subject"),
                    sa.column("client_id"), sa.column("contact_ids"), sa.column("direction"),
-                   sa.column("automated"), sa.column("sent_at"))
+                   sa.column("automated", sa.Boolean()), sa.column("sent_at", sa.DateTime()))
     last = 0
     while True:
         rows = [dict(r._mapping) for r in conn.execute(
             sa.select(msg).where(msg.c.id > last).order_by(msg.c.id).limit(5000))]
         if not rows:
             return
-        assign_threads(conn, rows)
+        assign_threads(conn, rows, refresh=False)  # reply_at arrives with 0004, which fills it
         link_contacts(conn, rows)
         last = rows[-1]["id"]
