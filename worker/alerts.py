@@ -11,7 +11,7 @@ import json
 import logging
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -351,8 +351,7 @@ class AlertDesk:
 
 
 def from_naive(dt: datetime) -> datetime:
-    from datetime import UTC
-
+    """Stored (naive UTC) -> aware UTC."""
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
 
 

@@ -585,4 +585,4 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-__all__ = ["app", "main", "parse_now", "Path"]
+__all__ = ["app", "main", "parse_now"]

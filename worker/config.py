@@ -328,9 +328,6 @@ class Config:
     def clients(self) -> list[ClientConfig]:
         return self.settings.clients
 
-    def base_dir(self) -> Path:
-        return self.path.parent if self.path else Path.cwd()
-
 
 def _format_loc(loc: tuple[Any, ...], data: Mapping[str, Any]) -> str:
     """("clients", 2, "owner") -> 'clients[2] ("Acme").owner', naming list items where we can."""
