@@ -288,7 +288,8 @@ def _date_of(raw: bytes) -> datetime | None:
 class SmtpSink:
     """A real SMTP server (aiosmtpd) that keeps what it receives; can refuse on demand."""
 
-    def __init__(self, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+    def __init__(self, tls_cert: Path | None = None, tls_key: Path | None = None,
+                 login: tuple[str, str] | None = None) -> None:
         import ssl
 
         from aiosmtpd.controller import Controller
@@ -316,6 +317,17 @@ class SmtpSink:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(str(tls_cert), str(tls_key))
             kwargs = {"tls_context": ctx, "require_starttls": True}
+        if login is not None:
+            from aiosmtpd.smtp import AuthResult
+
+            def authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+                ok = (getattr(auth_data, "login", b"") == login[0].encode()
+                      and getattr(auth_data, "password", b"") == login[1].encode())
+                return AuthResult(success=ok)
+
+            # PLAIN only: aiosmtpd's LOGIN exchange stalls after a failed attempt (a test-server quirk).
+            kwargs.update(authenticator=authenticator, auth_require_tls=False, auth_required=True,
+                          auth_exclude_mechanism=["LOGIN"])
         self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, **kwargs)
 
     def start(self) -> SmtpSink:

@@ -310,3 +310,32 @@ def test_a_replayed_or_expired_reply_is_not_applied_again(firm: Firm, monkeypatc
     firm.scan()
     rep = AlertDesk(firm.store, firm.config).check(at(2026, 11, 20, 10, 5), deliver=False)
     assert any("expired" in c for c in rep.commands), rep.commands
+
+
+def test_ops_can_point_the_config_at_their_own_templates(tmp_path: Path, smtp: SmtpSink) -> None:
+    own = tmp_path / "my-templates"
+    own.mkdir()
+    (own / "alert.txt").write_text("OUR OWN WORDING for {{ recipient_name }}: {{ items|length }} item(s)\n")
+    cfg = tmp_path / "carewatch.toml"
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}")
+    # templates_dir is a top-level key: it must come before the first [section].
+    cfg.write_text(f'templates_dir = "{own}"\n' + cfg.read_text())
+    f.config = load_config(cfg, environ={"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"', **os.environ})
+    f.mail.add(ALICE, [SHARED], "Budget", london(2026, 11, 16, 10, 0))
+    f.check(at(2026, 11, 17, 12, 0))
+    msg = f.received()[0]
+    assert msg.get_body(("plain",)).get_content().startswith("OUR OWN WORDING for Olivia Owner: 1 item(s)")
+    assert "What to do" in msg.get_body(("html",)).get_content()  # the HTML falls back to ours
+
+
+def test_our_own_alert_emails_are_ignored_by_the_scan(firm: Firm) -> None:
+    firm.check(at(2026, 11, 17, 12, 0))
+    # An alert copy lands in the scanned mailbox (e.g. an owner forwards it to the shared box).
+    raw = firm.smtp.messages[0][2]
+    (firm.mail.root / "cur" / "alert-copy.test:2,S").write_bytes(raw)
+    firm.scan()
+    with firm.store.session() as db:
+        from worker.store.models import Message
+
+        ours = db.execute(select(Message).where(Message.subject.contains("[cw:"))).scalars().all()
+    assert len(ours) == 1 and ours[0].automated and ours[0].automated_reason.startswith("Auto-Submitted")

@@ -39,7 +39,7 @@ from .mailbox import MailboxSource, open_source
 from .mailbox.base import Item, RawMessage
 from .store.db import Store, describe_db_error
 from .store.models import AlertCommand, Contact, FolderState, Message, MessageContact, SkippedMessage
-from .store.threads import assign_threads, link_contacts, refresh_replies
+from .store.threads import finish_threads, link_contacts, plan_threads, refresh_replies
 
 log = logging.getLogger(__name__)
 
@@ -353,12 +353,14 @@ class Ingestor:
             log.warning("%s/%s: skipped message %s: %s", mailbox, folder, item.cursor, reason)
         try:
             with self.store.session() as db:
-                inserted = self.store.insert_ignore(db, Message.__table__, list(rows.values()),
-                                                    ["message_id"])
-                if rows:
-                    conn = db.connection()
-                    assign_threads(conn, list(rows.values()))
-                    link_contacts(conn, list(rows.values()))
+                batch_rows = list(rows.values())
+                conn = db.connection()
+                if batch_rows:
+                    plan_threads(conn, batch_rows)  # sets thread_id before the insert
+                inserted = self.store.insert_ignore(db, Message.__table__, batch_rows, ["message_id"])
+                if batch_rows:
+                    finish_threads(conn, batch_rows)
+                    link_contacts(conn, batch_rows)
                 if command_rows:
                     self.store.insert_ignore(db, AlertCommand.__table__, command_rows, ["message_id"])
                 if skipped:

@@ -68,9 +68,9 @@ def refresh_replies(conn: Connection, thread_ids: Iterable[int] | None = None) -
                      {"ids": list(chunk)})
 
 
-def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bool = True) -> set[int]:
-    """Give every message in `rows` (ingest's row dicts) its thread, merging threads it links,
-    and bring reply_at up to date in every thread the batch touched. Returns those threads."""
+def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Before a batch is inserted: give every row its thread (row["thread_id"]), merging the
+    stored threads it links and recording its ids in thread_link."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -86,13 +86,10 @@ def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
 
-    refs_of: dict[str, list[str]] = {}
     for r in rows:
         mid = r["message_id"]
-        refs = ([r["in_reply_to"]] if r.get("in_reply_to") else []) + (r.get("references") or "").split()
-        refs_of[mid] = refs
         find(mid)
-        for ref in refs:
+        for ref in _refs(r):
             union(mid, ref)
 
     ids = list(parent)
@@ -114,18 +111,24 @@ def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
         target_of[root] = target
         new_links += [{"mid": m, "thread_id": target} for m in members if m not in existing]
     _insert_ignore(conn, ThreadLink.__table__, new_links, ["mid"])
-    conn.execute(update(Message).where(Message.message_id == bindparam("m")).values(thread_id=bindparam("t"))
-                 .execution_options(synchronize_session=False),
-                 [{"m": r["message_id"], "t": target_of[find(r["message_id"])]} for r in rows])
+    for r in rows:
+        r["thread_id"] = target_of[find(r["message_id"])]
 
-    # Replies that lost their references: join by subject, in time order.
+
+def _refs(r: dict[str, Any]) -> list[str]:
+    return ([r["in_reply_to"]] if r.get("in_reply_to") else []) + (r.get("references") or "").split()
+
+
+def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bool = True) -> set[int]:
+    """After a batch is inserted: join replies that lost their references by subject, then bring
+    reply_at up to date in every thread the batch touched. Returns those threads."""
     window = timedelta(days=defaults.SUBJECT_THREAD_WINDOW_DAYS)
     for r in sorted(rows, key=lambda r: r["sent_at"]):
-        if refs_of[r["message_id"]] or not r.get("norm_subject") or r.get("client_id") is None:
+        if _refs(r) or not r.get("norm_subject") or r.get("client_id") is None:
             continue
         if not has_reply_prefix(r.get("subject") or ""):
             continue
-        mine = target_of[find(r["message_id"])]
+        mine = r["thread_id"]
         prev = conn.execute(
             select(Message.thread_id, Message.contact_ids).where(
                 Message.client_id == r["client_id"], Message.norm_subject == r["norm_subject"],
@@ -140,13 +143,23 @@ def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
             continue  # same subject, other people: another conversation
         target = min(mine, prev.thread_id)
         _merge(conn, target, {mine, prev.thread_id})
-        for root, t in list(target_of.items()):
-            if t in (mine, prev.thread_id):
-                target_of[root] = target
-    final = set(target_of.values())  # merged-away threads no longer exist
+        for other in rows:
+            if other["thread_id"] in (mine, prev.thread_id):
+                other["thread_id"] = target
+    touched = {r["thread_id"] for r in rows}
     if refresh:
-        refresh_replies(conn, final)
-    return final
+        refresh_replies(conn, touched)
+    return touched
+
+
+def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bool = True) -> set[int]:
+    """Thread messages that are already stored (the migration's backfill, tests)."""
+    rows = [dict(r) for r in rows]
+    plan_threads(conn, rows)
+    conn.execute(update(Message).where(Message.message_id == bindparam("m")).values(thread_id=bindparam("t"))
+                 .execution_options(synchronize_session=False),
+                 [{"m": r["message_id"], "t": r["thread_id"]} for r in rows])
+    return finish_threads(conn, rows, refresh)
 
 
 def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
