@@ -74,11 +74,15 @@ CLIENTS = [
 
 
 def _person(rng: random.Random, used: set[str]) -> tuple[str, str]:
-    while True:
+    """A name not used yet; once the 480 plain combinations run out, surnames get a number."""
+    for attempt in range(100_000):
         first, last = rng.choice(FIRST), rng.choice(LAST)
-        if (first, last) not in {tuple(u.split(" ", 1)) for u in used}:
+        if attempt >= 50:
+            last = f"{last}{rng.randrange(2, 10_000)}"
+        if f"{first} {last}" not in used:
             used.add(f"{first} {last}")
             return first, last
+    raise RuntimeError("no unused name left")  # pragma: no cover - 240 million combinations
 
 
 def _biz(t: datetime) -> datetime:
