@@ -553,7 +553,7 @@ def demo(
         try:
             from .digest import preview_digests
 
-            digest_paths = preview_digests(store, cfg, at, directory / "digest")
+            digest_paths = preview_digests(store, cfg, at, directory.resolve() / "digest")
         except ImportError:
             pass
     finally:
