@@ -218,3 +218,38 @@ def test_two_replicas_on_postgres_never_duplicate(
     assert sorted(received) == sorted(m for m, _ in outbox)  # every email once, none twice
     assert all(st == "sent" for _, st in outbox)
     assert len(outbox) == 3  # Olivia and Oscar first; Olivia again for the later questions
+
+
+def test_idle_sees_new_mail_long_before_the_scan_interval(tmp_path: Path, dovecot: Dovecot, smtp: SmtpSink) -> None:
+    # A 10-minute interval: only IMAP IDLE can bring the alert within seconds.
+    w = Running(service_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot, smtp, interval=10), smtp)
+    try:
+        wait_for(lambda: w.get("/healthz")[0] == 200, what="healthz 200", logs=w.logs)
+        time.sleep(1.5)  # let the IDLE connection settle after the first scan
+        t0 = time.monotonic()
+        dovecot.append([question(1)])
+        wait_for(lambda: smtp.messages, timeout=30, what="an alert woken by IDLE", logs=w.logs)
+        assert time.monotonic() - t0 < 30
+        assert w.stop() == 0
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+
+
+def test_the_digest_is_scheduled_weekly_in_the_firms_time_zone(tmp_path: Path) -> None:
+    from worker.config import load_config
+    from worker.service import Worker
+
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=tmp_path / "md"))
+    w = Worker(cfg, metrics_port=-1)
+    w.schedule()
+    w.scheduler.start(paused=True)  # pending jobs get their defaults (coalesce, ...) at start
+    job = w.scheduler.get_job("digest")
+    trigger = job.trigger
+    assert str(trigger.timezone) == "Europe/London"
+    fields = {f.name: str(f) for f in trigger.fields}
+    assert fields["day_of_week"] == "mon" and fields["hour"] == "7" and fields["minute"] == "0"
+    scan = w.scheduler.get_job("scan:shared")
+    assert scan.coalesce and scan.max_instances == 1
+    w.scheduler.shutdown(wait=False)
+    w.store.dispose()
