@@ -295,3 +295,35 @@ def test_status_table_and_client_filter(tmp_path: Path, mail: Mail) -> None:
     assert "unanswered" in r.output and "1 client(s)" in r.output
     r = runner.invoke(app, ["--config", str(cfg), "status", "--client", "Nope"])
     assert r.exit_code == 3 and "no such client" in r.output
+
+
+def test_a_client_calendar_and_ics_holidays_change_business_time(tmp_path: Path, mail: Mail) -> None:
+    from worker.app import prepare_store, run_scan
+    from worker.care.evaluate import evaluate
+    from worker.config import load_config
+
+    ics = tmp_path / "holidays.ics"
+    ics.write_text("BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nDTSTART;VALUE=DATE:20261116\r\nDTEND;VALUE=DATE:20261117\r\n"
+                   "SUMMARY:Firm away day\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+    extra = ('\n[[clients]]\nname = "Yankee Corp"\ndomains = ["yankee.example"]\nowner = "olivia@firm.example"\n'
+             'contacts = [{ name = "Yara", email = "yara@yankee.example", role = "principal" }]\n'
+             'calendar = { timezone = "America/New_York", hours = { mon = "09:00-17:00", tue = "09:00-17:00" } }\n')
+    q1 = mail.add(ALICE, [SHARED], "London question", london(2026, 11, 17, 9, 0))
+    mail.add(OLIVIA, [ALICE], "Re: London question", london(2026, 11, 17, 15, 0), reply_to=q1)
+    # 14:00 London = 09:00 New York; the reply at 16:00 London is 2 New York business hours later.
+    q2 = mail.add("yara@yankee.example", [SHARED], "NY question", london(2026, 11, 17, 14, 0))
+    mail.add(OLIVIA, ["yara@yankee.example"], "Re: NY question", london(2026, 11, 17, 16, 0), reply_to=q2)
+    q3 = mail.add(ALICE, [SHARED], "Away day", london(2026, 11, 16, 10, 0))
+    mail.add(OLIVIA, [ALICE], "Re: Away day", london(2026, 11, 17, 10, 0), reply_to=q3)
+    path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=mail.root, extra=extra)
+    cfg = load_config(path, environ={"CAREWATCH__CALENDAR__HOLIDAYS_ICS": f'"{ics}"'})
+    store, directory = prepare_store(cfg)
+    run_scan(cfg, store, directory)
+    picture = evaluate(store, cfg, london(2026, 11, 18, 9, 0).astimezone(UTC).replace(tzinfo=None))
+    by_subject = {}
+    for c in picture.clients:
+        for r in c.responses:
+            by_subject[(c.name, round(r.business_minutes))] = r
+    assert ("Yankee Corp", 120) in by_subject  # the client's own time zone and hours
+    # Mon 16 Nov is a holiday from the .ics: 10:00 Monday -> 10:00 Tuesday is one business hour.
+    assert ("Acme Ltd", 60) in by_subject and ("Acme Ltd", 360) in by_subject
