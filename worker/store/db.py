@@ -88,6 +88,38 @@ def run_migrations(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def insert_ignore(conn: Connection | Session, table: Any, rows: Sequence[dict[str, Any]],
+                  conflict: Sequence[str], dialect: str | None = None) -> int:
+    """Insert rows, skipping those whose `conflict` columns already exist. Returns inserted.
+
+    `dialect` is needed for a Session; a Connection knows its own."""
+    if not rows:
+        return 0
+    dialect = dialect or conn.dialect.name  # type: ignore[union-attr]
+    if dialect == "sqlite":
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+    elif dialect == "postgresql":
+        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+    else:  # pragma: no cover - other dialects: insert one by one
+        n = 0
+        for r in rows:
+            try:
+                conn.execute(insert(table).values(**r))
+                n += 1
+            except DBAPIError:
+                pass
+        return n
+    if dialect == "sqlite":
+        # sqlite3's executemany sums rowcount exactly for INSERT OR IGNORE, and skipping
+        # RETURNING halves the cost of a batch.
+        result = conn.execute(stmt, list(rows))
+        return max(result.rowcount, 0)
+    # psycopg's rowcount of a multi-row insert is not reliable: count RETURNING rows.
+    pk = list(table.primary_key.columns)[0]
+    result = conn.execute(stmt.returning(pk), list(rows))
+    return len(result.all())
+
+
 class Store:
     """The database: engine, sessions and the few operations that differ per dialect."""
 
@@ -111,30 +143,7 @@ class Store:
     def insert_ignore(self, conn: Connection | Session, table: Any, rows: Sequence[dict[str, Any]],
                       conflict: Sequence[str]) -> int:
         """Insert rows, skipping those whose `conflict` columns already exist. Returns inserted."""
-        if not rows:
-            return 0
-        if self.dialect == "sqlite":
-            stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-        elif self.dialect == "postgresql":
-            stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-        else:  # pragma: no cover - other dialects: insert one by one
-            n = 0
-            for r in rows:
-                try:
-                    conn.execute(insert(table).values(**r))
-                    n += 1
-                except DBAPIError:
-                    pass
-            return n
-        if self.dialect == "sqlite":
-            # sqlite3's executemany sums rowcount exactly for INSERT OR IGNORE, and skipping
-            # RETURNING halves the cost of a batch.
-            result = conn.execute(stmt, list(rows))
-            return max(result.rowcount, 0)
-        # psycopg's rowcount of a multi-row insert is not reliable: count RETURNING rows.
-        pk = list(table.primary_key.columns)[0]
-        result = conn.execute(stmt.returning(pk), list(rows))
-        return len(result.all())
+        return insert_ignore(conn, table, rows, conflict, self.dialect)
 
     def dispose(self) -> None:
         self.engine.dispose()

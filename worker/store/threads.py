@@ -16,10 +16,10 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import defaults
 from ..headers import has_reply_prefix
+from .db import insert_ignore
 from .models import Message, MessageContact, ThreadLink
 
 CHUNK = 500
@@ -33,13 +33,6 @@ def thread_hash(mid: str) -> int:
 def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
-
-
-def _insert_ignore(conn: Connection, table: Any, rows: list[dict[str, Any]], conflict: list[str]) -> None:
-    if not rows:
-        return
-    ins = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
-    conn.execute(ins(table).on_conflict_do_nothing(index_elements=conflict), rows)
 
 
 def _merge(conn: Connection, target: int, others: set[int]) -> None:
@@ -110,7 +103,7 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         _merge(conn, target, known)
         target_of[root] = target
         new_links += [{"mid": m, "thread_id": target} for m in members if m not in existing]
-    _insert_ignore(conn, ThreadLink.__table__, new_links, ["mid"])
+    insert_ignore(conn, ThreadLink.__table__, new_links, ["mid"])
     for r in rows:
         r["thread_id"] = target_of[find(r["message_id"])]
 
@@ -179,4 +172,4 @@ def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
             if c:
                 links.append({"message_pk": pk, "contact_id": int(c), "inbound": r["direction"] == "inbound",
                               "automated": bool(r.get("automated")), "sent_at": r["sent_at"]})
-    _insert_ignore(conn, MessageContact.__table__, links, ["message_pk", "contact_id"])
+    insert_ignore(conn, MessageContact.__table__, links, ["message_pk", "contact_id"])
