@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -157,8 +157,8 @@ def build_digest(
     picture: CarePicture | None = None,
     previous: CarePicture | None = None,
 ) -> Digest:
-    picture = picture or evaluate(store, config, now, history_days=TREND_WEEKS * 7 + 7)
-    previous = previous or evaluate(store, config, now - timedelta(days=7), history_days=14)
+    if picture is None or previous is None:
+        picture, previous = two_weeks(store, config, now)
     scope = in_scope(config, partner)
     names = {o.email: o.name for o in config.settings.owners}
     with store.session() as db:
@@ -428,10 +428,15 @@ def digest_message_id(config: Config, partner: PartnerConfig, now: datetime) -> 
     return f"<digest.{year}w{week:02d}.{h}@{domain}>"
 
 
+def two_weeks(store: Store, config: Config, now: datetime) -> tuple[CarePicture, CarePicture]:
+    """The picture at `now` (with enough history for the 8-week trend) and a week earlier."""
+    return (evaluate(store, config, now, history_days=TREND_WEEKS * 7 + 7),
+            evaluate(store, config, now - timedelta(days=7), history_days=14))
+
+
 def preview_digests(store: Store, config: Config, now: datetime, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    picture = evaluate(store, config, now, history_days=TREND_WEEKS * 7 + 7)
-    previous = evaluate(store, config, now - timedelta(days=7), history_days=14)
+    picture, previous = two_weeks(store, config, now)
     renderer = Renderer(config)
     paths = []
     for p in config.settings.partners:
@@ -446,8 +451,7 @@ def preview_digests(store: Store, config: Config, now: datetime, directory: Path
 
 def queue_digests(store: Store, config: Config, now: datetime) -> list[str]:
     """Queue this week's digest for every partner (once: the Message-ID is per week)."""
-    picture = evaluate(store, config, now, history_days=TREND_WEEKS * 7 + 7)
-    previous = evaluate(store, config, now - timedelta(days=7), history_days=14)
+    picture, previous = two_weeks(store, config, now)
     renderer = Renderer(config)
     n = config.settings.notify
     queued = []
@@ -456,8 +460,6 @@ def queue_digests(store: Store, config: Config, now: datetime) -> list[str]:
             d = build_digest(store, config, p, now, picture, previous)
             subject, text, html = render_digest(d, config, renderer)
             mid = digest_message_id(config, p, now)
-            from datetime import UTC
-
             msg = build_email(
                 from_addr=n.from_address,
                 from_name=n.from_name,
