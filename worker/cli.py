@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -60,6 +61,27 @@ def handled(fn: F) -> F:
             raise typer.Exit(int(exc.exit_code)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def opened_store(prepare: bool = True, scan: bool = False) -> Iterator[tuple[Any, Any]]:
+    """The store for one command, disposed whatever happens. `prepare` also migrates and syncs
+    the directory from the config (commands that classify or evaluate need it); `scan` scans the
+    mailboxes first. Yields (store, directory); directory is None without `prepare`."""
+    from .app import prepare_store, run_scan
+    from .store import open_store
+
+    cfg = state.config()
+    if prepare:
+        store, directory = prepare_store(cfg)
+    else:
+        store, directory = open_store(cfg.settings.store.url), None
+    try:
+        if scan:
+            run_scan(cfg, store, directory)
+        yield store, directory
+    finally:
+        store.dispose()
 
 
 def parse_now(value: str | None) -> datetime:
@@ -168,15 +190,11 @@ def scan(
 
     Never changes the mailbox: folders are opened read-only and bodies are only peeked at.
     A second run reads only what is new."""
-    from .app import prepare_store, run_scan
+    from .app import run_scan
 
-    cfg = state.config()
-    store, directory = prepare_store(cfg)
-    try:
+    with opened_store() as (store, directory):
         progress = RichFolderProgress(err) if err.is_terminal and not as_json else None
-        report = run_scan(cfg, store, directory, progress=progress, mailboxes=mailbox)
-    finally:
-        store.dispose()
+        report = run_scan(state.config(), store, directory, progress=progress, mailboxes=mailbox)
     if as_json:
         out.print_json(json.dumps({
             "ok": report.ok, "errors": report.errors,
@@ -249,18 +267,11 @@ def status(
 ) -> None:
     """The care picture per client and named contact at a moment: last word each way, who is
     waiting and for how long (business time), response times, and the current lapses."""
-    from .app import prepare_store, run_scan
     from .care.evaluate import evaluate
 
-    cfg = state.config()
     at = parse_now(now)
-    store, directory = prepare_store(cfg)
-    try:
-        if scan_first:
-            run_scan(cfg, store, directory)
-        picture = evaluate(store, cfg, at, client_filter=client)
-    finally:
-        store.dispose()
+    with opened_store(scan=scan_first) as (store, _):
+        picture = evaluate(store, state.config(), at, client_filter=client)
     if client and not picture.clients:
         raise ConfigError([f"--client {client!r}: no such client in the configuration"])
     if as_json:
@@ -281,17 +292,10 @@ def check(
     """Turn current lapses into alerts and deliver them: one email per owner per check with all
     their new or escalated lapses; never the same episode twice; quiet hours respected."""
     from .alerts import AlertDesk
-    from .app import prepare_store, run_scan
 
-    cfg = state.config()
     at = parse_now(now)
-    store, directory = prepare_store(cfg)
-    try:
-        if scan_first:
-            run_scan(cfg, store, directory)
-        report = AlertDesk(store, cfg).check(at, dry_run=dry_run)
-    finally:
-        store.dispose()
+    with opened_store(scan=scan_first) as (store, _):
+        report = AlertDesk(store, state.config()).check(at, dry_run=dry_run)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
         return
@@ -326,17 +330,13 @@ def alerts_list(
     """The alerts and where each stands."""
     from sqlalchemy import select
 
-    from .store import open_store
     from .store.models import Alert
 
-    cfg = state.config()
-    store = open_store(cfg.settings.store.url)
-    with store.session() as db:
+    with opened_store(prepare=False) as (store, _), store.session() as db:
         q = select(Alert).order_by(Alert.client_name, Alert.since)
         if not show_all:
             q = q.where(Alert.state != "resolved")
         rows = db.execute(q).scalars().all()
-    store.dispose()
     if as_json:
         sys.stdout.write(json.dumps([{k: (v.isoformat() if isinstance(v, datetime) else v)
                                       for k, v in a.model_dump().items()} for a in rows], indent=2) + "\n")
@@ -353,26 +353,20 @@ def alerts_list(
 
 
 def _set_alert(alert_id: int, **values: Any) -> None:
-    from .store import open_store
     from .store.models import Alert
 
-    cfg = state.config()
-    store = open_store(cfg.settings.store.url)
-    try:
-        with store.session() as db:
-            a = db.get(Alert, alert_id)
-            if a is None:
-                raise ConfigError([f"no alert with id {alert_id} (see `carewatch alerts list`)"])
-            if a.state == "resolved":
-                raise ConfigError([f"alert {alert_id} is already resolved"])
-            for k, v in values.items():
-                setattr(a, k, v)
-            a.updated_at = parse_now(None)
-            db.add(a)
-            db.commit()
-            out.print(f"alert {alert_id} ({a.kind}, {a.client_name}): {a.state}")
-    finally:
-        store.dispose()
+    with opened_store(prepare=False) as (store, _), store.session() as db:
+        a = db.get(Alert, alert_id)
+        if a is None:
+            raise ConfigError([f"no alert with id {alert_id} (see `carewatch alerts list`)"])
+        if a.state == "resolved":
+            raise ConfigError([f"alert {alert_id} is already resolved"])
+        for k, v in values.items():
+            setattr(a, k, v)
+        a.updated_at = parse_now(None)
+        db.add(a)
+        db.commit()
+        out.print(f"alert {alert_id} ({a.kind}, {a.client_name}): {a.state}")
 
 
 @alerts_app.command("snooze")
@@ -413,17 +407,13 @@ def outbox_list(
     """Emails in the outbox with their delivery state; failed ones are kept here, never dropped."""
     from sqlalchemy import select
 
-    from .store import open_store
     from .store.models import OutboxEmail
 
-    cfg = state.config()
-    store = open_store(cfg.settings.store.url)
-    with store.session() as db:
+    with opened_store(prepare=False) as (store, _), store.session() as db:
         q = select(OutboxEmail).order_by(OutboxEmail.id)
         if status_filter:
             q = q.where(OutboxEmail.status == status_filter)
         rows = db.execute(q).scalars().all()
-    store.dispose()
     if as_json:
         sys.stdout.write(json.dumps([{"id": r.id, "message_id": r.message_id, "kind": r.kind, "to": r.recipients,
                                       "subject": r.subject, "status": r.status, "attempts": r.attempts,
@@ -447,15 +437,11 @@ def outbox_deliver(now: NowOpt = None) -> None:
     """Deliver what is due now (the worker does this after every check)."""
     from .notify.outbox import deliver
     from .notify.transport import make_transport
-    from .store import open_store
 
     cfg = state.config()
-    store = open_store(cfg.settings.store.url)
-    try:
+    with opened_store(prepare=False) as (store, _):
         rep = deliver(store, make_transport(cfg), cfg.settings.notify.from_address, parse_now(now),
                       cfg.settings.notify.max_attempts)
-    finally:
-        store.dispose()
     out.print(f"{len(rep.sent)} sent, {len(rep.retrying)} to retry, {len(rep.failed)} failed")
 
 
@@ -470,7 +456,6 @@ def digest(
 ) -> None:
     """The weekly partner digest: headline figures against last week, accounts at risk, every
     client's status with an 8-week trend, owner accountability and hygiene."""
-    from .app import prepare_store
     from .digest import preview_digests, queue_digests
     from .notify.outbox import deliver
     from .notify.transport import make_transport
@@ -479,8 +464,7 @@ def digest(
         raise ConfigError(["say what to do: --preview DIR to look at the digests, --send to send them"])
     cfg = state.config()
     at = parse_now(now)
-    store, _ = prepare_store(cfg)
-    try:
+    with opened_store() as (store, _):
         if preview:
             for p in preview_digests(store, cfg, at, preview):
                 out.print(f"{p}  {p.with_suffix('.txt')}", highlight=False)
@@ -490,8 +474,6 @@ def digest(
                           cfg.settings.notify.max_attempts)
             out.print(f"{len(queued)} digest(s) queued; delivery: {len(rep.sent)} sent, {len(rep.retrying)} to retry, "
                       f"{len(rep.failed)} failed")
-    finally:
-        store.dispose()
 
 
 @app.command()
@@ -524,9 +506,10 @@ def demo(
     import time
 
     from .alerts import AlertDesk
-    from .app import prepare_store, run_scan
+    from .app import run_scan
     from .care.evaluate import evaluate
     from .demo import DEFAULT_NOW, demo_now, generate
+    from .digest import preview_digests
 
     marker = directory / ".carewatch-demo"
     if directory.exists() and any(directory.iterdir()):
@@ -535,29 +518,20 @@ def demo(
         shutil.rmtree(directory)
     t0 = time.perf_counter()
     at = parse_now(now) if now else demo_now(None)
-    firm = generate(directory.resolve(), seed=seed, now=DEFAULT_NOW if not now else
-                    datetime.fromisoformat(at.isoformat()).replace(tzinfo=UTC))
+    firm = generate(directory.resolve(), seed=seed, now=at.replace(tzinfo=UTC) if now else DEFAULT_NOW)
     marker.touch()
     out.print(f"[bold]Carewatch demo[/]: {len(firm.clients)} clients, {firm.messages} messages in {firm.maildir}")
     cfg = load_config(firm.config)
     state._config = cfg
-    store, directory_ = prepare_store(cfg)
-    try:
+    with opened_store() as (store, directory_):
         report = run_scan(cfg, store, directory_)
         out.print(f"scan: {report.stored} messages stored "
                   f"({sum(f.automated for f in report.folders)} automated) from INBOX and Sent")
         picture = evaluate(store, cfg, at)
         render_status(picture, out)
-        check_report = AlertDesk(store, cfg).check(at)
-        digest_paths: list[Path] = []
-        try:
-            from .digest import preview_digests
-
-            digest_paths = preview_digests(store, cfg, at, directory.resolve() / "digest")
-        except ImportError:
-            pass
-    finally:
-        store.dispose()
+        # The picture just shown is the one the alerts come from: no second evaluation.
+        check_report = AlertDesk(store, cfg).check(at, picture=picture)
+        digest_paths = preview_digests(store, cfg, at, directory.resolve() / "digest")
     out.print(f"\n[bold]Alerts[/]: {len(check_report.new)} new lapse(s) told to their owners in "
               f"{len(check_report.emails)} email(s):")
     outbox_dir = cfg.settings.notify.dir
