@@ -116,18 +116,9 @@ class AlertDesk:
         self.partners = [p.email for p in self.settings.partners]
 
     # --- people ----------------------------------------------------------------------------------
-    def _person(self, ref: str | None) -> str | None:
-        if not ref:
-            return None
-        r = ref.strip().lower()
-        for email, name in self.names.items():
-            if r in (email, name.lower()):
-                return email
-        return r if "@" in r else None
-
     def backup_for(self, alert: Alert) -> list[str]:
         """Who an alert escalates to: the client's backup, the owner's backup, or the partners."""
-        b = alert.backup_email or self._person(self.owner_backup.get(alert.owner_email or ""))
+        b = alert.backup_email or self.settings.find_person(self.owner_backup.get(alert.owner_email or ""))
         return [b] if b else list(self.partners)
 
     def first_recipients(self, alert: Alert) -> list[str]:

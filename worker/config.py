@@ -310,6 +310,16 @@ class Settings(_Model):
     #: A folder with your own copies of the email templates.
     templates_dir: Path | None = None
 
+    def find_person(self, ref: str | None) -> str | None:
+        """The email of the owner or partner that `ref` (an email or a name) names, else None."""
+        if not ref:
+            return None
+        r = ref.strip().lower()
+        for person in [*self.owners, *self.partners]:
+            if r in (person.email, person.name.lower()):
+                return person.email
+        return None
+
 
 @dataclass
 class Config:
@@ -518,14 +528,6 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
     problems: list[str] = []
     people = {o.email: o for o in s.owners}
     names = {o.name.lower(): o.email for o in s.owners}
-    partner_emails = {p.email for p in s.partners}
-    partner_names = {p.name.lower(): p.email for p in s.partners}
-
-    def person_ref(ref: str) -> str | None:
-        r = ref.strip().lower()
-        if r in people or r in partner_emails:
-            return r
-        return names.get(r) or partner_names.get(r)
 
     seen_mb: set[str] = set()
     for i, mb in enumerate(s.mailboxes):
@@ -554,7 +556,7 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
             problems.append(f"{where}.folders: list at least one folder, e.g. [\"INBOX\", \"Sent\"]")
 
     for i, o in enumerate(s.owners):
-        if o.backup and not person_ref(o.backup):
+        if o.backup and not s.find_person(o.backup):
             problems.append(f'owners[{i}] ("{o.name}").backup: {o.backup!r} is neither an owner nor a '
                             "partner; add them or fix the spelling")
     owner_set = set(people) | set(names)
@@ -574,7 +576,7 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
         if c.owner and c.owner.strip().lower() not in owner_set:
             problems.append(f"{where}.owner: {c.owner!r} is not listed under [[owners]]; add them "
                             "or fix the spelling")
-        if c.backup and not person_ref(c.backup):
+        if c.backup and not s.find_person(c.backup):
             problems.append(f"{where}.backup: {c.backup!r} is neither an owner nor a partner")
         if not c.internal:
             for d in c.domains:

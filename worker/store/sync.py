@@ -41,19 +41,6 @@ def directory_fingerprint(config: Config) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _owner_email(config: Config, ref: str | None) -> str | None:
-    if not ref:
-        return None
-    r = ref.strip().lower()
-    for o in config.settings.owners:
-        if r in (o.email, o.name.lower()):
-            return o.email
-    for p in config.settings.partners:
-        if r in (p.email, p.name.lower()):
-            return p.email
-    return r
-
-
 def sync_directory(store: Store, config: Config) -> bool:
     """Write the config's directory into the store. Returns True when who-is-who changed (so
     stored messages should be classified again)."""
@@ -68,7 +55,7 @@ def sync_directory(store: Store, config: Config) -> bool:
         for o in s.owners:
             p = people.get(o.email) or Person(email=o.email, name=o.name)
             p.name, p.is_owner, p.active = o.name, True, True
-            p.backup_email = _owner_email(config, o.backup)
+            p.backup_email = s.find_person(o.backup)
             wanted[o.email] = p
         for pa in s.partners:
             p = wanted.get(pa.email) or people.get(pa.email) or Person(email=pa.email, name=pa.name)
@@ -89,8 +76,8 @@ def sync_directory(store: Store, config: Config) -> bool:
             c = clients.get(cc.name) or Client(name=cc.name)
             c.internal = cc.internal
             c.domains = " ".join(cc.domains)
-            c.owner_email = _owner_email(config, cc.owner)
-            c.backup_email = _owner_email(config, cc.backup)
+            c.owner_email = s.find_person(cc.owner)
+            c.backup_email = s.find_person(cc.backup)
             c.active = True
             db.add(c)
             clients[cc.name] = c
