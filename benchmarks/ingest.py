@@ -29,6 +29,40 @@ FOLDERS = ("INBOX", "Sent")
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
+PHASES: dict[str, float] = {}
+
+
+def time_phases() -> None:
+    """Wrap the scan's stages to add up where the time goes (BENCH_PHASES=1)."""
+    import functools
+
+    from worker import ingest
+    from worker.mailbox.imap import ImapSource
+    from worker.store.db import Store
+
+    def wrap(owner: object, name: str, label: str) -> None:
+        fn = getattr(owner, name)
+
+        @functools.wraps(fn)
+        def timed(*a: object, **k: object) -> object:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                PHASES[label] = PHASES.get(label, 0.0) + time.perf_counter() - t
+
+        setattr(owner, name, timed)
+
+    wrap(ImapSource, "fetch", "fetch headers")
+    wrap(ImapSource, "fetch_snippets", "fetch snippets")
+    wrap(ingest.Ingestor, "_parse", "parse")
+    wrap(ingest, "classify", "classify")
+    wrap(ingest, "plan_threads", "plan threads")
+    wrap(Store, "insert_ignore", "insert")
+    wrap(ingest, "finish_threads", "finish threads")
+    wrap(ingest, "link_contacts", "link contacts")
+
+
 def child(n: int) -> None:
     """Runs in its own process: one Dovecot, n messages, scan and bare fetch."""
     import tomllib
@@ -87,9 +121,20 @@ def child(n: int) -> None:
     ]
     cfg = validate_data(data, None, os.environ)
     store, directory = prepare_store(cfg)
+    prof = None
+    if os.environ.get("BENCH_PROFILE"):
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    if os.environ.get("BENCH_PHASES"):
+        time_phases()
     t = time.perf_counter()
     rep = run_scan(cfg, store, directory)
     scan_s = time.perf_counter() - t
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(os.environ["BENCH_PROFILE"])
     assert rep.ok and rep.stored + sum(f.duplicates for f in rep.folders) == n, rep
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     d.stop()
@@ -104,6 +149,7 @@ def child(n: int) -> None:
                 "fields": len(FETCH_FIELDS),
                 "rss_before_mib": rss_before / 1024,
                 "peak_rss_mib": peak_kib / 1024,
+                "phases": PHASES,
             }
         )
     )
@@ -132,6 +178,9 @@ def main() -> None:
             f"{n:>8} {res['scan_s']:>8.2f} {n / res['scan_s']:>11,.0f} {res['bare_s']:>8.2f} "
             f"{n / res['bare_s']:>11,.0f} {res['scan_s'] / res['bare_s']:>6.2f} {res['peak_rss_mib']:>13.0f}"
         )
+        if res["phases"]:
+            rest = res["scan_s"] - sum(res["phases"].values())
+            print("   " + ", ".join(f"{k} {v:.2f}s" for k, v in {**res["phases"], "rest": rest}.items()))
 
 
 if __name__ == "__main__":

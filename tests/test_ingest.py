@@ -15,7 +15,7 @@ from worker.app import prepare_store, run_scan
 from worker.config import load_config
 from worker.ingest import Ingestor
 from worker.mailbox import open_source
-from worker.store.models import Contact, FolderState, Message
+from worker.store.models import Contact, FolderState, Message, ThreadLink
 from worker.synth import build_message
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -334,6 +334,45 @@ def test_a_late_message_linking_two_threads_merges_them(tmp_path: Path, db_url: 
     assert thread_of("<a@x>") == thread_of("<b@x>") == thread_of("<c@x>")
     # ...and the inbound message now knows it was answered by the outbound one.
     assert _one(store, "<a@x>").reply_at == now + timedelta(minutes=5)
+
+
+def test_one_batch_linking_three_stored_threads_in_two_places_leaves_one_thread(tmp_path: Path,
+                                                                                db_url: str) -> None:
+    """Two conversations of one batch each link a stored thread they share with a third: all
+    of it must end as one thread, never a thread id that a merge just retired."""
+    from worker.store.threads import assign_threads
+
+    cfg = load_config(write_config(tmp_path, db_url, maildir=tmp_path / "md"))
+    store, _ = prepare_store(cfg)
+    now = datetime(2026, 11, 16, 9, 0)
+
+    def row(mid: str, refs: str, minutes: int) -> dict[str, object]:
+        return {"subject": "s", "norm_subject": "s", "client_id": None, "contact_ids": "",
+                "from_addr": "a@x.example", "direction": "other", "ingested_at": now, "in_reply_to": None,
+                "message_id": mid, "thread_key": mid, "references": refs,
+                "sent_at": now + timedelta(minutes=minutes)}
+
+    def add(rows: list[dict[str, object]]) -> None:
+        with store.session() as db:
+            store.insert_ignore(db, Message.__table__, rows, ["message_id"])
+            assign_threads(db.connection(), rows)
+            db.commit()
+
+    add([row("<x@x>", "", 0)])
+    add([row("<y1@x>", "", 1)])
+    add([row("<y2@x>", "<y1@x>", 2)])
+    add([row("<z@x>", "", 3)])
+    everyone = ["<x@x>", "<y1@x>", "<y2@x>", "<z@x>"]
+    assert len({_one(store, m).thread_id for m in everyone}) == 3
+    # One batch, two components: <p> links z with y1, <q> links y2 with x. The y thread is the
+    # largest of the three ids (they are hashes of the first Message-ID), so merging one
+    # component at a time would hand <p> a thread id that <q>'s merge retires.
+    add([row("<p@x>", "<z@x> <y1@x>", 10), row("<q@x>", "<y2@x> <x@x>", 11)])
+    threads = {_one(store, m).thread_id for m in everyone + ["<p@x>", "<q@x>"]}
+    assert len(threads) == 1
+    with store.session() as db:
+        links = set(db.execute(select(ThreadLink.thread_id)).scalars())  # type: ignore[call-overload]
+    assert links == threads
 
 
 def test_upgrading_an_existing_store_backfills_threads_and_replies(tmp_path: Path) -> None:

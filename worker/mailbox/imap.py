@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import imaplib
 import logging
 import re
 import socket
@@ -56,6 +57,57 @@ def split_fetch_response(data: list[Any]) -> dict[int, tuple[bytes, bytes]] | No
             return None
         out[int(m.group(1))] = (meta, literal)
     return out
+
+
+_FETCH_LINE_RE = re.compile(rb"\* (\d+) FETCH (.*)", re.S)
+_LITERAL_END_RE = re.compile(rb"\{(\d+)\}$")
+_MAXLINE = 1_000_000  # imaplib's own limit
+
+
+def read_fetch_data(imap: Any, tag: bytes) -> list[Any]:
+    """Read the responses to one tagged FETCH straight off imaplib's socket file.
+
+    Returns FETCH data in imaplib's own shape (a (prefix, literal) tuple per literal, the rest
+    as bytes, "* " and "FETCH" stripped), so split_fetch_response parses it. imaplib handles
+    every line in Python with several regexes and debug calls; a header FETCH is three lines
+    and one literal per message, so reading them here with readline/read (C) is several times
+    faster. Other untagged responses (EXISTS, EXPUNGE...) are skipped."""
+    readline, read = imap.file.readline, imap.file.read
+    done = tag + b" "
+    data: list[Any] = []
+    after_literal = keep = False
+    while True:
+        line = readline(_MAXLINE + 1)
+        if not line:
+            raise imaplib.IMAP4.abort("socket error: EOF")
+        if len(line) > _MAXLINE or not line.endswith(b"\r\n"):
+            raise imaplib.IMAP4.abort(f"socket error: unterminated or overlong line: {line[:80]!r}")
+        line = line[:-2]
+        if not after_literal:
+            if line.startswith(done):
+                imap.tagged_commands.pop(tag, None)
+                status, _, text = line[len(done):].partition(b" ")
+                if status != b"OK":
+                    raise imaplib.IMAP4.error(f"FETCH {status.decode(errors='replace')}: "
+                                              f"{text.decode(errors='replace')}"[:500])
+                return data
+            m = _FETCH_LINE_RE.match(line)
+            keep = m is not None
+            if m:
+                line = m.group(1) + b" " + m.group(2)
+        lm = _LITERAL_END_RE.search(line)
+        if lm:
+            size = int(lm.group(1))
+            literal = read(size)
+            if len(literal) < size:
+                raise imaplib.IMAP4.abort("socket error: EOF in a literal")
+            if keep:
+                data.append((line, literal))
+            after_literal = True
+        else:
+            if keep:
+                data.append(line)
+            after_literal = False
 
 
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
@@ -199,9 +251,15 @@ class ImapSource(MailboxSource):
         imap = self.c._imap
         out: dict[int, tuple[bytes, bytes]] = {}
         for part in chunk_by_command_length(uids, len(uids) or 1, self.max_command_bytes):
-            typ, data = imap.uid("FETCH", ",".join(map(str, part)), b"(UID INTERNALDATE " + item + b")")
-            if typ != "OK":
-                raise MailboxError(f"{self._where()}: FETCH failed: {data!r}"[:500])
+            tag = imap._new_tag()
+            imap.send(tag + b" UID FETCH " + ",".join(map(str, part)).encode() + b" (UID INTERNALDATE " + item
+                      + b")\r\n")
+            try:
+                data = read_fetch_data(imap, tag)
+            except imaplib.IMAP4.abort:  # a subclass of error: the connection is gone
+                raise
+            except imaplib.IMAP4.error as exc:
+                raise MailboxError(f"{self._where()}: FETCH failed: {exc}") from None
             parsed = split_fetch_response(data)
             if parsed is None:
                 return None

@@ -35,12 +35,22 @@ def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[i:i + n]
 
 
+MERGE_STATEMENTS = (
+    text("UPDATE message SET thread_id = :target WHERE thread_id = :old"),
+    text("UPDATE thread_link SET thread_id = :target WHERE thread_id = :old"),
+)
+
+
+def _merge_many(conn: Connection, moves: dict[int, int]) -> None:
+    """Move every stored thread `old` into `moves[old]`: two statements however many moves."""
+    params = [{"old": old, "target": target} for old, target in moves.items() if old != target]
+    if params:
+        for stmt in MERGE_STATEMENTS:
+            conn.execute(stmt, params)
+
+
 def _merge(conn: Connection, target: int, others: set[int]) -> None:
-    others = {o for o in others if o != target}
-    if not others:
-        return
-    conn.execute(update(Message).where(Message.thread_id.in_(others)).values(thread_id=target))  # type: ignore[union-attr]
-    conn.execute(update(ThreadLink).where(ThreadLink.thread_id.in_(others)).values(thread_id=target))  # type: ignore[attr-defined]
+    _merge_many(conn, {o: target for o in others})
 
 
 REFRESH_REPLIES = (
@@ -92,15 +102,37 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
                                      .where(ThreadLink.mid.in_(chunk))):  # type: ignore[attr-defined]
             existing[mid] = tid
 
+    # Stored threads that this batch links are merged into the smallest id. Two components of
+    # one batch may each link the same stored thread: a second union-find over thread ids
+    # settles the final target of every stored thread before anything is written.
+    tparent: dict[int, int] = {}
+
+    def tfind(x: int) -> int:
+        root = x
+        while tparent.setdefault(root, root) != root:
+            root = tparent[root]
+        while tparent[x] != root:
+            tparent[x], x = root, tparent[x]
+        return root
+
     components: dict[str, list[str]] = {}
     for mid in ids:
         components.setdefault(find(mid), []).append(mid)
+    known_of: dict[str, list[int]] = {}
+    for root, members in components.items():
+        known = [existing[m] for m in members if m in existing]
+        known_of[root] = known
+        for t in known[1:]:
+            a, b = tfind(known[0]), tfind(t)
+            if a != b:
+                tparent[max(a, b)] = min(a, b)
+    _merge_many(conn, {t: tfind(t) for t in list(tparent)})
+
     target_of: dict[str, int] = {}
     new_links: list[dict[str, Any]] = []
     for root, members in components.items():
-        known = {existing[m] for m in members if m in existing}
-        target = min(known) if known else thread_hash(min(members))
-        _merge(conn, target, known)
+        known = known_of[root]
+        target = tfind(known[0]) if known else thread_hash(min(members))
         target_of[root] = target
         new_links += [{"mid": m, "thread_id": target} for m in members if m not in existing]
     insert_ignore(conn, ThreadLink.__table__, new_links, ["mid"])
