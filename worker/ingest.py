@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -75,6 +76,24 @@ class LogProgress:
 
     def finish(self) -> None:
         pass
+
+
+@dataclass(slots=True)
+class PreparedMessage:
+    raw: RawMessage
+    pm: ParsedMessage
+    cl: Classification
+    auto: str | None
+    command: bool
+    ack: bool = False
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    now: datetime
+    messages: list[PreparedMessage]
+    commands: list[dict[str, Any]]
+    skipped: list[tuple[Item, str]]
 
 
 @dataclass
@@ -230,20 +249,31 @@ class Ingestor:
 
         items = source.new_items(folder, last)
         rep.new = len(items)
+        batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
         self.progress.start(mailbox, folder, len(items))
+        # Two stages: while batch k is written to the store, batch k+1 is fetched, parsed and
+        # classified on a helper thread. The waits on the IMAP server and on the database
+        # overlap; the mailbox connection is only ever used by that one thread meanwhile.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="carewatch-fetch")
         try:
-            for i in range(0, len(items), batch_size):
+            pending = pool.submit(self._prepare_batch, source, folder, batches[0]) if batches else None
+            for k, batch in enumerate(batches):
                 if self.stop.is_set():
                     rep.interrupted = True
                     log.info("%s/%s: stop requested; committed up to here, the next scan resumes",
                              mailbox, folder)
                     break
-                batch = items[i:i + batch_size]
-                self._ingest_batch(source, mailbox, folder, status.uidvalidity, batch, rep)
+                assert pending is not None
+                prepared = pending.result()
+                pending = (pool.submit(self._prepare_batch, source, folder, batches[k + 1])
+                           if k + 1 < len(batches) else None)
+                self._store_batch(prepared, mailbox, folder, status.uidvalidity, batch, rep)
                 self.progress.advance(len(batch))
                 if self.on_batch:
                     self.on_batch(rep)
         finally:
+            # Never leave a FETCH running on the connection the caller is about to reuse or close.
+            pool.shutdown(wait=True, cancel_futures=True)
             self.progress.finish()
         if not rep.interrupted:
             self._mark_ok(mailbox, folder, status.uidvalidity, None)
@@ -286,64 +316,68 @@ class Ingestor:
                 if c.active and c.client_id in self.directory.domain_clients.values():
                     self.directory.contacts[c.email] = ContactRef(c.id, c.client_id, c.role)
 
-    def _ingest_batch(self, source: MailboxSource, mailbox: str, folder: str, uidvalidity: int,
-                      batch: list[Item], rep: FolderReport) -> None:
+    def _prepare_batch(self, source: MailboxSource, folder: str, batch: list[Item]) -> PreparedBatch:
+        """Stage one, on the fetch thread: fetch, parse, classify, and read the snippets that
+        decide acknowledgements and alert-reply commands. Touches the mailbox, not the store."""
         now = utcnow()
         raws = source.fetch(folder, batch)
         skipped: list[tuple[Item, str]] = []
-        parsed = self._parse(raws, now, skipped)
-
-        classified = [(raw, pm, classify(pm, self.directory)) for raw, pm in parsed]
-        autos = {id(pm): automated_reason(pm) for _, pm, _ in classified}
-        # People, not newsletters or bounces, become discovered contacts.
-        found: dict[str, tuple[str, int]] = {}
-        for _, pm, cl in classified:
-            if autos[id(pm)] is None:
-                for addr, name, cid in cl.discovered:
-                    found.setdefault(addr, (name, cid))
-        if found:
-            self._discover(found, now)
-            classified = [(raw, pm, classify(pm, self.directory)) if cl.discovered else (raw, pm, cl)
-                          for raw, pm, cl in classified]
-
-        # Replies to our alert emails ("snooze 3d", "done") carry our reference.
-        commands = {id(pm) for _, pm, _ in classified if autos[id(pm)] is None and is_alert_reply(pm)}
+        out: list[PreparedMessage] = []
+        for raw, pm in self._parse(raws, now, skipped):
+            auto = automated_reason(pm)
+            out.append(PreparedMessage(raw, pm, classify(pm, self.directory), auto,
+                                       auto is None and is_alert_reply(pm)))
         # Acknowledgements matter only for inbound human mail: fetch a few hundred bytes of
         # body for those (and for alert replies) alone, with BODY.PEEK; bodies are never stored.
-        want = [raw.item for raw, pm, cl in classified
-                if (cl.direction == "inbound" and autos[id(pm)] is None) or id(pm) in commands]
+        want = [m.raw.item for m in out
+                if (m.cl.direction == "inbound" and m.auto is None) or m.command]
         snippets = source.fetch_snippets(folder, want) if want else {}
-        command_rows = []
-        for raw, pm, _ in classified:
-            if id(pm) not in commands:
+        commands = []
+        for m in out:
+            if m.raw.item.key not in snippets:
                 continue
-            h = pm.auto_headers
-            text = snippet_text(snippets.get(raw.item.key, b""), h.get("content-type", "text/plain"),
+            h = m.pm.auto_headers
+            text = snippet_text(snippets[m.raw.item.key], h.get("content-type", "text/plain"),
                                 h.get("content-transfer-encoding", ""))
-            parsed = parse_command(text)
+            m.ack = is_acknowledgement(m.pm.subject, text)
+            # Replies to our alert emails ("snooze 3d", "done") carry our reference.
+            parsed = parse_command(text) if m.command else None
             if parsed is None:
                 continue
             verb, span, item = parsed
-            command_rows.append({
+            pm = m.pm
+            commands.append({
                 "message_id": pm.message_id, "from_addr": pm.from_addr, "token": find_token(pm.subject),
                 "in_reply_to": pm.in_reply_to, "command": verb,
                 "argument": (span or "") + (f"#{item}" if item else "") or None,
                 "received_at": pm.sent_at, "status": "pending"})
+        return PreparedBatch(now, out, commands, skipped)
 
+    def _store_batch(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
+                     batch: list[Item], rep: FolderReport) -> None:
+        """Stage two, on the scanning thread: discovered contacts, then one transaction that
+        stores the batch, threads it and moves the folder's cursor."""
+        now, messages, command_rows, skipped = prepared.now, prepared.messages, prepared.commands, prepared.skipped
+        # People, not newsletters or bounces, become discovered contacts.
+        found: dict[str, tuple[str, int]] = {}
+        for m in messages:
+            if m.auto is None:
+                for addr, name, cid in m.cl.discovered:
+                    found.setdefault(addr, (name, cid))
+        if found:
+            self._discover(found, now)
         rows: dict[str, dict[str, Any]] = {}
-        for raw, pm, cl in classified:
-            auto = autos[id(pm)]
-            ack = False
-            if raw.item.key in snippets:
-                h = pm.auto_headers
-                text = snippet_text(snippets[raw.item.key], h.get("content-type", "text/plain"),
-                                    h.get("content-transfer-encoding", ""))
-                ack = is_acknowledgement(pm.subject, text)
+        for m in messages:
+            raw, pm, cl, auto = m.raw, m.pm, m.cl, m.auto
+            if cl.discovered:
+                # Classified before the people it names were stored (here or by the batch
+                # before): classify again to link them.
+                cl = classify(pm, self.directory)
             if pm.message_id in rows:
                 rep.duplicates += 1
                 continue
             uid = raw.item.cursor if isinstance(raw.item.key, int) else None
-            rows[pm.message_id] = _row(pm, cl, auto, ack, mailbox, folder, uid, now)
+            rows[pm.message_id] = _row(pm, cl, auto, m.ack, mailbox, folder, uid, now)
             if auto:
                 rep.automated += 1
             if pm.problems:
