@@ -252,6 +252,37 @@ def test_malformed_headers_are_stored_as_well_as_possible(desc: str, raw: bytes)
         assert pm.synthetic_id and again.message_id == pm.message_id
 
 
+DATES = [
+    ("Mon, 2 Nov 2026 09:00:00 +0100", datetime(2026, 11, 2, 8, 0)),
+    ("Mon, 02 Nov 2026 09:00:00 +0100 (CET)", datetime(2026, 11, 2, 8, 0)),
+    ("2 nov 2026 09:00 -0530", datetime(2026, 11, 2, 14, 30)),  # no weekday, no seconds, lower case
+    ("  Sun, 29 Mar 2026 01:30:00 +0000  ", datetime(2026, 3, 29, 1, 30)),
+    ("Mon, 2 Nov 2026 09:00:00 -0000", None),  # "-0000": the zone is unknown (RFC 5322)
+    ("Mon, 2 Nov 2026 09:00:00 CEST", None),  # a zone name nobody can resolve
+    ("Mon, 2 Nov 2026 09:00:00 GMT", datetime(2026, 11, 2, 9, 0)),  # stdlib knows the old names
+    ("Mon, 2 Nov 26 09:00:00 +0000", datetime(2026, 11, 2, 9, 0)),  # two-digit year
+    ("Tue, 31 Feb 2026 09:00:00 +0000", None),  # no such day
+    ("Mon, 2 Foo 2026 09:00:00 +0000", None),
+    ("yesterday", None),
+]
+
+
+@pytest.mark.parametrize("value,expected", DATES, ids=[d[0].strip() for d in DATES])
+def test_date_headers_parse_to_utc_the_same_on_the_fast_path_and_the_stdlib(value: str,
+                                                                             expected: datetime | None) -> None:
+    from email.utils import parsedate_to_datetime
+
+    from worker.headers import parse_date
+
+    assert parse_date(value) == expected
+    try:  # whatever our own regex accepts must agree with the stdlib's reading
+        std = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        std = None
+    if std is not None and std.tzinfo is not None:
+        assert parse_date(value) == std.astimezone(UTC).replace(tzinfo=None)
+
+
 def test_acknowledgements_and_automated_mail_through_dovecot(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
     t = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)
     dovecot.append(

@@ -273,6 +273,19 @@ def test_fetch_responses_are_split_by_uid_whatever_the_item_order() -> None:
     assert split_fetch_response([(b"1 (BODY[TEXT] {3}", b"abc"), b")"]) is None
 
 
+def test_internaldates_parse_like_imapclient_and_garbage_is_none() -> None:
+    from imapclient.datetime_util import parse_to_datetime
+
+    from worker.mailbox.imap import parse_internaldate
+
+    for v in (b"02-Nov-2026 09:00:00 +0100", b" 2-Nov-2026 09:00:00 -0530", b"29-Mar-2026 01:30:00 +0000",
+              b"2-nov-2026 23:59:59 +1400"):
+        assert parse_internaldate(v) == parse_to_datetime(v, normalise=False)
+        assert parse_internaldate(v).utcoffset() == parse_to_datetime(v, normalise=False).utcoffset()
+    assert parse_internaldate(b"31-Feb-2026 09:00:00 +0000") is None
+    assert parse_internaldate(b"not a date") is None
+
+
 def test_maildir_mail_restored_with_an_old_mtime_is_still_scanned(tmp_path: Path) -> None:
     import os
 

@@ -68,6 +68,8 @@ class ParsedMessage:
 
 def clean(value: str, limit: int = defaults.MAX_HEADER_CHARS) -> str:
     """Collapse folding/whitespace, drop control characters and NULs, bound the length."""
+    if len(value) <= limit and value.isprintable() and "  " not in value and value.strip() == value:
+        return value  # the common case: nothing to clean (isprintable is False for controls)
     if len(value) > limit * 4:
         value = value[: limit * 4]
     value = _CTRL_RE.sub("", value)
@@ -184,10 +186,31 @@ def _to_utc_naive(dt: datetime) -> datetime:
     return dt.astimezone(UTC).replace(tzinfo=None)
 
 
+_MONTHS = {m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
+                                         "dec"), 1)}
+# The RFC 5322 form nearly every mailer writes: "Mon, 2 Nov 2026 09:00:00 +0100 (CET)".
+_DATE_RE = re.compile(r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d{1,2}):(\d{2})(?::(\d{2}))?"
+                      r"\s+([+-])(\d{2})(\d{2})(?:\s*\([^()]*\))?\s*$")
+
+
 def parse_date(value: str | None) -> datetime | None:
     """Parse a Date header to naive UTC; None for garbage or a date without a known zone."""
     if not value:
         return None
+    m = _DATE_RE.match(value)
+    month = _MONTHS.get(m.group(2).lower()) if m else None
+    # "-0000" means "zone unknown" (RFC 5322): the stdlib's answer (no zone) is the rule.
+    if m and month and not (m.group(7) == "-" and m.group(8) == m.group(9) == "00"):
+        day, _, year, hh, mm, ss, sign, oh, om = m.groups()
+        try:
+            dt = datetime(int(year), month, int(day), int(hh), int(mm), int(ss or 0))
+        except ValueError:
+            return None
+        offset = timedelta(hours=int(oh), minutes=int(om))
+        try:
+            return dt - offset if sign == "+" else dt + offset
+        except OverflowError:
+            return None
     try:
         dt = parsedate_to_datetime(value.strip()[:200])
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 from collections.abc import Callable, Hashable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,31 @@ def read_fetch_data(imap: Any, tag: bytes) -> list[Any]:
             if keep:
                 data.append(line)
             after_literal = False
+
+
+_IDATE_PARTS_RE = re.compile(rb" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$")
+_MONTHS = {m: i for i, m in enumerate((b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep",
+                                         b"oct", b"nov", b"dec"), 1)}
+
+
+def parse_internaldate(value: bytes) -> datetime | None:
+    """INTERNALDATE ("02-Nov-2026 09:00:00 +0100") to an aware datetime: the fixed RFC 3501
+    form by regex, anything else by imapclient's parser; None if neither can read it."""
+    m = _IDATE_PARTS_RE.match(value)
+    if m:
+        day, mon, year, hh, mm, ss, sign, oh, om = m.groups()
+        month = _MONTHS.get(mon.lower())
+        if month:
+            offset = timedelta(hours=int(oh), minutes=int(om))
+            try:
+                return datetime(int(year), month, int(day), int(hh), int(mm), int(ss),
+                                tzinfo=timezone(-offset if sign == b"-" else offset))
+            except ValueError:
+                pass
+    try:
+        return parse_to_datetime(value, normalise=False)
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
@@ -276,7 +302,7 @@ class ImapSource(MailboxSource):
                 if item is None:
                     continue
                 m = _IDATE_RE.search(meta)
-                idate = parse_to_datetime(m.group(1), normalise=False) if m else None
+                idate = parse_internaldate(m.group(1)) if m else None
                 out.append(RawMessage(item, literal, idate))
         else:
             log.debug("%s: unexpected FETCH response shape; using imapclient's parser", self._where())
