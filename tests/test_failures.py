@@ -127,11 +127,13 @@ def test_a_full_disk_during_a_batch_loses_nothing(tmp_path: Path, dovecot: Dovec
     store, directory = prepare_store(cfg)
     full = {"on": False}
 
-    @event.listens_for(store.engine, "connect")
-    def cap(dbapi_conn, _rec):  # type: ignore[no-untyped-def]
+    @event.listens_for(store.engine, "checkout")
+    def cap(dbapi_conn, _rec, _proxy):  # type: ignore[no-untyped-def]
         if full["on"]:  # SQLite's own "disk is full" (SQLITE_FULL), as on a full volume
             pages = dbapi_conn.execute("PRAGMA page_count").fetchone()[0]
             dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
+        else:
+            dbapi_conn.execute("PRAGMA max_page_count = 4294967294")
 
     def fill_after_first(rep):  # type: ignore[no-untyped-def]
         full["on"] = True

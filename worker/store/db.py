@@ -13,7 +13,6 @@ from sqlalchemy import Engine, create_engine, event, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
-from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
 from .. import defaults
@@ -66,7 +65,9 @@ def make_engine(url: str) -> Engine:
                 # it holds who wrote to whom.
                 fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
                 os.close(fd)
-        engine = create_engine(u, poolclass=NullPool, connect_args={"timeout": 30})
+        # A pool, not a connection per session: closing the last connection to a WAL database
+        # checkpoints it (5 ms a batch at ingest), and the pragmas would run for every session.
+        engine = create_engine(u, pool_size=5, max_overflow=10, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(u, pool_pre_ping=True, pool_size=5, max_overflow=5)

@@ -98,8 +98,9 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     ids = list(parent)
     existing: dict[str, int] = {}
     for chunk in _chunks(ids):
+        # .all(): one fetchall, where iterating fetches (and hands the GIL over) row by row
         for mid, tid in conn.execute(select(ThreadLink.mid, ThreadLink.thread_id)
-                                     .where(ThreadLink.mid.in_(chunk))):  # type: ignore[attr-defined]
+                                     .where(ThreadLink.mid.in_(chunk))).all():  # type: ignore[attr-defined]
             existing[mid] = tid
 
     # Stored threads that this batch links are merged into the smallest id. Two components of
@@ -193,7 +194,7 @@ def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     mids = [r["message_id"] for r in rows if r.get("contact_ids")]
     for chunk in _chunks(mids):
         for pk, mid in conn.execute(select(Message.id, Message.message_id)
-                                    .where(Message.message_id.in_(chunk))):  # type: ignore[attr-defined]
+                                    .where(Message.message_id.in_(chunk))).all():  # type: ignore[attr-defined]
             pks[mid] = pk
     links = []
     for r in rows:
