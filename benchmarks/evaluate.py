@@ -201,10 +201,19 @@ def child(cfg_path: str) -> None:
 
     cfg = load_config(cfg_path)
     t = time.perf_counter()
+    prof = None
+    if os.environ.get("BENCH_PROFILE"):
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
     store, _ = prepare_store(cfg)
     picture = evaluate(store, cfg, datetime(2026, 11, 20, 12, 0))
     doc = json.dumps(picture.to_json())
     secs = time.perf_counter() - t
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(os.environ["BENCH_PROFILE"])
     print(
         json.dumps(
             {
@@ -221,6 +230,7 @@ def child(cfg_path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 500_000, 1_000_000])
+    ap.add_argument("--keep", type=Path, help="keep the generated stores under this folder and reuse them")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -229,9 +239,16 @@ def main() -> None:
     print(f"{'N':>9} {'populate s':>11} {'status s':>9} {'msgs/s':>11} {'peak RSS MiB':>13} {'lapses':>7}")
     for n in a.sizes:
         with tempfile.TemporaryDirectory(prefix="carewatch-eval-") as tmp:
-            cfg = write_config(Path(tmp))
+            where = Path(tmp)
+            if a.keep:
+                where = a.keep / str(n)
+                where.mkdir(parents=True, exist_ok=True)
             t = time.perf_counter()
-            populate(cfg, n)
+            if (where / "bench.toml").exists():
+                cfg = where / "bench.toml"
+            else:
+                cfg = write_config(where)
+                populate(cfg, n)
             pop = time.perf_counter() - t
             # taskset: one core, as the target says.
             cmd = [sys.executable, __file__, "--child", str(cfg)]
