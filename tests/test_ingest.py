@@ -425,6 +425,34 @@ def test_upgrading_an_existing_store_backfills_threads_and_replies(tmp_path: Pat
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT message_id, thread_id, reply_at FROM message ORDER BY id")).all()
         links = conn.execute(text("SELECT count(*) FROM message_contact")).scalar()
+        days = set(conn.execute(text("SELECT day FROM message_contact")).scalars())
+        episodes = conn.execute(text("SELECT scope, first_pk, contact_id, reply_ts - started_ts, size FROM episode "
+                                     "ORDER BY scope")).all()
     assert rows[0][1] == rows[1][1] is not None
     assert str(rows[0][2]).startswith("2026-11-16 10:00") and rows[1][2] is None
     assert links == 2
+    assert days == {(datetime(2026, 11, 16) - datetime(1970, 1, 1)).days}  # 0005 fills the day
+    # ...and 0005 keeps the answered wait as an episode, for both readings of count_cc.
+    assert [tuple(e) for e in episodes] == [("any", 1, 7, 3600.0, 1), ("to", 1, 7, 3600.0, 1)]
+
+
+def test_the_migrations_build_exactly_the_models_and_schema_head_is_alembics(tmp_path: Path, db_url: str) -> None:
+    """A store migrated to head has every table, column and index the models declare (and the
+    SCHEMA_HEAD shortcut names the newest migration)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.config import Config as AlembicConfig
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlmodel import SQLModel
+
+    from worker.store.db import MIGRATIONS_DIR, SCHEMA_HEAD, schema_revision
+
+    acfg = AlembicConfig()
+    acfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(acfg).get_current_head() == SCHEMA_HEAD
+    cfg = load_config(write_config(tmp_path, db_url, maildir=tmp_path / "md"))
+    store, _ = prepare_store(cfg)
+    assert schema_revision(store.engine) == SCHEMA_HEAD
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), SQLModel.metadata)
+    assert diff == []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -114,22 +114,44 @@ class BusinessCalendar:
         return bisect_right(self._starts, t) - 1
 
     def _position(self, t: float) -> float:
-        """Business seconds from the table's base to t."""
-        i = self._index(t)
+        """Business seconds from the table's base to t (the table must cover t)."""
+        i = bisect_right(self._starts, t) - 1
         acc = self._cum[i]
         for s, e in self._open[i]:
             if t <= s:
                 break
-            acc += min(t, e) - s
+            acc += (t if t < e else e) - s
         return acc
 
     # --- the public operations ---------------------------------------------------------------
     def seconds_between(self, a: float, b: float) -> float:
         if b <= a:
             return 0.0
-        self._ensure(a)
-        self._ensure(b)
+        starts = self._starts
+        if not starts or a < starts[0] or b >= starts[-1]:  # evaluation calls this 100k+ times
+            self._ensure(a)
+            self._ensure(b)
         return self._position(b) - self._position(a)
+
+    def minutes_until(self, b: float) -> Callable[[float], float]:
+        """minutes_between(a, b) as a function of a, for many a and one b (waits at `now`):
+        b's position is computed once per day table (extending the table rebuilds it)."""
+        table: list[float] | None = None
+        pos_b = 0.0
+
+        def minutes(a: float) -> float:
+            nonlocal table, pos_b
+            if a >= b:
+                return 0.0
+            starts = self._starts
+            if not starts or a < starts[0] or b >= starts[-1]:
+                self._ensure(a)
+                self._ensure(b)
+            if table is not self._starts:
+                table, pos_b = self._starts, self._position(b)
+            return (pos_b - self._position(a)) / 60.0
+
+        return minutes
 
     def minutes_between(self, a: float, b: float) -> float:
         return self.seconds_between(a, b) / 60.0
@@ -177,5 +199,9 @@ def to_ts(dt: datetime) -> float:
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
 def from_ts(t: float) -> datetime:
-    return datetime.fromtimestamp(t, UTC).replace(tzinfo=None)
+    """POSIX seconds -> naive UTC (as stored)."""
+    return _EPOCH + timedelta(seconds=t)

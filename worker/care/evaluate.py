@@ -7,14 +7,17 @@ same picture every time.
 
 from __future__ import annotations
 
+import gc
 import math
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from statistics import median
 from typing import Any
 
-from sqlalchemy import DateTime, bindparam, select, text
+from sqlalchemy import Boolean, DateTime, bindparam, select, text
 
 from .. import defaults
 from ..config import Config
@@ -29,7 +32,7 @@ WEEK = 7 * DAY
 
 
 
-@dataclass
+@dataclass(slots=True)
 class Wait:
     message_id: str
     subject: str
@@ -41,7 +44,7 @@ class Wait:
     db_id: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     client_id: int
     contact_id: int
@@ -53,7 +56,7 @@ class Response:
     within_policy: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class Lapse:
     kind: str
     #: Identifies the episode: the same condition gives the same key at every check; a new
@@ -72,7 +75,7 @@ class Lapse:
                 "facts": self.facts}
 
 
-@dataclass
+@dataclass(slots=True)
 class ResponseStats:
     window_days: int
     count: int = 0
@@ -87,7 +90,7 @@ class ResponseStats:
                 "median_wall_minutes": rnd(self.median_wall_minutes)}
 
 
-@dataclass
+@dataclass(slots=True)
 class ContactCare:
     id: int
     email: str
@@ -175,14 +178,18 @@ class CarePicture:
     def to_json(self) -> dict[str, Any]:
         from .. import __version__
 
-        return {"schema": 1, "generator": f"carewatch {__version__}", "now": iso(self.now),
+        with paused_gc():
+            return self._to_json(__version__)
+
+    def _to_json(self, version: str) -> dict[str, Any]:
+        return {"schema": 1, "generator": f"carewatch {version}", "now": iso(self.now),
                 "observation_start": iso(self.observation_start),
                 "messages_considered": self.messages_considered,
                 "clients": [c.to_json(self.now) for c in self.clients]}
 
 
 def iso(dt: datetime | None) -> str | None:
-    return None if dt is None else dt.replace(microsecond=0).isoformat() + "Z"
+    return None if dt is None else dt.isoformat(timespec="seconds") + "Z"
 
 
 def rnd(x: float | None) -> float | None:
@@ -214,9 +221,31 @@ def fmt_minutes(m: float) -> str:
     return f"{m:.0f} min" if m < 90 else f"{m / 60:.1f} h"
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Hold off the cyclic garbage collector while a picture is built or serialised.
+
+    A big picture allocates hundreds of thousands of objects, none in reference cycles; every
+    few hundred allocations the collector would walk all of them again (a third of the time
+    for a million-message store). Reference counting still frees everything as usual."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def evaluate(store: Store, config: Config, now: datetime, client_filter: str | None = None,
              history_days: int | None = None) -> CarePicture:
     """The care picture at `now` (naive UTC)."""
+    with paused_gc():
+        return _evaluate(store, config, now, client_filter, history_days)
+
+
+def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | None,
+              history_days: int | None) -> CarePicture:
     book = PolicyBook(config)
     now_ts = to_ts(now)
     window_days = book.stats_window_days
@@ -236,37 +265,20 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
 
     # --- the heavy lifting happens in the database --------------------------------------------
     # Threads were joined at ingest, and each inbound message knows when the first reply in its
-    # thread came (reply_at, store/threads.py). The inbound messages answered by the same reply
-    # form one episode: its first message is when the wait began, the others are chasers. Only
-    # open episodes and those answered within the history window are read, so the work grows
-    # with recent activity, not with the whole mailbox.
+    # thread came (reply_at); the inbound messages answered by the same reply form an episode,
+    # kept in the episode table (store/threads.py). So: answered episodes come from that narrow
+    # table (only those answered within the history window), and the messages still waiting at
+    # `now` are grouped here by thread. The work grows with recent activity and open waits, not
+    # with the whole mailbox.
     sqlite_db = store.dialect == "sqlite"
 
     def epoch(col: str) -> str:
         return (f"CAST(strftime('%s', {col}) AS REAL)" if sqlite_db else f"EXTRACT(EPOCH FROM {col})::float8")
 
-    dt_params = [bindparam("now", type_=DateTime()), bindparam("keep", type_=DateTime())]
-    episodes_sql = text(f"""
-        WITH inb AS (
-          SELECT m.id, m.thread_id, m.sent_at, m.client_id, m.contact_ids,
-                 CASE WHEN m.reply_at <= :now THEN m.reply_at END AS reply_at
-          FROM message m
-          WHERE m.direction = 'inbound' AND NOT m.automated AND NOT m.acknowledgement
-            AND (m.firm_in_to OR (:cc AND m.firm_in_cc)) AND m.contact_ids <> ''
-            AND m.client_id IS NOT NULL AND m.thread_id IS NOT NULL AND m.sent_at <= :now
-            AND (m.reply_at IS NULL OR m.reply_at > :now OR m.reply_at >= :keep)
-        ), ranked AS (
-          SELECT inb.*, ROW_NUMBER() OVER (PARTITION BY thread_id, reply_at ORDER BY sent_at, id) AS rn,
-                 COUNT(*) OVER (PARTITION BY thread_id, reply_at) AS n
-          FROM inb
-        )
-        SELECT r.id, {epoch("r.sent_at")}, {epoch("r.reply_at")}, r.client_id, r.contact_ids, r.rn, r.n,
-               CASE WHEN r.reply_at IS NULL THEN m.message_id END, CASE WHEN r.reply_at IS NULL THEN m.subject END
-        FROM ranked r JOIN message m ON m.id = r.id
-        WHERE r.reply_at IS NULL OR (r.rn = 1 AND r.reply_at >= :keep)
-    """).bindparams(*dt_params)
-    keep_dt = from_ts(keep_from)
+    now_param = bindparam("now", type_=DateTime())
+    flags = [bindparam("t", True, type_=Boolean()), bindparam("f", False, type_=Boolean())]
     client_name = {cid: c.name for cid, c in clients.items()}
+    role_of = {cid: c.role for cid, c in contacts.items()}
     responses: dict[int, list[Response]] = defaultdict(list)
     #: contact -> (message pk, since, chased, Message-ID, subject) of each waiting message
     waits: dict[int, list[tuple[int, float, bool, str, str]]] = defaultdict(list)
@@ -274,53 +286,84 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
     episode_chasers: dict[int, int] = {}
     count_cc = book.count_cc
     with store.engine.connect() as conn:
-        for pk, since, reply, client_id, contact_ids, rn, n, mid, subject in conn.execute(
-                episodes_sql, {"now": now, "keep": keep_dt, "cc": count_cc}):
-            if client_id not in clients:
-                continue
-            contact = int(contact_ids.split(",")[0])
-            if reply is None:
-                waits[contact].append((pk, since, rn < n, mid or "", subject or ""))
-                if rn == 1:
-                    episode_chasers[pk] = n - 1
-                continue
-            cal = book.calendar(client_name[client_id])
-            role = contacts[contact].role if contact in contacts else "user"
-            biz = cal.minutes_between(since, reply)
-            responses[client_id].append(Response(
-                client_id, contact, since, reply, biz, (reply - since) / 60, n > 1,
-                biz <= book.thresholds(client_name[client_id], role).reply_within_minutes))
+        minutes_of = {cid: book.calendar(name).minutes_between for cid, name in client_name.items()}
+        limit_of: dict[tuple[int, int], float] = {}  # (client, contact) -> reply_within minutes
+        for client_id, contact, since, reply, size in conn.execute(text(
+                "SELECT client_id, contact_id, started_ts, reply_ts, size FROM episode "
+                "WHERE scope = :scope AND reply_ts >= :keep AND reply_ts <= :now ORDER BY reply_ts, started_ts"),
+                {"scope": "any" if count_cc else "to", "keep": keep_from, "now": now_ts}).all():
+            minutes = minutes_of.get(client_id)
+            if minutes is None:
+                continue  # an inactive client, or not the one asked for
+            limit = limit_of.get((client_id, contact))
+            if limit is None:
+                limit = limit_of[(client_id, contact)] = book.thresholds(
+                    client_name[client_id], role_of.get(contact, "user")).reply_within_minutes
+            biz = minutes(since, reply)
+            responses[client_id].append(Response(client_id, contact, since, reply, biz, (reply - since) / 60,
+                                                 size > 1, biz <= limit))
 
+        # Waiting at `now`: never answered, or answered only later (a replay of the past). Two
+        # index ranges on (direction, reply_at), sorted by thread in the database.
+        # (SQLite's planner would otherwise walk every inbound message by (direction, sent_at)
+        # and read each row; the hint makes it use the index that finds exactly the open ones.)
+        hint = " INDEXED BY ix_message_dir_reply" if sqlite_db else ""
+        waiting_sql = (
+            f"SELECT m.id, {epoch('m.sent_at')} AS since, m.thread_id, m.client_id, m.contact_ids, m.message_id, "
+            f"m.subject FROM message m{hint} WHERE m.direction = 'inbound' AND {{reply}} AND m.sent_at <= :now "
+            "AND NOT m.automated AND NOT m.acknowledgement AND (m.firm_in_to OR (:cc AND m.firm_in_cc)) "
+            "AND m.contact_ids <> '' AND m.client_id IS NOT NULL AND m.thread_id IS NOT NULL")
+        open_rows = conn.execute(text(
+            waiting_sql.format(reply="m.reply_at IS NULL") + " UNION ALL "
+            + waiting_sql.format(reply="m.reply_at > :now") + " ORDER BY 3, 2, 1").bindparams(now_param),
+            {"now": now, "cc": count_cc}).all()
+        # Per thread, the open messages form one episode: the first began the wait, the others
+        # are chasers.
+        prev_thread = None
+        first = 0
+        for i, (pk, since, thread, client_id, contact_ids, mid, subject) in enumerate(open_rows):
+            if thread != prev_thread:
+                prev_thread, first = thread, i
+                n = 1
+                while first + n < len(open_rows) and open_rows[first + n][2] == thread:
+                    n += 1
+                if client_id in clients:
+                    episode_chasers[pk] = n - 1
+            if client_id in clients:
+                waits[int(contact_ids.split(",")[0])].append((pk, since, i - first < n - 1, mid, subject))
+        # The last message each way per contact: one index seek each (ix_message_contact_covering).
         last_in: dict[int, float] = {}
         last_out: dict[int, float] = {}
-        for contact, inbound, at in conn.execute(text(
-                f"SELECT contact_id, inbound, {epoch('MAX(sent_at)')} FROM message_contact "
-                "WHERE NOT automated AND sent_at <= :now GROUP BY contact_id, inbound").bindparams(dt_params[0]),
-                {"now": now}):
-            (last_in if inbound else last_out)[contact] = at
+        last_sql = ("(SELECT MAX(mc.sent_at) FROM message_contact mc WHERE mc.contact_id = c.id "
+                    "AND mc.inbound = {dir} AND mc.automated = :f AND mc.sent_at <= :now)")
+        for contact, at_in, at_out in conn.execute(text(
+                f"SELECT c.id, {epoch(last_sql.format(dir=':t'))}, {epoch(last_sql.format(dir=':f'))} "
+                "FROM contact c WHERE c.active").bindparams(now_param, *flags), {"now": now}).all():
+            if at_in is not None:
+                last_in[contact] = at_in
+            if at_out is not None:
+                last_out[contact] = at_out
+        # Clients' mail only: client_id is set on inbound and outbound messages alone, so this
+        # reads the (client_id, sent_at) index and no rows.
         obs_row = conn.execute(text(
-            f"SELECT {epoch('MIN(sent_at)')}, COUNT(*) FROM message WHERE client_id IS NOT NULL "
-            "AND direction IN ('inbound', 'outbound') AND sent_at <= :now").bindparams(dt_params[0]),
-            {"now": now}).one()
+            f"SELECT {epoch('MIN(sent_at)')}, COUNT(*) FROM message"
+            f"{' INDEXED BY ix_message_client_sent' if sqlite_db else ''} WHERE client_id IS NOT NULL "
+            "AND sent_at <= :now").bindparams(now_param), {"now": now}).one()
         observation_start, considered = obs_row[0], int(obs_row[1])
 
         # Going quiet needs each contact's active days, but only for contacts silent longer
         # than the floor: the rest cannot be going quiet.
         active_days: dict[int, list[int]] = defaultdict(list)
         quiet = sorted(c for c, t in last_in.items() if now_ts - t > book.going_quiet_floor_seconds)
-        day = ("CAST(strftime('%s', sent_at) AS INTEGER) / 86400" if sqlite_db
-               else "FLOOR(EXTRACT(EPOCH FROM sent_at) / 86400)::bigint")
-        # One row per contact with its active days joined into a string: row by row this was
-        # most of the time on a big mailbox.
-        agg = "GROUP_CONCAT(d)" if sqlite_db else "string_agg(d::text, ',')"
+        # One row per contact with its active days joined into a string, read from the index.
+        agg = "GROUP_CONCAT(DISTINCT day)" if sqlite_db else "string_agg(DISTINCT day::text, ',')"
+        days_sql = text(
+            f"SELECT contact_id, {agg} FROM message_contact WHERE contact_id IN :ids AND inbound = :t "
+            "AND automated = :f AND sent_at <= :now GROUP BY contact_id"
+        ).bindparams(now_param, *flags, bindparam("ids", expanding=True))
         for k in range(0, len(quiet), 500):
-            part = quiet[k:k + 500]
-            for contact, days_csv in conn.execute(text(
-                    f"SELECT contact_id, {agg} FROM (SELECT DISTINCT contact_id, {day} AS d FROM message_contact "
-                    "WHERE inbound AND NOT automated AND sent_at <= :now AND contact_id IN :ids) AS x "
-                    "GROUP BY contact_id").bindparams(dt_params[0], bindparam("ids", expanding=True)),
-                    {"now": now, "ids": part}):
-                active_days[contact] = sorted(int(x) for x in str(days_csv).split(","))
+            for contact, days_csv in conn.execute(days_sql, {"now": now, "ids": quiet[k:k + 500]}).all():
+                active_days[contact] = sorted(map(int, str(days_csv).split(",")))
 
     # --- assemble the picture and derive lapses ---------------------------------------------
     by_client_contacts: dict[int, list[ContactCare]] = defaultdict(list)
@@ -337,10 +380,10 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
     out_clients: list[ClientCare] = []
     obs = observation_start
     for cid, cl in sorted(clients.items(), key=lambda kv: kv[1].name.lower()):
-        cal = book.calendar(cl.name)
+        waited = book.calendar(cl.name).minutes_until(now_ts)
         care = ClientCare(id=cid, name=cl.name, internal=cl.internal, owner=cl.owner_email,
                           backup=cl.backup_email, contacts=by_client_contacts.get(cid, []),
-                          responses=sorted(responses.get(cid, []), key=lambda r: (r.replied_at, r.inbound_at)))
+                          responses=responses.get(cid, []))  # in (replied, since) order from SQL
         care.stats = stats_of(care.responses, now_ts - window_days * DAY, now_ts, window_days)
         per_contact: dict[int, list[Response]] = defaultdict(list)
         for r in care.responses:
@@ -349,8 +392,7 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
             th = book.thresholds(cl.name, cc.role)
             cc.stats = stats_of(per_contact.get(cc.id, []), now_ts - window_days * DAY, now_ts, window_days)
             for db_id, since, chased, mid, subj in sorted(waits.get(cc.id, []), key=lambda w: (w[1], w[0])):
-                w = Wait(mid, subj, from_ts(since), cal.minutes_between(since, now_ts), (now_ts - since) / 60,
-                         chased, cc.id, db_id)
+                w = Wait(mid, subj, from_ts(since), waited(since), (now_ts - since) / 60, chased, cc.id, db_id)
                 cc.waiting.append(w)
                 if db_id not in episode_chasers:
                     continue  # a later message of an episode: the first one carries the lapse

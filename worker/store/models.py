@@ -79,7 +79,7 @@ class Message(SQLModel, table=True):
     synthetic_id: bool = False
     #: A first guess at the thread (the oldest reference, or the message itself); evaluation
     #: joins threads properly from in_reply_to, references and subjects.
-    thread_key: str = Field(index=True, max_length=1000)
+    thread_key: str = Field(max_length=1000)
     #: The conversation, joined at ingest from References/In-Reply-To (and a subject fallback);
     #: threads merge when a late parent links them. See worker/store/threads.py.
     thread_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
@@ -92,7 +92,7 @@ class Message(SQLModel, table=True):
     references: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     norm_subject: str = Field(default="", max_length=300)
-    from_addr: str = Field(default="", index=True, max_length=320)
+    from_addr: str = Field(default="", max_length=320)
     from_name: str = Field(default="", max_length=300)
     #: Comma-separated addresses.
     to_addrs: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
@@ -132,14 +132,43 @@ class MessageContact(SQLModel, table=True):
     __tablename__ = "message_contact"
     __table_args__ = (
         UniqueConstraint("message_pk", "contact_id"),
-        Index("ix_message_contact_contact", "contact_id", "inbound", "sent_at"),
+        # Covers evaluation's per-contact reads: the last message each way (MAX(sent_at) is one
+        # index seek per contact) and the days a contact wrote (going quiet), without a row read.
+        Index("ix_message_contact_covering", "contact_id", "inbound", "automated", "sent_at", "day"),
     )
     id: int | None = Field(default=None, primary_key=True)
-    message_pk: int = Field(foreign_key="message.id", index=True)
+    message_pk: int = Field(foreign_key="message.id")
     contact_id: int
     inbound: bool
     automated: bool = False
     sent_at: NaiveDatetime
+    #: UTC day number of sent_at (days since 1970-01-01): going quiet compares active days.
+    day: int = 0
+
+
+class Episode(SQLModel, table=True):
+    """One answered wait: the inbound messages of a thread that the same reply answered.
+
+    Kept at ingest beside reply_at (store/threads.py) so that evaluation reads response times
+    from this narrow table instead of grouping messages. Only answered episodes are kept, and
+    their membership does not depend on the moment of evaluation (every member was sent before
+    the reply). `scope` is which inbound messages count as addressed to the firm: "to" (the firm
+    in To) or "any" (To or Cc), the two readings of the policy's count_cc."""
+
+    __tablename__ = "episode"
+    __table_args__ = (Index("ix_episode_scope_reply", "scope", "reply_ts"),)
+    id: int | None = Field(default=None, primary_key=True)
+    scope: str = Field(max_length=3)
+    thread_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    #: The message that began the wait (its first inbound message).
+    first_pk: int
+    client_id: int
+    contact_id: int
+    #: POSIX seconds: when the wait began and when the reply was sent.
+    started_ts: float
+    reply_ts: float
+    #: Inbound messages in the episode: more than one means the contact had to chase.
+    size: int
 
 
 class SkippedMessage(SQLModel, table=True):

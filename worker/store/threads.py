@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, text, update
+from sqlalchemy import Boolean, Column, Connection, DateTime, Integer, MetaData, Table, bindparam, select, text, update
 
 from .. import defaults
 from ..headers import has_reply_prefix
@@ -23,6 +23,14 @@ from .db import insert_ignore
 from .models import Message, MessageContact, ThreadLink
 
 CHUNK = 500
+
+
+EPOCH = datetime(1970, 1, 1)
+
+
+def utc_day(at: datetime) -> int:
+    """The UTC day number (days since 1970-01-01) of a naive UTC datetime."""
+    return (at - EPOCH).days
 
 
 def thread_hash(mid: str) -> int:
@@ -38,19 +46,22 @@ def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
 MERGE_STATEMENTS = (
     text("UPDATE message SET thread_id = :target WHERE thread_id = :old"),
     text("UPDATE thread_link SET thread_id = :target WHERE thread_id = :old"),
+    # The merged thread's episodes are recomputed by refresh_replies (the target is touched).
+    text("UPDATE episode SET thread_id = :target WHERE thread_id = :old"),
 )
 
 
-def _merge_many(conn: Connection, moves: dict[int, int]) -> None:
-    """Move every stored thread `old` into `moves[old]`: two statements however many moves."""
+def _merge_many(conn: Connection, moves: dict[int, int], episodes: bool = True) -> None:
+    """Move every stored thread `old` into `moves[old]`: one statement per table however many
+    moves. `episodes=False` only for migrations that run before that table exists."""
     params = [{"old": old, "target": target} for old, target in moves.items() if old != target]
     if params:
-        for stmt in MERGE_STATEMENTS:
+        for stmt in MERGE_STATEMENTS if episodes else MERGE_STATEMENTS[:2]:
             conn.execute(stmt, params)
 
 
-def _merge(conn: Connection, target: int, others: set[int]) -> None:
-    _merge_many(conn, {o: target for o in others})
+def _merge(conn: Connection, target: int, others: set[int], episodes: bool = True) -> None:
+    _merge_many(conn, {o: target for o in others}, episodes)
 
 
 REFRESH_REPLIES = (
@@ -60,18 +71,55 @@ REFRESH_REPLIES = (
 )
 
 
+def episodes_sql(dialect: str, some_threads: bool) -> str:
+    """INSERT ... SELECT of the answered episodes (all, or those of the threads in :ids).
+
+    An episode is the inbound messages of one thread answered by the same reply (same
+    reply_at); its first message began the wait. Computed for both readings of count_cc."""
+    if dialect == "sqlite":
+        def epoch(c: str) -> str:
+            return f"CAST(strftime('%s', {c}) AS REAL)"
+        first_contact = "CAST(contact_ids AS INTEGER)"  # SQLite reads the leading number of "12,34"
+    else:
+        def epoch(c: str) -> str:
+            return f"EXTRACT(EPOCH FROM {c})::float8"
+        first_contact = "split_part(contact_ids, ',', 1)::bigint"
+    only = "AND m.thread_id IN :ids" if some_threads else ""
+    return f"""
+        INSERT INTO episode (scope, thread_id, first_pk, client_id, contact_id, started_ts, reply_ts, size)
+        SELECT scope, thread_id, id, client_id, {first_contact}, {epoch("sent_at")}, {epoch("reply_at")}, n
+        FROM (
+          SELECT s.scope, m.thread_id, m.id, m.client_id, m.contact_ids, m.sent_at, m.reply_at,
+                 ROW_NUMBER() OVER (PARTITION BY s.scope, m.thread_id, m.reply_at ORDER BY m.sent_at, m.id) AS rn,
+                 COUNT(*) OVER (PARTITION BY s.scope, m.thread_id, m.reply_at) AS n
+          FROM message m JOIN (SELECT 'to' AS scope UNION ALL SELECT 'any' AS scope) s
+            ON m.firm_in_to OR (s.scope = 'any' AND m.firm_in_cc)
+          WHERE m.direction = 'inbound' AND NOT m.automated AND NOT m.acknowledgement
+            AND m.contact_ids <> '' AND m.client_id IS NOT NULL AND m.thread_id IS NOT NULL
+            AND m.reply_at IS NOT NULL {only}
+        ) x
+        WHERE rn = 1"""
+
+
 def refresh_replies(conn: Connection, thread_ids: Iterable[int] | None = None) -> None:
-    """Recompute reply_at for the inbound messages of these threads (all threads if None)."""
+    """Recompute reply_at for the inbound messages of these threads (all threads if None), and
+    then their answered episodes."""
+    dialect = conn.dialect.name
     if thread_ids is None:
         conn.execute(text(REFRESH_REPLIES))
+        conn.execute(text("DELETE FROM episode"))
+        conn.execute(text(episodes_sql(dialect, False)))
         return
     ids = sorted(set(thread_ids))
+    expanding = bindparam("ids", expanding=True)
     for chunk in _chunks(ids):
-        conn.execute(text(REFRESH_REPLIES + " AND thread_id IN :ids").bindparams(bindparam("ids", expanding=True)),
-                     {"ids": list(chunk)})
+        params = {"ids": list(chunk)}
+        conn.execute(text(REFRESH_REPLIES + " AND thread_id IN :ids").bindparams(expanding), params)
+        conn.execute(text("DELETE FROM episode WHERE thread_id IN :ids").bindparams(expanding), params)
+        conn.execute(text(episodes_sql(dialect, True)).bindparams(expanding), params)
 
 
-def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: bool = True) -> None:
     """Before a batch is inserted: give every row its thread (row["thread_id"]), merging the
     stored threads it links and recording its ids in thread_link."""
     parent: dict[str, str] = {}
@@ -127,7 +175,7 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
             a, b = tfind(known[0]), tfind(t)
             if a != b:
                 tparent[max(a, b)] = min(a, b)
-    _merge_many(conn, {t: tfind(t) for t in list(tparent)})
+    _merge_many(conn, {t: tfind(t) for t in list(tparent)}, episodes)
 
     target_of: dict[str, int] = {}
     new_links: list[dict[str, Any]] = []
@@ -168,7 +216,7 @@ def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
         if a and b and not a & b:
             continue  # same subject, other people: another conversation
         target = min(mine, prev.thread_id)
-        _merge(conn, target, {mine, prev.thread_id})
+        _merge(conn, target, {mine, prev.thread_id}, episodes=refresh)
         for other in rows:
             if other["thread_id"] in (mine, prev.thread_id):
                 other["thread_id"] = target
@@ -179,17 +227,19 @@ def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
 
 
 def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bool = True) -> set[int]:
-    """Thread messages that are already stored (the migration's backfill, tests)."""
+    """Thread messages that are already stored (the migration's backfill, tests). Without
+    `refresh` (migration 0003, before reply_at and episodes existed) only threads are set."""
     rows = [dict(r) for r in rows]
-    plan_threads(conn, rows)
+    plan_threads(conn, rows, episodes=refresh)
     conn.execute(update(Message).where(Message.message_id == bindparam("m")).values(thread_id=bindparam("t"))
                  .execution_options(synchronize_session=False),
                  [{"m": r["message_id"], "t": r["thread_id"]} for r in rows])
     return finish_threads(conn, rows, refresh)
 
 
-def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """message_contact rows for the messages in `rows` (by Message-ID)."""
+def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]], day: bool = True) -> None:
+    """message_contact rows for the messages in `rows` (by Message-ID). `day=False` only for
+    migration 0003, before the column existed (0005 fills it)."""
     pks: dict[str, int] = {}
     mids = [r["message_id"] for r in rows if r.get("contact_ids")]
     for chunk in _chunks(mids):
@@ -205,4 +255,14 @@ def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
             if c:
                 links.append({"message_pk": pk, "contact_id": int(c), "inbound": r["direction"] == "inbound",
                               "automated": bool(r.get("automated")), "sent_at": r["sent_at"]})
-    insert_ignore(conn, MessageContact.__table__, links, ["message_pk", "contact_id"])
+                if day:
+                    links[-1]["day"] = utc_day(r["sent_at"])
+    table = MessageContact.__table__ if day else _MESSAGE_CONTACT_0003
+    insert_ignore(conn, table, links, ["message_pk", "contact_id"])
+
+
+#: message_contact as migration 0003 created it (the model's default for `day` would name it).
+_MESSAGE_CONTACT_0003 = Table(
+    "message_contact", MetaData(), Column("id", Integer, primary_key=True), Column("message_pk", Integer),
+    Column("contact_id", Integer), Column("inbound", Boolean), Column("automated", Boolean),
+    Column("sent_at", DateTime))

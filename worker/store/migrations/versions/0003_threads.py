@@ -84,5 +84,5 @@ def _backfill() -> None:
         if not rows:
             return
         assign_threads(conn, rows, refresh=False)  # reply_at arrives with 0004, which fills it
-        link_contacts(conn, rows)
+        link_contacts(conn, rows, day=False)  # the day column arrives with 0005, which fills it
         last = rows[-1]["id"]
