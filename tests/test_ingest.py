@@ -456,3 +456,35 @@ def test_the_migrations_build_exactly_the_models_and_schema_head_is_alembics(tmp
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), SQLModel.metadata)
     assert diff == []
+
+
+def test_the_direct_sqlite_insert_stores_exactly_what_sqlalchemy_would(tmp_path: Path) -> None:
+    """insert_ignore's sqlite3 fast path adapts values itself: the stored bytes must be the
+    ones SQLAlchemy writes (dates as text with microseconds, booleans as 0/1, defaults)."""
+    from sqlalchemy import text
+    from sqlalchemy.dialects import sqlite
+
+    from worker.store.db import _sqlite_insert_ignore, open_store
+
+    row = {"message_id": "<a@b>", "synthetic_id": True, "thread_key": "<a@b>", "in_reply_to": None,
+           "references": "<x@y> <z@y>", "subject": "Re: caf\u00e9", "norm_subject": "caf\u00e9",
+           "from_addr": "a@b", "from_name": "A", "to_addrs": "f@firm", "cc_addrs": "",
+           "date_header": datetime(2026, 11, 16, 9, 0, 5, 123), "internal_date": None,
+           "sent_at": datetime(2026, 11, 16, 9, 0, 5, 123), "direction": "inbound", "automated": False,
+           "automated_reason": None, "acknowledgement": True, "firm_in_to": True, "firm_in_cc": False,
+           "client_id": None, "contact_ids": "", "mailbox": "m", "folder": "INBOX", "uid": 2**40,
+           "ingested_at": datetime(2026, 11, 16, 10, 0), "problems": None, "thread_id": 2**62}
+    dumps = []
+    for name, fast in (("fast", True), ("sqlalchemy", False)):
+        store = open_store(f"sqlite:///{tmp_path / name}.db")
+        with store.engine.begin() as conn:
+            if fast:
+                assert _sqlite_insert_ignore(conn, Message.__table__, [row], ["message_id"]) == 1
+                assert _sqlite_insert_ignore(conn, Message.__table__, [row], ["message_id"]) == 0
+            else:
+                stmt = sqlite.insert(Message.__table__).on_conflict_do_nothing(index_elements=["message_id"])
+                conn.execute(stmt, [row])
+        with store.engine.connect() as conn:
+            dumps.append(conn.execute(text("SELECT * FROM message")).all())
+        store.dispose()
+    assert dumps[0] == dumps[1] and len(dumps[0]) == 1

@@ -6,14 +6,17 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, text
+from sqlalchemy import Boolean, DateTime, Engine, Float, Integer, String, create_engine, event, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
 from sqlmodel import Session
+from sqlmodel.sql.sqltypes import AutoString
 
 from .. import defaults
 from ..errors import StoreError
@@ -105,6 +108,59 @@ def run_migrations(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def _sqlite_datetime(v: Any) -> Any:
+    # SQLAlchemy's storage format for DATETIME on SQLite: "2026-11-16 09:00:00.000000".
+    if isinstance(v, datetime):
+        return (v.replace(tzinfo=None) if v.tzinfo else v).isoformat(" ", "microseconds")
+    return v
+
+
+def _sqlite_insert_ignore(conn: Connection | Session, table: Any, rows: Sequence[dict[str, Any]],
+                          conflict: Sequence[str]) -> int | None:
+    """The same INSERT ... ON CONFLICT DO NOTHING, straight to sqlite3's executemany.
+
+    SQLAlchemy builds and type-processes every parameter set in Python, half the cost of
+    storing an ingest batch. Values are adapted here exactly as SQLAlchemy stores them
+    (DATETIME as text with microseconds; booleans are ints to sqlite3 already). None when a
+    column needs more (a callable default, another type): the caller then takes SQLAlchemy's
+    path."""
+    keys = list(rows[0])
+    cols = [table.c[k] for k in keys]
+    for c in table.columns:
+        if c.key not in rows[0] and c.default is not None:
+            if not c.default.is_scalar:
+                return None
+            cols.append(c)
+    dates = []
+    for i, c in enumerate(cols):
+        if isinstance(c.type, DateTime):
+            dates.append(i)
+        elif not isinstance(c.type, (String, Integer, Float, Boolean, AutoString)):  # Text is a String
+            return None
+    if any(len(r) != len(keys) or r.keys() != rows[0].keys() for r in rows):
+        return None
+    defaults_ = [c.default.arg for c in cols[len(keys):]]
+    get = itemgetter(*keys)
+    params: list[Any] = []
+    for r in rows:
+        values = get(r)
+        if len(keys) == 1:
+            values = (values,)
+        if dates or defaults_:
+            values = [*values, *defaults_]
+            for i in dates:
+                values[i] = _sqlite_datetime(values[i])
+            values = tuple(values)
+        params.append(values)
+    names = ", ".join(f'"{c.name}"' for c in cols)
+    marks = ", ".join("?" * len(cols))
+    target = ", ".join(f'"{c}"' for c in conflict)
+    sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT ({target}) DO NOTHING'
+    connection = conn if isinstance(conn, Connection) else conn.connection()
+    result = connection.exec_driver_sql(sql, params)
+    return max(result.rowcount, 0)
+
+
 def insert_ignore(conn: Connection | Session, table: Any, rows: Sequence[dict[str, Any]],
                   conflict: Sequence[str], dialect: str | None = None) -> int:
     """Insert rows, skipping those whose `conflict` columns already exist. Returns inserted.
@@ -127,6 +183,9 @@ def insert_ignore(conn: Connection | Session, table: Any, rows: Sequence[dict[st
                 pass
         return n
     if dialect == "sqlite":
+        fast = _sqlite_insert_ignore(conn, table, rows, conflict)
+        if fast is not None:
+            return fast
         # sqlite3's executemany sums rowcount exactly for INSERT OR IGNORE, and skipping
         # RETURNING halves the cost of a batch.
         result = conn.execute(stmt, list(rows))

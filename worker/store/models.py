@@ -70,7 +70,6 @@ class Message(SQLModel, table=True):
     __tablename__ = "message"
     __table_args__ = (
         Index("ix_message_client_sent", "client_id", "sent_at"),
-        Index("ix_message_direction_sent", "direction", "sent_at"),
         Index("ix_message_thread_dir_sent", "thread_id", "direction", "sent_at"),
         Index("ix_message_dir_reply", "direction", "reply_at"),
     )
@@ -100,7 +99,7 @@ class Message(SQLModel, table=True):
     date_header: NaiveDatetime | None = None
     internal_date: NaiveDatetime | None = None
     #: The sending time used everywhere: Date when plausible, else INTERNALDATE.
-    sent_at: NaiveDatetime = Field(index=True)
+    sent_at: NaiveDatetime
     direction: str = Field(max_length=10)
     automated: bool = False
     automated_reason: str | None = Field(default=None, max_length=100)
