@@ -215,6 +215,7 @@ def child(cfg_path: str) -> None:
             standalone_mode=False)
     sys.stdout = real_stdout
     secs = time.perf_counter() - t
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before reading the output
     if prof is not None:
         prof.disable()
         prof.dump_stats(os.environ["BENCH_PROFILE"])
@@ -223,7 +224,7 @@ def child(cfg_path: str) -> None:
         json.dumps(
             {
                 "seconds": secs,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mib": peak_mib,
                 "messages": doc["messages_considered"],
                 "json_bytes": out_path.stat().st_size,
                 "lapses": sum(len(c["lapses"]) + sum(len(p["lapses"]) for p in c["contacts"])

@@ -327,3 +327,31 @@ def test_a_client_calendar_and_ics_holidays_change_business_time(tmp_path: Path,
     assert ("Yankee Corp", 120) in by_subject  # the client's own time zone and hours
     # Mon 16 Nov is a holiday from the .ics: 10:00 Monday -> 10:00 Tuesday is one business hour.
     assert ("Acme Ltd", 60) in by_subject and ("Acme Ltd", 360) in by_subject
+
+
+def test_status_json_is_streamed_byte_for_byte_as_one_document(tmp_path: Path, mail: Mail) -> None:
+    """write_json (one client at a time) must give exactly the document to_json describes."""
+    import io
+
+    import orjson
+
+    from worker.app import prepare_store
+    from worker.care.evaluate import evaluate
+    from worker.config import load_config
+
+    q = mail.add(ALICE, [SHARED], "Budget \u201cQ4\u201d \\ \"draft\"\nline", london(2026, 11, 16, 10, 0))
+    mail.add(ALICE, [SHARED], "Re: Budget", london(2026, 11, 17, 10, 0), reply_to=q)
+    cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=mail.root)
+    assert runner.invoke(app, ["--config", str(cfg_path), "scan"]).exit_code == 0
+    cfg = load_config(cfg_path)
+    store, _ = prepare_store(cfg)
+    for client_filter in (None, "Acme Ltd"):
+        picture = evaluate(store, cfg, datetime(2026, 11, 18, 12, 0), client_filter=client_filter)
+        buf = io.BytesIO()
+        picture.write_json(buf)
+        assert buf.getvalue() == orjson.dumps(picture.to_json(), option=orjson.OPT_INDENT_2)
+        assert json.loads(buf.getvalue()) == picture.to_json()
+    picture.clients = []
+    buf = io.BytesIO()
+    picture.write_json(buf)
+    assert buf.getvalue() == orjson.dumps(picture.to_json(), option=orjson.OPT_INDENT_2)
