@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +26,9 @@ from ..store import Store
 from ..store.models import Client, Contact
 from .clock import from_ts, to_ts
 from .policy import PolicyBook
+
+#: How a document writes its dates: iso() strings, or datetimes for orjson to format.
+DateOut = Callable[[datetime | None], str | datetime | None] | None
 
 LAPSE_KINDS = ("unanswered", "chased", "silent", "going_quiet", "slowing", "unowned")
 DAY = 86400.0
@@ -70,9 +73,9 @@ class Lapse:
     expected: str
     facts: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, d: DateOut | None = None) -> dict[str, Any]:
         return {"kind": self.kind, "key": self.key, "client": self.client, "contact": self.contact_email,
-                "since": iso(self.since), "detail": self.detail, "expected": self.expected,
+                "since": (d or iso)(self.since), "detail": self.detail, "expected": self.expected,
                 "facts": self.facts}
 
 
@@ -106,18 +109,19 @@ class ContactCare:
     stats: ResponseStats | None = None
     lapses: list[Lapse] = field(default_factory=list)
 
-    def to_json(self, now: datetime) -> dict[str, Any]:
+    def to_json(self, now: datetime, d: DateOut = None) -> dict[str, Any]:  # type: ignore[assignment]
+        d = d or iso
         return {
             "email": self.email, "name": self.name, "role": self.role, "discovered": self.discovered,
             "client": self.client, "owner": self.owner,
-            "last_inbound_at": iso(self.last_inbound_at), "last_outbound_at": iso(self.last_outbound_at),
+            "last_inbound_at": d(self.last_inbound_at), "last_outbound_at": d(self.last_outbound_at),
             "days_since_inbound": days_between(self.last_inbound_at, now),
             "days_since_outbound": days_between(self.last_outbound_at, now),
-            "waiting": [{"message_id": w.message_id, "subject": w.subject, "since": iso(w.since),
-                         "business_minutes": rnd(w.business_minutes), "wall_minutes": rnd(w.wall_minutes),
+            "waiting": [{"message_id": w.message_id, "subject": w.subject, "since": d(w.since),
+                         "business_minutes": round(w.business_minutes, 1), "wall_minutes": round(w.wall_minutes, 1),
                          "chased": w.chased} for w in self.waiting],
             "response_time": self.stats.to_json() if self.stats else None,
-            "lapses": [lp.to_json() for lp in self.lapses],
+            "lapses": [lp.to_json(d) for lp in self.lapses],
         }
 
 
@@ -145,20 +149,21 @@ class ClientCare:
     def principal(self) -> ContactCare | None:
         return next((c for c in self.contacts if c.role == "principal" and not c.discovered), None)
 
-    def to_json(self, now: datetime) -> dict[str, Any]:
+    def to_json(self, now: datetime, d: DateOut = None) -> dict[str, Any]:  # type: ignore[assignment]
+        d = d or iso
         last_in = max((c.last_inbound_at for c in self.contacts if c.last_inbound_at), default=None)
         last_out = max((c.last_outbound_at for c in self.contacts if c.last_outbound_at), default=None)
         p = self.principal
         return {
             "name": self.name, "internal": self.internal, "owner": self.owner, "backup": self.backup,
-            "last_inbound_at": iso(last_in), "last_outbound_at": iso(last_out),
+            "last_inbound_at": d(last_in), "last_outbound_at": d(last_out),
             "days_since_inbound": days_between(last_in, now), "days_since_outbound": days_between(last_out, now),
             "principal": p.email if p else None,
             "days_since_outbound_to_principal": days_between(p.last_outbound_at, now) if p else None,
             "open_waits": self.open_waits,
             "response_time": self.stats.to_json() if self.stats else None,
-            "lapses": [lp.to_json() for lp in self.lapses],
-            "contacts": [c.to_json(now) for c in self.contacts],
+            "lapses": [lp.to_json(d) for lp in self.lapses],
+            "contacts": [c.to_json(now, d) for c in self.contacts],
         }
 
 
@@ -191,7 +196,8 @@ class CarePicture:
         """Write to_json() as indented JSON, one client at a time: byte for byte what
         orjson.dumps(to_json(), option=OPT_INDENT_2) gives, without holding the whole document
         (100 MB for a million-message store) twice in memory."""
-        indent = orjson.OPT_INDENT_2
+        # Dates go to orjson as datetimes, formatted in C exactly as iso() does ("...T10:00:00Z").
+        indent = orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS
         with paused_gc():
             head = orjson.dumps(self._head(), option=indent)
             out.write(head[:-2])  # all but "\n}"
@@ -199,8 +205,12 @@ class CarePicture:
             for i, c in enumerate(self.clients):
                 out.write(b"\n    " if i == 0 else b",\n    ")
                 # JSON strings never hold a raw newline, so every b"\n" is the layout's own.
-                out.write(orjson.dumps(c.to_json(self.now), option=indent).replace(b"\n", b"\n    "))
+                out.write(orjson.dumps(c.to_json(self.now, _as_is), option=indent).replace(b"\n", b"\n    "))
             out.write(b"\n  ]\n}" if self.clients else b"]\n}")
+
+
+def _as_is(dt: datetime | None) -> datetime | None:
+    return dt
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -229,6 +239,10 @@ def stats_of(responses: list[Response], since: float, until: float, window_days:
         st.p90_business_minutes = p90(biz)
         st.median_wall_minutes = median(r.wall_minutes for r in sel)
     return st
+
+
+def _wait_order(w: tuple[int, float, bool, str, str]) -> tuple[float, int]:
+    return w[1], w[0]  # since, then message pk
 
 
 def fmt_minutes(m: float) -> str:
@@ -406,26 +420,28 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
         for cc in care.contacts:
             th = book.thresholds(cl.name, cc.role)
             cc.stats = stats_of(per_contact.get(cc.id, []), now_ts - window_days * DAY, now_ts, window_days)
-            for db_id, since, chased, mid, subj in sorted(waits.get(cc.id, []), key=lambda w: (w[1], w[0])):
+            reply_within = th.reply_within_minutes
+            expected = f"a reply within {fmt_minutes(reply_within)} of business time"
+            for db_id, since, chased, mid, subj in sorted(waits.get(cc.id, ()), key=_wait_order):
                 w = Wait(mid, subj, from_ts(since), waited(since), (now_ts - since) / 60, chased, cc.id, db_id)
                 cc.waiting.append(w)
-                if db_id not in episode_chasers:
+                chasers = episode_chasers.get(db_id)
+                if chasers is None:
                     continue  # a later message of an episode: the first one carries the lapse
-                chasers = episode_chasers[db_id]
-                expected = f"a reply within {fmt_minutes(th.reply_within_minutes)} of business time"
-                if w.business_minutes > th.reply_within_minutes:
+                biz = round(w.business_minutes, 1)
+                if w.business_minutes > reply_within:
                     cc.lapses.append(Lapse(
                         "unanswered", f"unanswered:{cc.id}:{mid}", cl.name, cc.email, w.since,
                         f"{cc.name} has waited {fmt_minutes(w.business_minutes)} of business time for a reply "
                         f"to \u201c{subj}\u201d", expected,
-                        {"message_id": mid, "subject": subj, "business_minutes": rnd(w.business_minutes),
-                         "reply_within_minutes": th.reply_within_minutes, "chasers": chasers}))
+                        {"message_id": mid, "subject": subj, "business_minutes": biz,
+                         "reply_within_minutes": reply_within, "chasers": chasers}))
                 if chasers:
                     cc.lapses.append(Lapse(
                         "chased", f"chased:{cc.id}:{mid}", cl.name, cc.email, w.since,
                         f"{cc.name} had to follow up {chasers} time(s) on \u201c{subj}\u201d, still unanswered",
                         expected, {"message_id": mid, "subject": subj, "chasers": chasers,
-                                   "business_minutes": rnd(w.business_minutes)}))
+                                   "business_minutes": biz}))
             if th.silence_after_days is not None and obs is not None:
                 since_ts = last_out.get(cc.id, obs)
                 silent_days = (now_ts - since_ts) / DAY

@@ -31,7 +31,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('episode', schema=None) as batch_op:
-        batch_op.create_index('ix_episode_scope_reply', ['scope', 'reply_ts'], unique=False)
+        batch_op.create_index('ix_episode_scope_reply',
+                              ['scope', 'reply_ts', 'started_ts', 'client_id', 'contact_id', 'size'], unique=False)
         batch_op.create_index(batch_op.f('ix_episode_thread_id'), ['thread_id'], unique=False)
 
     with op.batch_alter_table('message_contact', schema=None) as batch_op:
