@@ -55,8 +55,7 @@ def time_phases() -> None:
 
     wrap(ImapSource, "fetch", "fetch headers")
     wrap(ImapSource, "fetch_snippets", "fetch snippets")
-    wrap(ingest.Ingestor, "_parse", "parse")
-    wrap(ingest, "classify", "classify")
+    wrap(ingest, "parse_batch", "parse and classify")
     wrap(ingest, "plan_threads", "plan threads")
     wrap(Store, "insert_ignore", "insert")
     wrap(ingest, "finish_threads", "finish threads")
@@ -129,6 +128,7 @@ def child(n: int) -> None:
         prof.enable()
     if os.environ.get("BENCH_PHASES"):
         time_phases()
+
     t = time.perf_counter()
     rep = run_scan(cfg, store, directory)
     scan_s = time.perf_counter() - t

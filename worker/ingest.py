@@ -23,21 +23,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import select as sm_select
 
 from . import defaults
-from .classify import (
-    Classification,
-    ContactRef,
-    Directory,
-    automated_reason,
-    classify,
-    is_acknowledgement,
-    snippet_text,
-)
-from .commands import find_token, parse_command
+from .classify import Classification, ContactRef, Directory, classify
 from .config import Config, MailboxConfig
 from .errors import FolderMissingError, MailboxError, StoreError
-from .headers import ParsedMessage, normalise_subject, parse_header_block
+from .headers import ParsedMessage, normalise_subject
 from .mailbox import MailboxSource, open_source
-from .mailbox.base import Item, RawMessage
+from .mailbox.base import Item
+from .parsing import PreparedBatch, parse_batch, read_snippets, wants_snippet
 from .store.db import Store, describe_db_error
 from .store.models import AlertCommand, Contact, FolderState, Message, MessageContact, SkippedMessage
 from .store.threads import finish_threads, link_contacts, plan_threads, refresh_replies
@@ -78,24 +70,6 @@ class LogProgress:
         pass
 
 
-@dataclass(slots=True)
-class PreparedMessage:
-    raw: RawMessage
-    pm: ParsedMessage
-    cl: Classification
-    auto: str | None
-    command: bool
-    ack: bool = False
-
-
-@dataclass(slots=True)
-class PreparedBatch:
-    now: datetime
-    messages: list[PreparedMessage]
-    commands: list[dict[str, Any]]
-    skipped: list[tuple[Item, str]]
-
-
 @dataclass
 class FolderReport:
     mailbox: str
@@ -123,14 +97,6 @@ class ScanReport:
     @property
     def ok(self) -> bool:
         return not self.errors
-
-
-def is_alert_reply(pm: ParsedMessage) -> bool:
-    """A reply to one of our alert emails: our reference in the subject, or it answers a
-    Message-ID we made."""
-    if "[cw:" in pm.subject:
-        return True
-    return any(r.startswith("<cw.") for r in ([pm.in_reply_to] if pm.in_reply_to else []) + pm.references)
 
 
 def _row(pm: ParsedMessage, cl: Classification, auto: str | None, ack: bool, mailbox: str,
@@ -290,18 +256,6 @@ class Ingestor:
                                                  FolderState.folder == folder).values(**values))
             db.commit()
 
-    def _parse(self, raws: list[RawMessage], now: datetime,
-               skipped: list[tuple[Item, str]]) -> list[tuple[RawMessage, ParsedMessage]]:
-        parsed = []
-        for raw in raws:
-            try:
-                if not raw.header.strip():
-                    raise ValueError("empty header block")
-                parsed.append((raw, parse_header_block(raw.header, raw.internal_date, now)))
-            except Exception as exc:  # never let one hostile message stop the scan
-                skipped.append((raw.item, f"{type(exc).__name__}: {exc}"[:500]))
-        return parsed
-
     def _discover(self, found: dict[str, tuple[str, int]], now: datetime) -> None:
         """Record unknown people at client domains as discovered contacts."""
         rows = [{"email": addr, "name": name or addr, "role": "user", "client_id": cid,
@@ -318,40 +272,17 @@ class Ingestor:
 
     def _prepare_batch(self, source: MailboxSource, folder: str, batch: list[Item]) -> PreparedBatch:
         """Stage one, on the fetch thread: fetch, parse, classify, and read the snippets that
-        decide acknowledgements and alert-reply commands. Touches the mailbox, not the store."""
+        decide acknowledgements and alert-reply commands. Touches the mailbox, not the store.
+        """
         now = utcnow()
         raws = source.fetch(folder, batch)
-        skipped: list[tuple[Item, str]] = []
-        out: list[PreparedMessage] = []
-        for raw, pm in self._parse(raws, now, skipped):
-            auto = automated_reason(pm)
-            out.append(PreparedMessage(raw, pm, classify(pm, self.directory), auto,
-                                       auto is None and is_alert_reply(pm)))
-        # Acknowledgements matter only for inbound human mail: fetch a few hundred bytes of
-        # body for those (and for alert replies) alone, with BODY.PEEK; bodies are never stored.
-        want = [m.raw.item for m in out
-                if (m.cl.direction == "inbound" and m.auto is None) or m.command]
+        messages, skipped = parse_batch(raws, now, self.directory)
+        want = [m.raw.item for m in messages if wants_snippet(m)]
         snippets = source.fetch_snippets(folder, want) if want else {}
-        commands = []
-        for m in out:
-            if m.raw.item.key not in snippets:
-                continue
-            h = m.pm.auto_headers
-            text = snippet_text(snippets[m.raw.item.key], h.get("content-type", "text/plain"),
-                                h.get("content-transfer-encoding", ""))
-            m.ack = is_acknowledgement(m.pm.subject, text)
-            # Replies to our alert emails ("snooze 3d", "done") carry our reference.
-            parsed = parse_command(text) if m.command else None
-            if parsed is None:
-                continue
-            verb, span, item = parsed
-            pm = m.pm
-            commands.append({
-                "message_id": pm.message_id, "from_addr": pm.from_addr, "token": find_token(pm.subject),
-                "in_reply_to": pm.in_reply_to, "command": verb,
-                "argument": (span or "") + (f"#{item}" if item else "") or None,
-                "received_at": pm.sent_at, "status": "pending"})
-        return PreparedBatch(now, out, commands, skipped)
+        acks, commands = read_snippets(messages, snippets) if snippets else ([], [])
+        for m, ack in zip(messages, acks, strict=False):
+            m.ack = ack
+        return PreparedBatch(now, messages, commands, skipped)
 
     def _store_batch(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
                      batch: list[Item], rep: FolderReport) -> None:
