@@ -65,3 +65,7 @@ SMTP_TIMEOUT_SECONDS = 30.0
 DATABASE_URL = "sqlite:///carewatch.db"
 #: Milliseconds SQLite waits on a locked database before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30000
+#: SQLite page cache per connection, KiB (a fixed cap: memory stays flat as the store grows).
+SQLITE_CACHE_KIB = 65536
+#: WAL pages between automatic checkpoints (each checkpoint syncs the database file).
+SQLITE_WAL_CHECKPOINT_PAGES = 16384
