@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Boolean, Column, Connection, DateTime, Integer, MetaData, Table, bindparam, select, text, update
 
@@ -36,6 +36,31 @@ def utc_day(at: datetime) -> int:
 def thread_hash(mid: str) -> int:
     """A stable positive 63-bit id for a new thread, from its first Message-ID."""
     return int.from_bytes(hashlib.sha256(mid.encode("utf-8", "surrogatepass")).digest()[:8], "big") >> 1
+
+
+T = TypeVar("T", str, int)
+
+
+class UnionFind(Generic[T]):
+    """Disjoint sets in which the smallest member names its set, so the result is the same
+    whatever order things arrive in."""
+
+    def __init__(self) -> None:
+        self.parent: dict[T, T] = {}
+
+    def find(self, x: T) -> T:
+        parent = self.parent
+        root = x
+        while parent.setdefault(root, root) != root:
+            root = parent[root]
+        while parent[x] != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a: T, b: T) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -125,28 +150,15 @@ def refresh_replies(conn: Connection, thread_ids: Iterable[int] | None = None) -
 def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: bool = True) -> None:
     """Before a batch is inserted: give every row its thread (row["thread_id"]), merging the
     stored threads it links and recording its ids in thread_link."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        root = x
-        while parent.setdefault(root, root) != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    def union(a: str, b: str) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
+    mids: UnionFind[str] = UnionFind()
+    find = mids.find
     for r in rows:
         mid = r["message_id"]
         find(mid)
         for ref in _refs(r):
-            union(mid, ref)
+            mids.union(mid, ref)
 
-    ids = list(parent)
+    ids = list(mids.parent)
     existing: dict[str, int] = {}
     for chunk in _chunks(ids):
         # .all(): one fetchall, where iterating fetches (and hands the GIL over) row by row
@@ -157,15 +169,8 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: boo
     # Stored threads that this batch links are merged into the smallest id. Two components of
     # one batch may each link the same stored thread: a second union-find over thread ids
     # settles the final target of every stored thread before anything is written.
-    tparent: dict[int, int] = {}
-
-    def tfind(x: int) -> int:
-        root = x
-        while tparent.setdefault(root, root) != root:
-            root = tparent[root]
-        while tparent[x] != root:
-            tparent[x], x = root, tparent[x]
-        return root
+    threads: UnionFind[int] = UnionFind()
+    tfind = threads.find
 
     components: dict[str, list[str]] = {}
     for mid in ids:
@@ -175,10 +180,8 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: boo
         known = [existing[m] for m in members if m in existing]
         known_of[root] = known
         for t in known[1:]:
-            a, b = tfind(known[0]), tfind(t)
-            if a != b:
-                tparent[max(a, b)] = min(a, b)
-    _merge_many(conn, {t: tfind(t) for t in list(tparent)}, episodes)
+            threads.union(known[0], t)
+    _merge_many(conn, {t: tfind(t) for t in list(threads.parent)}, episodes)
 
     target_of: dict[str, int] = {}
     new_links: list[dict[str, Any]] = []
