@@ -104,7 +104,8 @@ def child(n: int) -> None:
 
     os.environ["BENCH_PW"] = d.password
     data = tomllib.loads(firm.config.read_text())
-    data["store"] = {"url": f"sqlite:///{root / 'bench.db'}"}
+    # BENCH_STORE_URL: an empty PostgreSQL database instead of the default SQLite file.
+    data["store"] = {"url": os.environ.get("BENCH_STORE_URL") or f"sqlite:///{root / 'bench.db'}"}
     data["mailboxes"] = [
         {
             "name": "bench",

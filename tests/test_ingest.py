@@ -458,33 +458,36 @@ def test_the_migrations_build_exactly_the_models_and_schema_head_is_alembics(tmp
     assert diff == []
 
 
-def test_the_direct_sqlite_insert_stores_exactly_what_sqlalchemy_would(tmp_path: Path) -> None:
-    """insert_ignore's sqlite3 fast path adapts values itself: the stored bytes must be the
-    ones SQLAlchemy writes (dates as text with microseconds, booleans as 0/1, defaults)."""
+def test_the_direct_inserts_store_exactly_what_sqlalchemy_would(tmp_path: Path, db_url: str) -> None:
+    """insert_ignore's fast paths (sqlite3 executemany, PostgreSQL unnest arrays) adapt values
+    themselves: the stored row must be the one SQLAlchemy writes (dates, booleans, NULLs,
+    defaults, big integers, non-ASCII), and a conflict must insert nothing."""
     from sqlalchemy import text
-    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.dialects import postgresql, sqlite
 
-    from worker.store.db import _sqlite_insert_ignore, open_store
+    from worker.store.db import _postgres_insert_ignore, _sqlite_insert_ignore
 
+    cfg = load_config(write_config(tmp_path, db_url, maildir=tmp_path / "md"))
+    store, _ = prepare_store(cfg)
     row = {"message_id": "<a@b>", "synthetic_id": True, "thread_key": "<a@b>", "in_reply_to": None,
-           "references": "<x@y> <z@y>", "subject": "Re: caf\u00e9", "norm_subject": "caf\u00e9",
+           "references": "<x@y> <z@y>", "subject": "Re: caf\u00e9 \"q\" 50%", "norm_subject": "caf\u00e9",
            "from_addr": "a@b", "from_name": "A", "to_addrs": "f@firm", "cc_addrs": "",
            "date_header": datetime(2026, 11, 16, 9, 0, 5, 123), "internal_date": None,
            "sent_at": datetime(2026, 11, 16, 9, 0, 5, 123), "direction": "inbound", "automated": False,
            "automated_reason": None, "acknowledgement": True, "firm_in_to": True, "firm_in_cc": False,
            "client_id": None, "contact_ids": "", "mailbox": "m", "folder": "INBOX", "uid": 2**40,
            "ingested_at": datetime(2026, 11, 16, 10, 0), "problems": None, "thread_id": 2**62}
-    dumps = []
-    for name, fast in (("fast", True), ("sqlalchemy", False)):
-        store = open_store(f"sqlite:///{tmp_path / name}.db")
-        with store.engine.begin() as conn:
-            if fast:
-                assert _sqlite_insert_ignore(conn, Message.__table__, [row], ["message_id"]) == 1
-                assert _sqlite_insert_ignore(conn, Message.__table__, [row], ["message_id"]) == 0
-            else:
-                stmt = sqlite.insert(Message.__table__).on_conflict_do_nothing(index_elements=["message_id"])
-                conn.execute(stmt, [row])
-        with store.engine.connect() as conn:
-            dumps.append(conn.execute(text("SELECT * FROM message")).all())
-        store.dispose()
-    assert dumps[0] == dumps[1] and len(dumps[0]) == 1
+    other = {**row, "message_id": "<b@b>"}
+    fast, dialect_insert = ((_sqlite_insert_ignore, sqlite.insert) if store.dialect == "sqlite"
+                            else (_postgres_insert_ignore, postgresql.insert))
+    with store.engine.begin() as conn:
+        assert fast(conn, Message.__table__, [row], ["message_id"]) == 1
+        assert fast(conn, Message.__table__, [row, other], ["message_id"]) == 1  # <a@b> is there
+        conn.execute(text("DELETE FROM message WHERE message_id = '<b@b>'"))
+        conn.execute(dialect_insert(Message.__table__).on_conflict_do_nothing(index_elements=["message_id"]),
+                     [other])
+    with store.engine.connect() as conn:
+        stored = conn.execute(text("SELECT * FROM message ORDER BY message_id")).mappings().all()
+    assert len(stored) == 2
+    a, b = ({k: v for k, v in r.items() if k not in ("id", "message_id")} for r in stored)
+    assert a == b

@@ -77,7 +77,14 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(u, pool_size=5, max_overflow=10, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(u, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    connect_args: dict[str, Any] = {}
+    if u.get_backend_name() == "postgresql" and u.get_driver_name() == "psycopg":
+        # psycopg prepares a statement after five runs, and PostgreSQL may then keep a generic
+        # plan costed while the tables were small (a first scan fills them from empty): an
+        # ingest batch's lookups turned into table scans and the scan slowed with every batch.
+        # Plan each statement for its own parameters instead.
+        connect_args["prepare_threshold"] = None
+    return create_engine(u, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
 
 
 #: The newest migration. Checked against alembic's own head by the tests; when the store is
@@ -119,49 +126,84 @@ def _sqlite_datetime(v: Any) -> Any:
     return v
 
 
+def _plain_columns(table: Any, rows: Sequence[dict[str, Any]]) -> tuple[list[Any], list[Any]] | None:
+    """The columns an insert of `rows` writes (theirs, then those with a scalar default) and
+    those defaults; None when SQLAlchemy's own path is needed (a callable default, a column
+    type beyond strings, numbers, booleans and datetimes, rows with differing keys)."""
+    first = rows[0]
+    cols = [table.c[k] for k in first]
+    for c in table.columns:
+        if c.key not in first and c.default is not None:
+            if not c.default.is_scalar:
+                return None
+            cols.append(c)
+    if not all(isinstance(c.type, (String, Integer, Float, Boolean, DateTime, AutoString)) for c in cols):
+        return None  # (Text is a String)
+    if any(len(r) != len(first) or r.keys() != first.keys() for r in rows):
+        return None
+    return cols, [c.default.arg for c in cols[len(first):]]
+
+
+def _value_rows(rows: Sequence[dict[str, Any]], defaults_: list[Any]) -> list[tuple[Any, ...]]:
+    keys = list(rows[0])
+    get = itemgetter(*keys)
+    if len(keys) == 1:
+        return [(get(r), *defaults_) for r in rows]
+    if defaults_:
+        return [(*get(r), *defaults_) for r in rows]
+    return [get(r) for r in rows]
+
+
 def _sqlite_insert_ignore(conn: Connection | Session, table: Any, rows: Sequence[dict[str, Any]],
                           conflict: Sequence[str]) -> int | None:
     """The same INSERT ... ON CONFLICT DO NOTHING, straight to sqlite3's executemany.
 
     SQLAlchemy builds and type-processes every parameter set in Python, half the cost of
     storing an ingest batch. Values are adapted here exactly as SQLAlchemy stores them
-    (DATETIME as text with microseconds; booleans are ints to sqlite3 already). None when a
-    column needs more (a callable default, another type): the caller then takes SQLAlchemy's
-    path."""
-    keys = list(rows[0])
-    cols = [table.c[k] for k in keys]
-    for c in table.columns:
-        if c.key not in rows[0] and c.default is not None:
-            if not c.default.is_scalar:
-                return None
-            cols.append(c)
-    dates = []
-    for i, c in enumerate(cols):
-        if isinstance(c.type, DateTime):
-            dates.append(i)
-        elif not isinstance(c.type, (String, Integer, Float, Boolean, AutoString)):  # Text is a String
-            return None
-    if any(len(r) != len(keys) or r.keys() != rows[0].keys() for r in rows):
+    (DATETIME as text with microseconds; booleans are ints to sqlite3 already). None when
+    SQLAlchemy's own path is needed (see _plain_columns)."""
+    plain = _plain_columns(table, rows)
+    if plain is None:
         return None
-    defaults_ = [c.default.arg for c in cols[len(keys):]]
-    get = itemgetter(*keys)
-    params: list[Any] = []
-    for r in rows:
-        values = get(r)
-        if len(keys) == 1:
-            values = (values,)
-        if dates or defaults_:
-            values = [*values, *defaults_]
+    cols, defaults_ = plain
+    params = _value_rows(rows, defaults_)
+    dates = [i for i, c in enumerate(cols) if isinstance(c.type, DateTime)]
+    if dates:
+        adapted = []
+        for values in params:
+            v = list(values)
             for i in dates:
-                values[i] = _sqlite_datetime(values[i])
-            values = tuple(values)
-        params.append(values)
+                v[i] = _sqlite_datetime(v[i])
+            adapted.append(tuple(v))
+        params = adapted
     names = ", ".join(f'"{c.name}"' for c in cols)
     marks = ", ".join("?" * len(cols))
     target = ", ".join(f'"{c}"' for c in conflict)
     sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT ({target}) DO NOTHING'
     connection = conn if isinstance(conn, Connection) else conn.connection()
     result = connection.exec_driver_sql(sql, params)
+    return max(result.rowcount, 0)
+
+
+def _postgres_insert_ignore(conn: Connection | Session, table: Any, rows: Sequence[dict[str, Any]],
+                            conflict: Sequence[str]) -> int | None:
+    """The same INSERT ... ON CONFLICT DO NOTHING as one statement with one array per column
+    (INSERT ... SELECT FROM unnest(...)). SQLAlchemy's multi-row VALUES sends thousands of
+    parameters that PostgreSQL parses and plans for every batch (about 300 us a row); this
+    sends one per column. Its rowcount is exact, so no RETURNING is needed. None when
+    SQLAlchemy's own path is needed (see _plain_columns)."""
+    plain = _plain_columns(table, rows)
+    if plain is None:
+        return None
+    cols, defaults_ = plain
+    arrays = [list(column) for column in zip(*_value_rows(rows, defaults_), strict=True)]
+    dialect = postgresql.dialect()
+    names = ", ".join(f'"{c.name}"' for c in cols)
+    casts = ", ".join(f"%s::{c.type.compile(dialect=dialect)}[]" for c in cols)
+    target = ", ".join(f'"{c}"' for c in conflict)
+    sql = f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({casts}) ON CONFLICT ({target}) DO NOTHING'
+    connection = conn if isinstance(conn, Connection) else conn.connection()
+    result = connection.exec_driver_sql(sql, tuple(arrays))
     return max(result.rowcount, 0)
 
 
@@ -194,6 +236,9 @@ def insert_ignore(conn: Connection | Session, table: Any, rows: Sequence[dict[st
         # RETURNING halves the cost of a batch.
         result = conn.execute(stmt, list(rows))
         return max(result.rowcount, 0)
+    fast = _postgres_insert_ignore(conn, table, rows, conflict)
+    if fast is not None:
+        return fast
     # psycopg's rowcount of a multi-row insert is not reliable: count RETURNING rows.
     pk = list(table.primary_key.columns)[0]
     result = conn.execute(stmt.returning(pk), list(rows))

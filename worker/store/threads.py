@@ -15,7 +15,20 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Boolean, Column, Connection, DateTime, Integer, MetaData, Table, bindparam, select, text, update
+from sqlalchemy import (
+    BindParameter,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Integer,
+    MetaData,
+    Table,
+    bindparam,
+    select,
+    text,
+    update,
+)
 
 from .. import defaults
 from ..headers import has_reply_prefix
@@ -61,6 +74,15 @@ class UnionFind(Generic[T]):
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def among(dialect: str, column: str, pg_type: str) -> tuple[str, BindParameter[Any]]:
+    """SQL for "column is one of :ids" and the parameter to bind. PostgreSQL gets one array
+    parameter (= ANY): an IN list of 500 parameters is parsed and planned again for every
+    batch. SQLite gets the IN list."""
+    if dialect == "postgresql":
+        return f"{column} = ANY(CAST(:ids AS {pg_type}[]))", bindparam("ids")
+    return f"{column} IN :ids", bindparam("ids", expanding=True)
 
 
 def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -109,7 +131,7 @@ def episodes_sql(dialect: str, some_threads: bool) -> str:
         def epoch(c: str) -> str:
             return f"EXTRACT(EPOCH FROM {c})::float8"
         first_contact = "split_part(contact_ids, ',', 1)::bigint"
-    only = "AND m.thread_id IN :ids" if some_threads else ""
+    only = f"AND {among(dialect, 'm.thread_id', 'BIGINT')[0]}" if some_threads else ""
     # For a few threads, SQLite's planner preferred (direction, reply_at) and so read every
     # answered inbound message of the store for each batch: ingest slowed as the store grew.
     hint = " INDEXED BY ix_message_thread_dir_sent" if some_threads and dialect == "sqlite" else ""
@@ -139,12 +161,12 @@ def refresh_replies(conn: Connection, thread_ids: Iterable[int] | None = None) -
         conn.execute(text(episodes_sql(dialect, False)))
         return
     ids = sorted(set(thread_ids))
-    expanding = bindparam("ids", expanding=True)
+    cond, ids_param = among(dialect, "thread_id", "BIGINT")
     for chunk in _chunks(ids):
         params = {"ids": list(chunk)}
-        conn.execute(text(REFRESH_REPLIES + " AND thread_id IN :ids").bindparams(expanding), params)
-        conn.execute(text("DELETE FROM episode WHERE thread_id IN :ids").bindparams(expanding), params)
-        conn.execute(text(episodes_sql(dialect, True)).bindparams(expanding), params)
+        conn.execute(text(f"{REFRESH_REPLIES} AND {cond}").bindparams(ids_param), params)
+        conn.execute(text(f"DELETE FROM episode WHERE {cond}").bindparams(ids_param), params)
+        conn.execute(text(episodes_sql(dialect, True)).bindparams(ids_param), params)
 
 
 def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: bool = True) -> None:
@@ -160,10 +182,11 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: boo
 
     ids = list(mids.parent)
     existing: dict[str, int] = {}
+    cond, ids_param = among(conn.dialect.name, "mid", "TEXT")
+    known_sql = text(f"SELECT mid, thread_id FROM thread_link WHERE {cond}").bindparams(ids_param)
     for chunk in _chunks(ids):
         # .all(): one fetchall, where iterating fetches (and hands the GIL over) row by row
-        for mid, tid in conn.execute(select(ThreadLink.mid, ThreadLink.thread_id)
-                                     .where(ThreadLink.mid.in_(chunk))).all():  # type: ignore[attr-defined]
+        for mid, tid in conn.execute(known_sql, {"ids": list(chunk)}).all():
             existing[mid] = tid
 
     # Stored threads that this batch links are merged into the smallest id. Two components of
@@ -248,9 +271,10 @@ def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]], day: bool = 
     migration 0003, before the column existed (0005 fills it)."""
     pks: dict[str, int] = {}
     mids = [r["message_id"] for r in rows if r.get("contact_ids")]
+    cond, ids_param = among(conn.dialect.name, "message_id", "TEXT")
+    pk_sql = text(f"SELECT id, message_id FROM message WHERE {cond}").bindparams(ids_param)
     for chunk in _chunks(mids):
-        for pk, mid in conn.execute(select(Message.id, Message.message_id)
-                                    .where(Message.message_id.in_(chunk))).all():  # type: ignore[attr-defined]
+        for pk, mid in conn.execute(pk_sql, {"ids": list(chunk)}).all():
             pks[mid] = pk
     links = []
     for r in rows:
