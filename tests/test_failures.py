@@ -309,3 +309,26 @@ def test_smtp_login_is_used_and_a_refused_login_is_clear(monkeypatch: pytest.Mon
         assert not ei.value.permanent  # fixed by ops, then retried: never dropped
     finally:
         sink.stop()
+
+
+def test_status_json_to_a_full_disk_or_a_closed_pipe_is_a_clear_message(tmp_path: Path) -> None:
+    """Writing the document can fail too: a full disk says so (no traceback, exit 1); a reader
+    that stops early (`| head`) ends the command quietly (exit 141, as for SIGPIPE)."""
+    md = tmp_path / "md"
+    for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
+        (md / sub).mkdir(parents=True)
+    for k, raw in enumerate(mails(400)):
+        (md / "cur" / f"{k}.host:2,").write_bytes(raw)
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=md)
+    assert runner.invoke(app, ["--config", str(cfg), "scan"]).exit_code == 0
+    cmd = [sys.executable, "-m", "worker.cli", "--config", str(cfg), "status", "--json", "--now", "2026-11-20T12:00:00Z"]
+    full = subprocess.run(cmd, stdout=open("/dev/full", "wb"), stderr=subprocess.PIPE, text=True, timeout=120)
+    assert full.returncode == 1
+    assert "cannot write the output: No space left on device" in full.stderr and "Traceback" not in full.stderr
+    reader = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout is not None and reader.stderr is not None
+    assert reader.stdout.read(10).startswith(b"{")
+    reader.stdout.close()  # the reader goes away after the first bytes
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=120) == 141  # the document (~380 kB) is far bigger than a pipe's buffer
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr

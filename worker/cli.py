@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,6 +61,18 @@ def handled(fn: F) -> F:
         except CarewatchError as exc:
             err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(int(exc.exit_code)) from None
+        except BrokenPipeError:
+            # The reader went away (`carewatch status --json | head`): nothing left to say.
+            # Point stdout at /dev/null so the final flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
+                raise
+            where = f" {exc.filename}" if exc.filename else " the output"
+            err.print(f"[bold red]error:[/] cannot write{where}: {exc.strerror}; nothing in the store was "
+                      "changed by writing it", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(int(ExitCode.INTERNAL)) from None
 
     return wrapper  # type: ignore[return-value]
 
