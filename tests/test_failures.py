@@ -321,8 +321,10 @@ def test_status_json_to_a_full_disk_or_a_closed_pipe_is_a_clear_message(tmp_path
         (md / "cur" / f"{k}.host:2,").write_bytes(raw)
     cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=md)
     assert runner.invoke(app, ["--config", str(cfg), "scan"]).exit_code == 0
-    cmd = [sys.executable, "-m", "worker.cli", "--config", str(cfg), "status", "--json", "--now", "2026-11-20T12:00:00Z"]
-    full = subprocess.run(cmd, stdout=open("/dev/full", "wb"), stderr=subprocess.PIPE, text=True, timeout=120)
+    cmd = [sys.executable, "-m", "worker.cli", "--config", str(cfg), "status", "--json",
+           "--now", "2026-11-20T12:00:00Z"]
+    with open("/dev/full", "wb") as devfull:
+        full = subprocess.run(cmd, stdout=devfull, stderr=subprocess.PIPE, text=True, timeout=120)
     assert full.returncode == 1
     assert "cannot write the output: No space left on device" in full.stderr and "Traceback" not in full.stderr
     reader = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
