@@ -186,8 +186,9 @@ def _to_utc_naive(dt: datetime) -> datetime:
     return dt.astimezone(UTC).replace(tzinfo=None)
 
 
-_MONTHS = {m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
-                                         "dec"), 1)}
+#: Month abbreviations (lower case) -> number, for Date headers and IMAP INTERNALDATE.
+MONTHS = {m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
+                                        "dec"), 1)}
 # The RFC 5322 form nearly every mailer writes: "Mon, 2 Nov 2026 09:00:00 +0100 (CET)".
 _DATE_RE = re.compile(r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d{1,2}):(\d{2})(?::(\d{2}))?"
                       r"\s+([+-])(\d{2})(\d{2})(?:\s*\([^()]*\))?\s*$")
@@ -198,7 +199,7 @@ def parse_date(value: str | None) -> datetime | None:
     if not value:
         return None
     m = _DATE_RE.match(value)
-    month = _MONTHS.get(m.group(2).lower()) if m else None
+    month = MONTHS.get(m.group(2).lower()) if m else None
     # "-0000" means "zone unknown" (RFC 5322): the stdlib's answer (no zone) is the rule.
     if m and month and not (m.group(7) == "-" and m.group(8) == m.group(9) == "00"):
         day, _, year, hh, mm, ss, sign, oh, om = m.groups()

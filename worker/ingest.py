@@ -279,9 +279,7 @@ class Ingestor:
         messages, skipped = parse_batch(raws, now, self.directory)
         want = [m.raw.item for m in messages if wants_snippet(m)]
         snippets = source.fetch_snippets(folder, want) if want else {}
-        acks, commands = read_snippets(messages, snippets) if snippets else ([], [])
-        for m, ack in zip(messages, acks, strict=False):
-            m.ack = ack
+        commands = read_snippets(messages, snippets) if snippets else []
         return PreparedBatch(now, messages, commands, skipped)
 
     def _store_batch(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,

@@ -68,19 +68,17 @@ def wants_snippet(m: PreparedMessage) -> bool:
     return (m.cl.direction == "inbound" and m.auto is None) or m.command
 
 
-def read_snippets(messages: list[PreparedMessage],
-                  snippets: dict[Hashable, bytes]) -> tuple[list[bool], list[dict[str, Any]]]:
-    """Acknowledgement flags (one per message) and the alert-reply commands found in the
-    snippets."""
-    acks = [False] * len(messages)
+def read_snippets(messages: list[PreparedMessage], snippets: dict[Hashable, bytes]) -> list[dict[str, Any]]:
+    """Set each message's acknowledgement flag from its snippet, and return the alert-reply
+    commands found in the snippets."""
     commands = []
-    for i, m in enumerate(messages):
+    for m in messages:
         body = snippets.get(m.raw.item.key)
         if body is None:
             continue
         h = m.pm.auto_headers
         text = snippet_text(body, h.get("content-type", "text/plain"), h.get("content-transfer-encoding", ""))
-        acks[i] = is_acknowledgement(m.pm.subject, text)
+        m.ack = is_acknowledgement(m.pm.subject, text)
         # Replies to our alert emails ("snooze 3d", "done") carry our reference.
         parsed = parse_command(text) if m.command else None
         if parsed is None:
@@ -92,4 +90,4 @@ def read_snippets(messages: list[PreparedMessage],
             "in_reply_to": pm.in_reply_to, "command": verb,
             "argument": (span or "") + (f"#{item}" if item else "") or None,
             "received_at": pm.sent_at, "status": "pending"})
-    return acks, commands
+    return commands

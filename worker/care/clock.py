@@ -124,13 +124,18 @@ class BusinessCalendar:
         return acc
 
     # --- the public operations ---------------------------------------------------------------
+    def _cover(self, a: float, b: float) -> None:
+        """Make the day table cover [a, b]; evaluation calls this 100k+ times, so the common
+        case is one comparison."""
+        starts = self._starts
+        if not starts or a < starts[0] or b >= starts[-1]:
+            self._ensure(a)
+            self._ensure(b)
+
     def seconds_between(self, a: float, b: float) -> float:
         if b <= a:
             return 0.0
-        starts = self._starts
-        if not starts or a < starts[0] or b >= starts[-1]:  # evaluation calls this 100k+ times
-            self._ensure(a)
-            self._ensure(b)
+        self._cover(a, b)
         return self._position(b) - self._position(a)
 
     def minutes_until(self, b: float) -> Callable[[float], float]:
@@ -143,10 +148,7 @@ class BusinessCalendar:
             nonlocal table, pos_b
             if a >= b:
                 return 0.0
-            starts = self._starts
-            if not starts or a < starts[0] or b >= starts[-1]:
-                self._ensure(a)
-                self._ensure(b)
+            self._cover(a, b)
             if table is not self._starts:
                 table, pos_b = self._starts, self._position(b)
             return (pos_b - self._position(a)) / 60.0

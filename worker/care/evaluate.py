@@ -23,12 +23,23 @@ from sqlalchemy import Boolean, DateTime, bindparam, select, text
 from .. import defaults
 from ..config import Config
 from ..store import Store
+from ..store.db import epoch_sql
 from ..store.models import Client, Contact
+from ..store.threads import among
 from .clock import from_ts, to_ts
 from .policy import PolicyBook
 
-#: How a document writes its dates: iso() strings, or datetimes for orjson to format.
-DateOut = Callable[[datetime | None], str | datetime | None] | None
+
+def iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.isoformat(timespec="seconds") + "Z"
+
+
+def _as_is(dt: datetime | None) -> datetime | None:
+    return dt
+
+
+#: How a document writes its dates: iso() strings, or datetimes for orjson to format (_as_is).
+DateOut = Callable[[datetime | None], str | datetime | None]
 
 LAPSE_KINDS = ("unanswered", "chased", "silent", "going_quiet", "slowing", "unowned")
 DAY = 86400.0
@@ -73,9 +84,9 @@ class Lapse:
     expected: str
     facts: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self, d: DateOut | None = None) -> dict[str, Any]:
+    def to_json(self, d: DateOut = iso) -> dict[str, Any]:
         return {"kind": self.kind, "key": self.key, "client": self.client, "contact": self.contact_email,
-                "since": (d or iso)(self.since), "detail": self.detail, "expected": self.expected,
+                "since": d(self.since), "detail": self.detail, "expected": self.expected,
                 "facts": self.facts}
 
 
@@ -109,8 +120,7 @@ class ContactCare:
     stats: ResponseStats | None = None
     lapses: list[Lapse] = field(default_factory=list)
 
-    def to_json(self, now: datetime, d: DateOut = None) -> dict[str, Any]:  # type: ignore[assignment]
-        d = d or iso
+    def to_json(self, now: datetime, d: DateOut = iso) -> dict[str, Any]:
         return {
             "email": self.email, "name": self.name, "role": self.role, "discovered": self.discovered,
             "client": self.client, "owner": self.owner,
@@ -149,8 +159,7 @@ class ClientCare:
     def principal(self) -> ContactCare | None:
         return next((c for c in self.contacts if c.role == "principal" and not c.discovered), None)
 
-    def to_json(self, now: datetime, d: DateOut = None) -> dict[str, Any]:  # type: ignore[assignment]
-        d = d or iso
+    def to_json(self, now: datetime, d: DateOut = iso) -> dict[str, Any]:
         last_in = max((c.last_inbound_at for c in self.contacts if c.last_inbound_at), default=None)
         last_out = max((c.last_outbound_at for c in self.contacts if c.last_outbound_at), default=None)
         p = self.principal
@@ -207,14 +216,6 @@ class CarePicture:
                 # JSON strings never hold a raw newline, so every b"\n" is the layout's own.
                 out.write(orjson.dumps(c.to_json(self.now, _as_is), option=indent).replace(b"\n", b"\n    "))
             out.write(b"\n  ]\n}" if self.clients else b"]\n}")
-
-
-def _as_is(dt: datetime | None) -> datetime | None:
-    return dt
-
-
-def iso(dt: datetime | None) -> str | None:
-    return None if dt is None else dt.isoformat(timespec="seconds") + "Z"
 
 
 def rnd(x: float | None) -> float | None:
@@ -302,7 +303,7 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
     sqlite_db = store.dialect == "sqlite"
 
     def epoch(col: str) -> str:
-        return (f"CAST(strftime('%s', {col}) AS REAL)" if sqlite_db else f"EXTRACT(EPOCH FROM {col})::float8")
+        return epoch_sql(store.dialect, col)
 
     now_param = bindparam("now", type_=DateTime())
     flags = [bindparam("t", True, type_=Boolean()), bindparam("f", False, type_=Boolean())]
@@ -386,10 +387,11 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
         quiet = sorted(c for c, t in last_in.items() if now_ts - t > book.going_quiet_floor_seconds)
         # One row per contact with its active days joined into a string, read from the index.
         agg = "GROUP_CONCAT(DISTINCT day)" if sqlite_db else "string_agg(DISTINCT day::text, ',')"
+        cond, ids_param = among(store.dialect, "contact_id", "INTEGER")
         days_sql = text(
-            f"SELECT contact_id, {agg} FROM message_contact WHERE contact_id IN :ids AND inbound = :t "
+            f"SELECT contact_id, {agg} FROM message_contact WHERE {cond} AND inbound = :t "
             "AND automated = :f AND sent_at <= :now GROUP BY contact_id"
-        ).bindparams(now_param, *flags, bindparam("ids", expanding=True))
+        ).bindparams(now_param, *flags, ids_param)
         for k in range(0, len(quiet), 500):
             for contact, days_csv in conn.execute(days_sql, {"now": now, "ids": quiet[k:k + 500]}).all():
                 active_days[contact] = sorted(map(int, str(days_csv).split(",")))

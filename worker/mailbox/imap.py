@@ -20,7 +20,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 
 from .. import defaults
 from ..errors import FolderMissingError, MailboxAuthError, MailboxError
-from ..headers import FETCH_FIELDS
+from ..headers import FETCH_FIELDS, MONTHS
 from .base import FolderStatus, Item, MailboxSource, RawMessage
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,6 @@ def read_fetch_data(imap: Any, tag: bytes) -> list[Any]:
 
 
 _IDATE_PARTS_RE = re.compile(rb" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$")
-_MONTHS = {m: i for i, m in enumerate((b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep",
-                                         b"oct", b"nov", b"dec"), 1)}
 
 
 def parse_internaldate(value: bytes) -> datetime | None:
@@ -122,7 +120,7 @@ def parse_internaldate(value: bytes) -> datetime | None:
     m = _IDATE_PARTS_RE.match(value)
     if m:
         day, mon, year, hh, mm, ss, sign, oh, om = m.groups()
-        month = _MONTHS.get(mon.lower())
+        month = MONTHS.get(mon.decode("ascii").lower())
         if month:
             offset = timedelta(hours=int(oh), minutes=int(om))
             try:

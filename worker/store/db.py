@@ -87,6 +87,13 @@ def make_engine(url: str) -> Engine:
     return create_engine(u, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
 
 
+def epoch_sql(dialect: str, col: str) -> str:
+    """SQL for a DATETIME column (or expression) as POSIX seconds (float)."""
+    if dialect == "sqlite":
+        return f"CAST(strftime('%s', {col}) AS REAL)"
+    return f"EXTRACT(EPOCH FROM {col})::float8"
+
+
 #: The newest migration. Checked against alembic's own head by the tests; when the store is
 #: already there, alembic (which imports every migration script) is not loaded at all.
 SCHEMA_HEAD = "0005"
@@ -216,33 +223,30 @@ def insert_ignore(conn: Connection | Session, table: Any, rows: Sequence[dict[st
         return 0
     dialect = dialect or conn.dialect.name  # type: ignore[union-attr]
     if dialect == "sqlite":
-        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-    elif dialect == "postgresql":
-        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-    else:  # pragma: no cover - other dialects: insert one by one
-        n = 0
-        for r in rows:
-            try:
-                conn.execute(insert(table).values(**r))
-                n += 1
-            except DBAPIError:
-                pass
-        return n
-    if dialect == "sqlite":
         fast = _sqlite_insert_ignore(conn, table, rows, conflict)
         if fast is not None:
             return fast
         # sqlite3's executemany sums rowcount exactly for INSERT OR IGNORE, and skipping
         # RETURNING halves the cost of a batch.
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
         result = conn.execute(stmt, list(rows))
         return max(result.rowcount, 0)
-    fast = _postgres_insert_ignore(conn, table, rows, conflict)
-    if fast is not None:
-        return fast
-    # psycopg's rowcount of a multi-row insert is not reliable: count RETURNING rows.
-    pk = list(table.primary_key.columns)[0]
-    result = conn.execute(stmt.returning(pk), list(rows))
-    return len(result.all())
+    if dialect == "postgresql":
+        fast = _postgres_insert_ignore(conn, table, rows, conflict)
+        if fast is not None:
+            return fast
+        # psycopg's rowcount of a multi-row insert is not reliable: count RETURNING rows.
+        pk = list(table.primary_key.columns)[0]
+        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        return len(conn.execute(stmt.returning(pk), list(rows)).all())
+    n = 0  # other dialects: insert one by one
+    for r in rows:
+        try:
+            conn.execute(insert(table).values(**r))
+            n += 1
+        except DBAPIError:
+            pass
+    return n
 
 
 class Store:

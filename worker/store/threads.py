@@ -32,7 +32,7 @@ from sqlalchemy import (
 
 from .. import defaults
 from ..headers import has_reply_prefix
-from .db import insert_ignore
+from .db import epoch_sql, insert_ignore
 from .models import Message, MessageContact, ThreadLink
 
 CHUNK = 500
@@ -123,21 +123,16 @@ def episodes_sql(dialect: str, some_threads: bool) -> str:
 
     An episode is the inbound messages of one thread answered by the same reply (same
     reply_at); its first message began the wait. Computed for both readings of count_cc."""
-    if dialect == "sqlite":
-        def epoch(c: str) -> str:
-            return f"CAST(strftime('%s', {c}) AS REAL)"
-        first_contact = "CAST(contact_ids AS INTEGER)"  # SQLite reads the leading number of "12,34"
-    else:
-        def epoch(c: str) -> str:
-            return f"EXTRACT(EPOCH FROM {c})::float8"
-        first_contact = "split_part(contact_ids, ',', 1)::bigint"
+    first_contact = ("CAST(contact_ids AS INTEGER)" if dialect == "sqlite"  # the leading number of "12,34"
+                     else "split_part(contact_ids, ',', 1)::bigint")
     only = f"AND {among(dialect, 'm.thread_id', 'BIGINT')[0]}" if some_threads else ""
     # For a few threads, SQLite's planner preferred (direction, reply_at) and so read every
     # answered inbound message of the store for each batch: ingest slowed as the store grew.
     hint = " INDEXED BY ix_message_thread_dir_sent" if some_threads and dialect == "sqlite" else ""
     return f"""
         INSERT INTO episode (scope, thread_id, first_pk, client_id, contact_id, started_ts, reply_ts, size)
-        SELECT scope, thread_id, id, client_id, {first_contact}, {epoch("sent_at")}, {epoch("reply_at")}, n
+        SELECT scope, thread_id, id, client_id, {first_contact}, {epoch_sql(dialect, "sent_at")},
+               {epoch_sql(dialect, "reply_at")}, n
         FROM (
           SELECT s.scope, m.thread_id, m.id, m.client_id, m.contact_ids, m.sent_at, m.reply_at,
                  ROW_NUMBER() OVER (PARTITION BY s.scope, m.thread_id, m.reply_at ORDER BY m.sent_at, m.id) AS rn,
