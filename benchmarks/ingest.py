@@ -116,7 +116,6 @@ def child(n: int) -> None:
             "username": d.user,
             "password_env": "BENCH_PW",
             "folders": list(FOLDERS),
-            "batch_size": 500,
         }
     ]
     cfg = validate_data(data, None, os.environ)

@@ -141,7 +141,7 @@ class MailboxConfig(_Model):
     path: Path | None = None
     # both
     folders: list[str] = ["INBOX"]
-    batch_size: int = Field(default=defaults.FETCH_BATCH_SIZE, ge=1, le=5000)
+    batch_size: int = Field(default=defaults.SCAN_BATCH_SIZE, ge=1, le=50000)
     scan_interval_minutes: float = Field(default=5, gt=0)
     idle: bool = True
     timeout_seconds: float = Field(default=defaults.IMAP_TIMEOUT_SECONDS, gt=0)

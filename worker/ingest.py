@@ -56,7 +56,7 @@ class LogProgress:
 
     def start(self, mailbox: str, folder: str, total: int) -> None:
         self.total, self.done, self.label = total, 0, f"{mailbox}/{folder}"
-        self.next_report = max(total // 10, defaults.FETCH_BATCH_SIZE)
+        self.next_report = max(total // 10, defaults.SCAN_BATCH_SIZE)
         if total:
             log.info("scanning %s: %d new message(s)", self.label, total)
 
@@ -64,7 +64,7 @@ class LogProgress:
         self.done += n
         if self.total and self.done >= self.next_report and self.done < self.total:
             log.info("scanning %s: %d/%d", self.label, self.done, self.total)
-            self.next_report += max(self.total // 10, defaults.FETCH_BATCH_SIZE)
+            self.next_report += max(self.total // 10, defaults.SCAN_BATCH_SIZE)
 
     def finish(self) -> None:
         pass
@@ -193,7 +193,7 @@ class Ingestor:
         return out
 
     def scan_folder(self, source: MailboxSource, mailbox: str, folder: str,
-                    batch_size: int = defaults.FETCH_BATCH_SIZE) -> FolderReport:
+                    batch_size: int = defaults.SCAN_BATCH_SIZE) -> FolderReport:
         t0 = time.perf_counter()
         rep = FolderReport(mailbox, folder)
         st = self._state(mailbox, folder)

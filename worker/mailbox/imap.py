@@ -257,7 +257,7 @@ class ImapSource(MailboxSource):
         if self._selected != folder:
             self._select(folder)
         out: dict[int, dict[bytes, Any]] = {}
-        for part in chunk_by_command_length(uids, len(uids) or 1, self.max_command_bytes):
+        for part in chunk_by_command_length(uids, defaults.FETCH_UIDS_PER_COMMAND, self.max_command_bytes):
             out.update(self.c.fetch(part, what))
         return out
 
@@ -274,7 +274,7 @@ class ImapSource(MailboxSource):
             self._select(folder)
         imap = self.c._imap
         out: dict[int, tuple[bytes, bytes]] = {}
-        for part in chunk_by_command_length(uids, len(uids) or 1, self.max_command_bytes):
+        for part in chunk_by_command_length(uids, defaults.FETCH_UIDS_PER_COMMAND, self.max_command_bytes):
             tag = imap._new_tag()
             imap.send(tag + b" UID FETCH " + ",".join(map(str, part)).encode() + b" (UID INTERNALDATE " + item
                       + b")\r\n")
