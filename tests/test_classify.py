@@ -327,3 +327,49 @@ def test_acknowledgements_and_automated_mail_through_dovecot(tmp_path: Path, dov
     assert rows["<ack@acme>"].acknowledgement and not rows["<q@acme>"].acknowledgement
     assert rows["<oof@acme>"].automated and rows["<oof@acme>"].automated_reason.startswith("Auto-Submitted")
     assert len(skipped) == 1 and "empty header block" in skipped[0].reason
+
+
+BLOCKS = [
+    ("plain", b"From: a@acme.example\r\nTo: s@firm.example\r\nSubject: Hello\r\n\r\n"),
+    ("bare LF", b"From: a@acme.example\nSubject: Hello\n\n"),
+    ("folded", b"Subject: a long\r\n  subject\r\n\tthat folds\r\nTo: x@firm.example,\r\n y@firm.example\r\n\r\n"),
+    ("space before colon", b"Subject : spaced\r\nFrom:\ta@acme.example\r\n\r\n"),
+    ("repeated field", b"To: a@firm.example\r\nTo: b@firm.example\r\nReceived: x\r\n\r\n"),
+    ("empty value", b"Subject:\r\nFrom: a@acme.example\r\n\r\n"),
+    ("leading blank lines", b"\r\n\r\nFrom: a@acme.example\r\n\r\n"),
+    ("body after the block", b"From: a@acme.example\r\n\r\nNot: a header\r\n"),
+    ("a line without a colon", b"From: a@acme.example\r\ngarbage line\r\nSubject: x\r\n\r\n"),
+    ("a name with a space", b"Bad Name: x\r\nSubject: y\r\n\r\n"),
+    ("a colon first", b": no name\r\nSubject: y\r\n\r\n"),
+    ("a continuation first", b"  orphan\r\nSubject: y\r\n\r\n"),
+    ("a stray CR line", b"From: a@acme.example\r\n\r\r\nSubject: hidden\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize("desc,raw", BLOCKS, ids=[b[0] for b in BLOCKS])
+def test_header_blocks_split_the_same_on_the_fast_path_and_line_by_line(desc: str, raw: bytes) -> None:
+    """The one-regex split must give exactly what the careful line-by-line split gives (which
+    it falls back to), and agree with the stdlib on well-formed blocks."""
+    from email import message_from_bytes, policy
+
+    from worker.headers import _split_headers_by_line, split_headers
+
+    fast_problems: list[str] = []
+    slow_problems: list[str] = []
+    text = raw.decode("ascii", "surrogateescape").replace("\r\n", "\n").lstrip("\n")
+    fast = split_headers(raw, fast_problems)
+    assert fast == _split_headers_by_line(text, slow_problems)
+    assert fast_problems == slow_problems
+    if desc in ("a line without a colon", "a name with a space", "a colon first"):
+        assert fast_problems == ["1 malformed header line(s) ignored"]
+        assert fast["subject"] == ["x" if desc == "a line without a colon" else "y"]
+    elif desc == "a continuation first":  # continues nothing: dropped
+        assert fast == {"subject": ["y"]} and not fast_problems
+    elif desc == "space before colon":  # the stdlib would name the field "Subject "
+        assert fast == {"subject": ["spaced"], "from": ["a@acme.example"]} and not fast_problems
+    else:
+        assert not fast_problems
+        std = message_from_bytes(raw.lstrip(b"\r\n"), policy=policy.compat32)
+        for name, values in fast.items():
+            got = [" ".join(v.split()) for v in std.get_all(name, [])]
+            assert got == [" ".join(v.split()) for v in values], name

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import UTC, datetime, timedelta
 from email.errors import HeaderParseError
 from email.header import decode_header
@@ -153,6 +154,20 @@ def _addresses_fast(value: str) -> list[tuple[str, str]] | None:
 
 
 def _addresses(values: list[str], limit: int = defaults.MAX_RECIPIENTS) -> list[tuple[str, str]]:
+    """(display name, lower-cased address) pairs from the values of one header field."""
+    if len(values) == 1:  # nearly always: one From, one To, one Cc line
+        return list(_address_list(values[0], limit))
+    return _parse_addresses(values, limit)
+
+
+@lru_cache(maxsize=defaults.HEADER_CACHE_ENTRIES)
+def _address_list(value: str, limit: int) -> tuple[tuple[str, str], ...]:
+    """One header value's addresses, cached: a mailbox sees the same From, To and Cc lines
+    again and again (the same people write to the same people)."""
+    return tuple(_parse_addresses([value], limit))
+
+
+def _parse_addresses(values: list[str], limit: int) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for v in values:
@@ -232,13 +247,39 @@ def synthetic_message_id(from_addr: str, date_raw: str, subject: str, to: list[s
     return f"<{h}@synthetic.carewatch>"
 
 
+#: One header field: its name, then its value with any continuation lines (RFC 5322 folding).
+_FIELD_RE = re.compile(r"^([^\s:]+)[ \t]*:(.*(?:\n[ \t].*)*)", re.M)
+_FOLD_RE = re.compile(r"[ \t]*\n[ \t]*")
+
+
 def split_headers(raw: bytes, problems: list[str]) -> dict[str, list[str]]:
     """Split a header block into lower-cased name -> values, unfolding continuation lines.
 
     The block holds only the fields we asked for (HEADER.FIELDS), so this is all the parsing
     it needs: several times faster than email.parser. 8-bit bytes become surrogate escapes,
-    as compat32 does, and decode_words() turns them into text."""
+    as compat32 does, and decode_words() turns them into text. One regex reads a well-formed
+    block; a block with a line that is neither a field nor a continuation goes the careful
+    way (_split_headers_by_line), which skips and counts such lines."""
     text = raw.decode("ascii", "surrogateescape")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    text = text.lstrip("\n")
+    end = text.find("\n\n")
+    if end >= 0:
+        text = text[:end]  # the header block ends at the first empty line
+    found = _FIELD_RE.findall(text)
+    lines = text.count("\n") + 1
+    if lines != len(found) and lines != len(found) + sum(v.count("\n") for _, v in found):
+        return _split_headers_by_line(text, problems)
+    fields: dict[str, list[str]] = {}
+    for name, value in found:
+        if "\n" in value:
+            value = _FOLD_RE.sub(" ", value)
+        fields.setdefault(name.lower(), []).append(value.strip())
+    return fields
+
+
+def _split_headers_by_line(text: str, problems: list[str]) -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
     name: str | None = None
     parts: list[str] = []
@@ -268,6 +309,9 @@ def split_headers(raw: bytes, problems: list[str]) -> dict[str, list[str]]:
     return fields
 
 
+_ONE_DAY = timedelta(days=1)
+
+
 def parse_header_block(raw: bytes, internal_date: datetime | None,
                        now: datetime | None = None) -> ParsedMessage:
     """Parse one header block. Never raises for bad input: problems are recorded instead."""
@@ -277,24 +321,24 @@ def parse_header_block(raw: bytes, internal_date: datetime | None,
         problems.append("NUL bytes removed from headers")
     fields = split_headers(raw, problems)
 
-    def get(name: str) -> str | None:
-        v = fields.get(name.lower())
+    def get(name: str) -> str | None:  # name in lower case
+        v = fields.get(name)
         return v[0] if v else None
 
     def all_of(name: str) -> list[str]:
         # Not decoded here: a decoded display name may contain the comma that separates
         # addresses. _addresses decodes each name after splitting.
-        return fields.get(name.lower(), [])
+        return fields.get(name, [])
 
-    subject = clean(decode_words(get("Subject") or ""), 500)
-    froms = _addresses(all_of("From"), 1) or _addresses(all_of("Sender"), 1)
+    subject = clean(decode_words(get("subject") or ""), 500)
+    froms = _addresses(all_of("from"), 1) or _addresses(all_of("sender"), 1)
     from_name, from_addr = froms[0] if froms else ("", "")
     if not from_addr:
         problems.append("no readable From address")
-    to = [a for _, a in _addresses(all_of("To"))]
-    cc = [a for _, a in _addresses(all_of("Cc"))]
+    to = [a for _, a in _addresses(all_of("to"))]
+    cc = [a for _, a in _addresses(all_of("cc"))]
 
-    date_raw = get("Date") or ""
+    date_raw = get("date") or ""
     date_header = parse_date(date_raw)
     if date_raw and date_header is None:
         problems.append(f"unparseable Date {clean(date_raw, 80)!r}")
@@ -303,27 +347,27 @@ def parse_header_block(raw: bytes, internal_date: datetime | None,
     # a mailbox has an INTERNALDATE of the import, so an early Date is normal; but a message
     # cannot be sent after it was received (clock skew, forged), nor before e-mail was common.
     sent_at = date_header
-    if sent_at is not None and (sent_at.year < 1990 or (idate is not None and sent_at > idate + timedelta(days=1))):
+    if sent_at is not None and (sent_at.year < 1990 or (idate is not None and sent_at > idate + _ONE_DAY)):
         problems.append("implausible Date; using INTERNALDATE")
         sent_at = idate
     if sent_at is None:
         sent_at = idate
     ref_now = now or datetime.now(UTC).replace(tzinfo=None)
-    if sent_at is None or sent_at > ref_now + timedelta(days=1):
+    if sent_at is None or sent_at > ref_now + _ONE_DAY:
         if sent_at is not None:
             problems.append("date in the future")
-        sent_at = idate if idate and idate <= ref_now + timedelta(days=1) else ref_now
+        sent_at = idate if idate and idate <= ref_now + _ONE_DAY else ref_now
 
-    mid_list = _msgids(get("Message-ID"), 1)
+    mid_list = _msgids(get("message-id"), 1)
     synthetic = not mid_list
     if synthetic:
         message_id = synthetic_message_id(from_addr, date_raw, subject, to)
-        if get("Message-ID"):
+        if get("message-id"):
             problems.append("malformed Message-ID")
     else:
         message_id = mid_list[0]
-    irt = _msgids(get("In-Reply-To"), 1)
-    refs = [r for r in _msgids(get("References")) if r != message_id]
+    irt = _msgids(get("in-reply-to"), 1)
+    refs = [r for r in _msgids(get("references")) if r != message_id]
     in_reply_to = irt[0] if irt and irt[0] != message_id else None
 
     auto: dict[str, str] = {}
