@@ -334,3 +334,35 @@ def test_status_json_to_a_full_disk_or_a_closed_pipe_is_a_clear_message(tmp_path
     stderr = reader.stderr.read().decode()
     assert reader.wait(timeout=120) == 141  # the document (~380 kB) is far bigger than a pipe's buffer
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
+def test_a_first_start_killed_mid_migration_leaves_a_store_that_still_starts(tmp_path: Path) -> None:
+    """kill -9 after some of the first migration's tables exist: SQLite DDL must be one
+    transaction, or every later start fails with "table ... already exists"."""
+    db = tmp_path / "cw.db"
+    script = f"""
+import os, signal
+from alembic.operations import Operations
+made = []
+real = Operations.create_table
+def create_table(self, *a, **k):
+    made.append(a[0])
+    if len(made) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, *a, **k)
+Operations.create_table = create_table
+from worker.app import prepare_store
+from worker.config import validate_data
+prepare_store(validate_data({{"firm": {{"domains": ["firm.example"]}},
+                              "store": {{"url": "sqlite:///{db}"}}}}, None, {{}}))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert db.exists()
+    cfg = validate_data({"firm": {"domains": ["firm.example"]}, "store": {"url": f"sqlite:///{db}"}}, None, {})
+    store, _ = prepare_store(cfg)
+    from worker.store.db import SCHEMA_HEAD, schema_revision
+
+    assert schema_revision(store.engine) == SCHEMA_HEAD
+    with store.session() as db_session:
+        assert db_session.execute(text("SELECT COUNT(*) FROM message")).scalar_one() == 0

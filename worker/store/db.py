@@ -117,13 +117,27 @@ def run_migrations(engine: Engine) -> None:
 
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # Replicas starting together migrate one after the other; the lock ends with the
-            # transaction.
-            conn.execute(text("SELECT pg_advisory_xact_lock(8146235541)"))
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        sqlite_conn = conn.connection.driver_connection if engine.dialect.name == "sqlite" else None
+        try:
+            if sqlite_conn is not None:
+                # pysqlite commits on its own before every DDL statement: a first start killed
+                # mid-migration left some tables and no alembic_version, and every start after
+                # failed with "table client already exists". With the driver's transaction
+                # handling off, one explicit transaction makes a migration all or nothing, and
+                # IMMEDIATE makes replicas starting together migrate one after the other.
+                sqlite_conn.isolation_level = None
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif engine.dialect.name == "postgresql":
+                # Replicas starting together migrate one after the other; the lock ends with
+                # the transaction.
+                conn.execute(text("SELECT pg_advisory_xact_lock(8146235541)"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+        finally:
+            if sqlite_conn is not None:
+                sqlite_conn.isolation_level = ""  # the driver's default again, for the pool
 
 
 def _sqlite_datetime(v: Any) -> Any:
