@@ -491,3 +491,146 @@ def test_the_direct_inserts_store_exactly_what_sqlalchemy_would(tmp_path: Path, 
     assert len(stored) == 2
     a, b = ({k: v for k, v in r.items() if k not in ("id", "message_id")} for r in stored)
     assert a == b
+
+
+# --- big backlogs: fetch and parse in a helper process ---------------------------------------
+def demo_over_imap(dovecot: Dovecot, db_urls: list[str], batch_size: int):  # type: ignore[no-untyped-def]
+    """The demo firm's mail (inbound, replies, automated mail, acknowledgements, people not yet
+    listed as contacts) in the test Dovecot, and a config reading it over IMAP per store."""
+    from worker.demo import generate
+
+    firm = generate(dovecot.home, seed=11)
+    dovecot.chown_mail()
+    return [demo_config(firm.config, dovecot, url, batch_size) for url in db_urls]
+
+
+def demo_config(path: Path, dovecot: Dovecot, db_url: str, batch_size: int):  # type: ignore[no-untyped-def]
+    import os
+    import tomllib
+
+    from worker.config import validate_data
+
+    data = tomllib.loads(path.read_text())
+    data["store"] = {"url": db_url}
+    data["mailboxes"] = [{"name": "shared", "host": "127.0.0.1", "port": dovecot.port, "tls": "none",
+                          "allow_plaintext": True, "username": dovecot.user,
+                          "password_env": "CW_TEST_IMAP_PASSWORD", "folders": ["INBOX", "Sent"],
+                          "batch_size": batch_size}]
+    os.environ["CW_TEST_IMAP_PASSWORD"] = dovecot.password
+    return validate_data(data, None, os.environ)
+
+
+def store_dump(store) -> dict[str, list[tuple]]:  # type: ignore[no-untyped-def,type-arg]
+    """Everything a scan derives, without surrogate keys and ingest times."""
+    from sqlalchemy import text
+
+    queries = {
+        "message": "SELECT * FROM message ORDER BY message_id",
+        "contacts": "SELECT email, name, role, client_id, discovered FROM contact ORDER BY email",
+        "links": "SELECT m.message_id, mc.contact_id, mc.inbound, mc.automated, mc.day FROM message_contact mc "
+                 "JOIN message m ON m.id = mc.message_pk ORDER BY 1, 2",
+        "episodes": "SELECT e.scope, e.thread_id, m.message_id, e.contact_id, e.started_ts, e.reply_ts, e.size "
+                    "FROM episode e JOIN message m ON m.id = e.first_pk ORDER BY 1, 3",
+        "threads": "SELECT mid, thread_id FROM thread_link ORDER BY mid",
+        "commands": "SELECT message_id, command, argument FROM alert_command ORDER BY message_id",
+    }
+    out = {}
+    with store.session() as db:
+        for name, sql in queries.items():
+            res = db.execute(text(sql))
+            keep = [i for i, c in enumerate(res.keys()) if c not in ("id", "ingested_at")]
+            # Comparable across SQLite and PostgreSQL: booleans as 0/1, times as text, and
+            # sorted here (the two sort text differently).
+            out[name] = sorted(tuple(_plain(r[i]) for i in keep) for r in res.all())
+    return out
+
+
+def _plain(v: object) -> object:
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, str) and len(v) == 26 and v[4] == "-" and v[19] == ".":  # SQLite's DATETIME text
+        v = datetime.fromisoformat(v)
+    if isinstance(v, datetime):
+        return v.replace(tzinfo=None).isoformat(" ")
+    if isinstance(v, float):
+        return round(v, 3)
+    return "" if v is None else v
+
+
+def test_a_big_backlog_is_read_by_a_helper_process_with_the_same_result(
+        tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import multiprocessing
+
+    from worker import defaults
+
+    cfg, cfg2 = demo_over_imap(dovecot, [db_url, f"sqlite:///{tmp_path / 'threaded.db'}"], batch_size=150)
+    store, directory = prepare_store(cfg)
+    monkeypatch.setattr(defaults, "SCAN_PROCESS_MIN_MESSAGES", 1)
+    rep = run_scan(cfg, store, directory)
+    assert rep.ok and rep.stored > 600
+    assert multiprocessing.active_children() == []  # the helper is gone
+    by_process = store_dump(store)
+
+    store2, directory2 = prepare_store(cfg2)
+    monkeypatch.setattr(defaults, "SCAN_PROCESS_MIN_MESSAGES", 10**9)
+    assert run_scan(cfg2, store2, directory2).stored == rep.stored
+    by_thread = store_dump(store2)
+    assert by_process == by_thread
+    assert by_process["episodes"] and by_process["links"]
+    # The demo's mail has all the kinds the two modes must agree on.
+    assert count(store, Message.acknowledgement) and count(store, Message.automated)
+    assert count(store, Message.direction == "inbound") and count(store, Message.direction == "outbound")
+    with store.session() as db:
+        assert db.execute(select(func.count()).select_from(Contact).where(Contact.discovered)).scalar_one()
+
+
+def test_a_helper_process_that_loses_the_server_fails_the_scan_cleanly(
+        tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import multiprocessing
+
+    from worker import defaults
+
+    n = 4000
+    dovecot.deliver_files([inbound(i) for i in range(n)])
+    cfg = load_config(write_config(tmp_path, db_url, dovecot, batch_size=100))
+    store, directory = prepare_store(cfg)
+    monkeypatch.setattr(defaults, "SCAN_PROCESS_MIN_MESSAGES", 1)
+    seen = []
+
+    def kill_after_first(rep):  # type: ignore[no-untyped-def]
+        seen.append(rep.stored)
+        if len(seen) == 1:
+            dovecot.stop(kill=True)
+
+    rep = Ingestor(store, cfg, directory, on_batch=kill_after_first).scan(cfg.settings.mailboxes)
+    assert not rep.ok and "connection lost" in rep.errors[0]
+    assert multiprocessing.active_children() == []
+    with store.session() as db:
+        st = db.execute(select(FolderState).where(FolderState.folder == "INBOX")).scalar_one()
+    # What the helper had prepared before the server died may still have been stored; the
+    # cursor says exactly how far, and a rerun finishes the folder without duplicates.
+    assert 100 <= st.last_uid < n and st.last_error
+    assert count(store) == st.last_uid
+    dovecot.start()
+    assert run_scan(cfg, store, directory).ok
+    assert count(store) == n
+
+
+def test_a_stop_request_ends_the_helper_process_after_the_batch_in_hand(
+        tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import multiprocessing
+
+    from worker import defaults
+
+    dovecot.deliver_files([inbound(i) for i in range(50)])
+    cfg = load_config(write_config(tmp_path, db_url, dovecot, batch_size=10))
+    store, directory = prepare_store(cfg)
+    monkeypatch.setattr(defaults, "SCAN_PROCESS_MIN_MESSAGES", 1)
+    stop = threading.Event()
+    ing = Ingestor(store, cfg, directory, stop=stop, on_batch=lambda rep: stop.set())
+    rep = ing.scan(cfg.settings.mailboxes)
+    inbox = next(f for f in rep.folders if f.folder == "INBOX")
+    assert inbox.interrupted and inbox.stored == 10 and count(store) == 10
+    assert multiprocessing.active_children() == []
+    stop.clear()
+    assert run_scan(cfg, store, directory).stored == 40

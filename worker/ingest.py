@@ -12,7 +12,7 @@ import imaplib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,13 +23,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import select as sm_select
 
 from . import defaults
-from .classify import Classification, ContactRef, Directory, classify
+from .classify import ContactRef, Directory, classify
 from .config import Config, MailboxConfig
 from .errors import FolderMissingError, MailboxError, StoreError
-from .headers import ParsedMessage, normalise_subject
+from .fetchproc import prepared_in_process
+from .headers import ParsedMessage
 from .mailbox import MailboxSource, open_source
 from .mailbox.base import Item
-from .parsing import PreparedBatch, parse_batch, read_snippets, wants_snippet
+from .parsing import PreparedBatch, classified, prepare_batch
 from .store.db import Store, describe_db_error
 from .store.models import AlertCommand, Contact, FolderState, Message, MessageContact, SkippedMessage
 from .store.threads import finish_threads, link_contacts, plan_threads, refresh_replies
@@ -99,25 +100,6 @@ class ScanReport:
         return not self.errors
 
 
-def _row(pm: ParsedMessage, cl: Classification, auto: str | None, ack: bool, mailbox: str,
-         folder: str, uid: int | None, now: datetime) -> dict[str, Any]:
-    refs = pm.references
-    thread_key = refs[0] if refs else (pm.in_reply_to or pm.message_id)
-    return {
-        "message_id": pm.message_id, "synthetic_id": pm.synthetic_id, "thread_key": thread_key,
-        "in_reply_to": pm.in_reply_to, "references": " ".join(refs)[:20000],
-        "subject": pm.subject, "norm_subject": normalise_subject(pm.subject),
-        "from_addr": pm.from_addr, "from_name": pm.from_name,
-        "to_addrs": ",".join(pm.to), "cc_addrs": ",".join(pm.cc),
-        "date_header": pm.date_header, "internal_date": pm.internal_date, "sent_at": pm.sent_at,
-        "direction": cl.direction, "automated": auto is not None, "automated_reason": auto,
-        "acknowledgement": ack, "firm_in_to": cl.firm_in_to, "firm_in_cc": cl.firm_in_cc,
-        "client_id": cl.client_id, "contact_ids": ",".join(map(str, cl.contact_ids)),
-        "mailbox": mailbox, "folder": folder, "uid": uid, "ingested_at": now,
-        "problems": "; ".join(pm.problems)[:2000] or None,
-    }
-
-
 class Ingestor:
     def __init__(self, store: Store, config: Config, directory: Directory,
                  stop: threading.Event | None = None, progress: Progress | None = None,
@@ -178,7 +160,7 @@ class Ingestor:
             if self.stop.is_set():
                 break
             try:
-                out.append(self.scan_folder(source, mb.name, folder, mb.batch_size))
+                out.append(self.scan_folder(source, mb.name, folder, mb.batch_size, mb))
             except FolderMissingError as exc:
                 # A deleted or renamed folder must not stop the others.
                 log.error("%s", exc)
@@ -193,7 +175,10 @@ class Ingestor:
         return out
 
     def scan_folder(self, source: MailboxSource, mailbox: str, folder: str,
-                    batch_size: int = defaults.SCAN_BATCH_SIZE) -> FolderReport:
+                    batch_size: int = defaults.SCAN_BATCH_SIZE,
+                    mb: MailboxConfig | None = None) -> FolderReport:
+        """Store what is new in one folder. With `mb` (the mailbox's config), a big backlog is
+        fetched and parsed by a helper process that opens its own connection."""
         t0 = time.perf_counter()
         rep = FolderReport(mailbox, folder)
         st = self._state(mailbox, folder)
@@ -218,33 +203,45 @@ class Ingestor:
         batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
         self.progress.start(mailbox, folder, len(items))
         # Two stages: while batch k is written to the store, batch k+1 is fetched, parsed and
-        # classified on a helper thread. The waits on the IMAP server and on the database
-        # overlap; the mailbox connection is only ever used by that one thread meanwhile.
-        pool = ThreadPoolExecutor(1, thread_name_prefix="carewatch-fetch")
+        # classified, on a helper thread or, for a big backlog, in a helper process.
+        if mb is not None and len(batches) > 1 and len(items) >= defaults.SCAN_PROCESS_MIN_MESSAGES:
+            prepared = prepared_in_process(mb, self.directory, folder, batches)
+        else:
+            prepared = self._prepared_in_thread(source, mailbox, folder, batches)
         try:
-            pending = pool.submit(self._prepare_batch, source, folder, batches[0]) if batches else None
-            for k, batch in enumerate(batches):
+            for batch in batches:
                 if self.stop.is_set():
                     rep.interrupted = True
                     log.info("%s/%s: stop requested; committed up to here, the next scan resumes",
                              mailbox, folder)
                     break
-                assert pending is not None
-                prepared = pending.result()
-                pending = (pool.submit(self._prepare_batch, source, folder, batches[k + 1])
-                           if k + 1 < len(batches) else None)
-                self._store_batch(prepared, mailbox, folder, status.uidvalidity, batch, rep)
+                self._store_batch(next(prepared), mailbox, folder, status.uidvalidity, batch, rep)
                 self.progress.advance(len(batch))
                 if self.on_batch:
                     self.on_batch(rep)
         finally:
-            # Never leave a FETCH running on the connection the caller is about to reuse or close.
-            pool.shutdown(wait=True, cancel_futures=True)
+            prepared.close()  # ends the helper: no FETCH left running on a connection in use
             self.progress.finish()
         if not rep.interrupted:
             self._mark_ok(mailbox, folder, status.uidvalidity, None)
         rep.seconds = time.perf_counter() - t0
         return rep
+
+    def _prepared_in_thread(self, source: MailboxSource, mailbox: str, folder: str,
+                            batches: list[list[Item]]) -> Generator[PreparedBatch, None, None]:
+        """Prepared batches from a helper thread, one batch ahead. The mailbox connection is
+        only ever used by that one thread meanwhile."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="carewatch-fetch")
+        try:
+            pending = None
+            for k, batch in enumerate(batches):
+                current = pending or pool.submit(prepare_batch, source, folder, batch, self.directory, mailbox)
+                if k + 1 < len(batches):
+                    pending = pool.submit(prepare_batch, source, folder, batches[k + 1], self.directory, mailbox)
+                yield current.result()
+        finally:
+            # Never leave a FETCH running on the connection the caller is about to reuse or close.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _mark_ok(self, mailbox: str, folder: str, uidvalidity: int, last_uid: int | None) -> None:
         values: dict[str, Any] = {"uidvalidity": uidvalidity, "last_ok_at": utcnow(),
@@ -270,47 +267,33 @@ class Ingestor:
                 if c.active and c.client_id in self.directory.domain_clients.values():
                     self.directory.contacts[c.email] = ContactRef(c.id, c.client_id, c.role)
 
-    def _prepare_batch(self, source: MailboxSource, folder: str, batch: list[Item]) -> PreparedBatch:
-        """Stage one, on the fetch thread: fetch, parse, classify, and read the snippets that
-        decide acknowledgements and alert-reply commands. Touches the mailbox, not the store.
-        """
-        now = utcnow()
-        raws = source.fetch(folder, batch)
-        messages, skipped = parse_batch(raws, now, self.directory)
-        want = [m.raw.item for m in messages if wants_snippet(m)]
-        snippets = source.fetch_snippets(folder, want) if want else {}
-        commands = read_snippets(messages, snippets) if snippets else []
-        return PreparedBatch(now, messages, commands, skipped)
-
     def _store_batch(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
                      batch: list[Item], rep: FolderReport) -> None:
         """Stage two, on the scanning thread: discovered contacts, then one transaction that
         stores the batch, threads it and moves the folder's cursor."""
-        now, messages, command_rows, skipped = prepared.now, prepared.messages, prepared.commands, prepared.skipped
+        now, command_rows, skipped = prepared.now, prepared.commands, prepared.skipped
         # People, not newsletters or bounces, become discovered contacts.
         found: dict[str, tuple[str, int]] = {}
-        for m in messages:
-            if m.auto is None:
-                for addr, name, cid in m.cl.discovered:
+        for i, people, _ in prepared.discovered:
+            if not prepared.rows[i]["automated"]:
+                for addr, name, cid in people:
                     found.setdefault(addr, (name, cid))
         if found:
             self._discover(found, now)
+        for i, _, pm in prepared.discovered:
+            # Classified before the people it names were stored (here, by the batch before, or
+            # in another process): classify again to link them.
+            prepared.rows[i].update(classified(classify(pm, self.directory)))
         rows: dict[str, dict[str, Any]] = {}
-        for m in messages:
-            raw, pm, cl, auto = m.raw, m.pm, m.cl, m.auto
-            if cl.discovered:
-                # Classified before the people it names were stored (here or by the batch
-                # before): classify again to link them.
-                cl = classify(pm, self.directory)
-            if pm.message_id in rows:
+        for row in prepared.rows:
+            if row["message_id"] in rows:
                 rep.duplicates += 1
                 continue
-            uid = raw.item.cursor if isinstance(raw.item.key, int) else None
-            rows[pm.message_id] = _row(pm, cl, auto, m.ack, mailbox, folder, uid, now)
-            if auto:
+            rows[row["message_id"]] = row
+            if row["automated"]:
                 rep.automated += 1
-            if pm.problems:
-                log.debug("%s/%s uid %s: %s", mailbox, folder, raw.item.cursor, "; ".join(pm.problems))
+            if row["problems"]:
+                log.debug("%s/%s uid %s: %s", mailbox, folder, row["uid"], row["problems"])
 
         for item, reason in skipped:
             log.warning("%s/%s: skipped message %s: %s", mailbox, folder, item.cursor, reason)

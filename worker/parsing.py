@@ -1,20 +1,21 @@
-"""The CPU half of ingest: fetched header blocks -> parsed, classified messages.
+"""The CPU half of ingest: fetched header blocks -> parsed, classified message rows.
 
-Pure functions of their arguments and a classification directory: the fetch thread of a scan
-runs them (ingest.py) and so can a test, without a mailbox or a store.
+Functions of their arguments, a mailbox source and a classification directory, never the
+store: a scan runs them on a helper thread or in a helper process (fetchproc.py) while the
+previous batch is stored, and a test can run them without either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from .classify import Classification, Directory, automated_reason, classify, is_acknowledgement, snippet_text
 from .commands import find_token, parse_command
-from .headers import ParsedMessage, parse_header_block
-from .mailbox.base import Item, RawMessage
+from .headers import ParsedMessage, normalise_subject, parse_header_block
+from .mailbox.base import Item, MailboxSource, RawMessage
 
 
 @dataclass(slots=True)
@@ -29,10 +30,63 @@ class PreparedMessage:
 
 @dataclass(slots=True)
 class PreparedBatch:
+    """One fetched batch, ready to store: plain rows, cheap to send to another process."""
+
     now: datetime
-    messages: list[PreparedMessage]
+    #: message table rows, in the folder's order.
+    rows: list[dict[str, Any]]
+    #: Rows that name people at client domains who are not contacts yet: (index in rows,
+    #: those people as (address, name, client id), the parsed message to classify again
+    #: once they are stored).
+    discovered: list[tuple[int, list[tuple[str, str, int]], ParsedMessage]]
     commands: list[dict[str, Any]]
     skipped: list[tuple[Item, str]]
+
+
+def classified(cl: Classification) -> dict[str, Any]:
+    """The columns of a message row that come from classification."""
+    return {"direction": cl.direction, "client_id": cl.client_id, "contact_ids": ",".join(map(str, cl.contact_ids)),
+            "firm_in_to": cl.firm_in_to, "firm_in_cc": cl.firm_in_cc}
+
+
+def message_row(pm: ParsedMessage, cl: Classification, auto: str | None, ack: bool, mailbox: str,
+                folder: str, uid: int | None, now: datetime) -> dict[str, Any]:
+    refs = pm.references
+    thread_key = refs[0] if refs else (pm.in_reply_to or pm.message_id)
+    return {
+        "message_id": pm.message_id, "synthetic_id": pm.synthetic_id, "thread_key": thread_key,
+        "in_reply_to": pm.in_reply_to, "references": " ".join(refs)[:20000],
+        "subject": pm.subject, "norm_subject": normalise_subject(pm.subject),
+        "from_addr": pm.from_addr, "from_name": pm.from_name,
+        "to_addrs": ",".join(pm.to), "cc_addrs": ",".join(pm.cc),
+        "date_header": pm.date_header, "internal_date": pm.internal_date, "sent_at": pm.sent_at,
+        "direction": cl.direction, "automated": auto is not None, "automated_reason": auto,
+        "acknowledgement": ack, "firm_in_to": cl.firm_in_to, "firm_in_cc": cl.firm_in_cc,
+        "client_id": cl.client_id, "contact_ids": ",".join(map(str, cl.contact_ids)),
+        "mailbox": mailbox, "folder": folder, "uid": uid, "ingested_at": now,
+        "problems": "; ".join(pm.problems)[:2000] or None,
+    }
+
+
+def prepare_batch(source: MailboxSource, folder: str, batch: list[Item], directory: Directory,
+                  mailbox: str) -> PreparedBatch:
+    """Stage one of a scan: fetch, parse, classify, and read the snippets that decide
+    acknowledgements and alert-reply commands. Touches the mailbox, never the store."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    raws = source.fetch(folder, batch)
+    messages, skipped = parse_batch(raws, now, directory)
+    want = [m.raw.item for m in messages if wants_snippet(m)]
+    snippets = source.fetch_snippets(folder, want) if want else {}
+    commands = read_snippets(messages, snippets) if snippets else []
+    rows = []
+    discovered = []
+    for m in messages:
+        item = m.raw.item
+        if m.cl.discovered:
+            discovered.append((len(rows), m.cl.discovered, m.pm))
+        rows.append(message_row(m.pm, m.cl, m.auto, m.ack, mailbox, folder,
+                                item.cursor if isinstance(item.key, int) else None, now))
+    return PreparedBatch(now, rows, discovered, commands, skipped)
 
 
 def is_alert_reply(pm: ParsedMessage) -> bool:
