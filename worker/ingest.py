@@ -301,11 +301,10 @@ class Ingestor:
             with self.store.session() as db:
                 batch_rows = list(rows.values())
                 conn = db.connection()
-                if batch_rows:
-                    plan_threads(conn, batch_rows)  # sets thread_id before the insert
+                merged = plan_threads(conn, batch_rows) if batch_rows else set()  # sets thread_id
                 inserted = self.store.insert_ignore(db, Message.__table__, batch_rows, ["message_id"])
                 if batch_rows:
-                    finish_threads(conn, batch_rows)
+                    finish_threads(conn, batch_rows, merged=merged)
                     link_contacts(conn, batch_rows)
                 if command_rows:
                     self.store.insert_ignore(db, AlertCommand.__table__, command_rows, ["message_id"])

@@ -190,11 +190,18 @@ def _sqlite_insert_ignore(conn: Connection | Session, table: Any, rows: Sequence
     params = _value_rows(rows, defaults_)
     dates = [i for i, c in enumerate(cols) if isinstance(c.type, DateTime)]
     if dates:
+        # A message row holds the same moment several times (Date, INTERNALDATE, sent at) and
+        # a batch shares its ingest time: format each distinct value once.
+        text_of: dict[Any, Any] = {}
         adapted = []
         for values in params:
             v = list(values)
             for i in dates:
-                v[i] = _sqlite_datetime(v[i])
+                d = v[i]
+                t = text_of.get(d)
+                if t is None:
+                    t = text_of[d] = _sqlite_datetime(d)
+                v[i] = t
             adapted.append(tuple(v))
         params = adapted
     names = ", ".join(f'"{c.name}"' for c in cols)

@@ -11,6 +11,7 @@ says "Re:" joins the latest message with the same normalised subject at the same
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -23,7 +24,9 @@ from sqlalchemy import (
     DateTime,
     Integer,
     MetaData,
+    String,
     Table,
+    TypeDecorator,
     bindparam,
     select,
     text,
@@ -76,13 +79,24 @@ class UnionFind(Generic[T]):
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
+class _JsonArray(TypeDecorator[list[Any]]):
+    """A list bound as one JSON text, for SQLite's json_each()."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str:
+        return json.dumps(list(value), ensure_ascii=False)
+
+
 def among(dialect: str, column: str, pg_type: str) -> tuple[str, BindParameter[Any]]:
-    """SQL for "column is one of :ids" and the parameter to bind. PostgreSQL gets one array
-    parameter (= ANY): an IN list of 500 parameters is parsed and planned again for every
-    batch. SQLite gets the IN list."""
+    """SQL for "column is one of :ids" and the parameter to bind: one parameter either way.
+    PostgreSQL gets an array (= ANY), SQLite a JSON array read by json_each() (the planner
+    probes the column's index per value, as for an IN list). An expanding IN list of 500
+    parameters was rendered by SQLAlchemy and parsed by the database again for every batch."""
     if dialect == "postgresql":
         return f"{column} = ANY(CAST(:ids AS {pg_type}[]))", bindparam("ids")
-    return f"{column} IN :ids", bindparam("ids", expanding=True)
+    return f"{column} IN (SELECT value FROM json_each(:ids))", bindparam("ids", type_=_JsonArray())
 
 
 def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -111,11 +125,10 @@ def _merge(conn: Connection, target: int, others: set[int], episodes: bool = Tru
     _merge_many(conn, {o: target for o in others}, episodes)
 
 
-REFRESH_REPLIES = (
-    "UPDATE message SET reply_at = (SELECT MIN(o.sent_at) FROM message o WHERE o.thread_id = message.thread_id "
-    "AND o.direction = 'outbound' AND NOT o.automated AND o.sent_at > message.sent_at) "
-    "WHERE direction = 'inbound'"
-)
+#: An inbound message's reply: the first human outbound message after it in its thread.
+FIRST_REPLY = ("(SELECT MIN(o.sent_at) FROM message o WHERE o.thread_id = message.thread_id "
+               "AND o.direction = 'outbound' AND NOT o.automated AND o.sent_at > message.sent_at)")
+REFRESH_REPLIES = f"UPDATE message SET reply_at = {FIRST_REPLY} WHERE direction = 'inbound'"
 
 
 def episodes_sql(dialect: str, some_threads: bool) -> str:
@@ -146,9 +159,14 @@ def episodes_sql(dialect: str, some_threads: bool) -> str:
         WHERE rn = 1"""
 
 
-def refresh_replies(conn: Connection, thread_ids: Iterable[int] | None = None) -> None:
+def refresh_replies(conn: Connection, thread_ids: Iterable[int] | None = None,
+                    merged: Iterable[int] = ()) -> None:
     """Recompute reply_at for the inbound messages of these threads (all threads if None), and
-    then their answered episodes."""
+    then the answered episodes of the threads where it changed or that were `merged`.
+
+    Only rows whose reply_at changes are written: most inbound messages of a thread a batch
+    touches are answered already, and rewriting them dirtied pages all over the message table
+    and its reply index for every batch."""
     dialect = conn.dialect.name
     if thread_ids is None:
         conn.execute(text(REFRESH_REPLIES))
@@ -157,16 +175,22 @@ def refresh_replies(conn: Connection, thread_ids: Iterable[int] | None = None) -
         return
     ids = sorted(set(thread_ids))
     cond, ids_param = among(dialect, "thread_id", "BIGINT")
+    differs = "IS NOT" if dialect == "sqlite" else "IS DISTINCT FROM"
+    update_sql = text(f"{REFRESH_REPLIES} AND {cond} AND reply_at {differs} {FIRST_REPLY} "
+                      "RETURNING thread_id").bindparams(ids_param)
+    changed = set(merged)
     for chunk in _chunks(ids):
+        changed.update(conn.execute(update_sql, {"ids": list(chunk)}).scalars())
+    for chunk in _chunks(sorted(changed)):
         params = {"ids": list(chunk)}
-        conn.execute(text(f"{REFRESH_REPLIES} AND {cond}").bindparams(ids_param), params)
         conn.execute(text(f"DELETE FROM episode WHERE {cond}").bindparams(ids_param), params)
         conn.execute(text(episodes_sql(dialect, True)).bindparams(ids_param), params)
 
 
-def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: bool = True) -> None:
+def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: bool = True) -> set[int]:
     """Before a batch is inserted: give every row its thread (row["thread_id"]), merging the
-    stored threads it links and recording its ids in thread_link."""
+    stored threads it links and recording its ids in thread_link. Returns the stored threads
+    that others were merged into."""
     mids: UnionFind[str] = UnionFind()
     find = mids.find
     for r in rows:
@@ -199,7 +223,8 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: boo
         known_of[root] = known
         for t in known[1:]:
             threads.union(known[0], t)
-    _merge_many(conn, {t: tfind(t) for t in list(threads.parent)}, episodes)
+    moves = {t: tfind(t) for t in list(threads.parent)}
+    _merge_many(conn, moves, episodes)
 
     target_of: dict[str, int] = {}
     new_links: list[dict[str, Any]] = []
@@ -211,15 +236,19 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: boo
     insert_ignore(conn, ThreadLink.__table__, new_links, ["mid"])
     for r in rows:
         r["thread_id"] = target_of[find(r["message_id"])]
+    return {target for old, target in moves.items() if old != target}
 
 
 def _refs(r: dict[str, Any]) -> list[str]:
     return ([r["in_reply_to"]] if r.get("in_reply_to") else []) + (r.get("references") or "").split()
 
 
-def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bool = True) -> set[int]:
+def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bool = True,
+                   merged: set[int] | None = None) -> set[int]:
     """After a batch is inserted: join replies that lost their references by subject, then bring
-    reply_at up to date in every thread the batch touched. Returns those threads."""
+    reply_at up to date in every thread the batch touched. `merged`: threads plan_threads
+    merged others into. Returns the threads touched."""
+    merged = set(merged or ())
     window = timedelta(days=defaults.SUBJECT_THREAD_WINDOW_DAYS)
     for r in sorted(rows, key=lambda r: r["sent_at"]):
         if _refs(r) or not r.get("norm_subject") or r.get("client_id") is None:
@@ -241,12 +270,14 @@ def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
             continue  # same subject, other people: another conversation
         target = min(mine, prev.thread_id)
         _merge(conn, target, {mine, prev.thread_id}, episodes=refresh)
+        merged.add(target)
         for other in rows:
             if other["thread_id"] in (mine, prev.thread_id):
                 other["thread_id"] = target
     touched = {r["thread_id"] for r in rows}
     if refresh:
-        refresh_replies(conn, touched)
+        # A merged thread that is no longer anyone's target has gone into another one.
+        refresh_replies(conn, touched, merged & touched)
     return touched
 
 
@@ -254,11 +285,11 @@ def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
     """Thread messages that are already stored (the migration's backfill, tests). Without
     `refresh` (migration 0003, before reply_at and episodes existed) only threads are set."""
     rows = [dict(r) for r in rows]
-    plan_threads(conn, rows, episodes=refresh)
+    merged = plan_threads(conn, rows, episodes=refresh)
     conn.execute(update(Message).where(Message.message_id == bindparam("m")).values(thread_id=bindparam("t"))
                  .execution_options(synchronize_session=False),
                  [{"m": r["message_id"], "t": r["thread_id"]} for r in rows])
-    return finish_threads(conn, rows, refresh)
+    return finish_threads(conn, rows, refresh, merged)
 
 
 def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]], day: bool = True) -> None:
