@@ -13,6 +13,7 @@ the pipe and raised again in the scan, so a scan fails the same way in either mo
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import pickle
 from collections.abc import Iterator
@@ -29,11 +30,17 @@ from .parsing import PreparedBatch, prepare_batch
 
 def _child(conn: Connection, mb: MailboxConfig, directory: Directory, folder: str,
            batches: list[list[Item]]) -> None:
+    # Collect garbage once per batch (see ingest.collected_per_batch): 17% of this process's
+    # time went to automatic collections.
+    gc.freeze()
+    gc.disable()
     try:
         with open_source(mb) as source:
             for batch in batches:
                 prepared = prepare_batch(source, folder, batch, directory, mb.name)
                 conn.send_bytes(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
+                del prepared
+                gc.collect()
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the scan, as it is
         try:
             payload = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
