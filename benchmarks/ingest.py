@@ -37,7 +37,6 @@ def time_phases() -> None:
     import functools
 
     from worker import ingest, parsing
-    from worker.mailbox.imap import ImapSource
     from worker.store.db import Store
 
     def wrap(owner: object, name: str, label: str) -> None:
@@ -54,10 +53,9 @@ def time_phases() -> None:
         setattr(owner, name, timed)
 
     # On a helper thread these overlap with storing; in a helper process (big folders) only
-    # "store batches" is seen here, and the rest of the time is waiting for the helper.
+    # "store batches" is seen here, and the rest of the time is waiting for the helper. IMAP
+    # waits are not shown: FETCHes are pipelined and overlap with parsing.
     wrap(ingest.Ingestor, "_store_batch", "store batches")
-    wrap(ImapSource, "fetch", "fetch headers")
-    wrap(ImapSource, "fetch_snippets", "fetch snippets")
     wrap(parsing, "parse_batch", "parse and classify")
     wrap(ingest, "plan_threads", "plan threads")
     wrap(Store, "insert_ignore", "insert")

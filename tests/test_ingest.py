@@ -634,3 +634,35 @@ def test_a_stop_request_ends_the_helper_process_after_the_batch_in_hand(
     assert multiprocessing.active_children() == []
     stop.clear()
     assert run_scan(cfg, store, directory).stored == 40
+
+
+def test_pipelined_fetches_each_get_their_own_answers_in_any_order(tmp_path: Path, dovecot: Dovecot) -> None:
+    """Several FETCHes in flight at once (headers and snippets of overlapping messages): the
+    server may run them side by side and interleave the answers; each completion must get
+    exactly its own messages, the same as a plain fetch, whatever order they complete in."""
+
+    dovecot.append([inbound(i, body=f"body of message {i}\n") for i in range(30)])
+    dovecot.append([inbound(100 + i) for i in range(3)], folder="Sent")
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot))
+    with open_source(cfg.settings.mailboxes[0]) as src:
+        items = src.new_items("INBOX", 0)
+        assert len(items) == 30
+        plain = {r.item.cursor: r for r in src.fetch("INBOX", items)}
+        plain_snips = src.fetch_snippets("INBOX", items)
+        for order in ([0, 1, 2, 3], [3, 1, 0, 2]):
+            started = [src.start_fetch("INBOX", items[:10]), src.start_fetch_snippets("INBOX", items[5:20]),
+                       src.start_fetch("INBOX", items[10:]), src.start_fetch_snippets("INBOX", items[:5])]
+            got: dict[int, object] = {k: started[k]() for k in order}
+            heads = got[0] + got[2]  # type: ignore[operator]
+            assert [r.item.cursor for r in heads] == [i.cursor for i in items]
+            for r in heads:
+                assert (r.header, r.internal_date) == (plain[r.item.cursor].header, plain[r.item.cursor].internal_date)
+            assert got[1] == {i.key: plain_snips[i.key] for i in items[5:20]}
+            assert got[3] == {i.key: plain_snips[i.key] for i in items[:5]}
+            assert b"body of message 7" in got[1][items[7].key]  # type: ignore[index]
+        # FETCHes abandoned in flight (a stopped scan) do not disturb what comes next.
+        src.start_fetch("INBOX", items)
+        src.start_fetch_snippets("INBOX", items)
+        sent = src.new_items("Sent", 0)
+        assert [r.header for r in src.fetch("Sent", sent)] == [r.header for r in src.fetch("Sent", sent)]
+        assert len(sent) == 3 and src.folder_status("INBOX").messages == 30

@@ -25,7 +25,7 @@ from .config import MailboxConfig
 from .errors import MailboxError
 from .mailbox import open_source
 from .mailbox.base import Item
-from .parsing import PreparedBatch, prepare_batch
+from .parsing import PreparedBatch, prepared_batches
 
 
 def _child(conn: Connection, mb: MailboxConfig, directory: Directory, folder: str,
@@ -36,8 +36,7 @@ def _child(conn: Connection, mb: MailboxConfig, directory: Directory, folder: st
     gc.disable()
     try:
         with open_source(mb) as source:
-            for batch in batches:
-                prepared = prepare_batch(source, folder, batch, directory, mb.name)
+            for prepared in prepared_batches(source, folder, batches, directory, mb.name):
                 conn.send_bytes(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
                 del prepared
                 gc.collect()

@@ -32,7 +32,7 @@ from .fetchproc import prepared_in_process
 from .headers import ParsedMessage
 from .mailbox import MailboxSource, open_source
 from .mailbox.base import Item
-from .parsing import PreparedBatch, classified, prepare_batch
+from .parsing import PreparedBatch, classified, prepared_batches
 from .store.db import Store, describe_db_error
 from .store.models import AlertCommand, Contact, FolderState, Message, MessageContact, SkippedMessage
 from .store.threads import finish_threads, link_contacts, plan_threads, refresh_replies
@@ -253,17 +253,19 @@ class Ingestor:
                             batches: list[list[Item]]) -> Generator[PreparedBatch, None, None]:
         """Prepared batches from a helper thread, one batch ahead. The mailbox connection is
         only ever used by that one thread meanwhile."""
+        stage = prepared_batches(source, folder, batches, self.directory, mailbox)
         pool = ThreadPoolExecutor(1, thread_name_prefix="carewatch-fetch")
         try:
-            pending = None
-            for k, batch in enumerate(batches):
-                current = pending or pool.submit(prepare_batch, source, folder, batch, self.directory, mailbox)
-                if k + 1 < len(batches):
-                    pending = pool.submit(prepare_batch, source, folder, batches[k + 1], self.directory, mailbox)
-                yield current.result()
+            pending = pool.submit(next, stage) if batches else None
+            for k in range(len(batches)):
+                assert pending is not None
+                current = pending.result()
+                pending = pool.submit(next, stage) if k + 1 < len(batches) else None
+                yield current
         finally:
             # Never leave a FETCH running on the connection the caller is about to reuse or close.
             pool.shutdown(wait=True, cancel_futures=True)
+            stage.close()
 
     def _mark_ok(self, mailbox: str, folder: str, uidvalidity: int, last_uid: int | None) -> None:
         values: dict[str, Any] = {"uidvalidity": uidvalidity, "last_ok_at": utcnow(),

@@ -7,7 +7,7 @@ previous batch is stored, and a test can run them without either.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -70,14 +70,38 @@ def message_row(pm: ParsedMessage, cl: Classification, auto: str | None, ack: bo
 
 def prepare_batch(source: MailboxSource, folder: str, batch: list[Item], directory: Directory,
                   mailbox: str) -> PreparedBatch:
-    """Stage one of a scan: fetch, parse, classify, and read the snippets that decide
-    acknowledgements and alert-reply commands. Touches the mailbox, never the store."""
-    now = datetime.now(UTC).replace(tzinfo=None)
-    raws = source.fetch(folder, batch)
-    messages, skipped = parse_batch(raws, now, directory)
-    want = [m.raw.item for m in messages if wants_snippet(m)]
-    snippets = source.fetch_snippets(folder, want) if want else {}
-    commands = read_snippets(messages, snippets) if snippets else []
+    """Stage one of a scan for one batch: fetch, parse, classify, and read the snippets that
+    decide acknowledgements and alert-reply commands. Touches the mailbox, never the store."""
+    return next(prepared_batches(source, folder, [batch], directory, mailbox))
+
+
+def prepared_batches(source: MailboxSource, folder: str, batches: list[list[Item]], directory: Directory,
+                     mailbox: str) -> Iterator[PreparedBatch]:
+    """prepare_batch() for each batch, in order, with the server never idle: the next batch's
+    headers are requested before this one is parsed, and a batch is finished (its snippets
+    read) only after the next one has been parsed. On IMAP this pipelines the FETCH commands,
+    so the waits on the server overlap with parsing instead of adding to it."""
+    headers = source.start_fetch(folder, batches[0]) if batches else None
+    previous: tuple[datetime, list[PreparedMessage], list[tuple[Item, str]], Any] | None = None
+    for k in range(len(batches)):
+        assert headers is not None
+        raws = headers()
+        headers = source.start_fetch(folder, batches[k + 1]) if k + 1 < len(batches) else None
+        now = datetime.now(UTC).replace(tzinfo=None)
+        messages, skipped = parse_batch(raws, now, directory)
+        want = [m.raw.item for m in messages if wants_snippet(m)]
+        snippets = source.start_fetch_snippets(folder, want) if want else dict
+        if previous is not None:
+            yield _finish(*previous, mailbox, folder)
+        previous = (now, messages, skipped, snippets)
+    if previous is not None:
+        yield _finish(*previous, mailbox, folder)
+
+
+def _finish(now: datetime, messages: list[PreparedMessage], skipped: list[tuple[Item, str]],
+            snippets: Any, mailbox: str, folder: str) -> PreparedBatch:
+    got = snippets()
+    commands = read_snippets(messages, got) if got else []
     rows = []
     discovered = []
     for m in messages:
@@ -87,6 +111,7 @@ def prepare_batch(source: MailboxSource, folder: str, batch: list[Item], directo
         rows.append(message_row(m.pm, m.cl, m.auto, m.ack, mailbox, folder,
                                 item.cursor if isinstance(item.key, int) else None, now))
     return PreparedBatch(now, rows, discovered, commands, skipped)
+
 
 
 def is_alert_reply(pm: ParsedMessage) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -65,3 +65,15 @@ class MailboxSource(ABC):
     @abstractmethod
     def fetch_snippets(self, folder: str, items: list[Item]) -> dict[Hashable, bytes]:
         """The first few hundred bytes of each item's body text, keyed by item key."""
+
+    def start_fetch(self, folder: str, items: list[Item]) -> Callable[[], list[RawMessage]]:
+        """Begin fetch(); the returned function completes it. A source that can let the server
+        work while the caller computes (IMAP pipelining) does so; the default fetches now.
+        Completions are called in the order the fetches were started."""
+        out = self.fetch(folder, items)
+        return lambda: out
+
+    def start_fetch_snippets(self, folder: str, items: list[Item]) -> Callable[[], dict[Hashable, bytes]]:
+        """Begin fetch_snippets(), as start_fetch()."""
+        out = self.fetch_snippets(folder, items)
+        return lambda: out

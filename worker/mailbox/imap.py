@@ -9,7 +9,9 @@ import logging
 import re
 import socket
 import ssl
+from collections import deque
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -36,11 +38,12 @@ _IDATE_RE = re.compile(rb'INTERNALDATE "([^"]+)"')
 _FETCH_START_RE = re.compile(rb"^\d+ \(")
 
 
-def split_fetch_response(data: list[Any]) -> dict[int, tuple[bytes, bytes]] | None:
-    """Group imaplib's FETCH data into uid -> (metadata bytes, literal bytes).
+def fetch_answers(data: list[Any]) -> list[tuple[int, bytes, bytes]] | None:
+    """imaplib-shaped FETCH data as (uid, metadata bytes, literal bytes) per message answer.
 
     imaplib returns a (prefix, literal) tuple per literal and the rest of the response as
-    plain bytes (b")" or b" INTERNALDATE ... UID 5)"). None if a message lacks a UID."""
+    plain bytes (b")" or b" INTERNALDATE ... UID 5)"). A UID may come twice (two pipelined
+    FETCHes of one message). None if an answer lacks a UID."""
     messages: list[tuple[list[bytes], bytes]] = []
     for el in data:
         if isinstance(el, tuple):
@@ -50,14 +53,21 @@ def split_fetch_response(data: list[Any]) -> dict[int, tuple[bytes, bytes]] | No
                 messages.append(([el], b""))
             elif messages:
                 messages[-1][0].append(el)
-    out: dict[int, tuple[bytes, bytes]] = {}
+    out: list[tuple[int, bytes, bytes]] = []
     for meta_parts, literal in messages:
         meta = b"".join(meta_parts)
         m = _UID_RE.search(meta)
         if not m:
             return None
-        out[int(m.group(1))] = (meta, literal)
+        out.append((int(m.group(1)), meta, literal))
     return out
+
+
+def split_fetch_response(data: list[Any]) -> dict[int, tuple[bytes, bytes]] | None:
+    """The answers of one FETCH as uid -> (metadata bytes, literal bytes); None if an answer
+    lacks a UID."""
+    answers = fetch_answers(data)
+    return None if answers is None else {uid: (meta, literal) for uid, meta, literal in answers}
 
 
 _FETCH_LINE_RE = re.compile(rb"\* (\d+) FETCH (.*)", re.S)
@@ -65,16 +75,18 @@ _LITERAL_END_RE = re.compile(rb"\{(\d+)\}$")
 _MAXLINE = 1_000_000  # imaplib's own limit
 
 
-def read_fetch_data(imap: Any, tag: bytes) -> list[Any]:
-    """Read the responses to one tagged FETCH straight off imaplib's socket file.
+def read_until_tagged(imap: Any) -> tuple[list[Any], bytes, bytes, bytes]:
+    """Read untagged FETCH responses straight off imaplib's socket file up to the next tagged
+    completion line, whichever command it completes (pipelined commands may run side by side
+    and finish in any order: Dovecot does).
 
-    Returns FETCH data in imaplib's own shape (a (prefix, literal) tuple per literal, the rest
-    as bytes, "* " and "FETCH" stripped), so split_fetch_response parses it. imaplib handles
-    every line in Python with several regexes and debug calls; a header FETCH is three lines
-    and one literal per message, so reading them here with readline/read (C) is several times
-    faster. Other untagged responses (EXISTS, EXPUNGE...) are skipped."""
+    Returns the FETCH data in imaplib's own shape (a (prefix, literal) tuple per literal, the
+    rest as bytes, "* " and "FETCH" stripped, so split_fetch_response parses it), and the
+    completion's tag, status and text. imaplib handles every line in Python with several
+    regexes and debug calls; a header FETCH is three lines and one literal per message, so
+    reading them here with readline/read (C) is several times faster. Other untagged
+    responses (EXISTS, EXPUNGE...) are skipped."""
     readline, read = imap.file.readline, imap.file.read
-    done = tag + b" "
     data: list[Any] = []
     after_literal = keep = False
     while True:
@@ -85,13 +97,11 @@ def read_fetch_data(imap: Any, tag: bytes) -> list[Any]:
             raise imaplib.IMAP4.abort(f"socket error: unterminated or overlong line: {line[:80]!r}")
         line = line[:-2]
         if not after_literal:
-            if line.startswith(done):
+            if not line.startswith((b"* ", b"+")):
+                tag, _, rest = line.partition(b" ")
+                status, _, text = rest.partition(b" ")
                 imap.tagged_commands.pop(tag, None)
-                status, _, text = line[len(done):].partition(b" ")
-                if status != b"OK":
-                    raise imaplib.IMAP4.error(f"FETCH {status.decode(errors='replace')}: "
-                                              f"{text.decode(errors='replace')}"[:500])
-                return data
+                return data, tag, status, text
             m = _FETCH_LINE_RE.match(line)
             keep = m is not None
             if m:
@@ -167,6 +177,15 @@ def _lookup(data: dict[bytes, Any], prefix: bytes) -> Any:
     return None
 
 
+@dataclass(eq=False)
+class _InFlight:
+    """Pipelined FETCH commands (one item, some UIDs) whose answers may not be read yet."""
+
+    item: bytes
+    uids: list[int]
+    tags: list[bytes]
+
+
 class ImapSource(MailboxSource):
     def __init__(self, name: str, host: str, port: int | None, tls: str, username: str,
                  password: Callable[[], str] | None = None,
@@ -185,6 +204,12 @@ class ImapSource(MailboxSource):
         self.max_command_bytes = max_command_bytes
         self.client: imapclient.IMAPClient | None = None
         self._selected: str | None = None
+        self._inflight: deque[_InFlight] = deque()
+        #: Answers read for pipelined FETCHes: (item, uid) -> (metadata, literal); completion
+        #: status per tag (None: OK); and whether a response came in an unexpected shape.
+        self._answers: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
+        self._completed: dict[bytes, str | None] = {}
+        self._odd_shape = False
         self.capabilities: tuple[bytes, ...] = ()
 
     def _where(self) -> str:
@@ -216,6 +241,9 @@ class ImapSource(MailboxSource):
         self._selected = None
 
     def close(self) -> None:
+        self._inflight.clear()  # unread responses go with the connection
+        self._answers.clear()
+        self._completed.clear()
         c, self.client = self.client, None
         if c is None:
             return
@@ -232,6 +260,12 @@ class ImapSource(MailboxSource):
         return self.client
 
     def _select(self, folder: str) -> dict[bytes, Any]:
+        self._settle()
+        # FETCHes still in flight were abandoned (a scan stopped early): forget their answers.
+        self._inflight.clear()
+        self._answers.clear()
+        self._completed.clear()
+        self._odd_shape = False
         try:
             info = self.c.select_folder(folder, readonly=True)
         except IMAPClientError as exc:
@@ -240,6 +274,7 @@ class ImapSource(MailboxSource):
         return info
 
     def folder_status(self, folder: str) -> FolderStatus:
+        self._settle()
         try:
             st = self.c.folder_status(folder, [b"UIDNEXT", b"UIDVALIDITY", b"MESSAGES"])
         except IMAPClientError as exc:
@@ -254,6 +289,7 @@ class ImapSource(MailboxSource):
         return [Item(u, u) for u in sorted(int(u) for u in uids if int(u) > after_cursor)]
 
     def _fetch(self, folder: str, uids: list[int], what: list[bytes]) -> dict[int, dict[bytes, Any]]:
+        self._settle()
         if self._selected != folder:
             self._select(folder)
         out: dict[int, dict[bytes, Any]] = {}
@@ -261,68 +297,122 @@ class ImapSource(MailboxSource):
             out.update(self.c.fetch(part, what))
         return out
 
-    def _fetch_fast(self, folder: str, uids: list[int], item: bytes) -> dict[int, tuple[bytes, bytes]] | None:
-        """The hot FETCH without imapclient's pure-Python response lexer.
-
-        imapclient tokenises every response byte in Python, mostly the long
-        `BODY[HEADER.FIELDS (...)]` echo, which caps a header fetch at a few thousand
-        messages/s. imaplib already splits literals out as bytes, so for this one response
-        shape we read UID and INTERNALDATE with a regex. Returns uid -> (metadata, literal),
-        or None when the response is not the expected shape (the caller then uses imapclient).
-        """
+    def _send_fetch(self, folder: str, uids: list[int], item: bytes) -> _InFlight:
+        """Send the hot FETCH without waiting for its answer (IMAP pipelining, RFC 3501 5.5):
+        the server prepares the next batch while this one is parsed."""
         if self._selected != folder:
             self._select(folder)
         imap = self.c._imap
-        out: dict[int, tuple[bytes, bytes]] = {}
+        f = _InFlight(item, uids, [])
         for part in chunk_by_command_length(uids, defaults.FETCH_UIDS_PER_COMMAND, self.max_command_bytes):
             tag = imap._new_tag()
             imap.send(tag + b" UID FETCH " + ",".join(map(str, part)).encode() + b" (UID INTERNALDATE " + item
                       + b")\r\n")
+            f.tags.append(tag)
+        self._inflight.append(f)
+        return f
+
+    def _settle(self, upto: _InFlight | None = None) -> None:
+        """Read answers to pipelined FETCHes until `upto` (every one if None) is complete.
+
+        Untagged answers are filed by item and UID, not by position: commands running side
+        by side may interleave their answers."""
+        wanted = set(upto.tags) if upto is not None else {t for f in self._inflight for t in f.tags}
+        imap = self.c._imap if wanted - self._completed.keys() else None
+        while wanted - self._completed.keys():
             try:
-                data = read_fetch_data(imap, tag)
-            except imaplib.IMAP4.abort:  # a subclass of error: the connection is gone
+                data, tag, status, text = read_until_tagged(imap)
+            except imaplib.IMAP4.abort:  # the connection is gone, and every answer with it
+                self._inflight.clear()
                 raise
-            except imaplib.IMAP4.error as exc:
-                raise MailboxError(f"{self._where()}: FETCH failed: {exc}") from None
-            parsed = split_fetch_response(data)
-            if parsed is None:
-                return None
-            out.update(parsed)
+            self._completed[tag] = None if status == b"OK" else (
+                f"FETCH {status.decode(errors='replace')}: {text.decode(errors='replace')}"[:500])
+            answers = fetch_answers(data)
+            if answers is None:  # every FETCH in flight goes the slow way (see _fetch_fast)
+                self._odd_shape = True
+                continue
+            for uid, meta, literal in answers:
+                item = SNIPPET_ITEM if b"BODY[TEXT]" in meta else HEADER_ITEM
+                self._answers[(item, uid)] = (meta, literal)
+
+    def _fetch_fast(self, pending: _InFlight) -> dict[int, tuple[bytes, bytes]] | None:
+        """The answer to a pipelined FETCH, read without imapclient's pure-Python lexer.
+
+        imapclient tokenises every response byte in Python, mostly the long
+        `BODY[HEADER.FIELDS (...)]` echo, which caps a header fetch at a few thousand
+        messages/s. read_until_tagged() splits literals out as bytes, so for this one response
+        shape we read UID and INTERNALDATE with a regex. Returns uid -> (metadata, literal),
+        or None when a response was not the expected shape (the caller then uses imapclient).
+        """
+        self._settle(pending)
+        with contextlib.suppress(ValueError):
+            self._inflight.remove(pending)
+        errors = [self._completed.pop(t) for t in pending.tags]
+        failed = next((e for e in errors if e), None)
+        out: dict[int, tuple[bytes, bytes]] = {}
+        for uid in pending.uids:
+            got = self._answers.pop((pending.item, uid), None)
+            if got is not None:
+                out[uid] = got
+        if failed:
+            raise MailboxError(f"{self._where()}: {failed}")
+        if self._odd_shape:
+            # Some answer could not be filed, and it may have been anyone's: this FETCH and
+            # every other one in flight are made again through imapclient.
+            if not self._inflight:
+                self._odd_shape = False
+            return None
         return out
+
+    def start_fetch(self, folder: str, items: list[Item]) -> Callable[[], list[RawMessage]]:
+        by_uid = {int(i.key): i for i in items}  # type: ignore[call-overload]
+        pending = self._send_fetch(folder, list(by_uid), HEADER_ITEM)
+
+        def complete() -> list[RawMessage]:
+            out = []
+            fast = self._fetch_fast(pending)
+            if fast is not None:
+                for uid, (meta, literal) in fast.items():
+                    item = by_uid.get(uid)
+                    if item is None:
+                        continue
+                    m = _IDATE_RE.search(meta)
+                    idate = parse_internaldate(m.group(1)) if m else None
+                    out.append(RawMessage(item, literal, idate))
+            else:
+                log.debug("%s: unexpected FETCH response shape; using imapclient's parser", self._where())
+                data = self._fetch(folder, list(by_uid), [HEADER_ITEM, b"INTERNALDATE"])
+                for uid, d in data.items():
+                    item = by_uid.get(uid)
+                    if item is None:
+                        continue
+                    header = _lookup(d, b"BODY[HEADER") or b""
+                    out.append(RawMessage(item, bytes(header), d.get(b"INTERNALDATE")))
+            out.sort(key=lambda r: r.item.cursor)
+            return out
+
+        return complete
 
     def fetch(self, folder: str, items: list[Item]) -> list[RawMessage]:
-        by_uid = {int(i.key): i for i in items}  # type: ignore[call-overload]
-        out = []
-        fast = self._fetch_fast(folder, list(by_uid), HEADER_ITEM)
-        if fast is not None:
-            for uid, (meta, literal) in fast.items():
-                item = by_uid.get(uid)
-                if item is None:
-                    continue
-                m = _IDATE_RE.search(meta)
-                idate = parse_internaldate(m.group(1)) if m else None
-                out.append(RawMessage(item, literal, idate))
-        else:
-            log.debug("%s: unexpected FETCH response shape; using imapclient's parser", self._where())
-            data = self._fetch(folder, list(by_uid), [HEADER_ITEM, b"INTERNALDATE"])
-            for uid, d in data.items():
-                item = by_uid.get(uid)
-                if item is None:
-                    continue
-                header = _lookup(d, b"BODY[HEADER") or b""
-                out.append(RawMessage(item, bytes(header), d.get(b"INTERNALDATE")))
-        out.sort(key=lambda r: r.item.cursor)
-        return out
+        return self.start_fetch(folder, items)()
+
+    def start_fetch_snippets(self, folder: str, items: list[Item]) -> Callable[[], dict[Hashable, bytes]]:
+        if not items:
+            return dict
+        uids = [int(i.key) for i in items]  # type: ignore[call-overload]
+        pending = self._send_fetch(folder, uids, SNIPPET_ITEM)
+
+        def complete() -> dict[Hashable, bytes]:
+            fast = self._fetch_fast(pending)
+            if fast is not None:
+                return {uid: literal for uid, (_, literal) in fast.items()}
+            data = self._fetch(folder, uids, [SNIPPET_ITEM])
+            return {uid: bytes(_lookup(d, b"BODY[TEXT]") or b"") for uid, d in data.items()}
+
+        return complete
 
     def fetch_snippets(self, folder: str, items: list[Item]) -> dict[Hashable, bytes]:
-        if not items:
-            return {}
-        uids = [int(i.key) for i in items]  # type: ignore[call-overload]
-        fast = self._fetch_fast(folder, uids, SNIPPET_ITEM)
-        if fast is not None:
-            return {uid: literal for uid, (_, literal) in fast.items()}
-        data = self._fetch(folder, uids, [SNIPPET_ITEM])
-        return {uid: bytes(_lookup(d, b"BODY[TEXT]") or b"") for uid, d in data.items()}
+        return self.start_fetch_snippets(folder, items)()
 
     # --- IDLE (push) -------------------------------------------------------------------------
     def supports_idle(self) -> bool:
@@ -331,7 +421,7 @@ class ImapSource(MailboxSource):
     def idle_wait(self, folder: str, seconds: float) -> bool:
         """Wait up to `seconds` for the server to announce a change. True if something happened.
         IDLE is only a wake-up signal: the scan that follows finds what is new."""
-        self._select(folder)
+        self._select(folder)  # (settles pipelined FETCHes first)
         self.c.idle()
         try:
             responses = self.c.idle_check(timeout=seconds)
