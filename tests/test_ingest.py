@@ -565,10 +565,16 @@ def test_a_big_backlog_is_read_by_a_helper_process_with_the_same_result(
 
     cfg, cfg2 = demo_over_imap(dovecot, [db_url, f"sqlite:///{tmp_path / 'threaded.db'}"], batch_size=150)
     store, directory = prepare_store(cfg)
+    from worker.fetchproc import FetchHelper
+
+    starts = []
+    real_start = FetchHelper._start
+    monkeypatch.setattr(FetchHelper, "_start", lambda self: (starts.append(1), real_start(self))[1])
     monkeypatch.setattr(defaults, "SCAN_PROCESS_MIN_MESSAGES", 1)
     rep = run_scan(cfg, store, directory)
     assert rep.ok and rep.stored > 600
-    assert multiprocessing.active_children() == []  # the helper is gone
+    assert len(starts) == 1  # one helper read both folders
+    assert multiprocessing.active_children() == []  # and it is gone
     by_process = store_dump(store)
 
     store2, directory2 = prepare_store(cfg2)

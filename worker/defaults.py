@@ -7,6 +7,8 @@
 #: message, 5000-message batches a fraction of that (benchmarks/ingest.py: the store stage
 #: 28 s -> 13 s for 118k messages). Memory stays flat: two batches are in hand at most.
 SCAN_BATCH_SIZE = 5000
+#: The first batch of a folder is smaller, so storing starts while the rest is fetched.
+SCAN_FIRST_BATCH_SIZE = 1000
 #: UIDs per IMAP FETCH command within a batch. 500-1000 is as fast as larger commands and
 #: keeps each response small (PITFALLS).
 FETCH_UIDS_PER_COMMAND = 500

@@ -28,7 +28,7 @@ from . import defaults
 from .classify import ContactRef, Directory, classify
 from .config import Config, MailboxConfig
 from .errors import FolderMissingError, MailboxError, StoreError
-from .fetchproc import prepared_in_process
+from .fetchproc import FetchHelper
 from .headers import ParsedMessage
 from .mailbox import MailboxSource, open_source
 from .mailbox.base import Item
@@ -175,12 +175,20 @@ class Ingestor:
 
     def scan_mailbox(self, mb: MailboxConfig, source: MailboxSource,
                      errors: list[str] | None = None) -> list[FolderReport]:
+        helper = FetchHelper(mb, self.directory)  # started only if a folder has a big backlog
+        try:
+            return self._scan_folders(mb, source, helper, errors)
+        finally:
+            helper.close()
+
+    def _scan_folders(self, mb: MailboxConfig, source: MailboxSource, helper: FetchHelper,
+                      errors: list[str] | None) -> list[FolderReport]:
         out = []
         for folder in mb.folders:
             if self.stop.is_set():
                 break
             try:
-                out.append(self.scan_folder(source, mb.name, folder, mb.batch_size, mb))
+                out.append(self.scan_folder(source, mb.name, folder, mb.batch_size, helper))
             except FolderMissingError as exc:
                 # A deleted or renamed folder must not stop the others.
                 log.error("%s", exc)
@@ -196,9 +204,9 @@ class Ingestor:
 
     def scan_folder(self, source: MailboxSource, mailbox: str, folder: str,
                     batch_size: int = defaults.SCAN_BATCH_SIZE,
-                    mb: MailboxConfig | None = None) -> FolderReport:
-        """Store what is new in one folder. With `mb` (the mailbox's config), a big backlog is
-        fetched and parsed by a helper process that opens its own connection."""
+                    helper: FetchHelper | None = None) -> FolderReport:
+        """Store what is new in one folder. With a `helper`, a big backlog is fetched and
+        parsed by a helper process that opens its own connection."""
         t0 = time.perf_counter()
         rep = FolderReport(mailbox, folder)
         st = self._state(mailbox, folder)
@@ -220,12 +228,15 @@ class Ingestor:
 
         items = source.new_items(folder, last)
         rep.new = len(items)
-        batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+        # A small first batch gets both stages going sooner.
+        first = min(batch_size, defaults.SCAN_FIRST_BATCH_SIZE)
+        batches = ([items[:first]] + [items[i:i + batch_size] for i in range(first, len(items), batch_size)]
+                   if items else [])
         self.progress.start(mailbox, folder, len(items))
         # Two stages: while batch k is written to the store, batch k+1 is fetched, parsed and
         # classified, on a helper thread or, for a big backlog, in a helper process.
-        if mb is not None and len(batches) > 1 and len(items) >= defaults.SCAN_PROCESS_MIN_MESSAGES:
-            prepared = prepared_in_process(mb, self.directory, folder, batches)
+        if helper is not None and len(batches) > 1 and len(items) >= defaults.SCAN_PROCESS_MIN_MESSAGES:
+            prepared = helper.prepared(folder, batches)
         else:
             prepared = self._prepared_in_thread(source, mailbox, folder, batches)
         try:
