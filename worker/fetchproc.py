@@ -86,7 +86,7 @@ class FetchHelper:
             self._start()
         assert self._jobs is not None and self._out is not None and self._proc is not None
         self._jobs.send((folder, batches))
-        complete = False
+        received = 0
         try:
             for _ in batches:
                 try:
@@ -99,10 +99,10 @@ class FetchHelper:
                 got: Any = pickle.loads(payload)
                 if isinstance(got, BaseException):
                     raise got
+                received += 1
                 yield got
-            complete = True
         finally:
-            if not complete:  # mid-FETCH, or failed: it cannot take another folder
+            if received < len(batches):  # mid-FETCH, or failed: it cannot take another folder
                 self.close(now=True)
 
     def close(self, now: bool = False) -> None:
