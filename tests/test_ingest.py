@@ -672,3 +672,23 @@ def test_pipelined_fetches_each_get_their_own_answers_in_any_order(tmp_path: Pat
         sent = src.new_items("Sent", 0)
         assert [r.header for r in src.fetch("Sent", sent)] == [r.header for r in src.fetch("Sent", sent)]
         assert len(sent) == 3 and src.folder_status("INBOX").messages == 30
+
+
+def test_new_messages_are_listed_in_uid_spans_without_gaps_or_repeats(tmp_path: Path, dovecot: Dovecot,
+                                                                      monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A SEARCH answer over 1 MB (~140k UIDs) is refused by imaplib, so a big folder is listed a
+    span of UIDs at a time; here the span is 7 so 30 messages take several."""
+    from worker import defaults
+
+    monkeypatch.setattr(defaults, "SEARCH_UID_SPAN", 7)
+    dovecot.append([inbound(i) for i in range(30)])
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot))
+    with open_source(cfg.settings.mailboxes[0]) as src:
+        asked: list[str] = []
+        real_search = src.c.search
+        monkeypatch.setattr(src.c, "search", lambda criteria: (asked.append(criteria[1]), real_search(criteria))[1])
+        assert [i.cursor for i in src.new_items("INBOX", 0)] == list(range(1, 31))
+        assert asked == ["1:7", "8:14", "15:21", "22:28", "29:*"]
+        assert [i.cursor for i in src.new_items("INBOX", 12)] == list(range(13, 31))
+        assert [i.cursor for i in src.new_items("INBOX", 29)] == [30]
+        assert src.new_items("INBOX", 30) == []

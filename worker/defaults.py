@@ -16,6 +16,9 @@ FETCH_UIDS_PER_COMMAND = 500
 #: mailbox connection) rather than on a thread: parsing and storing then use two cores instead
 #: of sharing one interpreter lock. Starting the process costs about 0.7 s.
 SCAN_PROCESS_MIN_MESSAGES = 20000
+#: UIDs asked for per SEARCH when listing a folder's new messages: a SEARCH answer is one
+#: line, and imaplib refuses lines over 1 MB (about 140,000 UIDs).
+SEARCH_UID_SPAN = 50000
 #: Upper bound of the UID list in one FETCH command, in bytes. Exchange/Office 365 reject
 #: long command lines far below Dovecot's 64 KiB.
 FETCH_MAX_COMMAND_BYTES = 8000

@@ -283,10 +283,20 @@ class ImapSource(MailboxSource):
                             messages=int(st[b"MESSAGES"]))
 
     def new_items(self, folder: str, after_cursor: int) -> list[Item]:
-        self._select(folder)
-        uids = self.c.search(["UID", f"{after_cursor + 1}:*"])
+        info = self._select(folder)
+        # One SEARCH answer is one line, and imaplib refuses lines over 1 MB: about 140,000
+        # UIDs ("SEARCH => got more than 1000000 bytes" for a big first scan). Up to UIDNEXT
+        # the UIDs are asked for a span at a time, then "N:*" catches anything newer.
+        uids: set[int] = set()
+        low = after_cursor + 1
+        uidnext = int(info.get(b"UIDNEXT") or 0)
+        span = defaults.SEARCH_UID_SPAN
+        while low + span <= uidnext:
+            uids.update(int(u) for u in self.c.search(["UID", f"{low}:{low + span - 1}"]))
+            low += span
+        uids.update(int(u) for u in self.c.search(["UID", f"{low}:*"]))
         # "UID N:*" always matches the highest UID even when N is above it (PITFALLS).
-        return [Item(u, u) for u in sorted(int(u) for u in uids if int(u) > after_cursor)]
+        return [Item(u, u) for u in sorted(u for u in uids if u > after_cursor)]
 
     def _fetch(self, folder: str, uids: list[int], what: list[bytes]) -> dict[int, dict[bytes, Any]]:
         self._settle()
