@@ -17,6 +17,7 @@ import contextlib
 import gc
 import multiprocessing
 import pickle
+import signal
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
@@ -30,18 +31,24 @@ from .parsing import PreparedBatch, prepared_batches
 
 
 def _child(jobs: Connection, out: Connection, mb: MailboxConfig, directory: Directory) -> None:
+    # Ctrl-C reaches the whole process group: the scan decides when this process ends (it
+    # finishes the batch in hand first), not the terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Collect garbage once per batch (see ingest.collected_per_batch): 17% of this process's
     # time went to automatic collections.
     gc.freeze()
     gc.disable()
     try:
-        with open_source(mb) as source:
-            while True:
-                try:
-                    job = jobs.recv()
-                except EOFError:  # the scan is done with us
-                    return
-                folder, batches = job
+        while True:
+            try:
+                job = jobs.recv()
+            except EOFError:  # the scan is done with us
+                return
+            folder, batches = job
+            # A connection per folder: a server process that has read one big folder may hold
+            # on to what it mapped for it (Dovecot's imap process is capped at 256 MB by
+            # default, and ran out reading a second folder of 150k messages).
+            with open_source(mb) as source:
                 for prepared in prepared_batches(source, folder, batches, directory, mb.name):
                     out.send_bytes(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
                     del prepared
