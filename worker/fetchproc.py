@@ -18,7 +18,7 @@ import gc
 import multiprocessing
 import pickle
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -88,7 +88,7 @@ class FetchHelper:
         jobs_recv.close()
         out_send.close()
 
-    def prepared(self, folder: str, batches: list[list[Item]]) -> Iterator[PreparedBatch]:
+    def prepared(self, folder: str, batches: list[Sequence[Item]]) -> Iterator[PreparedBatch]:
         if self._proc is None:
             self._start()
         assert self._jobs is not None and self._out is not None and self._proc is not None

@@ -13,7 +13,7 @@ import imaplib
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -261,7 +261,7 @@ class Ingestor:
         return rep
 
     def _prepared_in_thread(self, source: MailboxSource, mailbox: str, folder: str,
-                            batches: list[list[Item]]) -> Generator[PreparedBatch, None, None]:
+                            batches: list[Sequence[Item]]) -> Generator[PreparedBatch, None, None]:
         """Prepared batches from a helper thread, one batch ahead. The mailbox connection is
         only ever used by that one thread meanwhile."""
         stage = prepared_batches(source, folder, batches, self.directory, mailbox)
@@ -303,7 +303,7 @@ class Ingestor:
                     self.directory.contacts[c.email] = ContactRef(c.id, c.client_id, c.role)
 
     def _store_batch(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
-                     batch: list[Item], rep: FolderReport) -> None:
+                     batch: Sequence[Item], rep: FolderReport) -> None:
         """Stage two, on the scanning thread: discovered contacts, then one transaction that
         stores the batch, threads it and moves the folder's cursor."""
         now, command_rows, skipped = prepared.now, prepared.commands, prepared.skipped

@@ -7,7 +7,7 @@ previous batch is stored, and a test can run them without either.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -68,14 +68,14 @@ def message_row(pm: ParsedMessage, cl: Classification, auto: str | None, ack: bo
     }
 
 
-def prepare_batch(source: MailboxSource, folder: str, batch: list[Item], directory: Directory,
+def prepare_batch(source: MailboxSource, folder: str, batch: Sequence[Item], directory: Directory,
                   mailbox: str) -> PreparedBatch:
     """Stage one of a scan for one batch: fetch, parse, classify, and read the snippets that
     decide acknowledgements and alert-reply commands. Touches the mailbox, never the store."""
     return next(prepared_batches(source, folder, [batch], directory, mailbox))
 
 
-def prepared_batches(source: MailboxSource, folder: str, batches: list[list[Item]], directory: Directory,
+def prepared_batches(source: MailboxSource, folder: str, batches: list[Sequence[Item]], directory: Directory,
                      mailbox: str) -> Iterator[PreparedBatch]:
     """prepare_batch() for each batch, in order, with the server never idle: the next batch's
     headers are requested before this one is parsed, and a batch is finished (its snippets

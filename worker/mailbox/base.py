@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable
+from array import array
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -15,6 +16,41 @@ class Item:
 
     key: Hashable
     cursor: int
+
+
+class UidItems(Sequence[Item]):
+    """Items whose key and cursor are both an IMAP UID, kept as 4-byte integers: the list of
+    a folder's new messages takes 4 bytes a message instead of about 100 as Item objects, so
+    a scan's memory stays flat as a folder grows (0.7 MB, not 17 MB, for 176k messages).
+    Slices are UidItems too, and pickle as one block of bytes."""
+
+    __slots__ = ("uids",)
+
+    def __init__(self, uids: Iterable[int] = ()) -> None:
+        self.uids = uids if isinstance(uids, array) else array("I", uids)  # IMAP UIDs are 32-bit
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
+        if isinstance(i, slice):
+            return UidItems(self.uids[i])
+        u = self.uids[i]
+        return Item(u, u)
+
+    def __iter__(self) -> Iterator[Item]:
+        return (Item(u, u) for u in self.uids)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, UidItems):
+            return self.uids == other.uids
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"UidItems({self.uids.tolist()!r})"
+
+    def __reduce__(self) -> tuple[type[UidItems], tuple[array]]:
+        return UidItems, (self.uids,)
 
 
 @dataclass(slots=True)
@@ -55,25 +91,25 @@ class MailboxSource(ABC):
     def folder_status(self, folder: str) -> FolderStatus: ...
 
     @abstractmethod
-    def new_items(self, folder: str, after_cursor: int) -> list[Item]:
+    def new_items(self, folder: str, after_cursor: int) -> Sequence[Item]:
         """Items with a cursor above `after_cursor`, ascending."""
 
     @abstractmethod
-    def fetch(self, folder: str, items: list[Item]) -> list[RawMessage]:
+    def fetch(self, folder: str, items: Sequence[Item]) -> list[RawMessage]:
         """Header fields and INTERNALDATE of `items`. Missing items (deleted meanwhile) are absent."""
 
     @abstractmethod
-    def fetch_snippets(self, folder: str, items: list[Item]) -> dict[Hashable, bytes]:
+    def fetch_snippets(self, folder: str, items: Sequence[Item]) -> dict[Hashable, bytes]:
         """The first few hundred bytes of each item's body text, keyed by item key."""
 
-    def start_fetch(self, folder: str, items: list[Item]) -> Callable[[], list[RawMessage]]:
+    def start_fetch(self, folder: str, items: Sequence[Item]) -> Callable[[], list[RawMessage]]:
         """Begin fetch(); the returned function completes it. A source that can let the server
         work while the caller computes (IMAP pipelining) does so; the default fetches now.
         Completions are called in the order the fetches were started."""
         out = self.fetch(folder, items)
         return lambda: out
 
-    def start_fetch_snippets(self, folder: str, items: list[Item]) -> Callable[[], dict[Hashable, bytes]]:
+    def start_fetch_snippets(self, folder: str, items: Sequence[Item]) -> Callable[[], dict[Hashable, bytes]]:
         """Begin fetch_snippets(), as start_fetch()."""
         out = self.fetch_snippets(folder, items)
         return lambda: out

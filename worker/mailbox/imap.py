@@ -10,7 +10,7 @@ import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,7 +23,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 from .. import defaults
 from ..errors import FolderMissingError, MailboxAuthError, MailboxError
 from ..headers import FETCH_FIELDS, MONTHS
-from .base import FolderStatus, Item, MailboxSource, RawMessage
+from .base import FolderStatus, Item, MailboxSource, RawMessage, UidItems
 
 log = logging.getLogger(__name__)
 
@@ -282,21 +282,23 @@ class ImapSource(MailboxSource):
         return FolderStatus(uidvalidity=int(st[b"UIDVALIDITY"]), uidnext=int(st[b"UIDNEXT"]),
                             messages=int(st[b"MESSAGES"]))
 
-    def new_items(self, folder: str, after_cursor: int) -> list[Item]:
+    def new_items(self, folder: str, after_cursor: int) -> UidItems:
         info = self._select(folder)
         # One SEARCH answer is one line, and imaplib refuses lines over 1 MB: about 140,000
         # UIDs ("SEARCH => got more than 1000000 bytes" for a big first scan). Up to UIDNEXT
-        # the UIDs are asked for a span at a time, then "N:*" catches anything newer.
-        uids: set[int] = set()
+        # the UIDs are asked for a span at a time, then "N:*" catches anything newer. Spans
+        # are disjoint and ascending, so the answers are appended in order, without a set.
+        uids = UidItems()
         low = after_cursor + 1
         uidnext = int(info.get(b"UIDNEXT") or 0)
         span = defaults.SEARCH_UID_SPAN
         while low + span <= uidnext:
-            uids.update(int(u) for u in self.c.search(["UID", f"{low}:{low + span - 1}"]))
+            uids.uids.extend(sorted(u for u in map(int, self.c.search(["UID", f"{low}:{low + span - 1}"]))
+                                    if low <= u < low + span))
             low += span
-        uids.update(int(u) for u in self.c.search(["UID", f"{low}:*"]))
         # "UID N:*" always matches the highest UID even when N is above it (PITFALLS).
-        return [Item(u, u) for u in sorted(u for u in uids if u > after_cursor)]
+        uids.uids.extend(sorted(u for u in map(int, self.c.search(["UID", f"{low}:*"])) if u >= low))
+        return uids
 
     def _fetch(self, folder: str, uids: list[int], what: list[bytes]) -> dict[int, dict[bytes, Any]]:
         self._settle()
@@ -374,7 +376,7 @@ class ImapSource(MailboxSource):
             return None
         return out
 
-    def start_fetch(self, folder: str, items: list[Item]) -> Callable[[], list[RawMessage]]:
+    def start_fetch(self, folder: str, items: Sequence[Item]) -> Callable[[], list[RawMessage]]:
         by_uid = {int(i.key): i for i in items}  # type: ignore[call-overload]
         pending = self._send_fetch(folder, list(by_uid), HEADER_ITEM)
 
@@ -403,13 +405,13 @@ class ImapSource(MailboxSource):
 
         return complete
 
-    def fetch(self, folder: str, items: list[Item]) -> list[RawMessage]:
+    def fetch(self, folder: str, items: Sequence[Item]) -> list[RawMessage]:
         return self.start_fetch(folder, items)()
 
-    def start_fetch_snippets(self, folder: str, items: list[Item]) -> Callable[[], dict[Hashable, bytes]]:
+    def start_fetch_snippets(self, folder: str, items: Sequence[Item]) -> Callable[[], dict[Hashable, bytes]]:
         if not items:
             return dict
-        uids = [int(i.key) for i in items]  # type: ignore[call-overload]
+        uids = items.uids.tolist() if isinstance(items, UidItems) else [int(i.key) for i in items]  # type: ignore[call-overload]
         pending = self._send_fetch(folder, uids, SNIPPET_ITEM)
 
         def complete() -> dict[Hashable, bytes]:
@@ -421,7 +423,7 @@ class ImapSource(MailboxSource):
 
         return complete
 
-    def fetch_snippets(self, folder: str, items: list[Item]) -> dict[Hashable, bytes]:
+    def fetch_snippets(self, folder: str, items: Sequence[Item]) -> dict[Hashable, bytes]:
         return self.start_fetch_snippets(folder, items)()
 
     # --- IDLE (push) -------------------------------------------------------------------------

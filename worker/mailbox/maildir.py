@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -63,7 +63,7 @@ class MaildirSource(MailboxSource):
         validity = zlib.crc32(str(d.resolve()).encode()) or 1
         return FolderStatus(uidvalidity=validity, uidnext=None, messages=len(self._files(folder)))
 
-    def new_items(self, folder: str, after_cursor: int) -> list[Item]:
+    def new_items(self, folder: str, after_cursor: int) -> Sequence[Item]:
         return [Item(key=p, cursor=m) for m, p in self._files(folder) if m >= after_cursor]
 
     def _read_header(self, path: str) -> tuple[bytes, bytes]:
@@ -75,7 +75,7 @@ class MaildirSource(MailboxSource):
                 return data[: i + len(sep)], data[i + len(sep):]
         return data[:MAX_HEADER_BYTES], b""
 
-    def fetch(self, folder: str, items: list[Item]) -> list[RawMessage]:
+    def fetch(self, folder: str, items: Sequence[Item]) -> list[RawMessage]:
         out = []
         for it in items:
             try:
@@ -86,7 +86,7 @@ class MaildirSource(MailboxSource):
             out.append(RawMessage(it, header, datetime.fromtimestamp(mtime, UTC)))
         return out
 
-    def fetch_snippets(self, folder: str, items: list[Item]) -> dict[Hashable, bytes]:
+    def fetch_snippets(self, folder: str, items: Sequence[Item]) -> dict[Hashable, bytes]:
         out: dict[Hashable, bytes] = {}
         for it in items:
             try:
