@@ -210,3 +210,21 @@ def test_durations() -> None:
 def test_a_missing_config_says_how_to_give_one() -> None:
     r = run("validate", env={"CAREWATCH_CONFIG": ""})
     assert r.exit_code == ExitCode.CONFIG and "--config" in r.output
+
+
+def test_the_sqlite_page_cache_is_set_from_the_config(tmp_path: Path) -> None:
+    """The page cache is most of a scan's memory; a small container lowers it."""
+    from worker.app import prepare_store
+
+    p = tmp_path / "c.toml"
+    p.write_text(f'[firm]\ndomains = ["firm.example"]\n[store]\nurl = "sqlite:///{tmp_path / "cw.db"}"\n'
+                 "sqlite_cache_mib = 8\n")
+    store, _ = prepare_store(load_config(p))
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -8 * 1024
+    finally:
+        store.dispose()
+    p.write_text('[firm]\ndomains = ["firm.example"]\n[store]\nsqlite_cache_mib = 0\n')
+    with pytest.raises(ConfigError, match="store.sqlite_cache_mib"):
+        load_config(p)

@@ -19,7 +19,7 @@ def prepare_store(config: Config) -> tuple[Store, Directory]:
     messages again if that changed."""
     from .locks import held
 
-    store = open_store(config.settings.store.url)
+    store = open_store(config.settings.store.url, sqlite_cache_mib=config.settings.store.sqlite_cache_mib)
     # Replicas starting together sync one after the other (the second finds nothing to do).
     with held(store, "directory"):
         changed = sync_directory(store, config)

@@ -247,6 +247,9 @@ class PolicyConfig(_Model):
 
 class StoreConfig(_Model):
     url: str = defaults.DATABASE_URL
+    #: SQLite only: the page cache of each open connection, in MiB. A cap, filled as the file
+    #: outgrows it. With 8, a scan of 118k messages took 6% longer than with 64 and 57 MiB less.
+    sqlite_cache_mib: int = Field(default=defaults.SQLITE_CACHE_KIB // 1024, ge=1, le=4096)
 
 
 class SmtpConfig(_Model):

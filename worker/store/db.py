@@ -40,7 +40,7 @@ def describe_db_error(exc: BaseException) -> str:
     return text
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, cache_kib: int = defaults.SQLITE_CACHE_KIB) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
@@ -48,12 +48,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     # The index pages an ingest batch touches are spread over the file: a bigger page cache
     # (the default is 2 MiB) keeps them, and checkpointing the WAL less often saves fsyncs.
-    cur.execute(f"PRAGMA cache_size=-{defaults.SQLITE_CACHE_KIB}")
+    # The cache is a cap per connection, filled as the file outgrows it (store.sqlite_cache_mib).
+    cur.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
     cur.execute(f"PRAGMA wal_autocheckpoint={defaults.SQLITE_WAL_CHECKPOINT_PAGES}")
     cur.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, sqlite_cache_mib: int | None = None) -> Engine:
     try:
         u = make_url(url)
     except ArgumentError:
@@ -75,7 +76,8 @@ def make_engine(url: str) -> Engine:
         # A pool, not a connection per session: closing the last connection to a WAL database
         # checkpoints it (5 ms a batch at ingest), and the pragmas would run for every session.
         engine = create_engine(u, pool_size=5, max_overflow=10, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        cache_kib = defaults.SQLITE_CACHE_KIB if sqlite_cache_mib is None else sqlite_cache_mib * 1024
+        event.listen(engine, "connect", lambda c, r: _sqlite_pragmas(c, r, cache_kib))
         return engine
     connect_args: dict[str, Any] = {}
     if u.get_backend_name() == "postgresql" and u.get_driver_name() == "psycopg":
@@ -299,8 +301,8 @@ class Store:
         self.engine.dispose()
 
 
-def open_store(url: str, migrate: bool = True) -> Store:
-    engine = make_engine(url)
+def open_store(url: str, migrate: bool = True, sqlite_cache_mib: int | None = None) -> Store:
+    engine = make_engine(url, sqlite_cache_mib)
     try:
         if migrate:
             run_migrations(engine)
