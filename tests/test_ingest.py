@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -711,3 +712,16 @@ def test_a_folders_new_uids_are_held_in_four_bytes_each_and_travel_whole() -> No
     again = pickle.loads(pickle.dumps([items[:3], items[3:5]]))
     assert again == [[Item(1, 1), Item(2, 2), Item(3, 3)], [Item(4, 4), Item(5, 5)]]
     assert UidItems([2**32 - 1])[0].key == 2**32 - 1  # the largest UID IMAP allows
+
+
+def test_a_skipped_maildir_message_is_recorded_under_the_same_number_in_every_process() -> None:
+    import subprocess
+    import sys
+
+    code = ("from worker.ingest import skipped_uid; from worker.mailbox.base import Item; "
+            "print(skipped_uid(Item('cur/1700000000.M1P2.host:2,S', 5)), skipped_uid(Item(42, 42)))")
+    seen = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
+                           capture_output=True, text=True, check=True).stdout for seed in ("1", "2", "3")}
+    assert len(seen) == 1
+    named, uid = map(int, seen.pop().split())
+    assert uid == 42 and 0 <= named < 2**62

@@ -89,7 +89,8 @@ def opened_store(prepare: bool = True, scan: bool = False) -> Iterator[tuple[Any
     if prepare:
         store, directory = prepare_store(cfg)
     else:
-        store, directory = open_store(cfg.settings.store.url, sqlite_cache_mib=cfg.settings.store.sqlite_cache_mib), None
+        store_cfg = cfg.settings.store
+        store, directory = open_store(store_cfg.url, sqlite_cache_mib=store_cfg.sqlite_cache_mib), None
     try:
         if scan:
             run_scan(cfg, store, directory)

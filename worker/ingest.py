@@ -9,6 +9,7 @@ UIDVALIDITY re-reads the folder without duplicating anything.
 from __future__ import annotations
 
 import gc
+import hashlib
 import imaplib
 import logging
 import threading
@@ -38,6 +39,15 @@ from .store.models import AlertCommand, Contact, FolderState, Message, MessageCo
 from .store.threads import finish_threads, link_contacts, plan_threads, refresh_replies
 
 log = logging.getLogger(__name__)
+
+
+def skipped_uid(item: Item) -> int:
+    """The number a skipped message is recorded under: its UID, or for a Maildir file a
+    digest of its name. Not hash(): that changes with every process (PYTHONHASHSEED)."""
+    if isinstance(item.key, int):
+        return item.cursor
+    digest = hashlib.blake2b(str(item.key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 2**62
 
 
 @contextmanager
@@ -346,7 +356,7 @@ class Ingestor:
                 if skipped:
                     self.store.insert_ignore(db, SkippedMessage.__table__, [
                         {"mailbox": mailbox, "folder": folder, "uidvalidity": uidvalidity,
-                         "uid": it.cursor if isinstance(it.key, int) else abs(hash(it.key)) % 2**62,
+                         "uid": skipped_uid(it),
                          "reason": reason, "seen_at": now} for it, reason in skipped
                     ], ["mailbox", "folder", "uidvalidity", "uid"])
                 db.execute(update(FolderState).where(
