@@ -249,7 +249,8 @@ def main() -> None:
         print(
             f"{n:>8} {res['scan_s']:>8.2f} {n / res['scan_s']:>11,.0f} {res['bare_s']:>8.2f} "
             f"{n / res['bare_s']:>11,.0f} {res['scan_s'] / res['bare_s']:>6.2f} {res['peak_rss_mib']:>13.0f}"
-            f" {res['peak_rss_mib'] - res['scan_start_mib']:>16.0f} {res['helper_rss_mib']:>16.0f}"
+            f" {res['peak_rss_mib'] - res['scan_start_mib']:>16.0f}"
+            f" {format(res['helper_rss_mib'], '.0f') if res['helper_rss_mib'] else '- (none)':>16}"
         )
         print(f"   this machine: compat32 parses {res['compat32_per_s']:,.0f} header blocks/s "
               "(the issue's reference: ~55k/s)")
