@@ -725,3 +725,30 @@ def test_a_skipped_maildir_message_is_recorded_under_the_same_number_in_every_pr
     assert len(seen) == 1
     named, uid = map(int, seen.pop().split())
     assert uid == 42 and 0 <= named < 2**62
+
+
+def test_the_helper_process_logs_as_the_worker_does(tmp_path: Path, dovecot: Dovecot, monkeypatch,
+                                                     capfd) -> None:  # type: ignore[no-untyped-def]
+    """A spawned process starts with logging unconfigured: its lines would be bare, and only
+    warnings. It gets the worker's level and format (JSON lines in a container)."""
+    import json
+    import logging
+
+    from worker import defaults, logs
+
+    dovecot.deliver_files([inbound(i) for i in range(30)])
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot, batch_size=10))
+    store, directory = prepare_store(cfg)
+    monkeypatch.setattr(defaults, "SCAN_PROCESS_MIN_MESSAGES", 1)
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logs.current)
+    try:
+        logs.setup_logging("DEBUG", json_logs=True)
+        assert run_scan(cfg, store, directory).stored == 30
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logs.current = saved[2]
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    started = [d for d in lines if d["logger"] == "worker.fetchproc"]
+    assert started and started[0]["level"] == "debug" and "fetch helper for mailbox" in started[0]["msg"]

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import multiprocessing
+import os
 import pickle
 import signal
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from . import logs
 from .classify import Directory
 from .config import MailboxConfig
 from .errors import MailboxError
@@ -29,11 +32,19 @@ from .mailbox import open_source
 from .mailbox.base import Item
 from .parsing import PreparedBatch, prepared_batches
 
+log = logging.getLogger(__name__)
 
-def _child(jobs: Connection, out: Connection, mb: MailboxConfig, directory: Directory) -> None:
+
+def _child(jobs: Connection, out: Connection, mb: MailboxConfig, directory: Directory,
+           logging_setup: tuple[str, bool] | None = None) -> None:
     # Ctrl-C reaches the whole process group: the scan decides when this process ends (it
     # finishes the batch in hand first), not the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A spawned process starts with logging unconfigured: it would print only warnings, bare,
+    # where the worker writes JSON lines.
+    if logging_setup is not None:
+        logs.setup_logging(*logging_setup)
+    log.debug("fetch helper for mailbox %r started (pid %d)", mb.name, os.getpid())
     # Collect garbage once per batch (see ingest.collected_per_batch): 17% of this process's
     # time went to automatic collections.
     gc.freeze()
@@ -81,7 +92,7 @@ class FetchHelper:
         ctx = multiprocessing.get_context("spawn")  # no fork: the worker may run other threads
         jobs_recv, self._jobs = ctx.Pipe(duplex=False)
         self._out, out_send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_child, args=(jobs_recv, out_send, self.mb, self.directory),
+        self._proc = ctx.Process(target=_child, args=(jobs_recv, out_send, self.mb, self.directory, logs.current),
                                  name=f"carewatch-fetch-{self.mb.name}", daemon=True)
         self._proc.start()
         # Only the helper holds its ends now, so its exit reads as EOF here.

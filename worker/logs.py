@@ -37,9 +37,15 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+#: The arguments setup_logging() was last called with, for helper processes to log alike.
+current: tuple[str, bool] | None = None
+
+
 def setup_logging(level: str = "INFO", json_logs: bool | None = None) -> None:
+    global current
     if json_logs is None:
         json_logs = not sys.stderr.isatty()
+    current = (level, json_logs)
     handler: logging.Handler
     if json_logs:
         handler = _StderrHandler()
