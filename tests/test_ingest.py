@@ -257,7 +257,7 @@ def test_maildir_source_scans_incrementally_without_touching_files(tmp_path: Pat
 
 
 def test_fetch_responses_are_split_by_uid_whatever_the_item_order() -> None:
-    from worker.mailbox.imap import split_fetch_response
+    from worker.mailbox.imap import fetch_answers
 
     data = [
         (b'1 (UID 7 INTERNALDATE "02-Nov-2026 09:00:00 +0000" BODY[HEADER.FIELDS (FROM)] {12}', b"From: a@b.c\r\n"),
@@ -266,12 +266,14 @@ def test_fetch_responses_are_split_by_uid_whatever_the_item_order() -> None:
         b" UID 9)",
         b'3 (UID 11 INTERNALDATE "02-Nov-2026 09:02:00 +0000" BODY[HEADER.FIELDS (FROM)] "")',
     ]
-    out = split_fetch_response(data)
-    assert out is not None and sorted(out) == [7, 9, 11]
+    answers = fetch_answers(data)
+    assert answers is not None
+    out = {uid: (meta, literal) for uid, meta, literal in answers}
+    assert sorted(out) == [7, 9, 11]
     assert out[9][1] == b"From: d@e.f\r\n" and b"INTERNALDATE" in out[9][0]
     assert out[11][1] == b""
     # A response we do not understand sends the caller to imapclient's full parser.
-    assert split_fetch_response([(b"1 (BODY[TEXT] {3}", b"abc"), b")"]) is None
+    assert fetch_answers([(b"1 (BODY[TEXT] {3}", b"abc"), b")"]) is None
 
 
 def test_internaldates_parse_like_imapclient_and_garbage_is_none() -> None:

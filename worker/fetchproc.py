@@ -14,7 +14,6 @@ the pipe and raised again in the scan, so a scan fails the same way in either mo
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import multiprocessing
 import os
@@ -30,7 +29,7 @@ from .config import MailboxConfig
 from .errors import MailboxError
 from .mailbox import open_source
 from .mailbox.base import Item
-from .parsing import PreparedBatch, prepared_batches
+from .parsing import PreparedBatch, collected_per_batch, prepared_batches
 
 log = logging.getLogger(__name__)
 
@@ -45,25 +44,22 @@ def _child(jobs: Connection, out: Connection, mb: MailboxConfig, directory: Dire
     if logging_setup is not None:
         logs.setup_logging(*logging_setup)
     log.debug("fetch helper for mailbox %r started (pid %d)", mb.name, os.getpid())
-    # Collect garbage once per batch (see ingest.collected_per_batch): 17% of this process's
-    # time went to automatic collections.
-    gc.freeze()
-    gc.disable()
     try:
-        while True:
-            try:
-                job = jobs.recv()
-            except EOFError:  # the scan is done with us
-                return
-            folder, batches = job
-            # A connection per folder: a server process that has read one big folder may hold
-            # on to what it mapped for it (Dovecot's imap process is capped at 256 MB by
-            # default, and ran out reading a second folder of 150k messages).
-            with open_source(mb) as source:
-                for prepared in prepared_batches(source, folder, batches, directory, mb.name):
-                    out.send_bytes(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
-                    del prepared
-                    gc.collect()
+        with collected_per_batch() as collect:
+            while True:
+                try:
+                    job = jobs.recv()
+                except EOFError:  # the scan is done with us
+                    return
+                folder, batches = job
+                # A connection per folder: a server process that has read one big folder may
+                # hold on to what it mapped for it (Dovecot's imap process is capped at 256 MB
+                # by default, and ran out reading a second folder of 150k messages).
+                with open_source(mb) as source:
+                    for prepared in prepared_batches(source, folder, batches, directory, mb.name):
+                        out.send_bytes(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
+                        del prepared
+                        collect()
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the scan, as it is
         try:
             payload = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)

@@ -7,7 +7,9 @@ previous batch is stored, and a test can run them without either.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+import gc
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,26 +62,38 @@ def message_row(pm: ParsedMessage, cl: Classification, auto: str | None, ack: bo
         "from_addr": pm.from_addr, "from_name": pm.from_name,
         "to_addrs": ",".join(pm.to), "cc_addrs": ",".join(pm.cc),
         "date_header": pm.date_header, "internal_date": pm.internal_date, "sent_at": pm.sent_at,
-        "direction": cl.direction, "automated": auto is not None, "automated_reason": auto,
-        "acknowledgement": ack, "firm_in_to": cl.firm_in_to, "firm_in_cc": cl.firm_in_cc,
-        "client_id": cl.client_id, "contact_ids": ",".join(map(str, cl.contact_ids)),
+        **classified(cl), "automated": auto is not None, "automated_reason": auto, "acknowledgement": ack,
         "mailbox": mailbox, "folder": folder, "uid": uid, "ingested_at": now,
         "problems": "; ".join(pm.problems)[:2000] or None,
     }
 
 
-def prepare_batch(source: MailboxSource, folder: str, batch: Sequence[Item], directory: Directory,
-                  mailbox: str) -> PreparedBatch:
-    """Stage one of a scan for one batch: fetch, parse, classify, and read the snippets that
-    decide acknowledgements and alert-reply commands. Touches the mailbox, never the store."""
-    return next(prepared_batches(source, folder, [batch], directory, mailbox))
+@contextmanager
+def collected_per_batch() -> Iterator[Callable[[], None]]:
+    """The cyclic garbage collector, run once per batch instead of every few hundred
+    allocations. A batch allocates hundreds of thousands of objects, nearly none in cycles,
+    and every automatic collection walked them all again, along with the directory and config
+    (frozen here for the scan): 17% of a helper's time, 10% of storing. The collector is one
+    per process: the scan's storing loop runs under this (which covers a helper thread), and
+    so does a helper process. Yields the per-batch collection to call."""
+    was = gc.isenabled()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield gc.collect
+    finally:
+        gc.unfreeze()
+        if was:
+            gc.enable()
 
 
 def prepared_batches(source: MailboxSource, folder: str, batches: list[Sequence[Item]], directory: Directory,
                      mailbox: str) -> Iterator[PreparedBatch]:
-    """prepare_batch() for each batch, in order, with the server never idle: the next batch's
-    headers are requested before this one is parsed, and a batch is finished (its snippets
-    read) only after the next one has been parsed. On IMAP this pipelines the FETCH commands,
+    """Stage one of a scan, a batch at a time, in order: fetch, parse, classify, and read the
+    snippets that decide acknowledgements and alert-reply commands. Touches the mailbox, never
+    the store. The server is never idle: the next batch's headers are requested before this
+    one is parsed, and a batch is finished (its snippets read) only after the next one has
+    been parsed. On IMAP this pipelines the FETCH commands,
     so the waits on the server overlap with parsing instead of adding to it."""
     headers = source.start_fetch(folder, batches[0]) if batches else None
     previous: tuple[datetime, list[PreparedMessage], list[tuple[Item, str]], Any] | None = None
@@ -111,7 +125,6 @@ def _finish(now: datetime, messages: list[PreparedMessage], skipped: list[tuple[
         rows.append(message_row(m.pm, m.cl, m.auto, m.ack, mailbox, folder,
                                 item.cursor if isinstance(item.key, int) else None, now))
     return PreparedBatch(now, rows, discovered, commands, skipped)
-
 
 
 def is_alert_reply(pm: ParsedMessage) -> bool:

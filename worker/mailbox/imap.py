@@ -63,13 +63,6 @@ def fetch_answers(data: list[Any]) -> list[tuple[int, bytes, bytes]] | None:
     return out
 
 
-def split_fetch_response(data: list[Any]) -> dict[int, tuple[bytes, bytes]] | None:
-    """The answers of one FETCH as uid -> (metadata bytes, literal bytes); None if an answer
-    lacks a UID."""
-    answers = fetch_answers(data)
-    return None if answers is None else {uid: (meta, literal) for uid, meta, literal in answers}
-
-
 _FETCH_LINE_RE = re.compile(rb"\* (\d+) FETCH (.*)", re.S)
 _LITERAL_END_RE = re.compile(rb"\{(\d+)\}$")
 _MAXLINE = 1_000_000  # imaplib's own limit
@@ -81,7 +74,7 @@ def read_until_tagged(imap: Any) -> tuple[list[Any], bytes, bytes, bytes]:
     and finish in any order: Dovecot does).
 
     Returns the FETCH data in imaplib's own shape (a (prefix, literal) tuple per literal, the
-    rest as bytes, "* " and "FETCH" stripped, so split_fetch_response parses it), and the
+    rest as bytes, "* " and "FETCH" stripped, so fetch_answers parses it), and the
     completion's tag, status and text. imaplib handles every line in Python with several
     regexes and debug calls; a header FETCH is three lines and one literal per message, so
     reading them here with readline/read (C) is several times faster. Other untagged
@@ -288,16 +281,20 @@ class ImapSource(MailboxSource):
         # UIDs ("SEARCH => got more than 1000000 bytes" for a big first scan). Up to UIDNEXT
         # the UIDs are asked for a span at a time, then "N:*" catches anything newer. Spans
         # are disjoint and ascending, so the answers are appended in order, without a set.
+        def listed(low: int, high: int | None) -> list[int]:
+            """The UIDs in low..high (None: "*"), ascending. "UID N:*" always matches the
+            highest UID even when N is above it (PITFALLS), hence the bounds check."""
+            got = map(int, self.c.search(["UID", f"{low}:{'*' if high is None else high}"]))
+            return sorted(u for u in got if low <= u and (high is None or u <= high))
+
         uids = UidItems()
         low = after_cursor + 1
         uidnext = int(info.get(b"UIDNEXT") or 0)
         span = defaults.SEARCH_UID_SPAN
         while low + span <= uidnext:
-            uids.uids.extend(sorted(u for u in map(int, self.c.search(["UID", f"{low}:{low + span - 1}"]))
-                                    if low <= u < low + span))
+            uids.uids.extend(listed(low, low + span - 1))
             low += span
-        # "UID N:*" always matches the highest UID even when N is above it (PITFALLS).
-        uids.uids.extend(sorted(u for u in map(int, self.c.search(["UID", f"{low}:*"])) if u >= low))
+        uids.uids.extend(listed(low, None))
         return uids
 
     def _fetch(self, folder: str, uids: list[int], what: list[bytes]) -> dict[int, dict[bytes, Any]]:
@@ -411,7 +408,7 @@ class ImapSource(MailboxSource):
     def start_fetch_snippets(self, folder: str, items: Sequence[Item]) -> Callable[[], dict[Hashable, bytes]]:
         if not items:
             return dict
-        uids = items.uids.tolist() if isinstance(items, UidItems) else [int(i.key) for i in items]  # type: ignore[call-overload]
+        uids = [int(i.key) for i in items]  # type: ignore[call-overload]
         pending = self._send_fetch(folder, uids, SNIPPET_ITEM)
 
         def complete() -> dict[Hashable, bytes]:
