@@ -754,3 +754,35 @@ def test_the_helper_process_logs_as_the_worker_does(tmp_path: Path, dovecot: Dov
     lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
     started = [d for d in lines if d["logger"] == "worker.fetchproc"]
     assert started and started[0]["level"] == "debug" and "fetch helper for mailbox" in started[0]["msg"]
+
+
+def test_the_per_batch_collection_frees_cycles_and_gives_the_collector_back() -> None:
+    """Young collections per batch, a full one every FULL_COLLECTION_EVERY batches: a cycle
+    made in a batch is freed by its own batch's collection, one that outlived its batch by the
+    next full one; afterwards the collector runs on its own again."""
+    import gc
+    import weakref
+
+    from worker.parsing import FULL_COLLECTION_EVERY, collected_per_batch
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+
+    assert gc.isenabled()
+    with collected_per_batch() as collect:
+        assert not gc.isenabled()
+        young = weakref.ref(Node())  # garbage as soon as made, but cyclic: refcounts keep it
+        assert young() is not None
+        collect()
+        assert young() is None
+        kept = Node()  # alive at this batch's collection, dropped after it: escapes the young one
+        old = weakref.ref(kept)
+        collect()
+        del kept
+        for _ in range(FULL_COLLECTION_EVERY - 3):
+            collect()
+        assert old() is not None  # no full collection yet
+        collect()  # the FULL_COLLECTION_EVERY-th batch
+        assert old() is None
+    assert gc.isenabled()
