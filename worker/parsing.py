@@ -68,25 +68,21 @@ def message_row(pm: ParsedMessage, cl: Classification, auto: str | None, ack: bo
     }
 
 
-#: Batches between full collections; the others collect only the youngest generation.
-FULL_COLLECTION_EVERY = 10
+#: Batches between collections: cyclic garbage waits at most this long.
+COLLECT_EVERY = 10
 
 
 @contextmanager
 def collected_per_batch() -> Iterator[Callable[[], int]]:
-    """The cyclic garbage collector, run once per batch instead of every few hundred
-    allocations. A batch allocates hundreds of thousands of objects, nearly none in cycles,
-    and every automatic collection walked them all again, along with the directory and config
-    (frozen here for the scan): 17% of a helper's time, 10% of storing. The collector is one
-    per process: the scan's storing loop runs under this (which covers a helper thread), and
-    so does a helper process. Yields the per-batch collection to call, which returns how many
-    unreachable objects it found.
-
-    Per batch only the youngest generation is collected: what was allocated since the last
-    batch. A full collection also walks the batch still in hand (parsed, awaiting its
-    snippets), and at every batch it was 12% of a helper's time, where no demo batch ever
-    held a cycle. Every FULL_COLLECTION_EVERY batches a full one frees any cycle that was
-    still alive at a young collection and so escaped it."""
+    """The cyclic garbage collector, run every COLLECT_EVERY batches instead of every few
+    hundred allocations. A batch allocates hundreds of thousands of objects, nearly none in
+    cycles (none in the demo mail), and reference counting frees them; every automatic
+    collection walked them all again, along with the directory and config (frozen here for the
+    scan): 17% of a helper's time, 10% of storing. A collection at every batch still walked
+    the batch in hand (parsed, awaiting its snippets): 12% of a helper's time when full, 6%
+    for the youngest generation only. The collector is one per process: the scan's storing
+    loop runs under this (which covers a helper thread), and so does a helper process. Yields
+    the per-batch call, which returns how many unreachable objects a collection found."""
     was = gc.isenabled()
     gc.freeze()
     gc.disable()
@@ -95,7 +91,7 @@ def collected_per_batch() -> Iterator[Callable[[], int]]:
     def collect() -> int:
         nonlocal batches
         batches += 1
-        return gc.collect() if batches % FULL_COLLECTION_EVERY == 0 else gc.collect(0)
+        return gc.collect() if batches % COLLECT_EVERY == 0 else 0
 
     try:
         yield collect
