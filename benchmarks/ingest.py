@@ -206,7 +206,7 @@ def child(n: int) -> None:
                 answers = c.fetch(part, [HEADER_ITEM, b"INTERNALDATE"])
                 got += len(answers)
                 if len(sample) < 5000:
-                    sample += [v for d in answers.values() for k, v in d.items() if k.startswith(b"BODY[")]
+                    sample += [v for a in answers.values() for k, v in a.items() if k.startswith(b"BODY[")]
     bare_s = time.perf_counter() - t
     time.sleep(0.2)  # let Dovecot's master reap the imap process of that connection
     cpu = {"bare: Dovecot": tree_cpu_s(d.proc.pid) - dovecot_cpu, "bare: imapclient": own_cpu_s()[0] - bare_cpu}
@@ -263,8 +263,9 @@ def child(n: int) -> None:
     scan_s = time.perf_counter() - t
     time.sleep(0.2)
     cpu["scan: Dovecot"] = tree_cpu_s(d.proc.pid) - dovecot_cpu
-    cpu["scan: main process"] = own_cpu_s()[0] - main_cpu
-    cpu["scan: fetch helper"] = own_cpu_s()[1] - helper_cpu
+    main_end, helper_end = own_cpu_s()
+    cpu["scan: main process"] = main_end - main_cpu
+    cpu["scan: fetch helper"] = helper_end - helper_cpu
     if prof is not None:
         prof.disable()
         prof.dump_stats(os.environ["BENCH_PROFILE"])

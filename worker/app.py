@@ -14,12 +14,18 @@ from .store.sync import load_directory, sync_directory
 log = logging.getLogger(__name__)
 
 
+def configured_store(config: Config) -> Store:
+    """Open (and migrate) the store the config names, with its settings."""
+    settings = config.settings.store
+    return open_store(settings.url, sqlite_cache_mib=settings.sqlite_cache_mib)
+
+
 def prepare_store(config: Config) -> tuple[Store, Directory]:
     """Open (and migrate) the store, sync who-is-who from the config, and classify stored
     messages again if that changed."""
     from .locks import held
 
-    store = open_store(config.settings.store.url, sqlite_cache_mib=config.settings.store.sqlite_cache_mib)
+    store = configured_store(config)
     # Replicas starting together sync one after the other (the second finds nothing to do).
     with held(store, "directory"):
         changed = sync_directory(store, config)

@@ -82,15 +82,13 @@ def opened_store(prepare: bool = True, scan: bool = False) -> Iterator[tuple[Any
     """The store for one command, disposed whatever happens. `prepare` also migrates and syncs
     the directory from the config (commands that classify or evaluate need it); `scan` scans the
     mailboxes first. Yields (store, directory); directory is None without `prepare`."""
-    from .app import prepare_store, run_scan
-    from .store import open_store
+    from .app import configured_store, prepare_store, run_scan
 
     cfg = state.config()
     if prepare:
         store, directory = prepare_store(cfg)
     else:
-        store_cfg = cfg.settings.store
-        store, directory = open_store(store_cfg.url, sqlite_cache_mib=store_cfg.sqlite_cache_mib), None
+        store, directory = configured_store(cfg), None
     try:
         if scan:
             run_scan(cfg, store, directory)
