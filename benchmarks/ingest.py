@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,13 +37,19 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 if TYPE_CHECKING:
     from servers import Dovecot
 
+    from worker.config import Config
+    from worker.demo import DemoFirm
+
 
 PHASES: dict[str, float] = {}
 
 
-def time_phases() -> None:
-    """Wrap the scan's stages to add up where the time goes (BENCH_PHASES=1)."""
+def time_phases(clock: Callable[[], float] = time.perf_counter) -> None:
+    """Wrap the scan's stages to add up where the time goes (BENCH_PHASES=1), in PHASES,
+    by `clock` (wall time; benchmarks/stages.py passes the process's CPU time)."""
     import functools
+
+    from sqlalchemy.orm import Session
 
     from worker import ingest, parsing
     from worker.store.db import Store
@@ -52,11 +59,11 @@ def time_phases() -> None:
 
         @functools.wraps(fn)
         def timed(*a: object, **k: object) -> object:
-            t = time.perf_counter()
+            t = clock()
             try:
                 return fn(*a, **k)
             finally:
-                PHASES[label] = PHASES.get(label, 0.0) + time.perf_counter() - t
+                PHASES[label] = PHASES.get(label, 0.0) + clock() - t
 
         setattr(owner, name, timed)
 
@@ -69,6 +76,7 @@ def time_phases() -> None:
     wrap(Store, "insert_ignore", "insert")
     wrap(ingest, "finish_threads", "finish threads")
     wrap(ingest, "link_contacts", "link contacts")
+    wrap(Session, "commit", "commit")
 
 
 class HelperPeak:
@@ -160,23 +168,16 @@ def cold(d: Dovecot) -> None:
     d.start()
 
 
-def child(n: int) -> None:
-    """Runs in its own process: one Dovecot, n messages, scan and bare fetch."""
-    import tomllib
-
-    import imapclient
+def demo_dovecot(n: int) -> tuple[Path, Dovecot, DemoFirm]:
+    """A throwaway Dovecot holding about n messages of the demo firm (INBOX and Sent), indexed,
+    under a new temporary directory (the first of the three; the caller removes it)."""
     from servers import Dovecot
 
-    from worker.app import prepare_store, run_scan
-    from worker.config import validate_data
     from worker.demo import generate
-    from worker.headers import FETCH_FIELDS
-    from worker.mailbox.imap import HEADER_ITEM, chunk_by_command_length
 
     root = Path(tempfile.mkdtemp(prefix="carewatch-bench-"))
     d = Dovecot(root)
     d.write_config()
-    t = time.perf_counter()
     # The demo firm is the one source of realistic mail: ~95 messages per client over four
     # months, written straight into Dovecot's Maildir.
     firm = generate(d.home, seed=7, extra_clients=max(0, round(n / 95) - 12))
@@ -184,6 +185,45 @@ def child(n: int) -> None:
     d.start()
     for folder in FOLDERS:
         d.doveadm("index", "-u", d.user, folder)
+    return root, d, firm
+
+
+def bench_config(firm: DemoFirm, d: Dovecot, store_url: str) -> Config:
+    """The demo firm's config, reading the throwaway Dovecot into `store_url`."""
+    import tomllib
+
+    from worker.config import validate_data
+
+    os.environ["BENCH_PW"] = d.password
+    data = tomllib.loads(firm.config.read_text())
+    data["store"] = {"url": store_url}
+    if os.environ.get("BENCH_SQLITE_CACHE_MIB"):
+        data["store"]["sqlite_cache_mib"] = int(os.environ["BENCH_SQLITE_CACHE_MIB"])
+    data["mailboxes"] = [
+        {
+            "name": "bench",
+            "host": "127.0.0.1",
+            "port": d.port,
+            "tls": "none",
+            "allow_plaintext": True,
+            "username": d.user,
+            "password_env": "BENCH_PW",
+            "folders": list(FOLDERS),
+        }
+    ]
+    return validate_data(data, None, os.environ)
+
+
+def child(n: int) -> None:
+    """Runs in its own process: one Dovecot, n messages, scan and bare fetch."""
+    import imapclient
+
+    from worker.app import prepare_store, run_scan
+    from worker.headers import FETCH_FIELDS
+    from worker.mailbox.imap import HEADER_ITEM, chunk_by_command_length
+
+    t = time.perf_counter()
+    root, d, firm = demo_dovecot(n)
     load_s = time.perf_counter() - t
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -222,25 +262,8 @@ def child(n: int) -> None:
     del sample
     n = got
 
-    os.environ["BENCH_PW"] = d.password
-    data = tomllib.loads(firm.config.read_text())
     # BENCH_STORE_URL: an empty PostgreSQL database instead of the default SQLite file.
-    data["store"] = {"url": os.environ.get("BENCH_STORE_URL") or f"sqlite:///{root / 'bench.db'}"}
-    if os.environ.get("BENCH_SQLITE_CACHE_MIB"):
-        data["store"]["sqlite_cache_mib"] = int(os.environ["BENCH_SQLITE_CACHE_MIB"])
-    data["mailboxes"] = [
-        {
-            "name": "bench",
-            "host": "127.0.0.1",
-            "port": d.port,
-            "tls": "none",
-            "allow_plaintext": True,
-            "username": d.user,
-            "password_env": "BENCH_PW",
-            "folders": list(FOLDERS),
-        }
-    ]
-    cfg = validate_data(data, None, os.environ)
+    cfg = bench_config(firm, d, os.environ.get("BENCH_STORE_URL") or f"sqlite:///{root / 'bench.db'}")
     store, directory = prepare_store(cfg)
     cold(d)
     assert d.proc is not None

@@ -48,6 +48,15 @@ def skipped_uid(item: Item) -> int:
     return int.from_bytes(digest, "big") % 2**62
 
 
+def scan_batches(items: Sequence[Item], batch_size: int = defaults.SCAN_BATCH_SIZE) -> list[Sequence[Item]]:
+    """A folder's new items in the batches a scan reads and commits. A small first batch gets
+    both stages going sooner."""
+    if not items:
+        return []
+    first = min(batch_size, defaults.SCAN_FIRST_BATCH_SIZE)
+    return [items[:first]] + [items[i:i + batch_size] for i in range(first, len(items), batch_size)]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -218,10 +227,7 @@ class Ingestor:
 
         items = source.new_items(folder, last)
         rep.new = len(items)
-        # A small first batch gets both stages going sooner.
-        first = min(batch_size, defaults.SCAN_FIRST_BATCH_SIZE)
-        batches = ([items[:first]] + [items[i:i + batch_size] for i in range(first, len(items), batch_size)]
-                   if items else [])
+        batches = scan_batches(items, batch_size)
         self.progress.start(mailbox, folder, len(items))
         # Two stages: while batch k is written to the store, batch k+1 is fetched, parsed and
         # classified, on a helper thread or, for a big backlog, in a helper process.

@@ -1,0 +1,194 @@
+"""CPU time per message of each ingest stage, measured one stage at a time.
+
+benchmarks/ingest.py times whole scans, where Dovecot, the fetch helper and the storing
+process share the machine's cores and our VMs' speed swings by 2x between runs: a change of
+10% in one stage does not show. This reads about N demo messages from a throwaway Dovecot
+once, keeping what the server sent (header blocks, snippets) and the prepared batches, and
+then replays each stage alone, --repeat times, by folder:
+
+* parse: what the fetch helper does with FETCH answers (parse, classify, snippets, rows);
+  reading the answers off the socket is not included;
+* transfer: pickling a prepared batch in the helper and unpickling it in the scan;
+* store: storing the batches into a fresh store (SQLite, or BENCH_STORE_URL), with the part
+  of it spent threading, inserting, linking contacts and committing.
+
+It prints the median CPU µs per message of each, in this process only: Dovecot's share is
+what ingest.py prints, and with PostgreSQL the server's work is not counted. Holds every
+batch in memory: about 5 KB a message (590 MB at 118k).
+
+    python benchmarks/stages.py --size 100000 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import pickle
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Hashable
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).resolve().parent)]
+from ingest import FOLDERS, PHASES, bench_config, demo_dovecot, time_phases  # noqa: E402
+
+from worker import parsing  # noqa: E402
+from worker.app import prepare_store  # noqa: E402
+from worker.ingest import FolderReport, Ingestor, scan_batches  # noqa: E402
+from worker.mailbox import open_source  # noqa: E402
+from worker.mailbox.base import RawMessage  # noqa: E402
+
+
+class Captured:
+    """One folder as the server sent it: the header answers and snippets of each batch, and
+    the prepared batches made from them."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.raws: list[list[RawMessage]] = []
+        self.snippets: list[dict[Hashable, bytes]] = []
+        self.prepared: list[parsing.PreparedBatch] = []
+        self.batches: list[Any] = []
+
+    @property
+    def messages(self) -> int:
+        return sum(len(r) for r in self.raws)
+
+
+def capture(cfg: Any, directory: Any) -> list[Captured]:
+    """Read every folder once, as a scan does, recording what the server answered."""
+    out = []
+    with open_source(cfg.settings.mailboxes[0]) as source:
+        for folder in FOLDERS:
+            cap = Captured(folder)
+            source.folder_status(folder)
+            cap.batches = scan_batches(source.new_items(folder, 0))
+            fetch, fetch_snippets = source.start_fetch, source.start_fetch_snippets
+
+            def recording(start: Callable[..., Callable[[], Any]], into: list[Any]) -> Callable[..., Any]:
+                def started(*a: Any) -> Callable[[], Any]:
+                    complete = start(*a)
+
+                    def completed() -> Any:
+                        got = complete()
+                        into.append(got)
+                        return got
+                    return completed
+                return started
+
+            source.start_fetch = recording(fetch, cap.raws)  # type: ignore[method-assign]
+            source.start_fetch_snippets = recording(fetch_snippets, cap.snippets)  # type: ignore[method-assign]
+            try:
+                cap.prepared = list(parsing.prepared_batches(source, folder, cap.batches, directory, "bench"))
+            finally:
+                source.start_fetch, source.start_fetch_snippets = fetch, fetch_snippets  # type: ignore[method-assign]
+            assert cap.messages == sum(len(p.rows) + len(p.skipped) for p in cap.prepared)
+            out.append(cap)
+    return out
+
+
+def cpu(fn: Callable[[], None]) -> float:
+    t = time.process_time()
+    fn()
+    return time.process_time() - t
+
+
+def parse_stage(cap: Captured, directory: Any) -> None:
+    snippets = iter(cap.snippets)
+    with parsing.collected_per_batch() as collect:
+        for raws in cap.raws:
+            now = datetime.now(UTC).replace(tzinfo=None)
+            messages, skipped = parsing.parse_batch(raws, now, directory)
+            got = next(snippets) if any(parsing.wants_snippet(m) for m in messages) else {}
+            parsing._finish(now, messages, skipped, lambda got=got: got, "bench", cap.folder)
+            collect()
+
+
+def transfer_stage(cap: Captured) -> None:
+    for prepared in cap.prepared:
+        pickle.loads(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def store_stage(caps: list[Captured], cfg: Any, runs: dict[str, list[dict[str, float]]]) -> None:
+    """Store every folder's batches into a fresh store, in scan order; per folder, the CPU
+    time of the whole and of its parts (from PHASES)."""
+    store, directory = prepare_store(cfg)
+    ingestor = Ingestor(store, cfg, directory)
+    try:
+        for cap in caps:
+            # Storing changes the rows (thread ids, contacts found): each run gets fresh copies.
+            prepared = pickle.loads(pickle.dumps(cap.prepared, protocol=pickle.HIGHEST_PROTOCOL))
+            PHASES.clear()
+            rep = FolderReport("bench", cap.folder)
+
+            def run(cap: Captured = cap, prepared: list[parsing.PreparedBatch] = prepared,
+                    rep: FolderReport = rep) -> None:
+                with parsing.collected_per_batch() as collect:
+                    for p, batch in zip(prepared, cap.batches, strict=True):
+                        ingestor._store_batch(p, "bench", cap.folder, 1, batch, rep)
+                        collect()
+
+            total = cpu(run)
+            runs[cap.folder].append({"store": total, **{f"  {k}": v for k, v in PHASES.items()}})
+    finally:
+        store.dispose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=100_000, help="about how many messages (default 100000)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each stage; the median is shown (default 3)")
+    a = ap.parse_args()
+
+    root, d, firm = demo_dovecot(a.size)
+    try:
+        store_url = os.environ.get("BENCH_STORE_URL")
+        cfg = bench_config(firm, d, store_url or f"sqlite:///{root / 'capture.db'}")
+        _, directory = prepare_store(cfg)
+        t = time.perf_counter()
+        caps = capture(cfg, directory)
+        print(f"read {sum(c.messages for c in caps):,} messages from Dovecot in {time.perf_counter() - t:.1f} s")
+    finally:
+        d.stop()
+    time_phases(time.process_time)
+    runs: dict[str, list[dict[str, float]]] = {c.folder: [] for c in caps}
+    for k in range(a.repeat):
+        per_run = {c.folder: {"parse": cpu(partial(parse_stage, c, directory)),
+                              "transfer": cpu(partial(transfer_stage, c))} for c in caps}
+        # BENCH_STORE_URL: an empty PostgreSQL database, emptied again before each run.
+        url = store_url or f"sqlite:///{root / f'store{k}.db'}"
+        if store_url:
+            from sqlalchemy import create_engine, text
+
+            engine = create_engine(store_url)
+            with engine.begin() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+            engine.dispose()
+        store_stage(caps, bench_config(firm, d, url), runs)
+        for c in caps:
+            runs[c.folder][-1].update(per_run[c.folder])
+        gc.collect()
+    shutil.rmtree(root, ignore_errors=True)
+
+    print(f"CPU µs per message, median of {a.repeat} (store: {store_url or 'SQLite'}; "
+          "parse without reading FETCH answers; Dovecot not included)")
+    names = list(dict.fromkeys(k for c in caps for r in runs[c.folder] for k in r if k != "  store batches"))
+    print(f"{'stage':<24}" + "".join(f"{c.folder + f' ({c.messages:,})':>20}" for c in caps) + f"{'all':>10}")
+    total = sum(c.messages for c in caps)
+    for name in ["parse", "transfer", *[n for n in names if n not in ("parse", "transfer")]]:
+        cells, overall = [], 0.0
+        for c in caps:
+            seconds = statistics.median(r.get(name, 0.0) for r in runs[c.folder])
+            overall += seconds
+            cells.append(f"{seconds / c.messages * 1e6:>20.1f}")
+        print(f"{name:<24}" + "".join(cells) + f"{overall / total * 1e6:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()
