@@ -178,10 +178,14 @@ def main() -> None:
 
     print(f"CPU µs per message, median of {a.repeat} (store: {store_url or 'SQLite'}; "
           "parse without reading FETCH answers; Dovecot not included)")
-    names = list(dict.fromkeys(k for c in caps for r in runs[c.folder] for k in r if k != "  store batches"))
+    # Storing's parts in the order a batch goes through them, then any others.
+    order = ["parse", "transfer", "store", "  plan threads", "  insert", "  finish threads", "  link contacts",
+             "  commit"]
+    seen = dict.fromkeys(k for c in caps for r in runs[c.folder] for k in r if k != "  store batches")
+    names = [k for k in order if k in seen] + [k for k in seen if k not in order]
     print(f"{'stage':<24}" + "".join(f"{c.folder + f' ({c.messages:,})':>20}" for c in caps) + f"{'all':>10}")
     total = sum(c.messages for c in caps)
-    for name in ["parse", "transfer", *[n for n in names if n not in ("parse", "transfer")]]:
+    for name in names:
         cells, overall = [], 0.0
         for c in caps:
             seconds = statistics.median(r.get(name, 0.0) for r in runs[c.folder])

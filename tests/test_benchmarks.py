@@ -1,0 +1,59 @@
+"""The benchmarks still run and report every figure they promise. Nothing here is timed:
+their figures are for people, and a tiny demo firm keeps this quick."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import _missing
+from servers import dovecot_available
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_benchmark(*args: str) -> str:
+    if not dovecot_available():
+        _missing("Dovecot (apt-get install dovecot-imapd)")
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def figures(line: str) -> list[float]:
+    return [float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*\.\d+", line)]
+
+
+def test_stage_benchmark_replays_each_stage_per_folder() -> None:
+    out = run_benchmark("benchmarks/stages.py", "--size", "1", "--repeat", "1")
+    read = re.search(r"read ([\d,]+) messages from Dovecot", out)
+    assert read, out
+    total = int(read.group(1).replace(",", ""))
+    header = next(line for line in out.splitlines() if line.startswith("stage"))
+    per_folder = [int(n.replace(",", "")) for n in re.findall(r"\((\d[\d,]*)\)", header)]
+    assert re.findall(r"(\w+) \(", header) == ["INBOX", "Sent"] and sum(per_folder) == total > 0
+    rows = {line[:24].strip(): figures(line[24:]) for line in out.splitlines()[3:]}
+    assert list(rows) == ["parse", "transfer", "store", "plan threads", "insert", "finish threads",
+                          "link contacts", "commit"]
+    for name, values in rows.items():
+        assert len(values) == 3, (name, values)  # INBOX, Sent, all
+        assert all(v > 0 for v in values), (name, values)
+    # The parts of storing happen inside it.
+    for column in range(3):
+        assert sum(rows[p][column] for p in list(rows)[3:]) <= rows["store"][column]
+
+
+def test_ingest_benchmark_compares_the_scan_with_the_bare_fetch() -> None:
+    out = run_benchmark("benchmarks/ingest.py", "--sizes", "1")
+    lines = out.splitlines()
+    row = lines[lines.index(next(line for line in lines if "scan msg/s" in line)) + 1].split()
+    n, scan_s, _, bare_s, _, ratio = (float(x.replace(",", "")) for x in row[:6])
+    assert n > 0 and scan_s > 0 and bare_s > 0
+    # The ratio is the two times' (each printed to 0.01 s, so compared within that rounding).
+    assert (scan_s - 0.005) / (bare_s + 0.005) - 0.005 <= ratio <= (scan_s + 0.005) / (bare_s - 0.005) + 0.005
+    assert "compat32 parses" in out
+    cpu = next(line for line in lines if "CPU µs/msg" in line)
+    for process in ("bare: Dovecot", "bare: imapclient", "scan: Dovecot", "scan: main process"):
+        assert re.search(rf"{process} \d+", cpu), cpu
