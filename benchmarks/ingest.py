@@ -189,7 +189,8 @@ def demo_dovecot(n: int) -> tuple[Path, Dovecot, DemoFirm]:
 
 
 def bench_config(firm: DemoFirm, d: Dovecot, store_url: str) -> Config:
-    """The demo firm's config, reading the throwaway Dovecot into `store_url`."""
+    """The demo firm's config, reading the throwaway Dovecot into `store_url` (its password
+    goes in BENCH_PW, which the config names)."""
     import tomllib
 
     from worker.config import validate_data

@@ -140,6 +140,18 @@ def store_stage(caps: list[Captured], cfg: Any, runs: dict[str, list[dict[str, f
         store.dispose()
 
 
+def emptied(url: str) -> None:
+    """BENCH_STORE_URL: a PostgreSQL database of its own, emptied before each run."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    finally:
+        engine.dispose()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=100_000, help="about how many messages (default 100000)")
@@ -150,7 +162,8 @@ def main() -> None:
     try:
         store_url = os.environ.get("BENCH_STORE_URL")
         cfg = bench_config(firm, d, store_url or f"sqlite:///{root / 'capture.db'}")
-        _, directory = prepare_store(cfg)
+        capture_store, directory = prepare_store(cfg)  # the directory a scan would classify with
+        capture_store.dispose()
         t = time.perf_counter()
         caps = capture(cfg, directory)
         print(f"read {sum(c.messages for c in caps):,} messages from Dovecot in {time.perf_counter() - t:.1f} s")
@@ -161,16 +174,9 @@ def main() -> None:
     for k in range(a.repeat):
         per_run = {c.folder: {"parse": cpu(partial(parse_stage, c, directory)),
                               "transfer": cpu(partial(transfer_stage, c))} for c in caps}
-        # BENCH_STORE_URL: an empty PostgreSQL database, emptied again before each run.
-        url = store_url or f"sqlite:///{root / f'store{k}.db'}"
         if store_url:
-            from sqlalchemy import create_engine, text
-
-            engine = create_engine(store_url)
-            with engine.begin() as conn:
-                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-            engine.dispose()
-        store_stage(caps, bench_config(firm, d, url), runs)
+            emptied(store_url)
+        store_stage(caps, bench_config(firm, d, store_url or f"sqlite:///{root / f'store{k}.db'}"), runs)
         for c in caps:
             runs[c.folder][-1].update(per_run[c.folder])
         gc.collect()

@@ -758,7 +758,8 @@ def test_the_helper_process_logs_as_the_worker_does(tmp_path: Path, dovecot: Dov
 
 def test_the_per_batch_collection_frees_cycles_and_gives_the_collector_back() -> None:
     """A collection every COLLECT_EVERY batches, none in between: a cycle made in a batch is
-    freed by the next one; afterwards the collector runs on its own again."""
+    freed at the next collection and not before; afterwards the collector runs on its own
+    again."""
     import gc
     import weakref
 

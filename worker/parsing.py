@@ -109,8 +109,10 @@ def prepared_batches(source: MailboxSource, folder: str, batches: list[Sequence[
     snippets that decide acknowledgements and alert-reply commands. Touches the mailbox, never
     the store. The server is never idle: the next batch's headers are requested before this
     one is parsed, and a batch is finished (its snippets read) only after the next one has
-    been parsed. On IMAP this pipelines the FETCH commands,
-    so the waits on the server overlap with parsing instead of adding to it."""
+    been parsed. On IMAP this pipelines the FETCH commands, so the waits on the server overlap
+    with parsing instead of adding to it. (Finishing each batch as soon as it was parsed let
+    storing start sooner in each folder, but the snippet reads no longer overlapped with
+    parsing: on the 118k demo the two cores were less busy, 77% against 78-81%.)"""
     headers = source.start_fetch(folder, batches[0]) if batches else None
     previous: tuple[datetime, list[PreparedMessage], list[tuple[Item, str]], Any] | None = None
     for k in range(len(batches)):
