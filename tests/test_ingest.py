@@ -645,6 +645,46 @@ def test_a_stop_request_ends_the_helper_process_after_the_batch_in_hand(
     assert run_scan(cfg, store, directory).stored == 40
 
 
+def test_a_sigterm_to_the_whole_process_group_leaves_the_helper_to_the_scan(
+        tmp_path: Path, dovecot: Dovecot) -> None:
+    """systemd stops a service by sending SIGTERM to every process in its group. The worker
+    then finishes the batch in hand; the helper must not die under it, or a scan waiting for
+    its next batch fails with "ended unexpectedly" on a clean stop. Closed early, the helper
+    still ends at once."""
+    import signal
+    import time
+
+    from worker.fetchproc import FetchHelper
+    from worker.ingest import scan_batches
+
+    dovecot.deliver_files([inbound(i) for i in range(3000)])
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot))
+    store, directory = prepare_store(cfg)
+    mb = cfg.settings.mailboxes[0]
+    with open_source(mb) as src:
+        batches = scan_batches(src.new_items("INBOX", 0), 100)
+    assert len(batches) == 30
+    helper = FetchHelper(mb, directory)
+    try:
+        prepared = helper.prepared("INBOX", batches)
+        first = next(prepared)
+        assert helper._proc is not None and helper._proc.pid is not None
+        os.kill(helper._proc.pid, signal.SIGTERM)
+        # The pipe holds about one batch: all the others are prepared after the signal.
+        rest = list(prepared)
+        assert sum(len(p.rows) for p in [first, *rest]) == 3000
+
+        prepared = helper.prepared("INBOX", batches)
+        next(prepared)
+        proc = helper._proc
+        t = time.monotonic()
+        prepared.close()  # left early: the helper is ended where it is
+        assert proc is not None and not proc.is_alive() and time.monotonic() - t < 4
+    finally:
+        helper.close()
+        store.dispose()
+
+
 def test_pipelined_fetches_each_get_their_own_answers_in_any_order(tmp_path: Path, dovecot: Dovecot) -> None:
     """Several FETCHes in flight at once (headers and snippets of overlapping messages): the
     server may run them side by side and interleave the answers; each completion must get

@@ -36,9 +36,12 @@ log = logging.getLogger(__name__)
 
 def _child(jobs: Connection, out: Connection, mb: MailboxConfig, directory: Directory,
            logging_setup: tuple[str, bool] | None = None) -> None:
-    # Ctrl-C reaches the whole process group: the scan decides when this process ends (it
-    # finishes the batch in hand first), not the terminal.
+    # Ctrl-C reaches the whole process group, and so does SIGTERM when systemd stops the
+    # service (KillMode=control-group): the scan decides when this process ends (it finishes the
+    # batch in hand first and then kills it), not the signal. Were it to die here, a scan
+    # waiting for its next batch would fail with "ended unexpectedly" on a clean stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # A spawned process starts with logging unconfigured: it would print only warnings, bare,
     # where the worker writes JSON lines.
     if logging_setup is not None:
@@ -129,7 +132,7 @@ class FetchHelper:
         self._jobs = self._out = None
         if proc is not None:
             if now:
-                proc.terminate()
+                proc.kill()  # it ignores SIGTERM; it holds nothing to tidy (a read-only session)
             proc.join(5)
             if proc.is_alive():
                 proc.kill()
