@@ -30,7 +30,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Hashable
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,8 @@ class Captured:
     def __init__(self, folder: str) -> None:
         self.folder = folder
         self.raws: list[list[RawMessage]] = []
-        self.snippets: list[dict[Hashable, bytes]] = []
+        #: Each snippet fetch: the keys asked for, and the answers.
+        self.snippets: list[tuple[list[Hashable], dict[Hashable, bytes]]] = []
         self.prepared: list[parsing.PreparedBatch] = []
         self.batches: list[Any] = []
 
@@ -71,19 +71,21 @@ def capture(cfg: Any, directory: Any) -> list[Captured]:
             cap.batches = scan_batches(source.new_items(folder, 0))
             fetch, fetch_snippets = source.start_fetch, source.start_fetch_snippets
 
-            def recording(start: Callable[..., Callable[[], Any]], into: list[Any]) -> Callable[..., Any]:
-                def started(*a: Any) -> Callable[[], Any]:
-                    complete = start(*a)
+            def recording(start: Callable[..., Callable[[], Any]], into: list[Any],
+                          keep: Callable[[Any, Any], Any] = lambda items, got: got) -> Callable[..., Any]:
+                def started(name: str, items: Any) -> Callable[[], Any]:
+                    complete = start(name, items)
 
                     def completed() -> Any:
                         got = complete()
-                        into.append(got)
+                        into.append(keep(items, got))
                         return got
                     return completed
                 return started
 
             source.start_fetch = recording(fetch, cap.raws)  # type: ignore[method-assign]
-            source.start_fetch_snippets = recording(fetch_snippets, cap.snippets)  # type: ignore[method-assign]
+            source.start_fetch_snippets = recording(  # type: ignore[method-assign]
+                fetch_snippets, cap.snippets, lambda items, got: ([i.key for i in items], got))
             try:
                 cap.prepared = list(parsing.prepared_batches(source, folder, cap.batches, directory, "bench"))
             finally:
@@ -100,14 +102,18 @@ def cpu(fn: Callable[[], None]) -> float:
 
 
 def parse_stage(cap: Captured, directory: Any) -> None:
-    snippets = iter(cap.snippets)
+    recorded = iter(cap.snippets)
+
+    def replayed(want: list[Any]) -> Callable[[], dict[Hashable, bytes]]:
+        asked, got = next(recorded)
+        assert [i.key for i in want] == asked, "the replay asks for other snippets than the scan did"
+        return lambda: got
+
     with parsing.collected_per_batch() as collect:
         for raws in cap.raws:
-            now = datetime.now(UTC).replace(tzinfo=None)
-            messages, skipped = parsing.parse_batch(raws, now, directory)
-            got = next(snippets) if any(parsing.wants_snippet(m) for m in messages) else {}
-            parsing._finish(now, messages, skipped, lambda got=got: got, "bench", cap.folder)
+            parsing._finish(*parsing.parse_and_ask(raws, directory, replayed), "bench", cap.folder)
             collect()
+    assert next(recorded, None) is None, "the scan asked for snippets the replay did not"
 
 
 def transfer_stage(cap: Captured) -> None:

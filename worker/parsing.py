@@ -114,28 +114,39 @@ def prepared_batches(source: MailboxSource, folder: str, batches: list[Sequence[
     storing start sooner in each folder, but the snippet reads no longer overlapped with
     parsing: on the 118k demo the two cores were less busy, 77% against 78-81%.)"""
     headers = source.start_fetch(folder, batches[0]) if batches else None
-    previous: tuple[datetime, list[PreparedMessage], list[tuple[Item, str]], Any] | None = None
+    previous: Parsed | None = None
     for k in range(len(batches)):
         assert headers is not None
         raws = headers()
         headers = source.start_fetch(folder, batches[k + 1]) if k + 1 < len(batches) else None
-        now = datetime.now(UTC).replace(tzinfo=None)
-        messages, skipped = parse_batch(raws, now, directory)
-        want = [m.raw.item for m in messages if wants_snippet(m)]
-        snippets = source.start_fetch_snippets(folder, want) if want else dict
+        parsed = parse_and_ask(raws, directory, lambda want: source.start_fetch_snippets(folder, want))
         if previous is not None:
             yield _finish(*previous, mailbox, folder)
-        previous = (now, messages, skipped, snippets)
+        previous = parsed
     if previous is not None:
         yield _finish(*previous, mailbox, folder)
 
 
+Parsed = tuple[datetime, list["PreparedMessage"], list[tuple[Item, str]], Callable[[], dict[Hashable, bytes]]]
+
+
+def parse_and_ask(raws: list[RawMessage], directory: Directory,
+                  start_snippets: Callable[[list[Item]], Callable[[], dict[Hashable, bytes]]]) -> Parsed:
+    """Parse and classify one batch and ask for the snippets of the messages that want one
+    (`start_snippets(items)` starts the fetch and returns its completion). What _finish needs
+    next. Shared with benchmarks/stages.py, which replays recorded snippets through it."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    messages, skipped = parse_batch(raws, now, directory)
+    want = [m.raw.item for m in messages if wants_snippet(m)]
+    return now, messages, skipped, start_snippets(want) if want else dict
+
+
 def _finish(now: datetime, messages: list[PreparedMessage], skipped: list[tuple[Item, str]],
-            snippets: Any, mailbox: str, folder: str) -> PreparedBatch:
+            snippets: Callable[[], dict[Hashable, bytes]], mailbox: str, folder: str) -> PreparedBatch:
     got = snippets()
     commands = read_snippets(messages, got) if got else []
-    rows = []
-    discovered = []
+    rows: list[dict[str, Any]] = []
+    discovered: list[tuple[int, list[tuple[str, str, int]], ParsedMessage]] = []
     for m in messages:
         item = m.raw.item
         if m.cl.discovered:
