@@ -142,19 +142,23 @@ def episodes_sql(dialect: str, some_threads: bool) -> str:
     # For a few threads, SQLite's planner preferred (direction, reply_at) and so read every
     # answered inbound message of the store for each batch: ingest slowed as the store grew.
     hint = " INDEXED BY ix_message_thread_dir_sent" if some_threads and dialect == "sqlite" else ""
+    # Messages first, then the two scopes (CROSS JOIN fixes that order in SQLite): each message
+    # is read once, not once per scope. Both window functions share one window, so the rows
+    # are sorted once, not twice.
     return f"""
         INSERT INTO episode (scope, thread_id, first_pk, client_id, contact_id, started_ts, reply_ts, size)
         SELECT scope, thread_id, id, client_id, {first_contact}, {epoch_sql(dialect, "sent_at")},
                {epoch_sql(dialect, "reply_at")}, n
         FROM (
           SELECT s.scope, m.thread_id, m.id, m.client_id, m.contact_ids, m.sent_at, m.reply_at,
-                 ROW_NUMBER() OVER (PARTITION BY s.scope, m.thread_id, m.reply_at ORDER BY m.sent_at, m.id) AS rn,
-                 COUNT(*) OVER (PARTITION BY s.scope, m.thread_id, m.reply_at) AS n
-          FROM message m{hint} JOIN (SELECT 'to' AS scope UNION ALL SELECT 'any' AS scope) s
-            ON m.firm_in_to OR (s.scope = 'any' AND m.firm_in_cc)
-          WHERE m.direction = 'inbound' AND NOT m.automated AND NOT m.acknowledgement
+                 ROW_NUMBER() OVER w AS rn,
+                 COUNT(*) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS n
+          FROM message m{hint} CROSS JOIN (SELECT 'to' AS scope UNION ALL SELECT 'any' AS scope) s
+          WHERE (m.firm_in_to OR (s.scope = 'any' AND m.firm_in_cc))
+            AND m.direction = 'inbound' AND NOT m.automated AND NOT m.acknowledgement
             AND m.contact_ids <> '' AND m.client_id IS NOT NULL AND m.thread_id IS NOT NULL
             AND m.reply_at IS NOT NULL {only}
+          WINDOW w AS (PARTITION BY s.scope, m.thread_id, m.reply_at ORDER BY m.sent_at, m.id)
         ) x
         WHERE rn = 1"""
 
