@@ -19,7 +19,7 @@ import multiprocessing
 import os
 import pickle
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -98,7 +98,7 @@ class FetchHelper:
         jobs_recv.close()
         out_send.close()
 
-    def prepared(self, folder: str, batches: list[Sequence[Item]]) -> Iterator[PreparedBatch]:
+    def prepared(self, folder: str, batches: list[Sequence[Item]]) -> Generator[PreparedBatch, None, None]:
         if self._proc is None:
             self._start()
         assert self._jobs is not None and self._out is not None and self._proc is not None
