@@ -103,6 +103,10 @@ def collected_per_batch() -> Iterator[Callable[[], int]]:
             gc.enable()
 
 
+#: A parsed batch awaiting its snippets: (now, messages, skipped, the snippet fetch's completion).
+Parsed = tuple[datetime, list[PreparedMessage], list[tuple[Item, str]], Callable[[], dict[Hashable, bytes]]]
+
+
 def prepared_batches(source: MailboxSource, folder: str, batches: list[Sequence[Item]], directory: Directory,
                      mailbox: str) -> Iterator[PreparedBatch]:
     """Stage one of a scan, a batch at a time, in order: fetch, parse, classify, and read the
@@ -125,9 +129,6 @@ def prepared_batches(source: MailboxSource, folder: str, batches: list[Sequence[
         previous = parsed
     if previous is not None:
         yield _finish(*previous, mailbox, folder)
-
-
-Parsed = tuple[datetime, list["PreparedMessage"], list[tuple[Item, str]], Callable[[], dict[Hashable, bytes]]]
 
 
 def parse_and_ask(raws: list[RawMessage], directory: Directory,
