@@ -170,26 +170,28 @@ def validate(
 
 
 class RichFolderProgress:
-    """A progress bar per folder, for terminals."""
+    """A progress bar per folder, for terminals. Each folder gets a display of its own: one
+    display restarted for the next folder would draw the finished folders' bars again."""
 
     def __init__(self, console: Console) -> None:
-        self.p = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), console=console, transient=False)
-        self.task: Any = None
+        self.console = console
+        self.p: RichProgress | None = None
 
     def start(self, mailbox: str, folder: str, total: int) -> None:
         if total:
+            self.p = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeRemainingColumn(), console=self.console, transient=False)
+            self.p.add_task(f"{mailbox}/{folder}", total=total)
             self.p.start()
-            self.task = self.p.add_task(f"{mailbox}/{folder}", total=total)
 
     def advance(self, n: int) -> None:
-        if self.task is not None:
-            self.p.advance(self.task, n)
+        if self.p is not None:
+            self.p.advance(self.p.task_ids[0], n)
 
     def finish(self) -> None:
-        if self.task is not None:
+        if self.p is not None:
             self.p.stop()
-            self.task = None
+            self.p = None
 
 
 @app.command()

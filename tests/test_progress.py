@@ -1,0 +1,137 @@
+"""What `carewatch scan` shows while it reads: a progress bar per folder on a terminal, plain
+log lines anywhere else (containers, CI, a pipe)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyte
+import pytest
+
+from worker import defaults
+from worker.demo import generate
+from worker.ingest import LogProgress
+
+COLUMNS, LINES = 100, 40
+
+
+def _demo_config(root: Path) -> tuple[Path, dict[str, int]]:
+    """The demo firm's Maildir with small batches (so a folder takes several steps) and a
+    fresh store; returns the config and the number of messages per folder."""
+    generate(root)
+    cfg = root / "carewatch.toml"
+    text = cfg.read_text()
+    assert 'folders = ["INBOX", "Sent"]\n' in text
+    text = text.replace('folders = ["INBOX", "Sent"]\n', 'folders = ["INBOX", "Sent"]\nbatch_size = 100\n')
+    text = "\n".join(f'url = "sqlite:///{root / "fresh.db"}"' if line.startswith("url = ") else line
+                     for line in text.splitlines()) + "\n"
+    cfg.write_text(text)
+    maildir = root / "Maildir"
+    counts = {"INBOX": sum(1 for d in ("cur", "new") for _ in (maildir / d).iterdir()),
+              "Sent": sum(1 for d in ("cur", "new") for _ in (maildir / ".Sent" / d).iterdir())}
+    assert counts["INBOX"] > 300 and counts["Sent"] > 300  # several batches each
+    return cfg, counts
+
+
+def _run_on_a_terminal(args: list[str], timeout: float = 120) -> tuple[int, bytes]:
+    """Run a command with a pseudo-terminal as its stdin, stdout and stderr; return its exit
+    code and everything it wrote to the terminal."""
+    master, slave = pty.openpty()
+    env = dict(os.environ, COLUMNS=str(COLUMNS), LINES=str(LINES), TERM="xterm-256color")
+    env.pop("NO_COLOR", None)
+    p = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if not ready:
+                if p.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        code = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if p.poll() is None:
+            p.kill()
+        os.close(master)
+    return code, b"".join(chunks)
+
+
+def _screen(output: bytes) -> list[str]:
+    """What a terminal shows after the output: its lines, right-trimmed, blank ones dropped."""
+    screen = pyte.Screen(COLUMNS, LINES)
+    screen.set_mode(pyte.modes.LNM)  # the pty turns "\n" into "\r\n"; be safe either way
+    stream = pyte.ByteStream(screen)
+    stream.feed(output)
+    return [line.rstrip() for line in screen.display if line.strip()]
+
+
+def test_a_terminal_sees_one_live_bar_per_folder(tmp_path: Path) -> None:
+    cfg, counts = _demo_config(tmp_path)
+    code, output = _run_on_a_terminal([sys.executable, "-m", "worker.cli", "--config", str(cfg), "scan"])
+    assert code == 0, output.decode(errors="replace")
+    lines = _screen(output)
+    shown = "\n".join(lines)
+    # Each folder's bar is on screen once, complete: a display restarted for the next folder
+    # used to draw the finished folders again, one more copy per folder.
+    for folder, n in counts.items():
+        bars = [line for line in lines if line.startswith(f"clients/{folder} ")]
+        assert len(bars) == 1, shown
+        assert "━" in bars[0] and f"{n}/{n}" in bars[0], shown
+    # The bar moved while the folder was read, not only at the end: an earlier frame showed a
+    # part done.
+    first_step = min(defaults.SCAN_FIRST_BATCH_SIZE, 100)
+    assert f"{first_step}/{counts['INBOX']}".encode() in output
+    # Then the report, as a table.
+    assert any(line.startswith("│ clients │ INBOX") and f"│ {counts['INBOX']} │" in line for line in lines), shown
+    # The terminal gets human lines, not JSON logs.
+    assert not any(line.lstrip().startswith("{") for line in lines), shown
+
+
+def test_anything_but_a_terminal_gets_plain_log_lines(tmp_path: Path) -> None:
+    cfg, counts = _demo_config(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "worker.cli", "--config", str(cfg), "scan"],
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, COLUMNS=str(COLUMNS)))
+    assert r.returncode == 0, r.stderr
+    assert "━" not in r.stderr and "\x1b[" not in r.stderr  # no bar, no cursor movement
+    messages = [json.loads(line)["msg"] for line in r.stderr.splitlines() if line.startswith("{")]
+    for folder, n in counts.items():
+        assert f"scanning clients/{folder}: {n} new message(s)" in messages, messages
+    assert "INBOX" in r.stdout and str(counts["INBOX"]) in r.stdout  # the report still comes
+
+
+def test_plain_progress_logs_about_every_tenth_of_a_big_folder(caplog: pytest.LogCaptureFixture) -> None:
+    p = LogProgress()
+    total = 20 * defaults.SCAN_BATCH_SIZE
+    with caplog.at_level(logging.INFO, logger="worker.ingest"):
+        p.start("clients", "INBOX", total)
+        for _ in range(total // defaults.SCAN_BATCH_SIZE):
+            p.advance(defaults.SCAN_BATCH_SIZE)
+        p.finish()
+    got = [r.getMessage() for r in caplog.records]
+    tenth = total // 10
+    assert got == [f"scanning clients/INBOX: {total} new message(s)"] + [
+        f"scanning clients/INBOX: {k * tenth}/{total}" for k in range(1, 10)]
+    # A small folder is one line: a step is never less than a batch.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="worker.ingest"):
+        p.start("clients", "Sent", 900)
+        for _ in range(9):
+            p.advance(100)
+    assert [r.getMessage() for r in caplog.records] == ["scanning clients/Sent: 900 new message(s)"]
