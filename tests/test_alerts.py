@@ -210,6 +210,9 @@ def test_a_permanent_failure_is_kept_and_visible(firm: Firm) -> None:
         env={"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"', "COLUMNS": "200"},
     )
     assert r.exit_code == 0 and r.output.count("failed") >= 2 and "550" in r.output
+    r = runner.invoke(app, ["--config", str(firm.path), "outbox", "list", "--status", "faild"],
+                      env={"COLUMNS": "200"})
+    assert r.exit_code == 2 and "'faild' is not one of 'pending', 'sent', 'failed'" in r.output, r.output
 
 
 def test_a_crash_between_sent_and_marked_sent_resends_the_same_message(firm: Firm) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import errno
+import inspect
 import json
 import logging
 import os
@@ -345,7 +347,7 @@ app.add_typer(alerts_app, name="alerts")
 @handled
 def alerts_list(
     show_all: Annotated[bool, typer.Option("--all", help="Include resolved alerts.")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the alerts as a JSON list.")] = False,
 ) -> None:
     """The alerts and where each stands."""
     from sqlalchemy import select
@@ -414,6 +416,14 @@ def alerts_ack(alert_id: Annotated[int, typer.Argument(help="Alert id from `care
     _set_alert(alert_id, state="acknowledged", acknowledged_at=parse_now(None), acknowledged_by="cli")
 
 
+class OutboxStatus(enum.StrEnum):
+    """An outbox email's delivery state (a choice: a misspelt state would list nothing)."""
+
+    pending = "pending"
+    sent = "sent"
+    failed = "failed"
+
+
 outbox_app = typer.Typer(help="The outbox: every email Carewatch sends, and its delivery.", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
 
@@ -421,8 +431,9 @@ app.add_typer(outbox_app, name="outbox")
 @outbox_app.command("list")
 @handled
 def outbox_list(
-    status_filter: Annotated[str | None, typer.Option("--status", help="pending, sent or failed.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    status_filter: Annotated[OutboxStatus | None, typer.Option("--status", help="Only the emails in this state.")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the emails as a JSON list.")] = False,
 ) -> None:
     """Emails in the outbox with their delivery state; failed ones are kept here, never dropped."""
     from sqlalchemy import select
@@ -432,7 +443,7 @@ def outbox_list(
     with opened_store(prepare=False) as (store, _), store.session() as db:
         q = select(OutboxEmail).order_by(OutboxEmail.id)
         if status_filter:
-            q = q.where(OutboxEmail.status == status_filter)
+            q = q.where(OutboxEmail.status == status_filter.value)
         rows = db.execute(q).scalars().all()
     if as_json:
         sys.stdout.write(json.dumps([{"id": r.id, "message_id": r.message_id, "kind": r.kind, "to": r.recipients,
@@ -566,7 +577,23 @@ def demo(
         for p in digest_paths:
             out.print(f"  {p}", highlight=False)
     out.print(f"\nConfig: {firm.config}\nTry: carewatch --config {firm.config} status --client \"Cobalt Systems\" "
-              f"--now {at.isoformat()}Z\nDone in {time.perf_counter() - t0:.1f}s.", highlight=False)
+              f"--now {at.isoformat()}Z\nDone in {time.perf_counter() - t0:.1f}s.", highlight=False,
+              soft_wrap=True)  # the command stays one line, to copy and paste
+
+
+def _flowing_help(*apps: typer.Typer) -> None:
+    """Docstrings are wrapped to fit the source, not the terminal, and Typer's rich help keeps
+    every line break as it is: `--help` and the command list would break sentences mid-line.
+    Each paragraph becomes one line, which the help then wraps to the terminal's width."""
+    for a in apps:
+        for info in a.registered_commands:
+            doc = info.help or inspect.getdoc(info.callback)
+            if doc:
+                info.help = "\n\n".join(" ".join(line.strip() for line in para.splitlines())
+                                         for para in doc.split("\n\n"))
+
+
+_flowing_help(app, alerts_app, outbox_app)
 
 
 def main() -> None:
