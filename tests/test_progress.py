@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -94,10 +95,13 @@ def test_a_terminal_sees_one_live_bar_per_folder(tmp_path: Path) -> None:
         bars = [line for line in lines if line.startswith(f"clients/{folder} ")]
         assert len(bars) == 1, shown
         assert "━" in bars[0] and f"{n}/{n}" in bars[0], shown
-    # The bar moved while the folder was read, not only at the end: an earlier frame showed a
-    # part done.
-    first_step = min(defaults.SCAN_FIRST_BATCH_SIZE, 100)
-    assert f"{first_step}/{counts['INBOX']}".encode() in output
+    # The bars line up, whatever the folder names' lengths.
+    assert len({line.index("━") for line in lines if line.startswith("clients/")}) == 1, shown
+    # The bar was there before the folder was read, not drawn at the end: the first frame
+    # shows nothing done. (Frames in between come ten times a second, so how many a folder of
+    # this size gets depends on the machine's speed.)
+    for n in counts.values():
+        assert re.search(rb"(?<![0-9])0/%d(?![0-9])" % n, output), output
     # Then the report, as a table.
     assert any(line.startswith("│ clients │ INBOX") and f"│ {counts['INBOX']} │" in line for line in lines), shown
     # The terminal gets human lines, not JSON logs.

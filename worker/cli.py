@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
-from rich.table import Table
+from rich.table import Column, Table
 
 from .config import ENV_CONFIG, Config, load_config, resolve_secret
 from .errors import CarewatchError, ConfigError, ExitCode
@@ -175,13 +175,15 @@ class RichFolderProgress:
     """A progress bar per folder, for terminals. Each folder gets a display of its own: one
     display restarted for the next folder would draw the finished folders' bars again."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, label_width: int = 0) -> None:
         self.console = console
+        self.label_width = label_width  # the longest "mailbox/folder", so the bars line up
         self.p: RichProgress | None = None
 
     def start(self, mailbox: str, folder: str, total: int) -> None:
         if total:
-            self.p = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            label = TextColumn("{task.description}", table_column=Column(min_width=self.label_width))
+            self.p = RichProgress(label, BarColumn(), MofNCompleteColumn(),
                                   TimeRemainingColumn(), console=self.console, transient=False)
             self.p.add_task(f"{mailbox}/{folder}", total=total)
             self.p.start()
@@ -210,8 +212,10 @@ def scan(
     from .app import run_scan
 
     with opened_store() as (store, directory):
-        progress = RichFolderProgress(err) if err.is_terminal and not as_json else None
-        report = run_scan(state.config(), store, directory, progress=progress, mailboxes=mailbox)
+        cfg = state.config()
+        width = max((len(f"{mb.name}/{f}") for mb in cfg.settings.mailboxes for f in mb.folders), default=0)
+        progress = RichFolderProgress(err, width) if err.is_terminal and not as_json else None
+        report = run_scan(cfg, store, directory, progress=progress, mailboxes=mailbox)
     if as_json:
         out.print_json(json.dumps({
             "ok": report.ok, "errors": report.errors,
