@@ -12,7 +12,8 @@ import ssl
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 
 from .. import defaults
 from ..errors import FolderMissingError, MailboxAuthError, MailboxError
-from ..headers import FETCH_FIELDS, MONTHS
+from ..headers import FETCH_FIELDS, MONTHS, zone_offset
 from .base import FolderStatus, Item, MailboxSource, RawMessage, UidItems
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,12 @@ def read_until_tagged(imap: Any) -> tuple[list[Any], bytes, bytes, bytes]:
 _IDATE_PARTS_RE = re.compile(rb" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$")
 
 
+@lru_cache(maxsize=256)
+def _zone(sign: bytes, hours: bytes, minutes: bytes) -> timezone:
+    """An INTERNALDATE zone ("+0100"); one object per zone, not per message."""
+    return timezone(zone_offset(sign.decode(), hours.decode(), minutes.decode()))
+
+
 def parse_internaldate(value: bytes) -> datetime | None:
     """INTERNALDATE ("02-Nov-2026 09:00:00 +0100") to an aware datetime: the fixed RFC 3501
     form by regex, anything else by imapclient's parser; None if neither can read it."""
@@ -125,10 +132,8 @@ def parse_internaldate(value: bytes) -> datetime | None:
         day, mon, year, hh, mm, ss, sign, oh, om = m.groups()
         month = MONTHS.get(mon.decode("ascii").lower())
         if month:
-            offset = timedelta(hours=int(oh), minutes=int(om))
             try:
-                return datetime(int(year), month, int(day), int(hh), int(mm), int(ss),
-                                tzinfo=timezone(-offset if sign == b"-" else offset))
+                return datetime(int(year), month, int(day), int(hh), int(mm), int(ss), tzinfo=_zone(sign, oh, om))
             except ValueError:
                 pass
     try:
