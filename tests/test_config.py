@@ -180,6 +180,20 @@ def test_secrets_come_from_env_or_files_never_the_config(tmp_path: Path) -> None
     r = run("--config", str(p), "validate", "--check-secrets", env={"CW_PW_FILE": str(secret)})
     assert r.exit_code == 0, r.output
     assert "hunter2" not in r.output
+    # A secret written into the file is refused by name, with the way to give it instead,
+    # and never repeated back.
+    p.write_text(
+        '[firm]\ndomains = ["firm.example"]\n[[mailboxes]]\nname = "m"\nhost = "h"\n'
+        'username = "u"\npassword = "hunter2"\n[notify.smtp]\nhost = "smtp.firm.example"\n'
+        'password = "hunter3"\n'
+    )
+    r = run("--config", str(p), "validate")
+    assert r.exit_code == ExitCode.CONFIG, r.output
+    text = " ".join(r.output.split())
+    for where in ('mailboxes[0] ("m").password', "notify.smtp.password"):
+        assert f"{where}: secrets never go in the config file" in text, text
+    assert "set password_env to the name of an environment variable, or password_file" in text
+    assert "hunter2" not in r.output and "hunter3" not in r.output
 
 
 def test_environment_overrides_any_setting(tmp_path: Path) -> None:

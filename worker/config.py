@@ -24,6 +24,14 @@ from . import defaults
 from .errors import ConfigError
 
 ENV_CONFIG = "CAREWATCH_CONFIG"
+#: Keys that would hold a secret, and how each is given instead (never in the file).
+SECRET_KEYS = {
+    "password": "set password_env to the name of an environment variable, or password_file to a file "
+                "holding it (e.g. a container secret)",
+    "oauth_client_secret": "set oauth_client_secret_env to the name of an environment variable, or "
+                           "oauth_client_secret_file to a file holding it (e.g. a container secret)",
+    "token_secret": "set token_secret_env to the name of an environment variable",
+}
 #: Environment overrides: CAREWATCH__STORE__URL=... sets [store] url (double underscore = nesting).
 ENV_PREFIX = "CAREWATCH__"
 
@@ -493,7 +501,10 @@ def validate_data(data: dict[str, Any], cfg_path: Path | None,
         for err in exc.errors():
             where = _format_loc(err["loc"], data)
             msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
+            if err["type"] == "extra_forbidden" and err["loc"] and err["loc"][-1] in SECRET_KEYS:
+                msg = (f"secrets never go in the config file (it gets copied, committed and shown): "
+                       f"{SECRET_KEYS[str(err['loc'][-1])]}, and take the secret out of this file")
+            elif err["type"] == "extra_forbidden":
                 msg = "unknown key (misspelt? see config/carewatch.example.toml for the keys)"
             elif err["type"] == "missing":
                 msg = "required key is missing"
