@@ -74,9 +74,36 @@ def test_a_broken_config_lists_every_problem_with_its_key(tmp_path: Path) -> Non
         'owners[0] ("Olivia").email',
         "policy.reply_within",
         "business durations are counted in business hours",
+        # The checks across entries run in the same pass, on the keys that did parse (a
+        # malformed email or firm domain taken as written): no second round of fixing.
+        'mailboxes[0] ("shared").username: required for an IMAP mailbox',
+        '.tls: "none" sends the password in clear',
+        'clients[0] ("Acme").owner: \'nobody@firm.example\' is not listed under [[owners]]',
     ]:
         assert expected in text, expected
-    assert len(ei.value.problems) == 6
+    assert len(ei.value.problems) == 10 and not ei.value.note
+    # Nothing is said twice: a key with a problem of its own gets no cross-check on top.
+    assert len({x.split(":")[0] for x in ei.value.problems}) == 10
+
+
+def test_when_entries_cannot_be_read_the_error_says_more_checks_follow(tmp_path: Path) -> None:
+    # A required key missing from an entry: the checks across entries cannot run on it, and
+    # the message says so rather than pretending the list is complete.
+    p = tmp_path / "c.toml"
+    p.write_text(BROKEN.replace('email = "not-an-email"\n', ""))
+    r = run("--config", str(p), "validate", env={"COLUMNS": "300"})
+    assert r.exit_code == ExitCode.CONFIG
+    assert 'owners[0] ("Olivia").email: required key is missing' in r.output
+    assert "References between entries (owners, partners, clients) are checked once these are fixed." in r.output
+    assert "nobody@firm.example" not in r.output
+    # Text with brackets reaches the terminal as written (rich would read [[owners]] as markup).
+    p.write_text(BROKEN.replace('"firm example"', '"firm.example"').replace("Mars/Olympus", "UTC")
+                 .replace("17:00-09:00", "09:00-17:00").replace(', funday = "09:00-10:00"', "")
+                 .replace("folderz", "folders").replace("not-an-email", "olivia@firm.example")
+                 .replace('"2d"', '"16h"'))
+    r = run("--config", str(p), "validate", env={"COLUMNS": "300"})
+    assert r.exit_code == ExitCode.CONFIG
+    assert "'nobody@firm.example' is not listed under [[owners]]; add them" in r.output, r.output
 
 
 def test_cross_checks_name_the_key_and_the_fix(tmp_path: Path) -> None:

@@ -123,3 +123,31 @@ def test_fuzzed_bytes_never_raise(raw: bytes) -> None:
 @given(st.text(max_size=200), st.text(max_size=600))
 def test_fuzzed_acknowledgement_detection_never_raises(subject: str, body: str) -> None:
     assert is_acknowledgement(subject, body) in (True, False)
+
+
+def test_names_and_subjects_from_mail_reach_the_terminal_as_text_not_markup(tmp_path: Path) -> None:
+    # A discovered contact's display name comes from a From header. Rich reads "[...]" as
+    # markup: "[/x]" made `carewatch status` crash (MarkupError) and "[bold]" vanished.
+    from worker.demo import DEFAULT_NOW, generate
+
+    firm = generate(tmp_path / "demo")
+    client = next(c for c in firm.clients if c.situation == "healthy")
+    name = "Eve [/x] [bold]Mallory[/bold]"
+    raw = (f'From: "{name}" <eve.mallory@{client.domain}>\r\nTo: clients@harbourline.example\r\n'
+           f"Subject: [URGENT] [/i] invoice\r\nDate: Fri, 13 Nov 2026 10:00:00 +0000\r\n"
+           f"Message-ID: <eve-1@{client.domain}>\r\n\r\nPlease call me.\r\n").encode()
+    (firm.maildir / "new" / "1763028000.eve.demo").write_bytes(raw)
+    cfg = str(firm.config)
+    r = runner.invoke(app, ["--config", cfg, "scan"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["--config", cfg, "status", "--client", client.name, "--now",
+                            DEFAULT_NOW.isoformat()], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    assert name in r.output and "(discovered)" in r.output
+    assert "[dim]" not in r.output  # Carewatch's own markup still renders
+    # Her unanswered mail becomes an alert, whose detail names her: listed as written too.
+    r = runner.invoke(app, ["--config", cfg, "check", "--now", DEFAULT_NOW.isoformat()], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["--config", cfg, "alerts", "list"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    assert "Eve [/x] [bold]Mallory[/bold]" in " ".join(r.output.split()), r.output

@@ -18,9 +18,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Column, Table
+from rich.text import Text
 
 from .config import ENV_CONFIG, Config, load_config, resolve_secret
 from .errors import CarewatchError, ConfigError, ExitCode
@@ -61,7 +63,7 @@ def handled(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except CarewatchError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(int(exc.exit_code)) from None
         except BrokenPipeError:
             # The reader went away (`carewatch status --json | head`): nothing left to say.
@@ -72,7 +74,7 @@ def handled(fn: F) -> F:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
                 raise
             where = f" {exc.filename}" if exc.filename else " the output"
-            err.print(f"[bold red]error:[/] cannot write{where}: {exc.strerror}; nothing in the store was "
+            err.print(f"[bold red]error:[/] cannot write{escape(where)}: {exc.strerror}; nothing in the store was "
                       "changed by writing it", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
 
@@ -161,12 +163,12 @@ def validate(
         if problems:
             raise ConfigError(problems, str(cfg.path))
     contacts = sum(len(c.contacts) for c in s.clients)
-    out.print(f"[green]ok[/]: {cfg.path}: {len(s.mailboxes)} mailbox(es), {len(s.clients)} client(s), "
+    out.print(f"[green]ok[/]: {escape(str(cfg.path))}: {len(s.mailboxes)} mailbox(es), {len(s.clients)} client(s), "
               f"{contacts} contact(s), {len(s.owners)} owner(s), {len(s.partners)} partner(s)")
     if cfg.findings:
         out.print(f"[yellow]{len(cfg.findings)} finding(s)[/]:")
         for f in cfg.findings:
-            out.print(f"  - {f}", highlight=False)
+            out.print(f"  - {f}", highlight=False, markup=False)
         if strict:
             raise typer.Exit(int(ExitCode.FINDINGS))
 
@@ -227,11 +229,11 @@ def scan(
             t.add_column(col, justify="right" if col not in ("mailbox", "folder") else "left")
         for f in report.folders:
             note = " (unchanged)" if f.unchanged else (" (UIDVALIDITY reset)" if f.uidvalidity_reset else "")
-            t.add_row(f.mailbox, f.folder + note, str(f.new), str(f.stored), str(f.duplicates),
+            t.add_row(escape(f.mailbox), escape(f.folder) + note, str(f.new), str(f.stored), str(f.duplicates),
                       str(f.automated), str(f.skipped), f"{f.seconds:.2f}")
         out.print(t)
         for e in report.errors:
-            err.print(f"[red]error:[/] {e}", highlight=False)
+            err.print(f"[red]error:[/] {escape(e)}", highlight=False)
     if not report.ok:
         raise typer.Exit(int(ExitCode.MAILBOX))
 
@@ -254,7 +256,8 @@ def render_status(picture: Any, console: Console) -> None:
         first = True
         client_lapses = ", ".join(sorted({lp.kind for lp in c.lapses}))
         if not c.contacts:
-            t.add_row(c.name, "-", "-", c.owner or "[red]none[/]", "", "", "", "", client_lapses)
+            t.add_row(escape(c.name), "-", "-", escape(c.owner) if c.owner else "[red]none[/]", "", "", "", "",
+                      client_lapses)
         for ct in c.contacts:
             waiting = ""
             if ct.waiting:
@@ -265,9 +268,10 @@ def render_status(picture: Any, console: Console) -> None:
             kinds = sorted({lp.kind for lp in ct.lapses} | ({k for k in client_lapses.split(", ") if k}
                                                               if first else set()))
             lapses = ", ".join(f"[red]{k}[/]" for k in kinds)
-            name = ct.name + (" [dim](discovered)[/]" if ct.discovered else "")
-            t.add_row(f"{c.name}{' [dim](internal)[/]' if c.internal else ''}" if first else "",
-                      name, ct.role, (c.owner or "[red]none[/]") if first else "",
+            # Names come from mail headers (discovered contacts): text, never markup.
+            name = escape(ct.name) + (" [dim](discovered)[/]" if ct.discovered else "")
+            t.add_row(f"{escape(c.name)}{' [dim](internal)[/]' if c.internal else ''}" if first else "",
+                      name, escape(ct.role), (escape(c.owner) if c.owner else "[red]none[/]") if first else "",
                       _age(ct.last_inbound_at, picture.now), _age(ct.last_outbound_at, picture.now),
                       waiting, med, lapses)
             first = False
@@ -331,7 +335,7 @@ def check(
     if report.held:
         out.print(f"quiet hours: {len(report.held)} alert(s) held until {report.hold_until:%Y-%m-%d %H:%M} UTC")
     for c in report.commands:
-        out.print(f"reply: {c}", highlight=False)
+        out.print(f"reply: {c}", highlight=False, markup=False)
     for e in report.emails:
         out.print(f"\nTo: {', '.join(e.recipients)}\nSubject: {e.subject}", highlight=False, markup=False)
         if dry_run:
@@ -340,7 +344,7 @@ def check(
         d = report.delivery
         out.print(f"delivery: {len(d.sent)} sent, {len(d.retrying)} to retry, {len(d.failed)} failed")
         for e in d.errors:
-            err.print(f"[yellow]delivery:[/] {e}", highlight=False)
+            err.print(f"[yellow]delivery:[/] {escape(e)}", highlight=False)
 
 
 alerts_app = typer.Typer(help="List, snooze and close alerts.", no_args_is_help=True)
@@ -373,8 +377,8 @@ def alerts_list(
     for a in rows:
         state_txt = a.state + (f" until {a.snoozed_until:%Y-%m-%d %H:%M}" if a.state == "snoozed" and a.snoozed_until
                                else "")
-        t.add_row(str(a.id), state_txt, a.kind, a.client_name, a.contact_email or "", a.owner_email or "none",
-                  str(a.level), f"{a.since:%Y-%m-%d}", a.detail)
+        t.add_row(*(Text(v) for v in (str(a.id), state_txt, a.kind, a.client_name, a.contact_email or "",
+                                      a.owner_email or "none", str(a.level), f"{a.since:%Y-%m-%d}", a.detail)))
     out.print(t)
 
 
@@ -392,7 +396,7 @@ def _set_alert(alert_id: int, **values: Any) -> None:
         a.updated_at = parse_now(None)
         db.add(a)
         db.commit()
-        out.print(f"alert {alert_id} ({a.kind}, {a.client_name}): {a.state}")
+        out.print(f"alert {alert_id} ({a.kind}, {a.client_name}): {a.state}", markup=False)
 
 
 @alerts_app.command("snooze")
@@ -461,8 +465,8 @@ def outbox_list(
         t.add_column(col, overflow="fold")
     for r in rows:
         colour = {"sent": "green", "failed": "red"}.get(r.status, "yellow")
-        t.add_row(str(r.id), f"[{colour}]{r.status}[/]", r.kind, r.recipients, r.subject, str(r.attempts),
-                  f"{r.created_at:%Y-%m-%d %H:%M}", r.last_error or "")
+        t.add_row(str(r.id), Text(r.status, style=colour), *(Text(v) for v in (
+            r.kind, r.recipients, r.subject, str(r.attempts), f"{r.created_at:%Y-%m-%d %H:%M}", r.last_error or "")))
     out.print(t)
 
 
@@ -502,7 +506,7 @@ def digest(
     with opened_store() as (store, _):
         if preview:
             for p in preview_digests(store, cfg, at, preview):
-                out.print(f"{p}  {p.with_suffix('.txt')}", highlight=False)
+                out.print(f"{p}  {p.with_suffix('.txt')}", highlight=False, markup=False)
         if send:
             queued = queue_digests(store, cfg, at)
             rep = deliver(store, make_transport(cfg), cfg.settings.notify.from_address, at,
@@ -555,7 +559,8 @@ def demo(
     at = parse_now(now) if now else demo_now(None)
     firm = generate(directory.resolve(), seed=seed, now=at.replace(tzinfo=UTC) if now else DEFAULT_NOW)
     marker.touch()
-    out.print(f"[bold]Carewatch demo[/]: {len(firm.clients)} clients, {firm.messages} messages in {firm.maildir}")
+    out.print(f"[bold]Carewatch demo[/]: {len(firm.clients)} clients, {firm.messages} messages in "
+              f"{escape(str(firm.maildir))}")
     cfg = load_config(firm.config)
     state._config = cfg
     with opened_store() as (store, directory_):
@@ -573,16 +578,17 @@ def demo(
     for e in check_report.emails:
         stem = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in e.message_id.strip("<>"))
         out.print(f"  {', '.join(e.recipients)}: {e.subject}", highlight=False, markup=False)
-        out.print(f"    {outbox_dir / (stem + '.eml')}\n    {outbox_dir / (stem + '.html')}", highlight=False)
+        out.print(f"    {outbox_dir / (stem + '.eml')}\n    {outbox_dir / (stem + '.html')}", highlight=False,
+                  markup=False)
     if check_report.held:
         out.print(f"  ({len(check_report.held)} held for quiet hours until {check_report.hold_until} UTC)")
     if digest_paths:
         out.print("\n[bold]Partner digest[/] (open in a browser):")
         for p in digest_paths:
-            out.print(f"  {p}", highlight=False)
+            out.print(f"  {p}", highlight=False, markup=False)
     out.print(f"\nConfig: {firm.config}\nTry: carewatch --config {firm.config} status --client \"Cobalt Systems\" "
               f"--now {at.isoformat()}Z\nDone in {time.perf_counter() - t0:.1f}s.", highlight=False,
-              soft_wrap=True)  # the command stays one line, to copy and paste
+              markup=False, soft_wrap=True)  # the command stays one line, to copy and paste
 
 
 def _flowing_help(*apps: typer.Typer) -> None:

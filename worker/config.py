@@ -7,6 +7,7 @@ wrong and how to fix it, so an operator fixes the file in one pass instead of te
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from . import defaults
 from .errors import ConfigError
@@ -62,9 +63,19 @@ def parse_duration_minutes(value: str | int | float, *, business: bool) -> float
     return n * {"m": 1, "min": 1, "h": 60, "d": 1440, "w": 10080}[unit]
 
 
-def _check_email(v: str) -> str:
+#: Validation context for a second pass over a config that failed: required values that are
+#: malformed (an email, a firm domain) are kept as written, so the checks across entries can
+#: still run; their own problems were reported by the first pass.
+LENIENT = {"lenient": True}
+
+
+def _lenient(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("lenient"))
+
+
+def _check_email(v: str, info: ValidationInfo) -> str:
     v = v.strip().lower()
-    if not _EMAIL_RE.match(v):
+    if not _EMAIL_RE.match(v) and not _lenient(info):
         raise ValueError(f"{v!r} is not an email address")
     return v
 
@@ -81,10 +92,10 @@ class FirmConfig(_Model):
 
     @field_validator("domains")
     @classmethod
-    def _lower(cls, v: list[str]) -> list[str]:
+    def _lower(cls, v: list[str], info: ValidationInfo) -> list[str]:
         out = [d.strip().lower().lstrip("@") for d in v]
         for d in out:
-            if "." not in d or "@" in d or " " in d:
+            if ("." not in d or "@" in d or " " in d) and not _lenient(info):
                 raise ValueError(f"{d!r} is not a domain name (write e.g. 'example.com')")
         return out
 
@@ -161,7 +172,7 @@ class OwnerConfig(_Model):
     #: Who alerts escalate to when this owner has not acted (a partner or a named deputy).
     backup: str | None = None
 
-    _email = field_validator("email")(lambda cls, v: _check_email(v))
+    _email = field_validator("email")(lambda cls, v, info: _check_email(v, info))
 
 
 class PartnerConfig(_Model):
@@ -170,7 +181,7 @@ class PartnerConfig(_Model):
     #: "all", or the owners (emails or names) whose clients this partner sees.
     scope: Literal["all"] | list[str] = "all"
 
-    _email = field_validator("email")(lambda cls, v: _check_email(v))
+    _email = field_validator("email")(lambda cls, v, info: _check_email(v, info))
 
 
 class ContactConfig(_Model):
@@ -178,7 +189,7 @@ class ContactConfig(_Model):
     email: str
     role: str = "user"
 
-    _email = field_validator("email")(lambda cls, v: _check_email(v))
+    _email = field_validator("email")(lambda cls, v, info: _check_email(v, info))
 
     @field_validator("role")
     @classmethod
@@ -498,21 +509,90 @@ def validate_data(data: dict[str, Any], cfg_path: Path | None,
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors():
-            where = _format_loc(err["loc"], data)
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden" and err["loc"] and err["loc"][-1] in SECRET_KEYS:
-                msg = (f"secrets never go in the config file (it gets copied, committed and shown): "
-                       f"{SECRET_KEYS[str(err['loc'][-1])]}, and take the secret out of this file")
-            elif err["type"] == "extra_forbidden":
-                msg = "unknown key (misspelt? see config/carewatch.example.toml for the keys)"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-            problems.append(f"{where}: {msg}")
+        errors = exc.errors()
+        problems += [_schema_problem(err, data) for err in errors]
+        # Every problem at once: the checks across entries (references, duplicates, missing
+        # hosts) run too, on a copy without the keys just reported, when that copy is valid.
+        pruned = _without(data, [err["loc"] for err in errors if not _kept_when_lenient(err)]) \
+            if all(err["type"] != "missing" for err in errors) else None
+        try:
+            partial = Settings.model_validate(pruned, context=LENIENT) if pruned is not None else None
+        except ValidationError:
+            partial = None
+        if partial is None:
+            raise ConfigError(problems, str(cfg_path or ""),
+                              note="References between entries (owners, partners, clients) are checked "
+                                   "once these are fixed.") from None
+        # What was reported is not reported again: a key's own problem, and for a secret
+        # written into the file, the cross-check's "set password_env or password_file".
+        reported = tuple(_format_loc(err["loc"], data) for err in errors)
+        secrets = [(_format_loc(err["loc"][:-1], data), f"{err['loc'][-1]}_env") for err in errors
+                   if err["type"] == "extra_forbidden" and err["loc"] and err["loc"][-1] in SECRET_KEYS]
+        _resolve_paths(partial, base)
+        problems += [p for p in _cross_check(partial, csv_lines) if not p.startswith(reported)
+                     and not any(p.startswith(w) and k in p for w, k in secrets)]
         raise ConfigError(problems, str(cfg_path or "")) from None
 
-    # Resolve relative paths against the config file's folder.
     s = settings
+    _resolve_paths(s, base)
+    problems += _cross_check(s, csv_lines)
+    if problems:
+        raise ConfigError(problems, str(cfg_path or ""))
+    return Config(settings=s, path=cfg_path, findings=findings(s))
+
+
+def _schema_problem(err: Any, data: Mapping[str, Any]) -> str:
+    """One pydantic error as a problem line: the key, then what is wrong and how to fix it."""
+    where = _format_loc(err["loc"], data)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden" and err["loc"] and err["loc"][-1] in SECRET_KEYS:
+        msg = (f"secrets never go in the config file (it gets copied, committed and shown): "
+               f"{SECRET_KEYS[str(err['loc'][-1])]}, and take the secret out of this file")
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown key (misspelt? see config/carewatch.example.toml for the keys)"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    return f"{where}: {msg}"
+
+
+def _kept_when_lenient(err: Any) -> bool:
+    """A malformed email or firm domain: the lenient pass keeps it as written (see LENIENT)."""
+    loc = err["loc"]
+    return err["type"] == "value_error" and bool(loc) and (
+        loc[-1] == "email" or loc[-2:] == ("firm", "domains"))
+
+
+def _without(data: Mapping[str, Any], locs: list[tuple[Any, ...]]) -> dict[str, Any] | None:
+    """A copy of the data without the keys at `locs` (so their defaults apply), or None when
+    one cannot be taken out without shifting the numbering of entries that problems name
+    (an entry of [[clients]], say), or cannot be found."""
+    out = copy.deepcopy(dict(data))
+    drop: dict[int, tuple[list[Any], set[int]]] = {}
+    for loc in locs:
+        parent: Any = None
+        node: Any = out
+        key: Any = None
+        for item in loc:  # the longest prefix of loc that exists (unions add type names to it)
+            if isinstance(node, dict) and item in node or (
+                    isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node)):
+                parent, key, node = node, item, node[item]
+            else:
+                break
+        if parent is None:
+            return None
+        if isinstance(parent, dict):
+            parent.pop(key, None)
+        elif any(isinstance(x, (dict, list)) for x in parent):
+            return None
+        else:  # a list of plain values (domains, folders): problems name values, not positions
+            drop.setdefault(id(parent), (parent, set()))[1].add(key)
+    for lst, gone in drop.values():
+        lst[:] = [x for i, x in enumerate(lst) if i not in gone]
+    return out
+
+
+def _resolve_paths(s: Settings, base: Path) -> None:
+    """Relative paths in the config are relative to the config file's folder."""
     s.clients_csv = _resolve(base, s.clients_csv)
     s.templates_dir = _resolve(base, s.templates_dir)
     s.calendar.holidays_ics = _resolve(base, s.calendar.holidays_ics)
@@ -530,11 +610,6 @@ def validate_data(data: dict[str, Any], cfg_path: Path | None,
     if s.notify.smtp:
         s.notify.smtp.password_file = _resolve(base, s.notify.smtp.password_file)
         s.notify.smtp.ca_file = _resolve(base, s.notify.smtp.ca_file)
-
-    problems += _cross_check(s, csv_lines)
-    if problems:
-        raise ConfigError(problems, str(cfg_path or ""))
-    return Config(settings=s, path=cfg_path, findings=findings(s))
 
 
 def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str]:

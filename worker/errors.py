@@ -34,13 +34,15 @@ class ConfigError(CarewatchError):
 
     exit_code = ExitCode.CONFIG
 
-    def __init__(self, problems: list[str], source: str = "") -> None:
+    def __init__(self, problems: list[str], source: str = "", note: str = "") -> None:
         self.problems = problems
         self.source = source
+        self.note = note
         head = f"{source}: " if source else ""
         super().__init__(
             f"{head}{len(problems)} problem(s) in the configuration:\n"
             + "\n".join(f"  - {p}" for p in problems)
+            + (f"\n{note}" if note else "")
         )
 
 
