@@ -343,8 +343,8 @@ def check(
     if report.delivery:
         d = report.delivery
         out.print(f"delivery: {len(d.sent)} sent, {len(d.retrying)} to retry, {len(d.failed)} failed")
-        for e in d.errors:
-            err.print(f"[yellow]delivery:[/] {escape(e)}", highlight=False)
+        for problem in d.errors:
+            err.print(f"[yellow]delivery:[/] {escape(problem)}", highlight=False)
 
 
 alerts_app = typer.Typer(help="List, snooze and close alerts.", no_args_is_help=True)
