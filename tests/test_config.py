@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -237,6 +238,22 @@ def test_environment_overrides_any_setting(tmp_path: Path) -> None:
     assert cfg.settings.store.url == "postgresql://x@db/cw"
     assert cfg.settings.policy.count_cc is True
     assert cfg.settings.firm.domains == ["a.example", "b.example"]
+
+
+def test_scanning_a_mailbox_that_is_not_configured_is_refused(tmp_path: Path) -> None:
+    from worker.demo import generate
+
+    firm = generate(tmp_path / "demo")
+    r = run("--config", str(firm.config), "scan", "--mailbox", "client", env={"COLUMNS": "200"})
+    assert r.exit_code == ExitCode.CONFIG
+    assert "--mailbox 'client': no such mailbox; the configured ones are 'clients'" in r.output
+    assert not (tmp_path / "demo" / "carewatch.db").exists()  # refused before anything was read
+    r = run("--config", str(firm.config), "scan", "--mailbox", "clients", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert {f["folder"] for f in doc["folders"]} == {"INBOX", "Sent"}
+    assert all(f["stored"] > 0 for f in doc["folders"])
+    assert (tmp_path / "demo" / "carewatch.db").exists()
 
 
 def test_durations() -> None:

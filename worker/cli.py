@@ -213,8 +213,13 @@ def scan(
     A second run reads only what is new."""
     from .app import run_scan
 
+    cfg = state.config()
+    names = [mb.name for mb in cfg.settings.mailboxes]
+    unknown = [m for m in mailbox or [] if m not in names]
+    if unknown:  # else a typo scans nothing and says all is well
+        raise ConfigError([f"--mailbox {m!r}: no such mailbox; the configured ones are "
+                           f"{', '.join(map(repr, names)) or 'none'}" for m in unknown])
     with opened_store() as (store, directory):
-        cfg = state.config()
         width = max((len(f"{mb.name}/{f}") for mb in cfg.settings.mailboxes for f in mb.folders), default=0)
         progress = RichFolderProgress(err, width) if err.is_terminal and not as_json else None
         report = run_scan(cfg, store, directory, progress=progress, mailboxes=mailbox)
