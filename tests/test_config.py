@@ -256,6 +256,16 @@ def test_scanning_a_mailbox_that_is_not_configured_is_refused(tmp_path: Path) ->
     assert (tmp_path / "demo" / "carewatch.db").exists()
 
 
+def test_a_wrong_log_level_is_refused_with_the_choices() -> None:
+    example = str(ROOT / "config" / "carewatch.example.toml")
+    r = run("--config", example, "validate", env={"CAREWATCH_LOG_LEVEL": "verbose", "COLUMNS": "300"})
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    text = " ".join(r.output.split())
+    assert "CAREWATCH_LOG_LEVEL" in text and "'verbose' is not one of 'debug', 'info', 'warning', 'error'" in text
+    r = run("--config", example, "validate", env={"CAREWATCH_LOG_LEVEL": "warning"})
+    assert r.exit_code == 0, r.output
+
+
 def test_durations() -> None:
     assert parse_duration_minutes("4h", business=True) == 240
     assert parse_duration_minutes("14d", business=False) == 14 * 1440

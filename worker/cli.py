@@ -123,17 +123,26 @@ NowOpt = Annotated[
 ]
 
 
+class LogLevel(enum.StrEnum):
+    """A choice, so that a wrong CAREWATCH_LOG_LEVEL is a clear refusal, not a traceback."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
 @app.callback()
 def main_callback(
     config: ConfigOpt = None,
-    log_level: Annotated[str, typer.Option("--log-level", envvar="CAREWATCH_LOG_LEVEL",
-                                           help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_level: Annotated[LogLevel, typer.Option("--log-level", envvar="CAREWATCH_LOG_LEVEL", case_sensitive=False,
+                                                help="How much to log.")] = LogLevel.INFO,
     json_logs: Annotated[bool | None, typer.Option("--json-logs/--text-logs",
                                                    help="Log format. Default: JSON unless on a terminal.")] = None,
 ) -> None:
     state.config_path = config
     state._config = None
-    setup_logging(log_level, json_logs)
+    setup_logging(log_level.value, json_logs)
 
 
 @app.command()
