@@ -336,6 +336,21 @@ def test_status_json_to_a_full_disk_or_a_closed_pipe_is_a_clear_message(tmp_path
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
 
 
+def test_an_output_folder_that_cannot_be_made_is_a_clear_message(tmp_path: Path) -> None:
+    """A folder given to write into that cannot be created (here: under a plain file) is an
+    error line naming it, not a traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    r = runner.invoke(app, ["demo", "--dir", str(blocker / "demo")], env={"COLUMNS": "300"})
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception
+    assert f"cannot create or write {blocker / 'demo'}: Not a directory" in r.output, r.output
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=tmp_path / "md")
+    r = runner.invoke(app, ["--config", str(cfg), "digest", "--preview", str(blocker / "digests")],
+                      env={"COLUMNS": "300"})
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception
+    assert f"cannot create or write {blocker / 'digests'}: Not a directory" in r.output, r.output
+
+
 def test_a_first_start_killed_mid_migration_leaves_a_store_that_still_starts(tmp_path: Path) -> None:
     """kill -9 after some of the first migration's tables exist: SQLite DDL must be one
     transaction, or every later start fails with "table ... already exists"."""

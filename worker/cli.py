@@ -71,11 +71,15 @@ def handled(fn: F) -> F:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(141) from None
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
+                where = f" {exc.filename}" if exc.filename else " the output"
+                err.print(f"[bold red]error:[/] cannot write{escape(where)}: {exc.strerror}; nothing in the store "
+                          "was changed by writing it", markup=True, highlight=False, soft_wrap=True)
+            elif exc.filename:  # a folder or file given to write to: missing, read-only, not a folder...
+                err.print(f"[bold red]error:[/] cannot create or write {escape(str(exc.filename))}: "
+                          f"{exc.strerror}", markup=True, highlight=False, soft_wrap=True)
+            else:
                 raise
-            where = f" {exc.filename}" if exc.filename else " the output"
-            err.print(f"[bold red]error:[/] cannot write{escape(where)}: {exc.strerror}; nothing in the store was "
-                      "changed by writing it", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(int(ExitCode.INTERNAL)) from None
 
     return wrapper  # type: ignore[return-value]
