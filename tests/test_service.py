@@ -253,3 +253,22 @@ def test_the_digest_is_scheduled_weekly_in_the_firms_time_zone(tmp_path: Path) -
     assert scan.coalesce and scan.max_instances == 1
     w.scheduler.shutdown(wait=False)
     w.store.dispose()
+
+
+def test_a_metrics_port_that_is_taken_is_a_clear_configuration_error(tmp_path: Path) -> None:
+    import socket
+
+    md = tmp_path / "md"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=md)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "worker.cli", "--config", str(cfg), "run", "--metrics-port",
+                            str(port)], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, CAREWATCH__SERVICE__METRICS_HOST='"127.0.0.1"', COLUMNS="300"))
+    assert r.returncode == 3, r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"cannot serve /healthz and /metrics on 127.0.0.1:{port}: Address already in use" in r.stderr

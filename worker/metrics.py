@@ -12,6 +12,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +72,12 @@ class HealthServer:
 
         self.metrics = metrics
         self.health = health
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:  # taken (a second worker?), or an address this host does not have
+            raise ConfigError([f"service.metrics_port: cannot serve /healthz and /metrics on {host}:{port}: "
+                               f"{exc.strerror}; choose another port (service.metrics_port or --metrics-port), "
+                               "or -1 to turn them off"]) from None
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="health", daemon=True)
 
