@@ -3,6 +3,7 @@ clean run (no lost message, no duplicate, no double alert), and nothing secret l
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -25,7 +26,7 @@ from worker import defaults
 from worker.app import prepare_store, run_scan
 from worker.cli import app
 from worker.config import load_config, validate_data
-from worker.errors import MailboxError, StoreError
+from worker.errors import ExitCode, MailboxError, StoreError
 from worker.ingest import Ingestor
 from worker.mailbox import open_source
 from worker.notify.outbox import deliver
@@ -381,3 +382,27 @@ prepare_store(validate_data({{"firm": {{"domains": ["firm.example"]}},
     assert schema_revision(store.engine) == SCHEMA_HEAD
     with store.session() as db_session:
         assert db_session.execute(text("SELECT COUNT(*) FROM message")).scalar_one() == 0
+
+
+def test_a_store_url_that_cannot_work_says_why(tmp_path: Path) -> None:
+    """Each way a store URL can be wrong is one line naming it and exit 5 (store), before
+    anything is read: not a URL, a database Carewatch does not write SQL for, a driver that
+    is not installed, a server that does not answer."""
+    md = tmp_path / "md"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=md)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    cases = {
+        "nonsense": "store.url 'nonsense' is not a database URL",
+        "mysql://cw@127.0.0.1/test": "store.url: Carewatch stores in SQLite or PostgreSQL, not 'mysql'",
+        "postgresql+psycopg2://cw@127.0.0.1/test": "the database driver 'psycopg2' is not installed",
+        f"postgresql://cw@127.0.0.1:{closed_port}/test": "cannot reach the database server",
+    }
+    for url, expected in cases.items():
+        r = runner.invoke(app, ["--config", str(cfg), "scan"],
+                          env={"CAREWATCH__STORE__URL": json.dumps(url), "COLUMNS": "300"})
+        assert r.exit_code == ExitCode.STORE, (url, r.output)
+        assert expected in r.output and "Traceback" not in r.output, (url, r.output)

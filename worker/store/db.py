@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Boolean, DateTime, Engine, Float, Integer, String, create_engine, event, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
 from sqlmodel import Session
 from sqlmodel.sql.sqltypes import AutoString
@@ -63,6 +63,19 @@ def make_engine(url: str, sqlite_cache_mib: int | None = None) -> Engine:
     if u.drivername == "postgresql":
         # psycopg 3 is the driver we test with; plain postgresql:// would pick psycopg2.
         u = u.set(drivername="postgresql+psycopg")
+    if u.get_backend_name() not in ("sqlite", "postgresql"):
+        # Some queries are written per dialect (dates as epoch seconds, insert-or-ignore, locks).
+        raise StoreError(f"store.url: Carewatch stores in SQLite or PostgreSQL, not {u.get_backend_name()!r} "
+                         "(e.g. sqlite:///carewatch.db or postgresql://user@host/db)")
+    try:
+        return _engine(u, sqlite_cache_mib)
+    except ModuleNotFoundError as exc:
+        extra = " (pip install 'carewatch[postgres]')" if u.get_driver_name() == "psycopg" else ""
+        raise StoreError(f"store.url: the database driver {u.get_driver_name()!r} is not installed: "
+                         f"{exc}{extra}") from None
+
+
+def _engine(u: URL, sqlite_cache_mib: int | None) -> Engine:
     if u.get_backend_name() == "sqlite":
         db = u.database
         if db and db != ":memory:":
