@@ -195,6 +195,31 @@ def test_csv_problems_give_file_and_line(tmp_path: Path) -> None:
     assert "not-an-address" in text
 
 
+def test_spreadsheet_saved_csv_exports_are_read_or_refused_with_the_fix(tmp_path: Path) -> None:
+    toml = ('clients_csv = "clients.csv"\n[firm]\ndomains = ["firm.example"]\n'
+            '[[owners]]\nname = "O"\nemail = "o@firm.example"\n')
+    (tmp_path / "c.toml").write_text(toml)
+    # Excel in a locale with a decimal comma saves with ";", keeps a BOM, and CRM exports
+    # title-case the headers: all read the same as the example file.
+    (tmp_path / "clients.csv").write_bytes(
+        "\ufeffClient;Domains;Owner;Contact Name;Contact-Email;Role\r\n"
+        "Café Crème SA;cafe.example,cafe.fr;o@firm.example;Renée Roux;renee@cafe.example;principal\r\n"
+        .encode("utf-8"))
+    cfg = load_config(tmp_path / "c.toml", environ={})
+    (client,) = cfg.clients
+    assert client.name == "Café Crème SA" and client.domains == ["cafe.example", "cafe.fr"]
+    assert [(c.name, c.email, c.role) for c in client.contacts] == [("Renée Roux", "renee@cafe.example", "principal")]
+    # Saved in the Windows code page instead: refused with the line and how to save it, not
+    # read with the names garbled, and not a traceback.
+    (tmp_path / "clients.csv").write_bytes(
+        "client,domains,owner,contact_name,contact_email,role\r\n"
+        "Acme,acme.example,o@firm.example,Al,al@acme.example,principal\r\n"
+        "Café Crème SA,cafe.example,o@firm.example,Renée,renee@cafe.example,principal\r\n".encode("cp1252"))
+    r = run("--config", str(tmp_path / "c.toml"), "validate", env={"COLUMNS": "300"})
+    assert r.exit_code == ExitCode.CONFIG and "Traceback" not in r.output
+    assert 'clients.csv:3: not UTF-8 text (byte 0xe9); save the file as "CSV UTF-8"' in r.output, r.output
+
+
 def test_secrets_come_from_env_or_files_never_the_config(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import os
 import re
 import tomllib
@@ -404,6 +405,10 @@ def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> No
             node[path[-1]] = value
 
 
+def _column(name: str) -> str:
+    return re.sub(r"[\s-]+", "_", name.strip().lower())
+
+
 def load_clients_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Read clients and contacts from a CRM export: one row per contact, client columns repeated.
 
@@ -413,13 +418,24 @@ def load_clients_csv(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     problems: list[str] = []
     clients: dict[str, dict[str, Any]] = {}
     try:
-        fh = path.open(newline="", encoding="utf-8-sig")
+        raw = path.read_bytes()
     except OSError as exc:
         return [], [f"clients_csv: cannot read {path}: {exc.strerror}"]
-    with fh:
-        reader = csv.DictReader(fh)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        return [], [f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as "
+                    "\"CSV UTF-8\" (Excel: Save As, CSV UTF-8) and try again"]
+    header = text.split("\n", 1)[0]
+    # Spreadsheets save with ";" (or tabs) where "," is the decimal separator: the header tells.
+    delimiter = max((",", ";", "\t"), key=header.count)
+    with io.StringIO(text, newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        # "Contact Email" and "contact_email" are the same column (CRM exports title-case them).
+        reader.fieldnames = [_column(f) for f in reader.fieldnames or []]
         required = {"client", "contact_email"}
-        missing = required - set(reader.fieldnames or [])
+        missing = required - set(reader.fieldnames)
         if missing:
             return [], [f"{path}: missing column(s) {', '.join(sorted(missing))}; the header row "
                         "needs: client,internal,domains,owner,backup,contact_name,contact_email,role"]
