@@ -127,6 +127,27 @@ def test_cross_checks_name_the_key_and_the_fix(tmp_path: Path) -> None:
     assert any('.tls: "none" sends the password in clear' in x for x in problems)
 
 
+def test_the_smtp_settings_are_checked_before_the_first_alert_is_due(tmp_path: Path) -> None:
+    # Found at validation, not hours later when delivery first runs.
+    p = tmp_path / "c.toml"
+    base = '[firm]\ndomains = ["firm.example"]\n'
+    p.write_text(base + '[notify]\ntransport = "smtp"\n')
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, environ={})
+    assert ei.value.problems == ['notify.smtp: notify.transport = "smtp" needs a [notify.smtp] section '
+                                 "(at least host)"]
+    p.write_text(base + '[notify]\ntransport = "smtp"\n[notify.smtp]\nhost = "relay"\ntls = "none"\n'
+                 'username = "cw"\n')
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, environ={})
+    assert len(ei.value.problems) == 2
+    assert ei.value.problems[0].startswith('notify.smtp.tls: "none" sends the alerts (and any password) in clear')
+    assert ei.value.problems[1].startswith("notify.smtp: a username needs password_env")
+    p.write_text(base + '[notify]\ntransport = "smtp"\n[notify.smtp]\nhost = "relay"\ntls = "none"\n'
+                 'allow_plaintext = true\nusername = "cw"\npassword_env = "CW_SMTP"\n')
+    assert load_config(p, environ={}).settings.notify.smtp is not None
+
+
 def test_toml_syntax_errors_give_the_line(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text('[firm]\ndomains = ["a.example"\nname = "x"\n')

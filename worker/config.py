@@ -697,6 +697,17 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
                 problems.append(f"{cwhere}: {ct.email} is already a contact of "
                                 f"{contact_home[ct.email]!r}; a person belongs to one client")
             contact_home.setdefault(ct.email, c.name)
+
+    n = s.notify
+    if n.transport == "smtp" and n.smtp is None:
+        problems.append('notify.smtp: notify.transport = "smtp" needs a [notify.smtp] section (at least host)')
+    if n.smtp is not None:
+        if n.smtp.tls == "none" and not n.smtp.allow_plaintext:
+            problems.append('notify.smtp.tls: "none" sends the alerts (and any password) in clear; use '
+                            '"starttls" or "implicit", or set allow_plaintext = true if you really mean it')
+        if n.smtp.username and not (n.smtp.password_env or n.smtp.password_file):
+            problems.append("notify.smtp: a username needs password_env (an environment variable name) or "
+                            "password_file (e.g. a container secret); passwords never go in the file")
     return problems
 
 
