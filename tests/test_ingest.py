@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import imapclient
+import pytest
 from conftest import write_config
 from servers import Dovecot
 from sqlalchemy import func, select
@@ -254,6 +256,53 @@ def test_maildir_source_scans_incrementally_without_touching_files(tmp_path: Pat
     (md / "new" / "9.host").write_bytes(inbound(9))
     assert run_scan(cfg, store, directory).stored == 1
     assert sorted(p.name for p in md.rglob("*") if p.is_file()) == names_before + ["9.host"]
+
+
+def test_an_unchanged_maildir_reads_nothing_but_a_just_arrived_file_is_read_again(tmp_path: Path) -> None:
+    from worker.mailbox import maildir
+    from worker.mailbox.maildir import MaildirSource
+
+    md = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    for i in range(3):
+        (md / "new" / f"{i}.host").write_bytes(inbound(i))
+    newest = max(p.stat().st_ctime_ns for p in (md / "new").iterdir())
+    # Listed at once: the newest file may yet get a twin of the same ctime (timestamps are only
+    # as fine as the clock tick), so its cursor is its own time and that time is read again.
+    now = MaildirSource("m", md, clock=lambda: newest + 1000)
+    items = now.new_items("INBOX", 0)
+    assert [it.cursor for it in items][-1] == newest
+    assert [str(it.key) for it in now.new_items("INBOX", items[-1].cursor)] == [str(items[-1].key)]
+    # Listed later, every file is settled: the cursor steps past it and nothing is read again.
+    later = MaildirSource("m", md, clock=lambda: newest + maildir.SETTLED_NS + 1)
+    items = later.new_items("INBOX", 0)
+    assert [it.cursor for it in items] == sorted(p.stat().st_ctime_ns + 1 for p in (md / "new").iterdir())
+    assert later.new_items("INBOX", items[-1].cursor) == []
+    # A stored cursor from before (a ctime, not ctime + 1) reads its tie once more, as before.
+    assert len(later.new_items("INBOX", newest)) >= 1
+
+
+def test_a_rescan_of_an_unchanged_maildir_reports_no_new_mail(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # The report (and the worker's log line every interval) used to say "1 new" per folder,
+    # a duplicate, for a folder nobody had touched.
+    from worker.mailbox import maildir
+
+    monkeypatch.setattr(maildir, "SETTLED_NS", 0)  # the files below count as old at once
+    md = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
+        (md / sub).mkdir(parents=True)
+    for i in range(3):
+        (md / "new" / f"{i}.host").write_bytes(inbound(i))
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=md))
+    store, directory = prepare_store(cfg)
+    assert run_scan(cfg, store, directory).stored == 3
+    time.sleep(0.01)  # past the clock tick of the files' ctimes
+    again = run_scan(cfg, store, directory)
+    assert [(f.folder, f.new, f.duplicates) for f in again.folders] == [("INBOX", 0, 0), ("Sent", 0, 0)]
+    (md / "cur" / "9.host:2,").write_bytes(inbound(9))
+    assert run_scan(cfg, store, directory).stored == 1
 
 
 def test_fetch_responses_are_split_by_uid_whatever_the_item_order() -> None:

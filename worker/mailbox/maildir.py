@@ -2,16 +2,22 @@
 
 Maildir has no UIDs, so the cursor is the file's inode change time (ctime) in nanoseconds:
 it is set when a file arrives or is renamed and, unlike the modification time, cannot be set
-back (mail restored with `cp -p` or rsync keeps an old mtime but gets a new ctime). A rescan
-re-reads files at the last committed time too (ties), and Message-ID dedupe drops repeats.
+back (mail restored with `cp -p` or rsync keeps an old mtime but gets a new ctime).
+
+Ties: ctimes are only as fine as the kernel's clock tick, so a file may arrive after a scan
+with the very ctime the scan committed. A file that was already SETTLED_NS old when the
+folder was listed cannot have such a late twin, and its cursor is its ctime + 1: the next
+scan starts past it. A newer file's cursor is its ctime, and the next scan reads that time
+again (Message-ID dedupe drops the repeat). So an unchanged folder reads nothing.
 The modification time stands in for INTERNALDATE. Files are only read, never renamed.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import zlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,12 +27,16 @@ from .base import FolderStatus, Item, MailboxSource, RawMessage
 
 #: Read at most this many bytes of a file's header block: hostile mail has huge headers.
 MAX_HEADER_BYTES = 512 * 1024
+#: How old (by ctime, at listing time) a file must be for no file of the same ctime to be
+#: still on its way (see the module's docstring).
+SETTLED_NS = 2_000_000_000
 
 
 class MaildirSource(MailboxSource):
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, name: str, path: Path, clock: Callable[[], int] = time.time_ns) -> None:
         self.name = name
         self.path = path
+        self._clock = clock
 
     def open(self) -> None:
         if not self.path.is_dir():
@@ -64,7 +74,8 @@ class MaildirSource(MailboxSource):
         return FolderStatus(uidvalidity=validity, uidnext=None, messages=len(self._files(folder)))
 
     def new_items(self, folder: str, after_cursor: int) -> Sequence[Item]:
-        return [Item(key=p, cursor=m) for m, p in self._files(folder) if m >= after_cursor]
+        settled = self._clock() - SETTLED_NS
+        return [Item(key=p, cursor=m + 1 if m < settled else m) for m, p in self._files(folder) if m >= after_cursor]
 
     def _read_header(self, path: str) -> tuple[bytes, bytes]:
         with open(path, "rb") as fh:
