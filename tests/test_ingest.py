@@ -869,3 +869,36 @@ def test_the_per_batch_collection_frees_cycles_and_gives_the_collector_back() ->
             assert collect() >= 1
             assert cycle() is None
     assert gc.isenabled()
+
+
+def test_folders_with_non_ascii_names_are_read_in_either_mode(tmp_path: Path, dovecot: Dovecot, db_url: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Exchange names Sent after the user's language: "Éléments envoyés", "Gesendete Elemente".
+    # IMAP spells such names in modified UTF-7; the config holds them as written.
+    from worker import defaults
+
+    sent = "Éléments envoyés"
+    with imapclient.IMAPClient("127.0.0.1", port=dovecot.port, ssl=False) as c:
+        c.login(dovecot.user, dovecot.password)
+        c.create_folder(sent)
+    dovecot.append([inbound(i) for i in range(6)])
+    dovecot.append([build_message(sender="olivia@firm.example", to=["alice@acme.example"],
+                                  subject=f"Re: Question {i}", date=T0 + timedelta(hours=1, minutes=i),
+                                  message_id=f"<a{i}@firm.example>", in_reply_to=f"<q{i}@acme.example>")
+                    for i in range(6)], folder=sent)
+    for mode, threshold, url in (("thread", 10**9, db_url), ("process", 1, f"sqlite:///{tmp_path / 'p.db'}")):
+        (tmp_path / mode).mkdir()
+        cfg = load_config(write_config(tmp_path / mode, url, dovecot))
+        cfg.settings.mailboxes[0].folders = ["INBOX", sent]
+        cfg.settings.mailboxes[0].batch_size = 2  # several batches, so the helper process is used
+        monkeypatch.setattr(defaults, "SCAN_PROCESS_MIN_MESSAGES", threshold)
+        store, directory = prepare_store(cfg)
+        rep = run_scan(cfg, store, directory)
+        assert rep.ok, (mode, rep.errors)
+        assert [(f.folder, f.stored) for f in rep.folders] == [("INBOX", 6), (sent, 6)], mode
+        with store.session() as db:
+            replied = db.execute(select(func.count()).select_from(Message).where(
+                Message.direction == "inbound", Message.reply_at.is_not(None))).scalar_one()
+        assert replied == 6, mode
+        again = run_scan(cfg, store, directory)
+        assert [(f.folder, f.new) for f in again.folders] == [("INBOX", 0), (sent, 0)], mode
