@@ -254,6 +254,13 @@ def test_secrets_come_from_env_or_files_never_the_config(tmp_path: Path) -> None
     r = run("--config", str(p), "validate", "--check-secrets", env={"CW_PW_FILE": str(secret)})
     assert r.exit_code == 0, r.output
     assert "hunter2" not in r.output
+    # A secret file that is there but unusable: said so, not a login with an empty password
+    # hours later, and not a traceback.
+    for content, says in ((b"", "is empty"), (b"\n  \n", "is empty"), (b"\xff\xfehunter2", "is not UTF-8 text")):
+        secret.write_bytes(content)
+        r = run("--config", str(p), "validate", "--check-secrets", env={"CW_PW_FILE": str(secret), "COLUMNS": "300"})
+        assert r.exit_code == ExitCode.CONFIG and f"secret file {secret} {says}" in r.output, r.output
+        assert "hunter2" not in r.output
     # A secret written into the file is refused by name, with the way to give it instead,
     # and never repeated back.
     p.write_text(

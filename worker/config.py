@@ -746,7 +746,12 @@ def resolve_secret(env: str | None, file: Path | None, what: str,
             raise ConfigError([f"{what}: environment variable {env} is not set"])
     if file:
         try:
-            return file.read_text(encoding="utf-8").strip()
+            secret = file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError([f"{what}: cannot read secret file {file}: {exc.strerror}"]) from None
+        except UnicodeDecodeError:
+            raise ConfigError([f"{what}: secret file {file} is not UTF-8 text"]) from None
+        if not secret:  # a secret mounted wrong, or created but never filled in
+            raise ConfigError([f"{what}: secret file {file} is empty"])
+        return secret
     raise ConfigError([f"{what}: no secret configured"])
