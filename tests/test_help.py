@@ -24,7 +24,7 @@ def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[st
 
 
 def test_every_command_has_help_for_itself_and_each_option() -> None:
-    root = typer.main.get_command(app)
+    root: Any = typer.main.get_command(app)
     commands = list(_commands(root))
     names = {" ".join(p) for p, _ in commands}
     assert {"validate", "scan", "status", "check", "digest", "run", "demo", "alerts list", "outbox deliver"} <= names
@@ -42,7 +42,7 @@ def test_help_paragraphs_flow_instead_of_breaking_where_the_source_wrapped() -> 
     # On a terminal wide enough for any paragraph, each paragraph of a command's docstring is
     # one line of its --help, and each command's summary one line of the command list. Typer
     # keeps a docstring's own line breaks, which cut sentences in two.
-    root = typer.main.get_command(app)
+    root: Any = typer.main.get_command(app)
     checked = 0
     for path, cmd in _commands(root):
         if hasattr(cmd, "commands"):

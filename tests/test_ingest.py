@@ -13,6 +13,7 @@ import pytest
 from conftest import write_config
 from servers import Dovecot
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from worker.app import prepare_store, run_scan
 from worker.config import load_config
@@ -898,7 +899,7 @@ def test_folders_with_non_ascii_names_are_read_in_either_mode(tmp_path: Path, do
         assert [(f.folder, f.stored) for f in rep.folders] == [("INBOX", 6), (sent, 6)], mode
         with store.session() as db:
             replied = db.execute(select(func.count()).select_from(Message).where(
-                Message.direction == "inbound", Message.reply_at.is_not(None))).scalar_one()
+                col(Message.direction) == "inbound", col(Message.reply_at).is_not(None))).scalar_one()
         assert replied == 6, mode
         again = run_scan(cfg, store, directory)
         assert [(f.folder, f.new) for f in again.folders] == [("INBOX", 0), (sent, 0)], mode
