@@ -272,3 +272,18 @@ def test_a_metrics_port_that_is_taken_is_a_clear_configuration_error(tmp_path: P
     assert r.returncode == 3, r.stderr
     assert "Traceback" not in r.stderr
     assert f"cannot serve /healthz and /metrics on 127.0.0.1:{port}: Address already in use" in r.stderr
+
+
+def test_metrics_can_be_turned_off_in_the_config(tmp_path: Path) -> None:
+    # -1 turned them off on the command line only; the config refused it (ge=0).
+    from worker.config import load_config
+    from worker.service import Worker
+
+    cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=tmp_path / "md")
+    cfg_path.write_text(cfg_path.read_text() + "\n[service]\nmetrics_port = -1\n")
+    cfg = load_config(cfg_path)
+    w = Worker(cfg)
+    try:
+        assert w.health_server is None
+    finally:
+        w.store.dispose()

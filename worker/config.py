@@ -310,7 +310,8 @@ class DigestConfig(_Model):
 
 
 class ServiceConfig(_Model):
-    metrics_port: int = Field(default=9108, ge=0, le=65535)
+    #: -1 turns /healthz and /metrics off.
+    metrics_port: int = Field(default=9108, ge=-1, le=65535)
     metrics_host: str = "0.0.0.0"
     #: A mailbox counts as unhealthy when its last good scan is older than this many intervals.
     health_stale_intervals: float = Field(default=3, gt=0)
