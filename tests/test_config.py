@@ -253,7 +253,16 @@ contacts = [{ name = "C", email = "c@c.example", role = "principal" },
     assert "'NoOwner' has no owner" in out
     assert "'NoPrincipal' has no principal" in out
     assert "'TwoPrincipals' has 2 principals" in out
+    assert "no [[mailboxes]]: scan and run have nothing to read" in out
     assert run("--config", str(p), "validate", "--strict").exit_code == ExitCode.FINDINGS
+    # A mailbox but no clients: everything would be "other".
+    p.write_text('[firm]\ndomains = ["firm.example"]\n[[mailboxes]]\nname = "m"\nkind = "maildir"\n'
+                 'path = "md"\nfolders = ["INBOX", "Sent", "INBOX"]\n')
+    r = run("--config", str(p), "validate", env={"COLUMNS": "300"})
+    assert r.exit_code == ExitCode.CONFIG and "mailboxes[0] (\"m\").folders: 'INBOX' is listed twice" in r.output
+    p.write_text(p.read_text().replace(', "INBOX"]', "]"))
+    r = run("--config", str(p), "validate", env={"COLUMNS": "300"})
+    assert r.exit_code == 0 and "no clients: every message is 'other'" in r.output, r.output
 
 
 def test_csv_problems_give_file_and_line(tmp_path: Path) -> None:

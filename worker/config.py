@@ -660,6 +660,8 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
                 problems.append(f"{where}.path: required for a Maildir mailbox")
         if not mb.folders:
             problems.append(f"{where}.folders: list at least one folder, e.g. [\"INBOX\", \"Sent\"]")
+        for f in sorted({f for f in mb.folders if mb.folders.count(f) > 1}):
+            problems.append(f"{where}.folders: {f!r} is listed twice")
 
     for i, o in enumerate(s.owners):
         if o.backup and not s.find_person(o.backup):
@@ -715,6 +717,10 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
 def findings(s: Settings) -> list[str]:
     """What good client management asks for but the config lacks (not errors: the worker runs)."""
     out: list[str] = []
+    if not s.mailboxes:
+        out.append("no [[mailboxes]]: scan and run have nothing to read; add the firm's shared mailbox")
+    if s.mailboxes and not s.clients:
+        out.append("no clients: every message is 'other' until clients are listed ([[clients]] or clients_csv)")
     for c in s.clients:
         if not c.owner:
             out.append(f"client {c.name!r} has no owner: every client needs exactly one "
