@@ -271,6 +271,18 @@ def test_tls_certificates_are_verified_for_imap(tmp_path: Path) -> None:
         os.environ.pop("CW_TLS_PW", None)
 
 
+def test_implicit_tls_pointed_at_a_plain_imap_port_says_what_to_change(dovecot: Dovecot) -> None:
+    # The server answers in clear where a TLS handshake was expected: OpenSSL calls that
+    # "WRONG_VERSION_NUMBER", which tells a user nothing; the message says what to set.
+    base = {"name": "m", "host": "127.0.0.1", "port": dovecot.port, "tls": "implicit", "username": dovecot.user,
+            "password_env": "CW_PW", "folders": ["INBOX"]}
+    cfg = validate_data({"firm": {"domains": ["firm.example"]}, "mailboxes": [base]}, None, {"CW_PW": "x"})
+    with pytest.raises(MailboxError) as ei, open_source(cfg.settings.mailboxes[0]):
+        pass
+    text = str(ei.value)
+    assert "TLS failed" in text and "is this a STARTTLS port (143)? Then set tls = \"starttls\"" in text, text
+
+
 def test_secrets_never_reach_logs_errors_or_the_database(tmp_path: Path, dovecot: Dovecot,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     dovecot.append(mails(2))
