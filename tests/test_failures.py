@@ -244,6 +244,12 @@ def test_tls_certificates_are_verified_for_smtp(tmp_path: Path) -> None:
         assert trusted.send(raw, "a@firm.example", ["o@firm.example"], "<x>") == {}
         trusted.close()
         assert len(sink.messages) == 1
+        # Implicit TLS against this STARTTLS port: the message says what to change.
+        wrong = SmtpTransport(SmtpConfig(host="127.0.0.1", port=sink.port, tls="implicit", ca_file=cert))
+        with pytest.raises(DeliveryError) as ei:
+            wrong.send(raw, "a@firm.example", ["o@firm.example"], "<y>")
+        assert "TLS failed" in str(ei.value) and 'set notify.smtp.tls = "starttls"' in str(ei.value), ei.value
+        assert len(sink.messages) == 1
     finally:
         sink.stop()
 
