@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import write_config
 from servers import Dovecot, SmtpSink, self_signed
-from sqlalchemy import event, select, text
+from sqlalchemy import event, func, select, text
 from typer.testing import CliRunner
 
 from worker import defaults
@@ -424,3 +424,38 @@ def test_a_store_url_that_cannot_work_says_why(tmp_path: Path) -> None:
                           env={"CAREWATCH__STORE__URL": json.dumps(url), "COLUMNS": "300"})
         assert r.exit_code == ExitCode.STORE, (url, r.output)
         assert expected in r.output and "Traceback" not in r.output, (url, r.output)
+
+
+def test_a_scan_beside_a_running_one_leaves_the_mailbox_to_it(tmp_path: Path) -> None:
+    """`carewatch scan` while the worker scans the same mailbox (SQLite: another process) used
+    to read the whole backlog a second time, racing it. Now it says so and leaves it; a
+    holder that dies (kill -9) frees the mailbox at once (the kernel drops its lock)."""
+    md = tmp_path / "md"
+    for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
+        (md / sub).mkdir(parents=True)
+    for k, raw in enumerate(mails(5)):
+        (md / "cur" / f"{k}.host:2,").write_bytes(raw)
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=md)
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from worker.app import prepare_store
+from worker.config import load_config
+from worker.locks import exclusive
+store, _ = prepare_store(load_config({str(cfg)!r}))
+with exclusive(store, "scan:shared") as mine:
+    print("held" if mine else "not held", flush=True)
+    time.sleep(120)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        r = runner.invoke(app, ["--config", str(cfg), "scan"], env={"COLUMNS": "300"})
+        assert r.exit_code == ExitCode.MAILBOX, r.output
+        assert "mailbox 'shared' is being scanned by another process (the worker?); not scanned now" in r.output
+        with prepare_store(load_config(cfg))[0].session() as db:
+            assert db.execute(select(func.count()).select_from(Message)).scalar_one() == 0
+    finally:
+        holder.kill()
+        holder.wait(30)
+    r = runner.invoke(app, ["--config", str(cfg), "scan", "--json"])
+    assert r.exit_code == 0, r.output
+    assert sum(f["stored"] for f in json.loads(r.stdout)["folders"]) == 5

@@ -40,5 +40,23 @@ def prepare_store(config: Config) -> tuple[Store, Directory]:
 def run_scan(config: Config, store: Store, directory: Directory,
              stop: threading.Event | None = None, progress: Progress | None = None,
              mailboxes: list[str] | None = None) -> ScanReport:
-    chosen = [m for m in config.settings.mailboxes if not mailboxes or m.name in mailboxes]
-    return Ingestor(store, config, directory, stop=stop, progress=progress).scan(chosen)
+    """Scan the chosen mailboxes (all by default). A mailbox that another process is scanning
+    right now (the worker, a replica, a second `carewatch scan`) is left to it: two scans of
+    one backlog would each read all of it, and report each other's messages as duplicates."""
+    from .locks import exclusive
+
+    ingestor = Ingestor(store, config, directory, stop=stop, progress=progress)
+    report = ScanReport()
+    for mb in config.settings.mailboxes:
+        if mailboxes and mb.name not in mailboxes:
+            continue
+        with exclusive(store, f"scan:{mb.name}") as mine:
+            if not mine:
+                msg = f"mailbox {mb.name!r} is being scanned by another process (the worker?); not scanned now"
+                log.warning("%s", msg)
+                report.errors.append(msg)
+                continue
+            one = ingestor.scan([mb])
+        report.folders += one.folders
+        report.errors += one.errors
+    return report

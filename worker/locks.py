@@ -2,13 +2,18 @@
 
 On PostgreSQL: session advisory locks, held on one dedicated connection for the whole unit of
 work (they break under PgBouncer transaction pooling: use session pooling or a direct
-connection). On SQLite there is one worker per file: an in-process lock is enough.
+connection). On SQLite there is one worker per file, but a command run beside it (`carewatch
+scan` in the worker's container) is another process: an in-process lock for the worker's
+threads, plus a byte-range lock on `<database>.locks` for other processes.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +40,8 @@ def exclusive(store: Store, name: str) -> Iterator[bool]:
             lk = _local_locks.setdefault(name, threading.Lock())
         got = lk.acquire(blocking=False)
         try:
-            yield got
+            with _file_lock(store, name, got) as other_process_free:
+                yield got and other_process_free
         finally:
             if got:
                 lk.release()
@@ -52,6 +58,47 @@ def exclusive(store: Store, name: str) -> Iterator[bool]:
                 conn.commit()
     finally:
         conn.close()
+
+
+#: Open `<database>.locks` files: path -> [descriptor, locks this process holds on it].
+_lock_files: dict[str, list[int]] = {}
+
+
+@contextmanager
+def _file_lock(store: Store, name: str, wanted: bool) -> Iterator[bool]:
+    """Another process's hold on `name` for this SQLite file: one byte of `<database>.locks`
+    per name, locked with fcntl (released by the kernel if the process dies). The file is
+    closed only when this process holds no lock on it: POSIX drops all of a process's record
+    locks on a file when any descriptor of it is closed."""
+    db = store.engine.url.database
+    if not wanted or not db or db == ":memory:":
+        yield wanted
+        return
+    path = f"{db}.locks"
+    with _guard:
+        entry = _lock_files.get(path)
+        if entry is None:
+            entry = _lock_files[path] = [os.open(path, os.O_RDWR | os.O_CREAT, 0o600), 0]
+        entry[1] += 1
+    fd, offset = entry[0], lock_key(name) & 0x7FFFFFFF
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+    finally:
+        with _guard:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _lock_files[path]
+                os.close(fd)
 
 
 @contextmanager
