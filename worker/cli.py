@@ -8,7 +8,9 @@ import inspect
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -26,7 +28,7 @@ from rich.text import Text
 
 from .config import ENV_CONFIG, Config, load_config, resolve_secret
 from .errors import CarewatchError, ConfigError, ExitCode
-from .logs import setup_logging
+from .logs import setup_logging, stderr_console
 
 log = logging.getLogger(__name__)
 app = typer.Typer(
@@ -37,7 +39,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console()
-err = Console(stderr=True)
+err = stderr_console()  # shared with text logs, so a log line never crosses a live progress bar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -213,6 +215,28 @@ class RichFolderProgress:
             self.p = None
 
 
+@contextmanager
+def stopped_by_ctrl_c() -> Iterator[threading.Event]:
+    """The first Ctrl-C sets the event: the scan stores the batch in hand and stops. A second
+    one stops at once (the open batch's transaction is rolled back; nothing half-written)."""
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        err.print("stopping after the batch in hand (Ctrl-C again to stop at once)", highlight=False)
+
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @app.command()
 @handled
 def scan(
@@ -232,10 +256,10 @@ def scan(
     if unknown:  # else a typo scans nothing and says all is well
         raise ConfigError([f"--mailbox {m!r}: no such mailbox; the configured ones are "
                            f"{', '.join(map(repr, names)) or 'none'}" for m in unknown])
-    with opened_store() as (store, directory):
+    with opened_store() as (store, directory), stopped_by_ctrl_c() as stop:
         width = max((len(f"{mb.name}/{f}") for mb in cfg.settings.mailboxes for f in mb.folders), default=0)
         progress = RichFolderProgress(err, width) if err.is_terminal and not as_json else None
-        report = run_scan(cfg, store, directory, progress=progress, mailboxes=mailbox)
+        report = run_scan(cfg, store, directory, stop=stop, progress=progress, mailboxes=mailbox)
     if as_json:
         out.print_json(json.dumps({
             "ok": report.ok, "errors": report.errors,
@@ -246,12 +270,16 @@ def scan(
         for col in ("mailbox", "folder", "new", "stored", "duplicates", "automated", "skipped", "seconds"):
             t.add_column(col, justify="right" if col not in ("mailbox", "folder") else "left")
         for f in report.folders:
-            note = " (unchanged)" if f.unchanged else (" (UIDVALIDITY reset)" if f.uidvalidity_reset else "")
+            note = (" (interrupted)" if f.interrupted else " (unchanged)" if f.unchanged
+                    else " (UIDVALIDITY reset)" if f.uidvalidity_reset else "")
             t.add_row(escape(f.mailbox), escape(f.folder) + note, str(f.new), str(f.stored), str(f.duplicates),
                       str(f.automated), str(f.skipped), f"{f.seconds:.2f}")
         out.print(t)
         for e in report.errors:
             err.print(f"[red]error:[/] {escape(e)}", highlight=False)
+    if stop.is_set():
+        err.print("interrupted: what was read is stored; the next scan goes on from there", highlight=False)
+        raise typer.Exit(130)
     if not report.ok:
         raise typer.Exit(int(ExitCode.MAILBOX))
 

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,6 +42,19 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 current: tuple[str, bool] | None = None
 
 
+_stderr_console: Any = None
+
+
+def stderr_console() -> Any:
+    """The one rich Console on stderr: text logs, errors and progress bars share it."""
+    global _stderr_console
+    if _stderr_console is None:
+        from rich.console import Console
+
+        _stderr_console = Console(stderr=True)
+    return _stderr_console
+
+
 def setup_logging(level: str = "INFO", json_logs: bool | None = None) -> None:
     global current
     if json_logs is None:
@@ -53,7 +67,10 @@ def setup_logging(level: str = "INFO", json_logs: bool | None = None) -> None:
     else:
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+        # stderr, as the JSON lines: stdout is the command's output (`status --json | jq`). And
+        # the console the CLI's progress bars use: a log line from another console would be
+        # written across a live bar.
+        handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()
     for h in list(root.handlers):
