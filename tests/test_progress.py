@@ -193,3 +193,23 @@ def test_ctrl_c_stores_the_batch_in_hand_then_stops_and_the_next_scan_goes_on(tm
     # Nothing lost, nothing stored twice. (The demo's files are seconds old: the Maildir tie
     # rule may read the last one again, which dedupe drops.)
     assert again["INBOX"]["duplicates"] <= 1 and again["Sent"]["stored"] == counts["Sent"]
+
+
+def test_folder_names_with_brackets_are_shown_as_written() -> None:
+    # "[Gmail]/Sent Mail", or a folder a user named "[/archive]": rich would read the bar's label
+    # as markup (a closing tag with no opening one raises MarkupError).
+    import io
+
+    from rich.console import Console
+
+    from worker.cli import RichFolderProgress
+
+    buf = io.StringIO()
+    bar = RichFolderProgress(Console(file=buf, force_terminal=True, width=100), label_width=20)
+    for folder in ("[Gmail]/Sent Mail", "[/archive]", "[bold]x"):
+        bar.start("clients", folder, 10)
+        bar.advance(10)
+        bar.finish()
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())
+    for folder in ("[Gmail]/Sent Mail", "[/archive]", "[bold]x"):
+        assert f"clients/{folder}" in shown

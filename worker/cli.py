@@ -202,7 +202,7 @@ class RichFolderProgress:
             label = TextColumn("{task.description}", table_column=Column(min_width=self.label_width))
             self.p = RichProgress(label, BarColumn(), MofNCompleteColumn(),
                                   TimeRemainingColumn(), console=self.console, transient=False)
-            self.p.add_task(f"{mailbox}/{folder}", total=total)
+            self.p.add_task(escape(f"{mailbox}/{folder}"), total=total)  # folder names are not markup
             self.p.start()
 
     def advance(self, n: int) -> None:
