@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from enum import IntEnum
 
 
@@ -74,3 +75,13 @@ class DeliveryError(CarewatchError):
     def __init__(self, message: str, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+def tls_failed(exc: ssl.SSLError, implicit: bool, setting: str, plain_ports: str, tls_port: int) -> str:
+    """'TLS failed: <reason>', and for the commonest set-up slip (implicit TLS pointed at a
+    port that speaks plain text first: OpenSSL's WRONG_VERSION_NUMBER) what to change."""
+    hint = ""
+    if exc.reason == "WRONG_VERSION_NUMBER" and implicit:
+        hint = (f"; the server answered without TLS: is this a STARTTLS port ({plain_ports})? Then set "
+                f"{setting} = \"starttls\", or use the implicit TLS port ({tls_port})")
+    return f"TLS failed: {exc.reason or exc}{hint}"

@@ -22,7 +22,7 @@ from imapclient.datetime_util import parse_to_datetime
 from imapclient.exceptions import IMAPClientError, LoginError
 
 from .. import defaults
-from ..errors import FolderMissingError, MailboxAuthError, MailboxError
+from ..errors import FolderMissingError, MailboxAuthError, MailboxError, tls_failed
 from ..headers import FETCH_FIELDS, MONTHS, zone_offset
 from .base import FolderStatus, Item, MailboxSource, RawMessage, UidItems
 
@@ -234,12 +234,8 @@ class ImapSource(MailboxSource):
             raise MailboxError(f"{self._where()}: TLS certificate not trusted ({exc.verify_message}); "
                                "set ca_file to your CA bundle if the server uses a private CA") from None
         except ssl.SSLError as exc:
-            hint = ""
-            if exc.reason == "WRONG_VERSION_NUMBER" and self.tls == "implicit":
-                # The commonest set-up slip: implicit TLS pointed at a plain IMAP port.
-                hint = ("; the server answered without TLS: is this a STARTTLS port (143)? Then set "
-                        "tls = \"starttls\", or use the implicit TLS port (993)")
-            raise MailboxError(f"{self._where()}: TLS failed: {exc.reason or exc}{hint}") from None
+            raise MailboxError(f"{self._where()}: {tls_failed(exc, self.tls == 'implicit', 'tls', '143', 993)}") \
+                from None
         except (OSError, IMAPClientError, imapclient.imaplib.IMAP4.error) as exc:
             raise MailboxError(f"{self._where()}: cannot connect: {exc}") from None
         self.client = c

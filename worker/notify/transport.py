@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import Config, SmtpConfig, resolve_secret
-from ..errors import DeliveryError
+from ..errors import DeliveryError, tls_failed
 
 
 class Transport(Protocol):
@@ -90,11 +90,8 @@ class SmtpTransport:
             raise DeliveryError(f"SMTP {c.host}:{port}: TLS certificate not trusted ({exc.verify_message}); set "
                                 "notify.smtp.ca_file for a private CA") from None
         except ssl.SSLError as exc:
-            hint = ""
-            if exc.reason == "WRONG_VERSION_NUMBER" and c.tls == "implicit":
-                hint = ("; the server answered without TLS: is this a STARTTLS port (587 or 25)? Then set "
-                        "notify.smtp.tls = \"starttls\", or use the implicit TLS port (465)")
-            raise DeliveryError(f"SMTP {c.host}:{port}: TLS failed: {exc.reason or exc}{hint}") from None
+            failed = tls_failed(exc, c.tls == "implicit", "notify.smtp.tls", "587 or 25", 465)
+            raise DeliveryError(f"SMTP {c.host}:{port}: {failed}") from None
         except smtplib.SMTPAuthenticationError as exc:
             raise DeliveryError(f"SMTP {c.host}:{port}: login refused ({exc.smtp_code})", permanent=False) from None
         except (OSError, smtplib.SMTPException) as exc:
