@@ -43,36 +43,46 @@ def _demo_config(root: Path) -> tuple[Path, dict[str, int]]:
     return cfg, counts
 
 
-def _run_on_a_terminal(args: list[str], timeout: float = 120) -> tuple[int, bytes]:
-    """Run a command with a pseudo-terminal as its stdin, stdout and stderr; return its exit
-    code and everything it wrote to the terminal."""
+def _run_on_a_terminal(args: list[str], timeout: float = 120,
+                       stdout_to_pipe: bool = False) -> tuple[int, bytes, bytes]:
+    """Run a command with a pseudo-terminal as its stdin and stderr, and as its stdout too
+    unless `stdout_to_pipe` (`carewatch ... | jq` from a shell). Returns its exit code, what
+    it wrote to the terminal and what it wrote to the pipe. Both are read as they come, so a
+    chatty command never blocks on a full buffer."""
     master, slave = pty.openpty()
     env = dict(os.environ, COLUMNS=str(COLUMNS), LINES=str(LINES), TERM="xterm-256color")
     env.pop("NO_COLOR", None)
-    p = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    p = subprocess.Popen(args, stdin=slave, stdout=subprocess.PIPE if stdout_to_pipe else slave, stderr=slave,
+                         env=env, close_fds=True)
     os.close(slave)
-    chunks: list[bytes] = []
+    pipe = p.stdout.fileno() if p.stdout is not None else None
+    received: dict[int, list[bytes]] = {master: []}
+    if pipe is not None:
+        received[pipe] = []
+    still_open = set(received)
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1)
-            if not ready:
-                if p.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: every writer has closed the terminal
+        while still_open and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(still_open), [], [], 1)
+            if not ready and p.poll() is not None:  # exited, and nothing left to read
                 break
-            if not chunk:
-                break
-            chunks.append(chunk)
+            for fd in ready:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:  # EIO: every writer has closed the terminal
+                    chunk = b""
+                if chunk:
+                    received[fd].append(chunk)
+                else:
+                    still_open.discard(fd)
         code = p.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         if p.poll() is None:
             p.kill()
+        if p.stdout is not None:
+            p.stdout.close()
         os.close(master)
-    return code, b"".join(chunks)
+    return code, b"".join(received[master]), b"".join(received[pipe]) if pipe is not None else b""
 
 
 def _screen(output: bytes) -> list[str]:
@@ -86,7 +96,7 @@ def _screen(output: bytes) -> list[str]:
 
 def test_a_terminal_sees_one_live_bar_per_folder(tmp_path: Path) -> None:
     cfg, counts = _demo_config(tmp_path)
-    code, output = _run_on_a_terminal([sys.executable, "-m", "worker.cli", "--config", str(cfg), "scan"])
+    code, output, _ = _run_on_a_terminal([sys.executable, "-m", "worker.cli", "--config", str(cfg), "scan"])
     assert code == 0, output.decode(errors="replace")
     lines = _screen(output)
     shown = "\n".join(lines)
@@ -146,24 +156,10 @@ def test_text_logs_go_to_the_terminal_not_into_the_commands_output(tmp_path: Pat
     # `carewatch scan --json | jq` from a shell: stderr is the terminal, so logs are text; they
     # went to stdout and broke the JSON.
     cfg, counts = _demo_config(tmp_path)
-    master, slave = pty.openpty()
-    try:
-        r = subprocess.run([sys.executable, "-m", "worker.cli", "--config", str(cfg), "scan", "--json"],
-                           stdout=subprocess.PIPE, stderr=slave, timeout=120, env=dict(os.environ, TERM="xterm"))
-        os.close(slave)
-        terminal = b""
-        while select.select([master], [], [], 0.5)[0]:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            terminal += chunk
-    finally:
-        os.close(master)
-    assert r.returncode == 0
-    doc = json.loads(r.stdout)  # nothing but the report
+    code, terminal, piped = _run_on_a_terminal([sys.executable, "-m", "worker.cli", "--config", str(cfg), "scan",
+                                                "--json"], stdout_to_pipe=True)
+    assert code == 0, terminal
+    doc = json.loads(piped)  # nothing but the report
     assert sum(f["stored"] for f in doc["folders"]) == sum(counts.values())
     assert b"directory synced" in terminal and b"INFO" in terminal and not terminal.lstrip().startswith(b"{")
 
