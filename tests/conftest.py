@@ -190,3 +190,13 @@ def write_config(
         + extra
     )
     return p
+
+
+def maildir_config(tmp_path: Path, raws: list[bytes] | None = None) -> Path:
+    """A config over a local Maildir (INBOX and Sent) holding `raws` in INBOX, on SQLite."""
+    md = tmp_path / "md"
+    for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
+        (md / sub).mkdir(parents=True)
+    for k, raw in enumerate(raws or []):
+        (md / "cur" / f"{k}.host:2,").write_bytes(raw)
+    return write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=md)

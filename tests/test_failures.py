@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import write_config
+from conftest import maildir_config, write_config
 from servers import Dovecot, SmtpSink, self_signed
 from sqlalchemy import event, func, select, text
 from typer.testing import CliRunner
@@ -36,16 +36,6 @@ from worker.synth import build_message
 
 runner = CliRunner()
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-
-
-def maildir_config(tmp_path: Path, n: int) -> Path:
-    """A config over a Maildir (INBOX and Sent) holding n client mails, on SQLite."""
-    md = tmp_path / "md"
-    for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
-        (md / sub).mkdir(parents=True)
-    for k, raw in enumerate(mails(n)):
-        (md / "cur" / f"{k}.host:2,").write_bytes(raw)
-    return write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=md)
 
 
 def mails(n: int, start: int = 0) -> list[bytes]:
@@ -343,7 +333,7 @@ def test_smtp_login_is_used_and_a_refused_login_is_clear(monkeypatch: pytest.Mon
 def test_status_json_to_a_full_disk_or_a_closed_pipe_is_a_clear_message(tmp_path: Path) -> None:
     """Writing the document can fail too: a full disk says so (no traceback, exit 1); a reader
     that stops early (`| head`) ends the command quietly (exit 141, as for SIGPIPE)."""
-    cfg = maildir_config(tmp_path, 400)
+    cfg = maildir_config(tmp_path, mails(400))
     assert runner.invoke(app, ["--config", str(cfg), "scan"]).exit_code == 0
     cmd = [sys.executable, "-m", "worker.cli", "--config", str(cfg), "status", "--json",
            "--now", "2026-11-20T12:00:00Z"]
@@ -411,10 +401,7 @@ def test_a_store_url_that_cannot_work_says_why(tmp_path: Path) -> None:
     """Each way a store URL can be wrong is one line naming it and exit 5 (store), before
     anything is read: not a URL, a database Carewatch does not write SQL for, a driver that
     is not installed, a server that does not answer."""
-    md = tmp_path / "md"
-    for sub in ("cur", "new", "tmp"):
-        (md / sub).mkdir(parents=True)
-    cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=md)
+    cfg = maildir_config(tmp_path)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
@@ -435,7 +422,7 @@ def test_a_scan_beside_a_running_one_leaves_the_mailbox_to_it(tmp_path: Path) ->
     """`carewatch scan` while the worker scans the same mailbox (SQLite: another process) used
     to read the whole backlog a second time, racing it. Now it says so and leaves it; a
     holder that dies (kill -9) frees the mailbox at once (the kernel drops its lock)."""
-    cfg = maildir_config(tmp_path, 5)
+    cfg = maildir_config(tmp_path, mails(5))
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 from worker.app import prepare_store

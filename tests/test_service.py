@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import write_config
+from conftest import maildir_config, write_config
 from servers import Dovecot, SmtpSink, free_port
 
 from worker.synth import build_message
@@ -258,10 +258,7 @@ def test_the_digest_is_scheduled_weekly_in_the_firms_time_zone(tmp_path: Path) -
 def test_a_metrics_port_that_is_taken_is_a_clear_configuration_error(tmp_path: Path) -> None:
     import socket
 
-    md = tmp_path / "md"
-    for sub in ("cur", "new", "tmp"):
-        (md / sub).mkdir(parents=True)
-    cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=md)
+    cfg = maildir_config(tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
