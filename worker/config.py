@@ -34,6 +34,10 @@ SECRET_KEYS = {
                            "oauth_client_secret_file to a file holding it (e.g. a container secret)",
     "token_secret": "set token_secret_env to the name of an environment variable",
 }
+#: How a password is given, for the checks that find none (validate_data relies on the
+#: "password_env" in it to say nothing twice).
+PASSWORD_SOURCE = ("password_env (an environment variable name) or password_file (e.g. a container secret); "
+                   "passwords never go in the file")
 #: Environment overrides: CAREWATCH__STORE__URL=... sets [store] url (double underscore = nesting).
 ENV_PREFIX = "CAREWATCH__"
 
@@ -647,8 +651,7 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
             if not mb.username:
                 problems.append(f"{where}.username: required for an IMAP mailbox")
             if mb.auth == "password" and not (mb.password_env or mb.password_file):
-                problems.append(f"{where}: set password_env (an environment variable name) or "
-                                "password_file (e.g. a container secret); passwords never go in the file")
+                problems.append(f"{where}: set {PASSWORD_SOURCE}")
             if mb.auth == "xoauth2" and not mb.oauth_provider:
                 problems.append(f"{where}.oauth_provider: required with auth = \"xoauth2\" "
                                 "(\"microsoft\" or \"google\")")
@@ -709,8 +712,7 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
             problems.append('notify.smtp.tls: "none" sends the alerts (and any password) in clear; use '
                             '"starttls" or "implicit", or set allow_plaintext = true if you really mean it')
         if n.smtp.username and not (n.smtp.password_env or n.smtp.password_file):
-            problems.append("notify.smtp: a username needs password_env (an environment variable name) or "
-                            "password_file (e.g. a container secret); passwords never go in the file")
+            problems.append(f"notify.smtp: a username needs {PASSWORD_SOURCE}")
     return problems
 
 
