@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import ssl
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only named in an annotation: no ssl import for every command's start
+    import ssl
 
 
 class ExitCode(IntEnum):

@@ -6,7 +6,10 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,10 +45,10 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 current: tuple[str, bool] | None = None
 
 
-_stderr_console: Any = None
+_stderr_console: Console | None = None
 
 
-def stderr_console() -> Any:
+def stderr_console() -> Console:
     """The one rich Console on stderr: text logs, errors and progress bars share it."""
     global _stderr_console
     if _stderr_console is None:
