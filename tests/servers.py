@@ -296,6 +296,7 @@ class SmtpSink:
 
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.refuse_code: str | None = None  # e.g. "451 try later" or "550 no such user"
+        self.refuse_rcpt: dict[str, str] = {}  # one address's answer, e.g. "550 5.7.1 relaying denied"
         self.lock = threading.Lock()
         self.port = free_port()
         sink = self
@@ -304,6 +305,8 @@ class SmtpSink:
             async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
                 if sink.refuse_code:
                     return sink.refuse_code
+                if address in sink.refuse_rcpt:
+                    return sink.refuse_rcpt[address]
                 envelope.rcpt_tos.append(address)
                 return "250 OK"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import inspect
@@ -14,13 +15,14 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Column, Table
@@ -156,13 +158,23 @@ def main_callback(
 def validate(
     check_secrets: Annotated[bool, typer.Option("--check-secrets",
                                                 help="Also check that every password/secret can be read.")] = False,
+    connect: Annotated[bool, typer.Option(
+        "--connect",
+        help="Also try what the worker will do, changing nothing: log in to each mailbox and open its "
+             "folders, open the store, and ask the SMTP server whether it takes mail from the sender to "
+             "every owner and partner (nothing is sent). Implies --check-secrets. Exit 4, 5 or 6 when "
+             "a mailbox, the store or delivery fails.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero (7) when there are findings.")] = False,
 ) -> None:
     """Check the configuration: list every problem at once, then the findings about client care
-    (a client without exactly one owner, a client without a principal)."""
+    (a client without exactly one owner, a client without a principal).
+
+    With --connect, then try each mailbox, the store and delivery, and say what a first start
+    would meet: a refused login, a folder the server names otherwise (with the names it has),
+    a relay that refuses an owner's address."""
     cfg = state.config()
     s = cfg.settings
-    if check_secrets:
+    if check_secrets or connect:
         problems = []
         for mb in s.mailboxes:
             if mb.kind == "imap" and mb.auth == "password":
@@ -184,8 +196,33 @@ def validate(
         out.print(f"[yellow]{len(cfg.findings)} finding(s)[/]:")
         for f in cfg.findings:
             out.print(f"  - {f}", highlight=False, markup=False)
-        if strict:
-            raise typer.Exit(int(ExitCode.FINDINGS))
+    if connect:
+        failed = _print_connections(cfg)
+        if failed:
+            raise typer.Exit(int(failed))
+    if cfg.findings and strict:
+        raise typer.Exit(int(ExitCode.FINDINGS))
+
+
+def _print_connections(cfg: Config) -> ExitCode | None:
+    """Run the --connect checks, printing each as it finishes; the first failure's exit code."""
+    from .connect import Check, check_delivery, check_mailbox, check_store
+
+    out.print("Connections (nothing is read, changed or sent):")
+    steps: list[Callable[[], Check]] = [partial(check_mailbox, mb) for mb in cfg.settings.mailboxes]
+    steps += [partial(check_store, cfg), partial(check_delivery, cfg)]
+    failed: ExitCode | None = None
+    for step in steps:
+        with err.status("connecting…") if err.is_terminal else contextlib.nullcontext():
+            check = step()
+        mark = "[green]ok[/]    " if check.ok else "[bold red]failed[/]"
+        out.print(f"  {mark} {escape(check.subject)}", highlight=False)
+        for line in [Text(line) for line in check.lines] + [Text.assemble(("note", "yellow"), ": ", n)
+                                                           for n in check.notes]:
+            out.print(Padding(line, (0, 0, 0, 9), expand=False), highlight=False)
+        if not check.ok and failed is None:
+            failed = check.exit_code
+    return failed
 
 
 class RichFolderProgress:

@@ -14,7 +14,7 @@ def open_source(mb: MailboxConfig) -> MailboxSource:
     """Build (not yet connect) the source for a configured mailbox."""
     if mb.kind == "maildir":
         assert mb.path is not None
-        return MaildirSource(mb.name, mb.path)
+        return MaildirSource(mb.name, mb.path, configured=mb.folders)
     from .imap import ImapSource
 
     if not mb.host or not mb.username:
@@ -28,4 +28,5 @@ def open_source(mb: MailboxConfig) -> MailboxSource:
         def password() -> str:
             return resolve_secret(mb.password_env, mb.password_file, f"mailboxes.{mb.name}.password")
     return ImapSource(mb.name, mb.host, mb.port, mb.tls, mb.username, password=password,
-                      oauth_token=oauth, ca_file=mb.ca_file, timeout=mb.timeout_seconds)
+                      oauth_token=oauth, ca_file=mb.ca_file, timeout=mb.timeout_seconds,
+                      configured=mb.folders)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
 from array import array
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -68,10 +69,59 @@ class FolderStatus:
     messages: int
 
 
+@dataclass(frozen=True, slots=True)
+class FolderInfo:
+    """A folder as the server lists it. `special_use` is the RFC 6154 attribute the server
+    gives it ("\\Sent", "\\Drafts", ...), None where it gives none (and always for Maildir)."""
+
+    name: str
+    special_use: str | None = None
+
+    def label(self) -> str:
+        return f"{self.name!r} ({self.special_use})" if self.special_use else repr(self.name)
+
+
+#: How many folder names a "not found" message lists before it says "and N more".
+LISTED_FOLDERS = 20
+
+
+def folder_hint(wanted: str, folders: Sequence[FolderInfo], configured: Iterable[str] = ()) -> str:
+    """What to write instead of a folder name the server does not have: a near name ("Sent
+    items" for "Sent Items"), the folder the server marks as its sent folder (Exchange says
+    "Sent Items", Gmail "[Gmail]/Sent Mail", a German Dovecot "Gesendet"), and the folders
+    there are. Empty if the server listed none."""
+    if not folders:
+        return ""
+    names = [f.name for f in folders]
+    near = [n for n in names if n.casefold() == wanted.casefold()]
+    near += [n for n in difflib.get_close_matches(wanted, names, n=3, cutoff=0.6) if n not in near]
+    parts = []
+    if near:
+        parts.append("did you mean " + " or ".join(repr(n) for n in near[:3]) + "?")
+    sent = next((f.name for f in folders if f.special_use == "\\Sent"), None)
+    if sent is not None and sent not in near and sent not in set(configured):
+        parts.append(f"the server marks {sent!r} as its sent folder")
+    shown = ", ".join(f.label() for f in folders[:LISTED_FOLDERS])
+    more = len(folders) - LISTED_FOLDERS
+    parts.append(f"its folders are {shown}" + (f" and {more} more" if more > 0 else ""))
+    return "; ".join(parts)
+
+
 class MailboxSource(ABC):
     """A read-only view of one mailbox. Sources never change flags, move or delete mail."""
 
     name: str
+    #: The folders the config names for this mailbox (a "not found" hint leaves them out).
+    configured: Sequence[str] = ()
+
+    def not_found_hint(self, folder: str) -> str:
+        """For a "folder not found" message: "; " and what to write instead, or ""."""
+        try:
+            folders = self.list_folders()
+        except Exception:  # a hint must never hide the error it explains
+            return ""
+        hint = folder_hint(folder, folders, self.configured)
+        return f"; {hint}" if hint else ""
 
     def __enter__(self) -> MailboxSource:
         self.open()
@@ -101,6 +151,10 @@ class MailboxSource(ABC):
     @abstractmethod
     def fetch_snippets(self, folder: str, items: Sequence[Item]) -> dict[Hashable, bytes]:
         """The first few hundred bytes of each item's body text, keyed by item key."""
+
+    @abstractmethod
+    def list_folders(self) -> list[FolderInfo]:
+        """Every folder of the mailbox, as the server lists it."""
 
     def start_fetch(self, folder: str, items: Sequence[Item]) -> Callable[[], list[RawMessage]]:
         """Begin fetch(); the returned function completes it. A source that can let the server

@@ -24,7 +24,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 from .. import defaults
 from ..errors import FolderMissingError, MailboxAuthError, MailboxError, tls_failed
 from ..headers import FETCH_FIELDS, MONTHS, zone_offset
-from .base import FolderStatus, Item, MailboxSource, RawMessage, UidItems
+from .base import FolderInfo, FolderStatus, Item, MailboxSource, RawMessage, UidItems
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,20 @@ def chunk_by_command_length(uids: list[int], max_count: int, max_bytes: int) -> 
     return out
 
 
+#: RFC 6154 attributes: which folder holds sent mail, drafts...
+SPECIAL_USE = frozenset({b"\\All", b"\\Archive", b"\\Drafts", b"\\Flagged", b"\\Junk", b"\\Sent", b"\\Trash"})
+
+
+def _reason(exc: Exception) -> str:
+    """What the server said, without imapclient's and Dovecot's dressing: "Mailbox doesn't
+    exist: Gone", not "status failed: Mailbox doesn't exist: Gone (0.001 + 0.000 secs)."."""
+    text = str(exc)
+    m = re.search(r"(?:^|\[)b(['\"])(.*)\1\]?$", text, re.S)  # "... error: BAD [b'...']", "b'...'"
+    text = m.group(2) if m else text
+    text = re.sub(r"^[a-z]+ failed: ", "", text)
+    return re.sub(r"\s*\(\d+\.\d+(?: \+ \d+\.\d+)* secs\)\.?$", "", text)
+
+
 def _lookup(data: dict[bytes, Any], prefix: bytes) -> Any:
     """FETCH response keys drop .PEEK and some servers quote field names: match by prefix."""
     for k, v in data.items():
@@ -189,8 +203,10 @@ class ImapSource(MailboxSource):
                  password: Callable[[], str] | None = None,
                  oauth_token: Callable[[], str] | None = None, ca_file: Path | None = None,
                  timeout: float = defaults.IMAP_TIMEOUT_SECONDS,
-                 max_command_bytes: int = defaults.FETCH_MAX_COMMAND_BYTES) -> None:
+                 max_command_bytes: int = defaults.FETCH_MAX_COMMAND_BYTES,
+                 configured: Sequence[str] = ()) -> None:
         self.name = name
+        self.configured = configured
         self.host = host
         self.tls = tls
         self.port = port or (993 if tls == "implicit" else 143)
@@ -229,7 +245,7 @@ class ImapSource(MailboxSource):
             self.capabilities = tuple(c.capabilities())
         except LoginError as exc:
             raise MailboxAuthError(f"{self._where()}: login refused for {self.username!r}: "
-                                   f"{exc}") from None
+                                   f"{_reason(exc)}") from None
         except ssl.SSLCertVerificationError as exc:
             raise MailboxError(f"{self._where()}: TLS certificate not trusted ({exc.verify_message}); "
                                "set ca_file to your CA bundle if the server uses a private CA") from None
@@ -270,7 +286,8 @@ class ImapSource(MailboxSource):
         try:
             info = self.c.select_folder(folder, readonly=True)
         except IMAPClientError as exc:
-            raise FolderMissingError(f"{self._where()}: cannot open folder {folder!r}: {exc}") from None
+            raise FolderMissingError(f"{self._where()}: cannot open folder {folder!r} (the server says: {_reason(exc)})"
+                                     f"{self.not_found_hint(folder)}") from None
         self._selected = folder
         return info
 
@@ -279,9 +296,24 @@ class ImapSource(MailboxSource):
         try:
             st = self.c.folder_status(folder, [b"UIDNEXT", b"UIDVALIDITY", b"MESSAGES"])
         except IMAPClientError as exc:
-            raise FolderMissingError(f"{self._where()}: folder {folder!r} not found: {exc}") from None
+            raise FolderMissingError(f"{self._where()}: folder {folder!r} not found (the server says: {_reason(exc)})"
+                                     f"{self.not_found_hint(folder)}") from None
         return FolderStatus(uidvalidity=int(st[b"UIDVALIDITY"]), uidnext=int(st[b"UIDNEXT"]),
                             messages=int(st[b"MESSAGES"]))
+
+    def list_folders(self) -> list[FolderInfo]:
+        self._settle()
+        try:
+            listed = self.c.list_folders()
+        except IMAPClientError as exc:
+            raise MailboxError(f"{self._where()}: cannot list folders: {_reason(exc)}") from None
+        out = []
+        for flags, _delimiter, name in listed:
+            if b"\\Noselect" in flags or b"\\NonExistent" in flags:  # a level of the hierarchy, not a folder
+                continue
+            special = next((f.decode() for f in flags if f in SPECIAL_USE), None)
+            out.append(FolderInfo(name if isinstance(name, str) else name.decode(errors="replace"), special))
+        return sorted(out, key=lambda f: (f.name.upper() != "INBOX", f.name.casefold()))
 
     def new_items(self, folder: str, after_cursor: int) -> UidItems:
         info = self._select(folder)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import defaults
 from ..errors import FolderMissingError, MailboxError
-from .base import FolderStatus, Item, MailboxSource, RawMessage
+from .base import FolderInfo, FolderStatus, Item, MailboxSource, RawMessage
 
 #: Read at most this many bytes of a file's header block: hostile mail has huge headers.
 MAX_HEADER_BYTES = 512 * 1024
@@ -33,8 +33,10 @@ SETTLED_NS = 2_000_000_000
 
 
 class MaildirSource(MailboxSource):
-    def __init__(self, name: str, path: Path, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, name: str, path: Path, clock: Callable[[], int] = time.time_ns,
+                 configured: Sequence[str] = ()) -> None:
         self.name = name
+        self.configured = configured
         self.path = path
         self._clock = clock
 
@@ -51,7 +53,22 @@ class MaildirSource(MailboxSource):
         for cand in (self.path / ("." + folder.replace("/", ".")), self.path / folder):
             if (cand / "cur").is_dir() or (cand / "new").is_dir():
                 return cand
-        raise FolderMissingError(f"mailbox {self.name!r}: folder {folder!r} not found in {self.path}")
+        raise FolderMissingError(f"mailbox {self.name!r}: folder {folder!r} not found in {self.path}"
+                                 f"{self.not_found_hint(folder)}")
+
+    def list_folders(self) -> list[FolderInfo]:
+        """INBOX, then the Maildir++ folders (".Sent", ".Archive.2024" is "Archive/2024") and
+        plain sub-folders that hold mail, by name."""
+        found = []
+        try:
+            with os.scandir(self.path) as it:
+                for e in it:
+                    if e.is_dir() and e.name not in ("cur", "new", "tmp") and \
+                            (os.path.isdir(os.path.join(e.path, "cur")) or os.path.isdir(os.path.join(e.path, "new"))):
+                        found.append(e.name[1:].replace(".", "/") if e.name.startswith(".") else e.name)
+        except OSError as exc:
+            raise MailboxError(f"mailbox {self.name!r}: cannot list {self.path}: {exc.strerror}") from None
+        return [FolderInfo("INBOX")] + [FolderInfo(n) for n in sorted(found)]
 
     def _files(self, folder: str) -> list[tuple[int, str]]:
         d = self.folder_dir(folder)

@@ -7,6 +7,7 @@ import os
 import smtplib
 import ssl
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -72,10 +73,14 @@ class SmtpTransport:
         self.cfg = cfg
         self.conn: smtplib.SMTP | None = None
 
+    @property
+    def port(self) -> int:
+        return self.cfg.port or {"implicit": 465, "starttls": 587, "none": 25}[self.cfg.tls]
+
     def _connect(self) -> smtplib.SMTP:
         c = self.cfg
         ctx = ssl.create_default_context(cafile=str(c.ca_file) if c.ca_file else None)
-        port = c.port or {"implicit": 465, "starttls": 587, "none": 25}[c.tls]
+        port = self.port
         try:
             conn: smtplib.SMTP
             if c.tls == "implicit":
@@ -97,6 +102,33 @@ class SmtpTransport:
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(f"SMTP {c.host}:{port}: cannot connect: {exc}") from None
         return conn
+
+    def probe(self, mail_from: str, recipients: Sequence[str]) -> dict[str, str]:
+        """Connect and log in as a delivery would, then ask the server whether it takes mail
+        from `mail_from` to each recipient (MAIL FROM, RCPT TO) and reset: nothing is sent.
+        Returns the recipients it refused, with what it said. A relay that refuses outside
+        addresses, or a sender the login may not use (Microsoft 365: SendAs), shows here and
+        not hours later in the outbox."""
+        conn = self._connect()
+        where = f"SMTP {self.cfg.host}:{self.port}"
+        refused: dict[str, str] = {}
+        try:
+            conn.ehlo_or_helo_if_needed()
+            code, said = conn.mail(mail_from)
+            if code != 250:
+                raise DeliveryError(f"{where}: refuses the sender notify.from_address {mail_from!r}: "
+                                    f"{code} {said.decode(errors='replace')}", permanent=True)
+            for rcpt in recipients:
+                code, said = conn.rcpt(rcpt)
+                if code not in (250, 251):
+                    refused[rcpt] = f"{code} {said.decode(errors='replace')}"
+            conn.rset()
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(f"{where}: {exc}") from None
+        finally:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                conn.quit()
+        return refused
 
     def send(self, raw: bytes, mail_from: str, recipients: list[str], message_id: str) -> dict[str, str]:
         if self.conn is None:

@@ -1,0 +1,194 @@
+"""`carewatch validate --connect`: try, before the first start, what the worker will do.
+
+A config can be valid and still not work: a password that the server refuses, "Sent Items"
+on a server whose sent folder is "Sent", a relay that refuses the owners' addresses, a
+database that is not reachable. Each of those otherwise shows up later, one at a time, in
+the worker's log. Here every mailbox logs in and opens its folders, the store is opened,
+and the SMTP server is asked whether it takes mail from the sender to each recipient; then
+everything is let go. Nothing is read, written, migrated or sent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from .config import Config, MailboxConfig
+from .errors import CarewatchError, ExitCode, FolderMissingError, StoreError
+
+
+@dataclass
+class Check:
+    """One thing tried: what, whether it worked, and what was seen ("INBOX: 1,234 messages")."""
+
+    subject: str
+    ok: bool = True
+    lines: list[str] = field(default_factory=list)
+    #: Not failures, but worth knowing before the first start (no IDLE, no sent folder).
+    notes: list[str] = field(default_factory=list)
+    exit_code: ExitCode = ExitCode.OK
+
+    def fail(self, line: str, code: ExitCode) -> None:
+        self.lines.append(line)
+        if self.ok:
+            self.ok, self.exit_code = False, code
+
+
+def _without_where(message: str, mb: MailboxConfig) -> str:
+    """A source's error without its "mailbox 'name' (host:port): " lead: the check's subject
+    already says which mailbox."""
+    lead = re.match(rf"mailbox {re.escape(repr(mb.name))}(?: \([^)]*\))?: ", message)
+    return message[lead.end():] if lead else message
+
+
+def check_mailbox(mb: MailboxConfig) -> Check:
+    """Log in, then open each configured folder read-only (STATUS: the number of messages)."""
+    from .mailbox import open_source
+
+    where = f"{mb.host}:{mb.port or (993 if mb.tls == 'implicit' else 143)}" if mb.kind == "imap" else str(mb.path)
+    check = Check(f"mailbox {mb.name!r} ({mb.kind}, {where})")
+    try:
+        source = open_source(mb)
+        source.open()
+    except CarewatchError as exc:
+        check.fail(_without_where(str(exc), mb), exc.exit_code)
+        return check
+    try:
+        if mb.kind == "imap":
+            check.lines.append(f"logged in as {mb.username!r}"
+                               + (" with XOAUTH2" if mb.auth == "xoauth2" else ""))
+        for folder in mb.folders:
+            try:
+                st = source.folder_status(folder)
+            except FolderMissingError as exc:
+                check.fail(_without_where(str(exc), mb), exc.exit_code)
+            else:
+                check.lines.append(f"{folder}: {st.messages:,} message(s)")
+        try:
+            folders = source.list_folders()
+        except CarewatchError:
+            folders = []
+        sent = [f.name for f in folders if f.special_use == "\\Sent"]
+        if check.ok and sent and not set(sent) & set(mb.folders):  # (a missing folder's hint names it)
+            check.notes.append(f"the server's sent folder {sent[0]!r} is not in folders: the firm's replies "
+                               "are only seen in the folders scanned")
+        if mb.kind == "imap" and mb.idle and not getattr(source, "supports_idle", lambda: False)():
+            check.notes.append(f"the server does not offer IDLE: new mail is seen every "
+                               f"{mb.scan_interval_minutes:g} minute(s) (scan_interval_minutes)")
+    except CarewatchError as exc:
+        check.fail(_without_where(str(exc), mb), exc.exit_code)
+    finally:
+        source.close()
+    return check
+
+
+def _writable_dir(path: Path) -> str | None:
+    """None if files can be made in `path` (or in the folder that would be made for it),
+    else why not."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by this user (uid {os.getuid()})"
+    return None
+
+
+def check_store(config: Config) -> Check:
+    """Connect to the database and read its schema revision. A SQLite file that does not exist
+    yet is not created: its folder must be writable."""
+    from .store.db import SCHEMA_HEAD, make_engine, schema_revision
+
+    url = config.settings.store.url
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        shown = url
+    check = Check(f"store {shown}")
+    try:
+        u = make_url(url)
+    except Exception:
+        u = None
+    if u is not None and u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        path = Path(u.database)
+        if not path.exists():
+            why = _writable_dir(path.parent)
+            if why:
+                check.fail(f"cannot create {path}: {why}", ExitCode.STORE)
+            else:
+                check.lines.append(f"{path} does not exist yet: it is created on the first start")
+            return check
+        if not os.access(path, os.R_OK | os.W_OK) or _writable_dir(path.parent):
+            check.fail(f"{path} (or its folder, for the journal) is not writable by this user (uid {os.getuid()})",
+                       ExitCode.STORE)
+            return check
+    try:
+        engine = make_engine(url, config.settings.store.sqlite_cache_mib)
+        try:
+            revision = schema_revision(engine)
+        finally:
+            engine.dispose()
+    except StoreError as exc:
+        check.fail(str(exc), exc.exit_code)
+        return check
+    except Exception as exc:  # the driver's own error: unreachable, refused, unknown database
+        from .store.db import describe_db_error
+
+        check.fail(describe_db_error(exc), ExitCode.STORE)
+        return check
+    if revision == SCHEMA_HEAD:
+        check.lines.append(f"connected; schema {revision}, the current one")
+    elif revision is None:
+        check.lines.append("connected; an empty database: the first start creates the tables")
+    else:
+        check.lines.append(f"connected; schema {revision}: the first start migrates it to {SCHEMA_HEAD}")
+    return check
+
+
+def recipients(config: Config) -> list[str]:
+    """Everyone Carewatch may email: owners (and their backups, who are owners or partners)
+    and partners, each once."""
+    s = config.settings
+    return list(dict.fromkeys([o.email.lower() for o in s.owners] + [p.email.lower() for p in s.partners]))
+
+
+def check_delivery(config: Config) -> Check:
+    """SMTP: connect, TLS, log in, MAIL FROM and a RCPT TO per recipient, then reset. File
+    transport: the outbox folder can be written."""
+    from .notify.transport import SmtpTransport
+
+    n = config.settings.notify
+    if n.transport == "file" or n.smtp is None:
+        check = Check(f"delivery to files in {n.dir}")
+        why = _writable_dir(n.dir)
+        if why:
+            check.fail(f"cannot write {n.dir}: {why}", ExitCode.DELIVERY)
+        else:
+            check.lines.append("the folder can be written; nothing is emailed (notify.transport = \"file\")")
+        return check
+    smtp = SmtpTransport(n.smtp)
+    check = Check(f"delivery by SMTP ({n.smtp.host}:{smtp.port}, {n.smtp.tls})")
+    rcpts = recipients(config)
+    try:
+        refused = smtp.probe(n.from_address, rcpts)
+    except CarewatchError as exc:
+        check.fail(str(exc), exc.exit_code)
+        return check
+    check.lines.append(("logged in as " + repr(n.smtp.username)) if n.smtp.username else "connected (no login)")
+    taken = len(rcpts) - len(refused)
+    check.lines.append(f"sender {n.from_address!r} accepted; {taken} of {len(rcpts)} recipient(s) accepted; "
+                       "nothing was sent")
+    for rcpt, said in refused.items():
+        check.fail(f"refuses recipient {rcpt!r}: {said}", ExitCode.DELIVERY)
+    return check
+
+
+def check_all(config: Config) -> list[Check]:
+    return [*(check_mailbox(mb) for mb in config.settings.mailboxes), check_store(config), check_delivery(config)]
