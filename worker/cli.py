@@ -156,8 +156,9 @@ def main_callback(
 @app.command()
 @handled
 def validate(
-    check_secrets: Annotated[bool, typer.Option("--check-secrets",
-                                                help="Also check that every password/secret can be read.")] = False,
+    check_secrets: Annotated[bool, typer.Option(
+        "--check-secrets", help="Also check that every password and secret can be read: mailbox and SMTP "
+                                "passwords, the XOAUTH2 client secret or service account key.")] = False,
     connect: Annotated[bool, typer.Option(
         "--connect",
         help="Also try what the worker will do, changing nothing: log in to each mailbox and open its "
@@ -177,11 +178,15 @@ def validate(
     if check_secrets or connect:
         problems = []
         for mb in s.mailboxes:
-            if mb.kind == "imap" and mb.auth == "password":
-                try:
-                    resolve_secret(mb.password_env, mb.password_file, f"mailboxes[{mb.name}].password")
-                except ConfigError as exc:
-                    problems += exc.problems
+            try:
+                if mb.kind == "imap" and mb.auth == "password":
+                    resolve_secret(mb.password_env, mb.password_file, f"mailboxes.{mb.name}.password")
+                elif mb.kind == "imap" and mb.auth == "xoauth2":
+                    from .oauth import check_oauth_secrets
+
+                    check_oauth_secrets(mb)
+            except ConfigError as exc:
+                problems += exc.problems
         if s.notify.smtp and s.notify.smtp.username:
             try:
                 resolve_secret(s.notify.smtp.password_env, s.notify.smtp.password_file, "notify.smtp.password")

@@ -11,9 +11,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC
+from typing import Any
 
 from .config import MailboxConfig, resolve_secret
-from .errors import MailboxAuthError, MailboxError
+from .errors import ConfigError, MailboxAuthError, MailboxError
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +65,57 @@ def microsoft_client_credentials(mb: MailboxConfig) -> tuple[str, float]:
     return doc["access_token"], float(doc.get("expires_in", 3600))
 
 
-def google_service_account(mb: MailboxConfig) -> tuple[str, float]:
-    """A service account with domain-wide delegation, acting as the mailbox user."""
+def google_credentials(mb: MailboxConfig) -> Any:
+    """The service account's credentials, acting as the mailbox user. A key file that cannot be
+    read or is not a service-account key is a configuration problem naming the file (before, a
+    missing file read as "cannot create or write" and a malformed one as a traceback)."""
     try:
-        from google.auth.transport.requests import Request
         from google.oauth2 import service_account
     except ImportError:
         raise MailboxError("Google Workspace XOAUTH2 needs the google-auth package: "
                            "pip install 'carewatch[google]'") from None
+    key = f"mailboxes.{mb.name}.oauth_service_account_file"
     if not mb.oauth_service_account_file:
-        raise MailboxError(f"mailbox {mb.name!r}: oauth_service_account_file is required for Google")
-    creds = service_account.Credentials.from_service_account_file(
-        str(mb.oauth_service_account_file), scopes=[GOOGLE_SCOPE], subject=mb.username)
-    creds.refresh(Request())
-    lifetime = (creds.expiry.timestamp() - time.time()) if creds.expiry else 3600.0
+        raise ConfigError([f"{key}: required with oauth_provider = \"google\" (the service account's JSON key)"])
+    path = mb.oauth_service_account_file
+    try:
+        return service_account.Credentials.from_service_account_file(
+            str(path), scopes=[GOOGLE_SCOPE], subject=mb.username)
+    except OSError as exc:
+        raise ConfigError([f"{key}: cannot read {path}: {exc.strerror}"]) from None
+    except (ValueError, KeyError) as exc:  # not JSON, or JSON without client_email/private_key
+        raise ConfigError([f"{key}: {path} is not a service account's JSON key (from the Google Cloud "
+                           f"console, Service accounts, Keys): {type(exc).__name__}: {exc}"]) from None
+
+
+def google_service_account(mb: MailboxConfig) -> tuple[str, float]:
+    """A service account with domain-wide delegation, acting as the mailbox user."""
+    from google.auth import exceptions
+    from google.auth.transport.requests import Request
+
+    creds = google_credentials(mb)
+    try:
+        creds.refresh(Request())
+    except exceptions.RefreshError as exc:
+        # e.g. "unauthorized_client: Client is unauthorized to retrieve access tokens using this
+        # method": the service account has no domain-wide delegation for the mail scope.
+        said = exc.args[0] if exc.args else str(exc)
+        raise MailboxAuthError(f"mailbox {mb.name!r}: Google refused a token for {mb.username!r} ({said}); "
+                               f"grant the service account domain-wide delegation for {GOOGLE_SCOPE} "
+                               "in the Workspace admin console") from None
+    except exceptions.TransportError as exc:
+        raise MailboxError(f"mailbox {mb.name!r}: cannot reach Google's token endpoint: {exc}") from None
+    lifetime = (creds.expiry.replace(tzinfo=UTC).timestamp() - time.time()) if creds.expiry else 3600.0
     return creds.token, lifetime
+
+
+def check_oauth_secrets(mb: MailboxConfig) -> None:
+    """Raise ConfigError if the mailbox's XOAUTH2 credentials cannot be read (no token is asked for)."""
+    if mb.oauth_provider == "google":
+        google_credentials(mb)
+    else:
+        resolve_secret(mb.oauth_client_secret_env, mb.oauth_client_secret_file,
+                       f"mailboxes.{mb.name}.oauth_client_secret")
 
 
 def token_provider(mb: MailboxConfig) -> Callable[[], str]:
