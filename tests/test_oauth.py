@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from worker.cli import app
 from worker.config import validate_data
+from worker.connect import check_mailbox
 from worker.errors import MailboxAuthError
 from worker.mailbox import open_source
 from worker.oauth import GOOGLE_SCOPE, MICROSOFT_SCOPE
@@ -224,7 +225,9 @@ def test_xoauth2_with_a_google_service_account_acting_for_the_mailbox(
     with src:  # the token is cached: its lifetime was read right whatever the local time zone
         pass
     assert ep.issued == ["gtok0"]
-    (claims,) = ep.google_claims  # the signature was checked against the account's public key
+    check = check_mailbox(mb)  # validate --connect: its own connection and token
+    assert check.ok and f"logged in as {d.user!r} with XOAUTH2" in check.lines and "INBOX: 1 message(s)" in check.lines
+    claims = ep.google_claims[0]  # the signature was checked against the account's public key
     assert claims["sub"] == d.user and claims["scope"] == GOOGLE_SCOPE
     assert claims["iss"] == "carewatch@firm-mail.iam.gserviceaccount.com"
 
