@@ -6,7 +6,7 @@ RUN python -m venv /opt/carewatch
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY templates ./templates
-RUN /opt/carewatch/bin/pip install --no-cache-dir ".[postgres]"
+RUN /opt/carewatch/bin/pip install --no-cache-dir ".[postgres,google]"
 
 FROM python:3.12-slim-bookworm
 LABEL org.opencontainers.image.title="carewatch" \
@@ -31,4 +31,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=4).status != 200)"]
 # The first SIGTERM finishes the batch in hand; give it time (docker stop -t 30, or stop_grace_period).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["carewatch", "run"]
+# `docker run IMAGE` runs the worker; `docker run IMAGE validate --connect` (or any other
+# command) runs that command instead.
+ENTRYPOINT ["carewatch"]
+CMD ["run"]

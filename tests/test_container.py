@@ -40,7 +40,8 @@ def test_the_dockerfile_is_lint_clean() -> None:
 def test_the_dockerfile_runs_as_non_root_with_a_healthcheck_and_clean_stop() -> None:
     assert re.search(r"^USER 10001:10001$", DOCKERFILE, re.M)
     assert "HEALTHCHECK" in DOCKERFILE and "STOPSIGNAL SIGTERM" in DOCKERFILE
-    assert 'ENTRYPOINT ["carewatch", "run"]' in DOCKERFILE and 'VOLUME ["/data"]' in DOCKERFILE
+    assert 'ENTRYPOINT ["carewatch"]' in DOCKERFILE and 'CMD ["run"]' in DOCKERFILE
+    assert 'VOLUME ["/data"]' in DOCKERFILE
     assert DOCKERFILE.count("FROM ") == 2  # multi-stage
 
 
@@ -103,6 +104,7 @@ def test_the_image_install_and_entrypoint_work_in_a_fresh_venv(tmp_path: Path) -
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert list((data / "demo" / "outbox").glob("*.html"))
     entry = json.loads(re.search(r"^ENTRYPOINT (.+)$", DOCKERFILE, re.M).group(1))  # type: ignore[union-attr]
+    cmd = json.loads(re.search(r"^CMD (.+)$", DOCKERFILE, re.M).group(1))  # type: ignore[union-attr]
     env = {
         **os.environ,
         "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
@@ -110,7 +112,11 @@ def test_the_image_install_and_entrypoint_work_in_a_fresh_venv(tmp_path: Path) -
         "CAREWATCH__STORE__URL": f'"sqlite:///{data / "carewatch.db"}"',
         "CAREWATCH__SERVICE__METRICS_PORT": str(port := free_port()),
     }
-    proc = subprocess.Popen(entry, cwd=data, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # `docker run IMAGE validate --connect`: arguments take the place of CMD.
+    check = subprocess.run([*entry, "validate", "--connect"], cwd=data, env=env, capture_output=True, text=True)
+    assert check.returncode == 0 and "Connections" in check.stdout, check.stdout + check.stderr
+    assert not (data / "carewatch.db").exists()  # --connect creates nothing
+    proc = subprocess.Popen([*entry, *cmd], cwd=data, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         status = 0
