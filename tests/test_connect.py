@@ -14,7 +14,8 @@ from test_failures import mails
 from typer.testing import CliRunner
 
 from worker.cli import app
-from worker.mailbox.base import FolderInfo, folder_hint
+from worker.mailbox.base import FolderInfo, FolderStatus, folder_hint
+from worker.mailbox.imap import ImapSource
 
 runner = CliRunner()
 
@@ -119,6 +120,21 @@ def test_a_refused_login_and_an_unreachable_store_are_all_reported_in_one_run(
     assert "login refused for 'shared@firm.example': [AUTHENTICATIONFAILED] Authentication failed." in out
     assert f"SMTP 127.0.0.1:{closed}: cannot connect" in out
     assert out.count("failed mailbox 'shared'") == out.count("failed store") == out.count("failed delivery") == 1
+
+
+def test_a_server_that_dies_mid_check_is_a_failed_check_not_a_traceback(
+        tmp_path: Path, dovecot: Dovecot, smtp: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = smtp_config(tmp_path, dovecot, smtp, monkeypatch)
+    status = ImapSource.folder_status
+
+    def dying(self: ImapSource, folder: str) -> FolderStatus:
+        dovecot.stop(kill=True)  # after the login, before the first folder
+        return status(self, folder)
+
+    monkeypatch.setattr(ImapSource, "folder_status", dying)
+    code, out = connect(cfg)
+    assert code == 4 and "failed mailbox 'shared'" in out and "connection lost" in out, out
+    assert "3 of 3 recipient(s) accepted" in out  # the other checks still ran
 
 
 @pytest.mark.skipif(PG_URL is None, reason="CAREWATCH_TEST_POSTGRES_URL not set")

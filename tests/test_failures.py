@@ -78,6 +78,27 @@ def test_imap_connection_cut_mid_fetch_then_rerun_is_clean(tmp_path: Path, dovec
     assert stored_ids(store) == expected_ids(600)
 
 
+def test_a_connection_lost_at_a_folders_status_is_not_a_missing_folder(
+        tmp_path: Path, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """imapclient's errors include a dropped connection (IMAP4.abort): it was reported as
+    "folder 'INBOX' not found", and the scan went on to the next folder on a dead socket."""
+    from worker.mailbox.imap import ImapSource
+
+    dovecot.append(mails(3))
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot))
+    store, directory = prepare_store(cfg)
+    status = ImapSource.folder_status
+
+    def dying(self: ImapSource, folder: str):  # type: ignore[no-untyped-def]
+        dovecot.stop(kill=True)
+        return status(self, folder)
+
+    monkeypatch.setattr(ImapSource, "folder_status", dying)
+    rep = run_scan(cfg, store, directory)
+    assert len(rep.errors) == 1 and "connection lost while reading 'INBOX'" in rep.errors[0], rep.errors
+    assert "not found" not in rep.errors[0]
+
+
 def test_a_rejected_login_is_a_clear_error_without_the_password(tmp_path: Path, dovecot: Dovecot) -> None:
     cfg = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot)
     env = {"CW_TEST_IMAP_PASSWORD": "Wr0ng-Secret-123"}

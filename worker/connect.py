@@ -10,6 +10,7 @@ everything is let go. Nothing is read, written, migrated or sent.
 
 from __future__ import annotations
 
+import imaplib
 import os
 import re
 from dataclasses import dataclass, field
@@ -81,6 +82,8 @@ def check_mailbox(mb: MailboxConfig) -> Check:
                                f"{mb.scan_interval_minutes:g} minute(s) (scan_interval_minutes)")
     except CarewatchError as exc:
         check.fail(_without_where(str(exc), mb), exc.exit_code)
+    except (OSError, EOFError, imaplib.IMAP4.error) as exc:  # the server went away mid-check
+        check.fail(f"connection lost: {exc or type(exc).__name__}", ExitCode.MAILBOX)
     finally:
         source.close()
     return check

@@ -285,6 +285,8 @@ class ImapSource(MailboxSource):
         self._odd_shape = False
         try:
             info = self.c.select_folder(folder, readonly=True)
+        except imaplib.IMAP4.abort:
+            raise  # the connection is gone (imapclient's errors include it): not a missing folder
         except IMAPClientError as exc:
             raise FolderMissingError(f"{self._where()}: cannot open folder {folder!r} (the server says: {_reason(exc)})"
                                      f"{self.not_found_hint(folder)}") from None
@@ -295,6 +297,8 @@ class ImapSource(MailboxSource):
         self._settle()
         try:
             st = self.c.folder_status(folder, [b"UIDNEXT", b"UIDVALIDITY", b"MESSAGES"])
+        except imaplib.IMAP4.abort:
+            raise  # the connection is gone: not a missing folder
         except IMAPClientError as exc:
             raise FolderMissingError(f"{self._where()}: folder {folder!r} not found (the server says: {_reason(exc)})"
                                      f"{self.not_found_hint(folder)}") from None
