@@ -80,6 +80,12 @@ namespace inbox {{
     special_use = \\Sent
     auto = create
   }}
+  mailbox Drafts {{
+    special_use = \\Drafts
+  }}
+  mailbox Junk {{
+    special_use = \\Junk
+  }}
 }}
 service imap-login {{
   inet_listener imap {{

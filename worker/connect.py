@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from .config import Config, MailboxConfig
 from .errors import CarewatchError, ExitCode, FolderMissingError, StoreError
+from .mailbox.base import is_pattern, pattern_matches
 
 
 @dataclass
@@ -62,7 +63,14 @@ def check_mailbox(mb: MailboxConfig) -> Check:
         if mb.kind == "imap":
             check.lines.append(f"logged in as {mb.username!r}"
                                + (" with XOAUTH2" if mb.auth == "xoauth2" else ""))
-        for folder in mb.folders:
+        folders = source.folders_to_scan(mb.folders)
+        for pattern in [f for f in mb.folders if is_pattern(f)]:
+            found = [f for f in folders if f not in mb.folders and pattern_matches(pattern, f)]
+            if found:
+                check.lines.append(f"{pattern}: matches {len(found)} folder(s)")
+            else:
+                check.notes.append(f"{pattern!r} matches no folder now (drafts, junk and trash are never matched)")
+        for folder in folders:
             try:
                 st = source.folder_status(folder)
             except FolderMissingError as exc:
@@ -70,11 +78,11 @@ def check_mailbox(mb: MailboxConfig) -> Check:
             else:
                 check.lines.append(f"{folder}: {st.messages:,} message(s)")
         try:
-            folders = source.list_folders()
+            listed = source.list_folders()
         except CarewatchError:
-            folders = []
-        sent = [f.name for f in folders if f.special_use == "\\Sent"]
-        if check.ok and sent and not set(sent) & set(mb.folders):  # (a missing folder's hint names it)
+            listed = []
+        sent = [f.name for f in listed if f.special_use == "\\Sent"]
+        if check.ok and sent and not set(sent) & set(folders):  # (a missing folder's hint names it)
             check.notes.append(f"the server's sent folder {sent[0]!r} is not in folders: the firm's replies "
                                "are only seen in the folders scanned")
         if mb.kind == "imap" and mb.idle and not getattr(source, "supports_idle", lambda: False)():

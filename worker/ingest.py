@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlmodel import col
 from sqlmodel import select as sm_select
 
 from . import defaults
@@ -30,7 +31,7 @@ from .errors import FolderMissingError, MailboxError, StoreError
 from .fetchproc import FetchHelper
 from .headers import ParsedMessage
 from .mailbox import MailboxSource, open_source
-from .mailbox.base import Item
+from .mailbox.base import Item, folder_selected, is_pattern
 from .parsing import PreparedBatch, classified, collected_per_batch, prepared_batches
 from .store.db import Store, describe_db_error
 from .store.models import AlertCommand, Contact, FolderState, Message, MessageContact, SkippedMessage
@@ -169,8 +170,41 @@ class Ingestor:
             except MailboxError as exc:
                 log.error("%s", exc)
                 report.errors.append(str(exc))
-                self.record_error(mb.name, mb.folders, str(exc))
+                self.record_error(mb.name, self._known_folders(mb), str(exc))
         return report
+
+    def _known_folders(self, mb: MailboxConfig) -> list[str]:
+        """The folders of `mb` the config asks for: those it names, and those with a scan state
+        that one of its patterns matches."""
+        named = [f for f in mb.folders if not is_pattern(f)]
+        if len(named) == len(mb.folders):
+            return named
+        try:
+            with self.store.session() as db:
+                names = db.execute(select(col(FolderState.folder))
+                                   .where(col(FolderState.mailbox) == mb.name)).scalars().all()
+        except (StoreError, OperationalError, DBAPIError):
+            return named  # the error is logged and reported either way
+        return list(dict.fromkeys(named + [n for n in names if folder_selected(mb.folders, n)]))
+
+    def _forget_vanished(self, mb: MailboxConfig, folders: list[str]) -> None:
+        """Drop the scan state of folders a pattern matched before and matches no more (a
+        client's folder deleted or renamed on the server): it would otherwise never be scanned
+        again and look stale to /healthz for ever. The messages read from it are kept."""
+        patterns = [f for f in mb.folders if is_pattern(f)]
+        if not patterns:
+            return
+        with self.store.session() as db:
+            names = db.execute(select(col(FolderState.folder))
+                                   .where(col(FolderState.mailbox) == mb.name)).scalars().all()
+            gone = [n for n in names if n not in folders and n not in mb.folders and folder_selected(patterns, n)]
+            if gone:
+                db.execute(delete(FolderState).where(col(FolderState.mailbox) == mb.name,
+                                                     col(FolderState.folder).in_(gone)))
+                db.commit()
+        for n in gone:
+            log.info("mailbox %s: folder %r is no longer on the server (or no longer matched): its scan "
+                     "state is dropped; the messages read from it are kept", mb.name, n)
 
     def scan_mailbox(self, mb: MailboxConfig, source: MailboxSource,
                      errors: list[str] | None = None) -> list[FolderReport]:
@@ -183,7 +217,9 @@ class Ingestor:
     def _scan_folders(self, mb: MailboxConfig, source: MailboxSource, helper: FetchHelper,
                       errors: list[str] | None) -> list[FolderReport]:
         out = []
-        for folder in mb.folders:
+        folders = source.folders_to_scan(mb.folders)
+        self._forget_vanished(mb, folders)
+        for folder in folders:
             if self.stop.is_set():
                 break
             try:

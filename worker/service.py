@@ -29,6 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select, text
+from sqlmodel import col
 
 from .alerts import AlertDesk
 from .app import prepare_store
@@ -37,6 +38,7 @@ from .errors import CarewatchError, MailboxAuthError
 from .ingest import Ingestor
 from .locks import exclusive
 from .mailbox import open_source
+from .mailbox.base import folder_selected, is_pattern
 from .metrics import HealthServer, Metrics
 from .notify.outbox import deliver
 from .notify.transport import make_transport
@@ -185,7 +187,7 @@ class Worker:
     def idle_loop(self, mb: MailboxConfig) -> None:
         """Wait for the server to announce new mail, then wake the scan. Reconnect with backoff."""
         failures = 0
-        folder = mb.folders[0]
+        folder = next((f for f in mb.folders if not is_pattern(f)), "INBOX")  # IDLE watches one folder
         while not self.stop.is_set():
             try:
                 with open_source(mb) as src:
@@ -232,19 +234,25 @@ class Worker:
             with self.store.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             with self.store.session() as db:
-                rows = db.execute(select(FolderState.mailbox, func.min(FolderState.last_ok_at))
-                                  .group_by(FolderState.mailbox)).all()
+                rows = db.execute(select(col(FolderState.mailbox), col(FolderState.folder),
+                                         col(FolderState.last_ok_at))).all()
         except Exception as exc:  # noqa: BLE001
             return False, {"store": f"unreachable: {exc}"}
         detail["store"] = "ok"
-        last = dict(rows)
         ok = True
         now = utcnow()
         for mb in self.settings.mailboxes:
-            stale = timedelta(minutes=mb.scan_interval_minutes * self.settings.service.health_stale_intervals)
-            seen = last.get(mb.name)
-            fresh = seen is not None and now - seen <= max(stale, timedelta(seconds=30))
-            detail["mailboxes"][mb.name] = {"last_ok": seen.isoformat() + "Z" if seen else None, "ok": fresh}
+            # Only the folders the config asks for now: a folder taken out of the config keeps
+            # its state (to resume if it comes back), and made the mailbox stale for ever.
+            last: dict[str, datetime | None] = {f: None for f in mb.folders if not is_pattern(f)}
+            last.update({f: t for m, f, t in rows if m == mb.name and folder_selected(mb.folders, f)})
+            limit = max(timedelta(minutes=mb.scan_interval_minutes * self.settings.service.health_stale_intervals),
+                        timedelta(seconds=30))
+            stale = sorted(f for f, t in last.items() if t is None or now - t > limit)
+            seen = min((t for t in last.values() if t is not None), default=None)
+            fresh = bool(last) and not stale
+            detail["mailboxes"][mb.name] = {"last_ok": seen.isoformat() + "Z" if seen else None, "ok": fresh,
+                                            "stale_folders": stale}
             ok = ok and fresh
         return ok, detail
 

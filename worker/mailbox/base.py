@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from abc import ABC, abstractmethod
 from array import array
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -76,9 +77,48 @@ class FolderInfo:
 
     name: str
     special_use: str | None = None
+    #: The hierarchy delimiter the server gives it ("/" on Dovecot, "." on some servers).
+    delimiter: str = "/"
 
     def label(self) -> str:
         return f"{self.name!r} ({self.special_use})" if self.special_use else repr(self.name)
+
+
+def is_pattern(folder: str) -> bool:
+    """A configured folder with IMAP LIST wildcards: "*" matches anything, "%" anything
+    within one level ("Clients/*" is every folder under Clients, "Clients/%" the first level)."""
+    return "*" in folder or "%" in folder
+
+
+def pattern_matches(pattern: str, name: str, delimiter: str = "/") -> bool:
+    rx = "".join(".*" if ch == "*" else f"[^{re.escape(delimiter)}]*" if ch == "%" else re.escape(ch)
+                 for ch in pattern)
+    return re.fullmatch(rx, name, re.S) is not None
+
+
+def folder_selected(configured: Sequence[str], name: str) -> bool:
+    """Whether the folder `name` is one the config asks for, by name or by a pattern."""
+    return any(pattern_matches(c, name) if is_pattern(c) else c == name for c in configured)
+
+
+#: What a pattern never picks up (RFC 6154 marks): drafts were never sent, so a draft to a
+#: client would read as a reply; junk is not correspondence; trash, "All Mail" (Gmail) and
+#: "Flagged" hold copies of what other folders have. Named in full, any of them is scanned.
+NOT_BY_PATTERN = frozenset({"\\Drafts", "\\Junk", "\\Trash", "\\All", "\\Flagged"})
+
+
+def folders_to_scan(configured: Sequence[str], listed: Sequence[FolderInfo]) -> list[str]:
+    """The configured folders in their order, each pattern replaced by the folders it matches
+    in `listed` (in its order), each folder once."""
+    out: dict[str, None] = {}
+    for entry in configured:
+        if not is_pattern(entry):
+            out.setdefault(entry, None)
+            continue
+        for f in listed:
+            if f.special_use not in NOT_BY_PATTERN and pattern_matches(entry, f.name, f.delimiter):
+                out.setdefault(f.name, None)
+    return list(out)
 
 
 #: How many folder names a "not found" message lists before it says "and N more".
@@ -113,6 +153,13 @@ class MailboxSource(ABC):
     name: str
     #: The folders the config names for this mailbox (a "not found" hint leaves them out).
     configured: Sequence[str] = ()
+
+    def folders_to_scan(self, configured: Sequence[str]) -> list[str]:
+        """The configured folders, each pattern ("Clients/*") replaced by the folders it
+        matches now. Lists the folders only when there is a pattern."""
+        if not any(is_pattern(f) for f in configured):
+            return list(configured)
+        return folders_to_scan(configured, self.list_folders())
 
     def not_found_hint(self, folder: str) -> str:
         """For a "folder not found" message: "; " and what to write instead, or ""."""

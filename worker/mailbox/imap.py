@@ -168,7 +168,8 @@ def chunk_by_command_length(uids: list[int], max_count: int, max_bytes: int) -> 
 
 
 #: RFC 6154 attributes: which folder holds sent mail, drafts...
-SPECIAL_USE = frozenset({b"\\All", b"\\Archive", b"\\Drafts", b"\\Flagged", b"\\Junk", b"\\Sent", b"\\Trash"})
+SPECIAL_USE = {m.lower().encode(): m for m in ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk",
+                                               "\\Sent", "\\Trash")}
 
 
 def _reason(exc: Exception) -> str:
@@ -312,11 +313,13 @@ class ImapSource(MailboxSource):
         except IMAPClientError as exc:
             raise MailboxError(f"{self._where()}: cannot list folders: {_reason(exc)}") from None
         out = []
-        for flags, _delimiter, name in listed:
-            if b"\\Noselect" in flags or b"\\NonExistent" in flags:  # a level of the hierarchy, not a folder
+        for flags, delimiter, name in listed:
+            marks = {f.lower() for f in flags}  # attributes are case-insensitive (RFC 3501)
+            if b"\\noselect" in marks or b"\\nonexistent" in marks:  # a level of the hierarchy, not a folder
                 continue
-            special = next((f.decode() for f in flags if f in SPECIAL_USE), None)
-            out.append(FolderInfo(name if isinstance(name, str) else name.decode(errors="replace"), special))
+            special = next((SPECIAL_USE[m] for m in marks if m in SPECIAL_USE), None)
+            out.append(FolderInfo(name if isinstance(name, str) else name.decode(errors="replace"), special,
+                                  delimiter.decode() if isinstance(delimiter, bytes) else delimiter or "/"))
         return sorted(out, key=lambda f: (f.name.upper() != "INBOX", f.name.casefold()))
 
     def new_items(self, folder: str, after_cursor: int) -> UidItems:

@@ -1,0 +1,184 @@
+"""Which folders a scan reads: patterns ("Clients/*") for mail filed by client, folders that
+come and go on the server, and /healthz looking only at the folders the config asks for."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import maildir_config, write_config
+from servers import Dovecot
+from sqlalchemy import select, update
+from sqlmodel import col
+
+from worker.app import prepare_store, run_scan
+from worker.config import load_config
+from worker.mailbox.base import FolderInfo, folder_selected, folders_to_scan
+from worker.store.models import FolderState, Message
+from worker.synth import build_message
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+def mail(key: str, sender: str = "alice@acme.example", to: str = "shared@firm.example") -> bytes:
+    return build_message(sender=sender, to=[to], subject=f"About {key}", date=T0,
+                         message_id=f"<{key}@test>")
+
+
+def stored(store) -> set[str]:  # type: ignore[no-untyped-def]
+    with store.session() as db:
+        return set(db.execute(select(Message.message_id)).scalars())
+
+
+def states(store) -> set[str]:  # type: ignore[no-untyped-def]
+    with store.session() as db:
+        return set(db.execute(select(FolderState.folder)).scalars())
+
+
+LISTED = [FolderInfo("INBOX"), FolderInfo("Clients/Acme"), FolderInfo("Clients/Globex"),
+          FolderInfo("Clients/Globex/2025"), FolderInfo("Drafts", "\\Drafts"), FolderInfo("Junk", "\\Junk"),
+          FolderInfo("Sent", "\\Sent"), FolderInfo("Trash", "\\Trash"), FolderInfo("[Gmail]/All Mail", "\\All")]
+
+
+def test_star_matches_every_level_and_percent_one() -> None:
+    assert folders_to_scan(["INBOX", "Clients/*"], LISTED) == \
+        ["INBOX", "Clients/Acme", "Clients/Globex", "Clients/Globex/2025"]
+    assert folders_to_scan(["Clients/%"], LISTED) == ["Clients/Acme", "Clients/Globex"]
+    dotted = [FolderInfo("INBOX", None, "."), FolderInfo("Clients.Acme", None, "."),
+              FolderInfo("Clients.Acme.Old", None, ".")]
+    assert folders_to_scan(["Clients.%"], dotted) == ["Clients.Acme"]
+
+
+def test_a_pattern_skips_drafts_junk_trash_and_copies_but_a_name_does_not() -> None:
+    """A draft to a client was never sent: read as outbound mail it would pass for a reply."""
+    assert folders_to_scan(["*"], LISTED) == ["INBOX", "Clients/Acme", "Clients/Globex", "Clients/Globex/2025",
+                                              "Sent"]
+    assert folders_to_scan(["Sent", "*", "Trash"], LISTED) == ["Sent", "INBOX", "Clients/Acme", "Clients/Globex",
+                                                               "Clients/Globex/2025", "Trash"]
+    assert folders_to_scan(["INBOX", "Missing"], LISTED) == ["INBOX", "Missing"]  # a name stays, to be reported
+
+
+def test_folder_selected_by_name_or_pattern() -> None:
+    assert folder_selected(["INBOX", "Clients/*"], "Clients/Acme")
+    assert folder_selected(["INBOX", "Clients/*"], "INBOX")
+    assert not folder_selected(["INBOX", "Clients/*"], "Sent")
+    assert not folder_selected(["Clients/%"], "Clients/Acme/Old")
+
+
+def test_patterns_read_client_folders_as_they_come_and_go(
+        tmp_path: Path, dovecot: Dovecot, caplog: pytest.LogCaptureFixture) -> None:
+    for folder in ("Clients/Acme", "Clients/Globex", "Drafts", "Junk"):
+        dovecot.doveadm("mailbox", "create", "-u", dovecot.user, folder)
+    dovecot.append([mail("in")])
+    dovecot.append([mail("acme")], "Clients/Acme")
+    dovecot.append([mail("globex", sender="gina@globex.example")], "Clients/Globex")
+    dovecot.append([mail("draft", sender="olivia@firm.example", to="alice@acme.example")], "Drafts")
+    dovecot.append([mail("junk", sender="win@prize.example")], "Junk")
+    cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot)
+    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX", "Sent"]', 'folders = ["INBOX", "Sent", "*"]'))
+    cfg = load_config(cfg_path)
+    store, directory = prepare_store(cfg)
+
+    rep = run_scan(cfg, store, directory)
+    assert rep.ok, rep.errors
+    assert [f.folder for f in rep.folders] == ["INBOX", "Sent", "Clients/Acme", "Clients/Globex"]
+    assert stored(store) == {"<in@test>", "<acme@test>", "<globex@test>"}  # no draft, no junk
+
+    # A client's folder is added and another one deleted on the server.
+    dovecot.doveadm("mailbox", "create", "-u", dovecot.user, "Clients/Initech")
+    dovecot.append([mail("initech", sender="ian@initech.example")], "Clients/Initech")
+    dovecot.doveadm("mailbox", "delete", "-u", dovecot.user, "-s", "Clients/Acme")
+    with caplog.at_level(logging.INFO, logger="worker.ingest"):
+        rep = run_scan(cfg, store, directory)
+    assert rep.ok, rep.errors
+    assert [(f.folder, f.stored) for f in rep.folders] == [("INBOX", 0), ("Sent", 0), ("Clients/Globex", 0),
+                                                           ("Clients/Initech", 1)]
+    assert "<acme@test>" in stored(store) and "<initech@test>" in stored(store)  # messages are kept
+    assert "Clients/Acme" not in states(store)  # its state would be stale for ever
+    assert "folder 'Clients/Acme' is no longer on the server" in caplog.text
+
+
+def test_a_mailbox_level_error_is_recorded_on_the_folders_a_pattern_found(
+        tmp_path: Path, dovecot: Dovecot) -> None:
+    dovecot.doveadm("mailbox", "create", "-u", dovecot.user, "Clients/Acme")
+    cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot)
+    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX", "Sent"]', 'folders = ["INBOX", "Clients/*"]'))
+    cfg = load_config(cfg_path)
+    store, directory = prepare_store(cfg)
+    assert run_scan(cfg, store, directory).ok
+    dovecot.stop()
+    assert not run_scan(cfg, store, directory).ok
+    with store.session() as db:
+        errors = dict(db.execute(select(FolderState.folder, FolderState.last_error)).all())
+    assert set(errors) == {"INBOX", "Clients/Acme"} and all("cannot connect" in (e or "") for e in errors.values())
+
+
+def test_patterns_work_on_a_maildir_too(tmp_path: Path) -> None:
+    cfg_path = maildir_config(tmp_path)
+    acme = tmp_path / "md" / ".Clients.Acme"
+    for sub in ("cur", "new", "tmp"):
+        (acme / sub).mkdir(parents=True)
+    (acme / "cur" / "1.host:2,S").write_bytes(mail("acme"))
+    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX", "Sent"]', 'folders = ["INBOX", "Clients/*"]'))
+    cfg = load_config(cfg_path)
+    store, directory = prepare_store(cfg)
+    rep = run_scan(cfg, store, directory)
+    assert rep.ok and [f.folder for f in rep.folders] == ["INBOX", "Clients/Acme"]
+    assert stored(store) == {"<acme@test>"}
+
+
+def test_health_looks_only_at_the_folders_the_config_asks_for(tmp_path: Path) -> None:
+    """A folder taken out of the config keeps its state (to resume if it comes back); its old
+    last_ok_at made /healthz say 503 for ever."""
+    from worker.service import Worker
+
+    cfg_path = maildir_config(tmp_path, [mail("in")])
+    w = Worker(load_config(cfg_path), metrics_port=-1)
+    try:
+        assert run_scan(w.config, w.store, w.directory).ok
+        assert w.health()[0]
+        with w.store.session() as db:  # Sent was last read two days ago
+            db.execute(update(FolderState).where(col(FolderState.folder) == "Sent")
+                       .values(last_ok_at=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2)))
+            db.commit()
+        ok, detail = w.health()
+        assert not ok and detail["mailboxes"]["shared"]["stale_folders"] == ["Sent"]
+    finally:
+        w.store.dispose()
+
+    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX", "Sent"]', 'folders = ["INBOX"]'))
+    w = Worker(load_config(cfg_path), metrics_port=-1)
+    try:
+        ok, detail = w.health()
+        assert ok and detail["mailboxes"]["shared"] == {"last_ok": detail["mailboxes"]["shared"]["last_ok"],
+                                                        "ok": True, "stale_folders": []}
+    finally:
+        w.store.dispose()
+
+    # A folder the config names that has never been read is stale too (a new folder, or a typo).
+    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX"]', 'folders = ["INBOX", "Archive"]'))
+    w = Worker(load_config(cfg_path), metrics_port=-1)
+    try:
+        ok, detail = w.health()
+        assert not ok and detail["mailboxes"]["shared"]["stale_folders"] == ["Archive"]
+    finally:
+        w.store.dispose()
+
+
+def test_validate_connect_expands_patterns(tmp_path: Path, dovecot: Dovecot) -> None:
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    dovecot.doveadm("mailbox", "create", "-u", dovecot.user, "Clients/Acme")
+    dovecot.append([mail("acme")], "Clients/Acme")
+    cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot)
+    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX", "Sent"]',
+                                                     'folders = ["INBOX", "Sent", "Clients/*", "Archive/*"]'))
+    r = CliRunner().invoke(app, ["--config", str(cfg_path), "validate", "--connect"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 0, out
+    assert "Clients/*: matches 1 folder(s)" in out and "Clients/Acme: 1 message(s)" in out
+    assert "note: 'Archive/*' matches no folder now" in out
