@@ -241,6 +241,8 @@ class RichFolderProgress:
 
     def start(self, mailbox: str, folder: str, total: int) -> None:
         if total:
+            # A folder found by a pattern may be longer than every name in the config.
+            self.label_width = max(self.label_width, len(f"{mailbox}/{folder}"))
             label = TextColumn("{task.description}", table_column=Column(min_width=self.label_width))
             self.p = RichProgress(label, BarColumn(), MofNCompleteColumn(),
                                   TimeRemainingColumn(), console=self.console, transient=False)
