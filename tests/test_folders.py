@@ -3,6 +3,7 @@ come and go on the server, and /healthz looking only at the folders the config a
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -182,3 +183,27 @@ def test_validate_connect_expands_patterns(tmp_path: Path, dovecot: Dovecot) -> 
     assert r.exit_code == 0, out
     assert "Clients/*: matches 1 folder(s)" in out and "Clients/Acme: 1 message(s)" in out
     assert "note: 'Archive/*' matches no folder now" in out
+
+
+def test_status_and_check_say_when_the_mail_they_count_is_not_read_or_out_of_date(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    runner = CliRunner()
+    cfg = maildir_config(tmp_path, [mail("in")])
+    never = "note: mailbox 'shared' has not been read yet: run `carewatch scan` (or add --scan)"
+    for cmd in (["status"], ["status", "--json"], ["check", "--dry-run"]):
+        r = runner.invoke(app, ["--config", str(cfg), *cmd])
+        assert r.exit_code == 0 and never in " ".join(r.output.split()), r.output
+        if "--json" in cmd:
+            assert json.loads(r.stdout)["messages_considered"] == 0  # the note is on stderr
+    r = runner.invoke(app, ["--config", str(cfg), "status", "--scan"])
+    assert r.exit_code == 0 and "note" not in r.output, r.output
+    # Three days on, with no worker reading the mailbox.
+    later = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    r = runner.invoke(app, ["--config", str(cfg), "status", "--now", later])
+    assert "note: mailbox 'shared' was last read 3 days ago: newer mail is not counted" in " ".join(r.output.split())
+    # A replay of a moment before the scan says nothing.
+    r = runner.invoke(app, ["--config", str(cfg), "status", "--now", "2026-11-01T10:00:00Z"])
+    assert r.exit_code == 0 and "note" not in r.output, r.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime, timedelta
 
 from .classify import Directory
 from .config import Config
@@ -60,3 +61,39 @@ def run_scan(config: Config, store: Store, directory: Directory,
         report.folders += one.folders
         report.errors += one.errors
     return report
+
+
+#: A mailbox last read longer ago than this many of its scan intervals (and at least an hour)
+#: is out of date for a status or check run by hand.
+STALE_INTERVALS = 3
+
+
+def scan_notes(config: Config, store: Store, now: datetime) -> list[str]:
+    """What a status or check run by hand should say about the mail it is based on: a mailbox
+    never read (every contact reads "never" until it is), or one not read for a while (the
+    worker stopped?). Judged at `now`, so a replay of the past says nothing."""
+    from sqlmodel import col, select
+
+    from .mailbox.base import folder_selected, is_pattern
+    from .store.models import FolderState
+
+    with store.session() as db:
+        rows = db.execute(select(col(FolderState.mailbox), col(FolderState.folder),
+                                 col(FolderState.last_ok_at))).all()
+    notes = []
+    for mb in config.settings.mailboxes:
+        read = {f: t for m, f, t in rows if m == mb.name and t is not None and folder_selected(mb.folders, f)}
+        named = [f for f in mb.folders if not is_pattern(f)]
+        if not read:
+            notes.append(f"mailbox {mb.name!r} has not been read yet: run `carewatch scan` (or add --scan); "
+                         "until then its contacts show no mail")
+            continue
+        oldest = min(read.get(f) or datetime.min for f in named) if named else min(read.values())
+        age = now - oldest
+        if age > max(timedelta(minutes=mb.scan_interval_minutes * STALE_INTERVALS), timedelta(hours=1)):
+            hours = age.total_seconds() / 3600
+            when = ("never" if oldest == datetime.min
+                    else f"{hours:.0f} hours ago" if hours < 48 else f"{hours / 24:.0f} days ago")
+            notes.append(f"mailbox {mb.name!r} was last read {when}: newer mail is not counted "
+                         "(is the worker running? add --scan to read it now)")
+    return notes

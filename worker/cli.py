@@ -371,6 +371,14 @@ def render_status(picture: Any, console: Console) -> None:
                   f"{picture.messages_considered} message(s) considered")
 
 
+def _print_scan_notes(store: Any, at: datetime) -> None:
+    """On stderr, so that --json output stays one document."""
+    from .app import scan_notes
+
+    for note in scan_notes(state.config(), store, at):
+        err.print(f"[yellow]note[/]: {escape(note)}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 @handled
 def status(
@@ -387,6 +395,7 @@ def status(
     at = parse_now(now)
     with opened_store(scan=scan_first) as (store, _):
         picture = evaluate(store, state.config(), at, client_filter=client)
+        _print_scan_notes(store, at)
     if client and not picture.clients:
         raise ConfigError([f"--client {client!r}: no such client in the configuration"])
     if as_json:
@@ -416,6 +425,7 @@ def check(
     at = parse_now(now)
     with opened_store(scan=scan_first) as (store, _):
         report = AlertDesk(store, state.config()).check(at, dry_run=dry_run)
+        _print_scan_notes(store, at)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
         return
