@@ -3,7 +3,9 @@ CAREWATCH_TEST_POSTGRES_URL is set). In CI (CI=true) a missing server fails the 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -190,6 +192,14 @@ def write_config(
         + extra
     )
     return p
+
+
+def set_folders(cfg_path: Path, *folders: str) -> Path:
+    """Rewrite the config's `folders = [...]` line (the one mailbox of FIRM_TOML)."""
+    text, n = re.subn(r"(?m)^folders = .*$", lambda _: "folders = " + json.dumps(list(folders)), cfg_path.read_text())
+    assert n == 1
+    cfg_path.write_text(text)
+    return cfg_path
 
 
 def maildir_config(tmp_path: Path, raws: list[bytes] | None = None) -> Path:

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import PG_URL, maildir_config, write_config
+from conftest import PG_URL, maildir_config, set_folders, write_config
 from servers import Dovecot, SmtpSink, free_port
 from test_failures import mails
 from typer.testing import CliRunner
@@ -21,10 +21,10 @@ runner = CliRunner()
 
 
 def smtp_config(tmp_path: Path, dovecot: Dovecot, smtp: SmtpSink, monkeypatch: pytest.MonkeyPatch,
-                folders: str = '["INBOX", "Sent"]', db: str | None = None) -> Path:
+                folders: tuple[str, ...] = ("INBOX", "Sent"), db: str | None = None) -> Path:
     section = f'\n[notify.smtp]\nhost = "127.0.0.1"\nport = {smtp.port}\ntls = "none"\nallow_plaintext = true\n'
     p = write_config(tmp_path, db or f"sqlite:///{tmp_path / 'data' / 'cw.db'}", dovecot, extra=section)
-    p.write_text(p.read_text().replace('folders = ["INBOX", "Sent"]', f"folders = {folders}"))
+    set_folders(p, *folders)
     monkeypatch.setenv("CAREWATCH__NOTIFY__TRANSPORT", '"smtp"')
     return p
 
@@ -63,7 +63,7 @@ def test_a_folder_the_server_names_otherwise_gets_the_servers_names(
     """Exchange says "Sent Items", Dovecot "Sent", Gmail "[Gmail]/Sent Mail": the config
     written for one server names a folder another does not have."""
     dovecot.doveadm("mailbox", "create", "-u", dovecot.user, "Archive/2024")
-    cfg = smtp_config(tmp_path, dovecot, smtp, monkeypatch, folders='["INBOX", "Sent Items", "archive/2024"]')
+    cfg = smtp_config(tmp_path, dovecot, smtp, monkeypatch, folders=("INBOX", "Sent Items", "archive/2024"))
     code, out = connect(cfg)
     assert code == 4, out
     assert "folder 'Sent Items' not found (the server says: Mailbox doesn't exist: Sent Items)" in out
@@ -80,7 +80,7 @@ def test_a_folder_the_server_names_otherwise_gets_the_servers_names(
 
 def test_a_maildir_folder_gets_the_same_hint(tmp_path: Path) -> None:
     cfg = maildir_config(tmp_path)
-    cfg.write_text(cfg.read_text().replace('folders = ["INBOX", "Sent"]', 'folders = ["INBOX", "sent"]'))
+    set_folders(cfg, "INBOX", "sent")
     code, out = connect(cfg)
     assert code == 4 and "folder 'sent' not found" in out and "did you mean 'Sent'?" in out, out
     assert "its folders are 'INBOX', 'Sent'" in out
@@ -88,7 +88,7 @@ def test_a_maildir_folder_gets_the_same_hint(tmp_path: Path) -> None:
 
 def test_no_sent_folder_scanned_is_a_note_not_a_failure(
         tmp_path: Path, dovecot: Dovecot, smtp: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = smtp_config(tmp_path, dovecot, smtp, monkeypatch, folders='["INBOX"]')
+    cfg = smtp_config(tmp_path, dovecot, smtp, monkeypatch, folders=("INBOX",))
     code, out = connect(cfg)
     assert code == 0, out
     assert "note: the server's sent folder 'Sent' is not in folders" in " ".join(out.split())

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import maildir_config, write_config
+from conftest import maildir_config, set_folders, write_config
 from servers import Dovecot, SmtpSink, self_signed
 from sqlalchemy import event, func, select, text
 from typer.testing import CliRunner
@@ -110,7 +110,7 @@ def test_a_rejected_login_is_a_clear_error_without_the_password(tmp_path: Path, 
 def test_a_deleted_folder_does_not_stop_the_others(tmp_path: Path, dovecot: Dovecot) -> None:
     dovecot.append(mails(3))
     cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot)
-    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX", "Sent"]', 'folders = ["Gone", "INBOX"]'))
+    set_folders(cfg_path, "Gone", "INBOX")
     r = runner.invoke(app, ["--config", str(cfg_path), "scan"])
     assert r.exit_code == 4 and "Gone" in r.output
     cfg = load_config(cfg_path)

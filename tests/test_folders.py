@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import maildir_config, write_config
+from conftest import maildir_config, set_folders, write_config
 from servers import Dovecot
 from sqlalchemy import select, update
 from sqlmodel import col
@@ -78,7 +78,7 @@ def test_patterns_read_client_folders_as_they_come_and_go(
     dovecot.append([mail("draft", sender="olivia@firm.example", to="alice@acme.example")], "Drafts")
     dovecot.append([mail("junk", sender="win@prize.example")], "Junk")
     cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot)
-    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX", "Sent"]', 'folders = ["INBOX", "Sent", "*"]'))
+    set_folders(cfg_path, "INBOX", "Sent", "*")
     cfg = load_config(cfg_path)
     store, directory = prepare_store(cfg)
 
@@ -105,7 +105,7 @@ def test_a_mailbox_level_error_is_recorded_on_the_folders_a_pattern_found(
         tmp_path: Path, dovecot: Dovecot) -> None:
     dovecot.doveadm("mailbox", "create", "-u", dovecot.user, "Clients/Acme")
     cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot)
-    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX", "Sent"]', 'folders = ["INBOX", "Clients/*"]'))
+    set_folders(cfg_path, "INBOX", "Clients/*")
     cfg = load_config(cfg_path)
     store, directory = prepare_store(cfg)
     assert run_scan(cfg, store, directory).ok
@@ -122,7 +122,7 @@ def test_patterns_work_on_a_maildir_too(tmp_path: Path) -> None:
     for sub in ("cur", "new", "tmp"):
         (acme / sub).mkdir(parents=True)
     (acme / "cur" / "1.host:2,S").write_bytes(mail("acme"))
-    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX", "Sent"]', 'folders = ["INBOX", "Clients/*"]'))
+    set_folders(cfg_path, "INBOX", "Clients/*")
     cfg = load_config(cfg_path)
     store, directory = prepare_store(cfg)
     rep = run_scan(cfg, store, directory)
@@ -130,42 +130,39 @@ def test_patterns_work_on_a_maildir_too(tmp_path: Path) -> None:
     assert stored(store) == {"<acme@test>"}
 
 
+def health_with(cfg_path: Path, *folders: str, scan: bool = False, sent_read: timedelta | None = None
+                ) -> tuple[bool, dict]:
+    """/healthz's answer for the config with these folders, after a scan and with Sent last
+    read that long ago, if asked."""
+    from worker.service import Worker
+
+    w = Worker(load_config(set_folders(cfg_path, *folders)), metrics_port=-1)
+    try:
+        if scan:
+            assert run_scan(w.config, w.store, w.directory).ok
+        if sent_read is not None:
+            with w.store.session() as db:
+                db.execute(update(FolderState).where(col(FolderState.folder) == "Sent")
+                           .values(last_ok_at=datetime.now(UTC).replace(tzinfo=None) - sent_read))
+                db.commit()
+        ok, detail = w.health()
+        return ok, detail["mailboxes"]["shared"]
+    finally:
+        w.store.dispose()
+
+
 def test_health_looks_only_at_the_folders_the_config_asks_for(tmp_path: Path) -> None:
     """A folder taken out of the config keeps its state (to resume if it comes back); its old
     last_ok_at made /healthz say 503 for ever."""
-    from worker.service import Worker
-
     cfg_path = maildir_config(tmp_path, [mail("in")])
-    w = Worker(load_config(cfg_path), metrics_port=-1)
-    try:
-        assert run_scan(w.config, w.store, w.directory).ok
-        assert w.health()[0]
-        with w.store.session() as db:  # Sent was last read two days ago
-            db.execute(update(FolderState).where(col(FolderState.folder) == "Sent")
-                       .values(last_ok_at=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2)))
-            db.commit()
-        ok, detail = w.health()
-        assert not ok and detail["mailboxes"]["shared"]["stale_folders"] == ["Sent"]
-    finally:
-        w.store.dispose()
-
-    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX", "Sent"]', 'folders = ["INBOX"]'))
-    w = Worker(load_config(cfg_path), metrics_port=-1)
-    try:
-        ok, detail = w.health()
-        assert ok and detail["mailboxes"]["shared"] == {"last_ok": detail["mailboxes"]["shared"]["last_ok"],
-                                                        "ok": True, "stale_folders": []}
-    finally:
-        w.store.dispose()
-
+    assert health_with(cfg_path, "INBOX", "Sent", scan=True)[0]
+    ok, shared = health_with(cfg_path, "INBOX", "Sent", sent_read=timedelta(days=2))
+    assert not ok and shared["stale_folders"] == ["Sent"]
+    ok, shared = health_with(cfg_path, "INBOX")
+    assert ok and shared["ok"] and shared["stale_folders"] == [] and shared["last_ok"]
     # A folder the config names that has never been read is stale too (a new folder, or a typo).
-    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX"]', 'folders = ["INBOX", "Archive"]'))
-    w = Worker(load_config(cfg_path), metrics_port=-1)
-    try:
-        ok, detail = w.health()
-        assert not ok and detail["mailboxes"]["shared"]["stale_folders"] == ["Archive"]
-    finally:
-        w.store.dispose()
+    ok, shared = health_with(cfg_path, "INBOX", "Archive")
+    assert not ok and shared["stale_folders"] == ["Archive"]
 
 
 def test_validate_connect_expands_patterns(tmp_path: Path, dovecot: Dovecot) -> None:
@@ -176,8 +173,7 @@ def test_validate_connect_expands_patterns(tmp_path: Path, dovecot: Dovecot) -> 
     dovecot.doveadm("mailbox", "create", "-u", dovecot.user, "Clients/Acme")
     dovecot.append([mail("acme")], "Clients/Acme")
     cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot)
-    cfg_path.write_text(cfg_path.read_text().replace('folders = ["INBOX", "Sent"]',
-                                                     'folders = ["INBOX", "Sent", "Clients/*", "Archive/*"]'))
+    set_folders(cfg_path, "INBOX", "Sent", "Clients/*", "Archive/*")
     r = CliRunner().invoke(app, ["--config", str(cfg_path), "validate", "--connect"])
     out = " ".join(r.output.split())
     assert r.exit_code == 0, out
