@@ -203,3 +203,37 @@ def test_status_and_check_say_when_the_mail_they_count_is_not_read_or_out_of_dat
     # A replay of a moment before the scan says nothing.
     r = runner.invoke(app, ["--config", str(cfg), "status", "--now", "2026-11-01T10:00:00Z"])
     assert r.exit_code == 0 and "note" not in r.output, r.output
+
+
+def test_contacts_writing_and_the_firm_never_seen_replying_is_called_out(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The commonest wrong set-up: the sent folder (or the owners' own mailboxes) not scanned.
+    Every contact then looks unanswered, and the first check alerts every owner."""
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+    from worker.service import Worker
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    questions = [build_message(sender="alice@acme.example", to=["shared@firm.example"], subject=f"Question {k}",
+                               date=now - timedelta(days=1, minutes=k), message_id=f"<q{k}@test>")
+                 for k in range(20)]
+    cfg = maildir_config(tmp_path, questions)
+    w = Worker(load_config(cfg), metrics_port=-1)
+    try:
+        with caplog.at_level(logging.WARNING):
+            w.scan_job("shared")
+            w.scan_job("shared")  # once a day at most
+    finally:
+        w.store.dispose()
+    warned = [r.getMessage() for r in caplog.records if "none from the firm" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("20 message(s) from contacts in the last 30 days"), warned
+    r = CliRunner().invoke(app, ["--config", str(cfg), "status"])
+    assert "the firm's replies are not in the folders scanned" in " ".join(r.output.split())
+
+    # One reply seen, and the note goes.
+    reply = build_message(sender="olivia@firm.example", to=["alice@acme.example"], subject="Re: Question 0",
+                          date=now - timedelta(hours=1), message_id="<r0@test>", in_reply_to="<q0@test>")
+    (tmp_path / "md" / ".Sent" / "cur" / "r0.host:2,S").write_bytes(reply)
+    r = CliRunner().invoke(app, ["--config", str(cfg), "status", "--scan"])
+    assert r.exit_code == 0 and "note" not in r.output, r.output

@@ -68,6 +68,37 @@ def run_scan(config: Config, store: Store, directory: Directory,
 STALE_INTERVALS = 3
 
 
+#: A firm that received at least this many messages from its contacts in the last
+#: REPLIES_WINDOW_DAYS and was seen writing to none of them is almost certainly not scanning
+#: the folders its replies are in.
+REPLIES_MIN_INBOUND = 20
+REPLIES_WINDOW_DAYS = 30
+
+
+def replies_not_seen(store: Store, now: datetime) -> str | None:
+    """A warning when contacts write and the firm is never seen writing back: its replies are
+    not in the folders scanned (a shared mailbox's sent folder not configured, owners replying
+    from their own mailboxes). Every contact then looks unanswered, and the first check would
+    send every owner an alert for every thread. None when replies are seen."""
+    from sqlmodel import col, func, select
+
+    from .store.models import MessageContact
+
+    since = now - timedelta(days=REPLIES_WINDOW_DAYS)
+    with store.session() as db:
+        counts = dict(db.execute(
+            select(col(MessageContact.inbound), func.count())
+            .where(col(MessageContact.automated).is_(False), col(MessageContact.sent_at) >= since,
+                   col(MessageContact.sent_at) <= now)
+            .group_by(col(MessageContact.inbound))).all())
+    inbound, outbound = counts.get(True, 0), counts.get(False, 0)
+    if inbound < REPLIES_MIN_INBOUND or outbound:
+        return None
+    return (f"{inbound} message(s) from contacts in the last {REPLIES_WINDOW_DAYS} days and none from the firm "
+            "to them: the firm's replies are not in the folders scanned, so every contact looks unanswered "
+            "(README: Where the firm's replies are seen; validate --connect names the server's sent folder)")
+
+
 def scan_notes(config: Config, store: Store, now: datetime) -> list[str]:
     """What a status or check run by hand should say about the mail it is based on: a mailbox
     never read (every contact reads "never" until it is), or one not read for a while (the
@@ -96,4 +127,7 @@ def scan_notes(config: Config, store: Store, now: datetime) -> list[str]:
                     else f"{hours:.0f} hours ago" if hours < 48 else f"{hours / 24:.0f} days ago")
             notes.append(f"mailbox {mb.name!r} was last read {when}: newer mail is not counted "
                          "(is the worker running? add --scan to read it now)")
+    missing = replies_not_seen(store, now)
+    if missing:
+        notes.append(missing)
     return notes

@@ -32,7 +32,7 @@ from sqlalchemy import func, select, text
 from sqlmodel import col
 
 from .alerts import AlertDesk
-from .app import prepare_store
+from .app import prepare_store, replies_not_seen
 from .config import Config, MailboxConfig
 from .errors import CarewatchError, MailboxAuthError
 from .ingest import Ingestor
@@ -77,6 +77,7 @@ class Worker:
             job_defaults={"coalesce": True, "max_instances": 1},
         )
         self.failures: dict[str, int] = {}
+        self.replies_checked_at = -86400.0  # monotonic time of the last replies_not_seen check
         self.not_before: dict[str, float] = {}
         self.signals = 0
         port = self.settings.service.metrics_port if metrics_port is None else metrics_port
@@ -111,8 +112,22 @@ class Worker:
             self.metrics.skipped.labels(name).inc(sum(f.skipped for f in rep.folders))
             if stored:
                 log.info("mailbox %s: %d new message(s)", name, stored)
+                self._warn_if_replies_not_seen()
         if not self.stop.is_set():
             self.check_job()
+
+    def _warn_if_replies_not_seen(self) -> None:
+        """Once a day at most: a warning in the log when the firm's replies are not seen."""
+        if time.monotonic() < self.replies_checked_at + 86400:
+            return
+        self.replies_checked_at = time.monotonic()
+        try:
+            missing = replies_not_seen(self.store, utcnow())
+        except Exception:  # noqa: BLE001 - a diagnostic must never fail a scan
+            log.debug("could not check whether replies are seen", exc_info=True)
+            return
+        if missing:
+            log.warning("%s", missing)
 
     def _scan_failed(self, mb: MailboxConfig, exc: Exception) -> None:
         n = self.failures.get(mb.name, 0) + 1
