@@ -202,11 +202,12 @@ def set_folders(cfg_path: Path, *folders: str) -> Path:
     return cfg_path
 
 
-def maildir_config(tmp_path: Path, raws: list[bytes] | None = None) -> Path:
-    """A config over a local Maildir (INBOX and Sent) holding `raws` in INBOX, on SQLite."""
+def maildir_config(tmp_path: Path, raws: list[bytes] | None = None, db_url: str | None = None) -> Path:
+    """A config over a local Maildir (INBOX and Sent) holding `raws` in INBOX, on SQLite
+    unless `db_url` says otherwise."""
     md = tmp_path / "md"
     for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
         (md / sub).mkdir(parents=True)
     for k, raw in enumerate(raws or []):
         (md / "cur" / f"{k}.host:2,").write_bytes(raw)
-    return write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=md)
+    return write_config(tmp_path, db_url or f"sqlite:///{tmp_path / 'cw.db'}", maildir=md)

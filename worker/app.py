@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timedelta
+from typing import Any
 
 from .classify import Directory
 from .config import Config
@@ -79,24 +80,33 @@ def replies_not_seen(store: Store, now: datetime) -> str | None:
     """A warning when contacts write and the firm is never seen writing back: its replies are
     not in the folders scanned (a shared mailbox's sent folder not configured, owners replying
     from their own mailboxes). Every contact then looks unanswered, and the first check would
-    send every owner an alert for every thread. None when replies are seen."""
-    from sqlmodel import col, func, select
+    send every owner an alert for every thread. None when replies are seen.
 
-    from .store.models import MessageContact
+    Two questions that stop early, each a seek per contact into message_contact's covering
+    index: are there REPLIES_MIN_INBOUND messages from contacts in the window, and is there one
+    to a contact. (Counting them all read the whole index: 0.13 s at 1M messages.)"""
+    from sqlalchemy import exists, literal
+    from sqlmodel import col, select
+
+    from .store.models import Contact, MessageContact
 
     since = now - timedelta(days=REPLIES_WINDOW_DAYS)
+
+    def recent(inbound: bool) -> Any:
+        # One seek per contact into the covering index (contact_id, inbound, automated, sent_at).
+        return select(literal(1)).where(
+            col(MessageContact.contact_id).in_(select(col(Contact.id))), col(MessageContact.inbound).is_(inbound),
+            col(MessageContact.automated).is_(False), col(MessageContact.sent_at) >= since,
+            col(MessageContact.sent_at) <= now)
+
     with store.session() as db:
-        counts = dict(db.execute(
-            select(col(MessageContact.inbound), func.count())
-            .where(col(MessageContact.automated).is_(False), col(MessageContact.sent_at) >= since,
-                   col(MessageContact.sent_at) <= now)
-            .group_by(col(MessageContact.inbound))).all())
-    inbound, outbound = counts.get(True, 0), counts.get(False, 0)
-    if inbound < REPLIES_MIN_INBOUND or outbound:
-        return None
-    return (f"{inbound} message(s) from contacts in the last {REPLIES_WINDOW_DAYS} days and none from the firm "
-            "to them: the firm's replies are not in the folders scanned, so every contact looks unanswered "
-            "(README: Where the firm's replies are seen; validate --connect names the server's sent folder)")
+        inbound = len(db.execute(recent(True).limit(REPLIES_MIN_INBOUND)).all())
+        if inbound < REPLIES_MIN_INBOUND or db.execute(select(exists(recent(False)))).scalar():
+            return None
+    return (f"{REPLIES_MIN_INBOUND} or more messages from contacts in the last {REPLIES_WINDOW_DAYS} days and "
+            "none from the firm to them: the firm's replies are not in the folders scanned, so every contact "
+            "looks unanswered (README: Where the firm's replies are seen; validate --connect names the server's "
+            "sent folder)")
 
 
 def scan_notes(config: Config, store: Store, now: datetime) -> list[str]:
