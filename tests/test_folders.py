@@ -30,12 +30,12 @@ def mail(key: str, sender: str = "alice@acme.example", to: str = "shared@firm.ex
 
 def stored(store) -> set[str]:  # type: ignore[no-untyped-def]
     with store.session() as db:
-        return set(db.execute(select(Message.message_id)).scalars())
+        return set(db.execute(select(col(Message.message_id))).scalars())
 
 
 def states(store) -> set[str]:  # type: ignore[no-untyped-def]
     with store.session() as db:
-        return set(db.execute(select(FolderState.folder)).scalars())
+        return set(db.execute(select(col(FolderState.folder))).scalars())
 
 
 LISTED = [FolderInfo("INBOX"), FolderInfo("Clients/Acme"), FolderInfo("Clients/Globex"),
@@ -112,7 +112,8 @@ def test_a_mailbox_level_error_is_recorded_on_the_folders_a_pattern_found(
     dovecot.stop()
     assert not run_scan(cfg, store, directory).ok
     with store.session() as db:
-        errors = dict(db.execute(select(FolderState.folder, FolderState.last_error)).all())
+        rows = db.execute(select(col(FolderState.folder), col(FolderState.last_error))).all()
+    errors: dict[str, str | None] = dict(rows)
     assert set(errors) == {"INBOX", "Clients/Acme"} and all("cannot connect" in (e or "") for e in errors.values())
 
 
