@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from .config import Config, MailboxConfig
 from .errors import CarewatchError, ExitCode, FolderMissingError, StoreError
-from .mailbox.base import is_pattern, pattern_matches
+from .mailbox.base import folder_hint, folders_to_scan, is_pattern, pattern_matches
 
 
 @dataclass
@@ -63,13 +63,16 @@ def check_mailbox(mb: MailboxConfig) -> Check:
         if mb.kind == "imap":
             check.lines.append(f"logged in as {mb.username!r}"
                                + (" with XOAUTH2" if mb.auth == "xoauth2" else ""))
-        folders = source.folders_to_scan(mb.folders)
-        for pattern in [f for f in mb.folders if is_pattern(f)]:
+        patterns = [f for f in mb.folders if is_pattern(f)]
+        listed = source.list_folders() if patterns else []
+        folders = folders_to_scan(mb.folders, listed) if patterns else list(mb.folders)
+        for pattern in patterns:
             found = [f for f in folders if f not in mb.folders and pattern_matches(pattern, f)]
             if found:
                 check.lines.append(f"{pattern}: matches {len(found)} folder(s)")
-            else:
-                check.notes.append(f"{pattern!r} matches no folder now (drafts, junk and trash are never matched)")
+            else:  # e.g. "Clients/*" on a server whose delimiter is "." ("INBOX.Clients.Acme")
+                check.notes.append(f"{pattern!r} matches no folder now (drafts, junk and trash are never "
+                                   f"matched); {folder_hint(pattern, listed, folders)}")
         for folder in folders:
             try:
                 st = source.folder_status(folder)
