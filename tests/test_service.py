@@ -113,6 +113,9 @@ def test_the_worker_alerts_survives_a_dovecot_restart_and_stops_cleanly(
         wait_for(lambda: w.get("/healthz")[0] == 200, what="healthz 200", logs=w.logs)
         health = json.loads(w.get("/healthz")[1])
         assert health["store"] == "ok" and health["mailboxes"]["shared"]["ok"]
+        # The start says what this worker will do.
+        assert f"delivery by SMTP 127.0.0.1:{smtp.port}; digest mon 07:00 Europe/London" in w.logs()
+        assert f"mailbox shared (imap 127.0.0.1:{dovecot.port}): folders INBOX, Sent, scanned every" in w.logs()
         dovecot.append([question(1)])
         wait_for(lambda: smtp.messages, timeout=20, what="the first alert", logs=w.logs)
         assert smtp.messages[0][1] == ["olivia@firm.example"]

@@ -170,6 +170,13 @@ class MailboxConfig(_Model):
     idle: bool = True
     timeout_seconds: float = Field(default=defaults.IMAP_TIMEOUT_SECONDS, gt=0)
 
+    @property
+    def where(self) -> str:
+        """host:port for IMAP (the port its TLS mode implies when none is set), the path for Maildir."""
+        if self.kind == "maildir":
+            return str(self.path)
+        return f"{self.host}:{self.port or (993 if self.tls == 'implicit' else 143)}"
+
 
 class OwnerConfig(_Model):
     name: str
@@ -286,6 +293,11 @@ class SmtpConfig(_Model):
     password_env: str | None = None
     password_file: Path | None = None
     timeout_seconds: float = Field(default=defaults.SMTP_TIMEOUT_SECONDS, gt=0)
+
+    @property
+    def server_port(self) -> int:
+        """The port set, or the one the TLS mode implies."""
+        return self.port or {"implicit": 465, "starttls": 587, "none": 25}[self.tls]
 
 
 class NotifyConfig(_Model):

@@ -51,8 +51,7 @@ def check_mailbox(mb: MailboxConfig) -> Check:
     """Log in, then open each configured folder read-only (STATUS: the number of messages)."""
     from .mailbox import open_source
 
-    where = f"{mb.host}:{mb.port or (993 if mb.tls == 'implicit' else 143)}" if mb.kind == "imap" else str(mb.path)
-    check = Check(f"mailbox {mb.name!r} ({mb.kind}, {where})")
+    check = Check(f"mailbox {mb.name!r} ({mb.kind}, {mb.where})")
     try:
         source = open_source(mb)
         source.open()

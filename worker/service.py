@@ -31,6 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select, text
 from sqlmodel import col
 
+from . import __version__
 from .alerts import AlertDesk
 from .app import prepare_store, replies_not_seen
 from .config import Config, MailboxConfig
@@ -302,6 +303,20 @@ class Worker:
                                                             timezone=self.settings.calendar.timezone),
                                id="digest", misfire_grace_time=3600)
 
+    def log_start(self) -> None:
+        """What this worker will do, for the operator reading the log of a fresh start."""
+        s = self.settings
+        n = s.notify
+        delivery = (f"SMTP {n.smtp.host}:{n.smtp.server_port}" if n.transport == "smtp" and n.smtp
+                    else f".eml files in {n.dir}")
+        log.info("carewatch %s running: %d mailbox(es), store %s, delivery by %s; digest %s %02d:%02d %s",
+                 __version__, len(s.mailboxes), self.store.url, delivery, s.digest.day_of_week,
+                 s.digest.hour, s.digest.minute, s.calendar.timezone)
+        for mb in s.mailboxes:
+            push = " and on IDLE" if mb.kind == "imap" and mb.idle else ""
+            log.info("mailbox %s (%s %s): folders %s, scanned every %g min%s", mb.name, mb.kind, mb.where,
+                     ", ".join(mb.folders), mb.scan_interval_minutes, push)
+
     def run(self) -> int:
         self.install_signal_handlers()
         if self.health_server:
@@ -313,7 +328,7 @@ class Worker:
                 t = threading.Thread(target=self.idle_loop, args=[mb], name=f"idle:{mb.name}", daemon=True)
                 t.start()
                 self.idle_threads.append(t)
-        log.info("carewatch running: %d mailbox(es), store %s", len(self.settings.mailboxes), self.store.url)
+        self.log_start()
         while not self.stop.wait(1.0):
             pass
         # shutdown(wait=True) does not interrupt a running job: the jobs themselves see the stop

@@ -75,7 +75,7 @@ class SmtpTransport:
 
     @property
     def port(self) -> int:
-        return self.cfg.port or {"implicit": 465, "starttls": 587, "none": 25}[self.cfg.tls]
+        return self.cfg.server_port
 
     def _connect(self) -> smtplib.SMTP:
         c = self.cfg
