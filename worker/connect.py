@@ -47,6 +47,12 @@ def _without_where(message: str, mb: MailboxConfig) -> str:
     return message[lead.end():] if lead else message
 
 
+def first_entry(configured: list[str], folder: str, delimiter: dict[str, str]) -> str | None:
+    """The configured entry (a name or a pattern) that brought `folder` into the scan."""
+    return next((e for e in configured
+                 if (pattern_matches(e, folder, delimiter.get(folder, "/")) if is_pattern(e) else e == folder)), None)
+
+
 def check_mailbox(mb: MailboxConfig) -> Check:
     """Log in, then open each configured folder read-only (STATUS: the number of messages)."""
     from .mailbox import open_source
@@ -63,26 +69,37 @@ def check_mailbox(mb: MailboxConfig) -> Check:
             check.lines.append(f"logged in as {mb.username!r}"
                                + (" with XOAUTH2" if mb.auth == "xoauth2" else ""))
         patterns = [f for f in mb.folders if is_pattern(f)]
-        listed = source.list_folders() if patterns else []
-        folders = folders_to_scan(mb.folders, listed) if patterns else list(mb.folders)
-        for pattern in patterns:
-            found = [f for f in folders if f not in mb.folders and pattern_matches(pattern, f)]
-            if found:
-                check.lines.append(f"{pattern}: matches {len(found)} folder(s)")
-            else:  # e.g. "Clients/*" on a server whose delimiter is "." ("INBOX.Clients.Acme")
-                check.notes.append(f"{pattern!r} matches no folder now (drafts, junk and trash are never "
-                                   f"matched); {folder_hint(pattern, listed, folders)}")
-        for folder in folders:
-            try:
-                st = source.folder_status(folder)
-            except FolderMissingError as exc:
-                check.fail(_without_where(str(exc), mb), exc.exit_code)
-            else:
-                check.lines.append(f"{folder}: {st.messages:,} message(s)")
         try:
             listed = source.list_folders()
         except CarewatchError:
-            listed = []
+            if patterns:
+                raise  # the scan could not expand them either
+            listed = []  # only for the notes below
+        folders = folders_to_scan(mb.folders, listed)
+        counts: dict[str, int] = {}
+        missing: dict[str, FolderMissingError] = {}
+        for folder in folders:
+            try:
+                counts[folder] = source.folder_status(folder).messages
+            except FolderMissingError as exc:
+                missing[folder] = exc
+        # A pattern may match hundreds of client folders: one line for what each one found.
+        delimiter = {f.name: f.delimiter for f in listed}
+        for entry in mb.folders:
+            found = [entry] if not is_pattern(entry) else \
+                [f for f in folders if f not in mb.folders and first_entry(mb.folders, f, delimiter) == entry]
+            for f in found:
+                if f in missing:
+                    check.fail(_without_where(str(missing[f]), mb), missing[f].exit_code)
+            if not is_pattern(entry):
+                if entry in counts:
+                    check.lines.append(f"{entry}: {counts[entry]:,} message(s)")
+            elif found:
+                check.lines.append(f"{entry}: {len(found)} folder(s), "
+                                   f"{sum(counts.get(f, 0) for f in found):,} message(s)")
+            else:  # e.g. "Clients/*" on a server whose delimiter is "." ("INBOX.Clients.Acme")
+                check.notes.append(f"{entry!r} matches no folder now (drafts, junk and trash are never "
+                                   f"matched); {folder_hint(entry, listed, folders)}")
         sent = [f.name for f in listed if f.special_use == "\\Sent"]
         if check.ok and sent and not set(sent) & set(folders):  # (a missing folder's hint names it)
             check.notes.append(f"the server's sent folder {sent[0]!r} is not in folders: the firm's replies "
