@@ -38,6 +38,9 @@ class Metrics:
         self.last_digest = Gauge("carewatch_last_digest_timestamp_seconds", "When the digest was last queued",
                                  registry=r)
         self.job_errors = Counter("carewatch_job_errors_total", "Jobs that failed", ["job"], registry=r)
+        self.replies_not_seen = Gauge(
+            "carewatch_replies_not_seen", "1 when contacts wrote in the last 30 days and no message from the firm "
+            "to a contact was seen: its replies are not in the folders scanned", registry=r)
 
 
 class HealthServer:

@@ -78,7 +78,9 @@ class Worker:
             job_defaults={"coalesce": True, "max_instances": 1},
         )
         self.failures: dict[str, int] = {}
-        self.replies_checked_at = -86400.0  # monotonic time of the last replies_not_seen check
+        # replies_not_seen: when it was last asked and last logged (monotonic), and its answer.
+        self.replies_checked_at = self.replies_logged_at = -86400.0
+        self.replies_warning: str | None = None
         self.not_before: dict[str, float] = {}
         self.signals = 0
         port = self.settings.service.metrics_port if metrics_port is None else metrics_port
@@ -118,8 +120,10 @@ class Worker:
             self.check_job()
 
     def _warn_if_replies_not_seen(self) -> None:
-        """Once a day at most: a warning in the log when the firm's replies are not seen."""
-        if time.monotonic() < self.replies_checked_at + 86400:
+        """After a scan that stored mail: whether the firm's replies are seen. A warning in the
+        log once a day at most; the gauge and /healthz's `warnings` as long as it lasts. While
+        it lasts, every such scan checks again, so that a fix shows at once."""
+        if self.replies_warning is None and time.monotonic() < self.replies_checked_at + 86400:
             return
         self.replies_checked_at = time.monotonic()
         try:
@@ -127,8 +131,11 @@ class Worker:
         except Exception:  # noqa: BLE001 - a diagnostic must never fail a scan
             log.debug("could not check whether replies are seen", exc_info=True)
             return
-        if missing:
+        if missing and time.monotonic() >= self.replies_logged_at + 86400:
+            self.replies_logged_at = time.monotonic()
             log.warning("%s", missing)
+        self.replies_warning = missing
+        self.metrics.replies_not_seen.set(1 if missing else 0)
 
     def _scan_failed(self, mb: MailboxConfig, exc: Exception) -> None:
         n = self.failures.get(mb.name, 0) + 1
@@ -270,6 +277,8 @@ class Worker:
             detail["mailboxes"][mb.name] = {"last_ok": seen.isoformat() + "Z" if seen else None, "ok": fresh,
                                             "stale_folders": stale}
             ok = ok and fresh
+        if self.replies_warning:  # worth knowing, but the worker is doing its job: still ready
+            detail["warnings"] = [self.replies_warning]
         return ok, detail
 
     # --- running ----------------------------------------------------------------------------------
