@@ -28,7 +28,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Column, Table
 from rich.text import Text
 
-from .config import ENV_CONFIG, Config, load_config, resolve_secret
+from .config import ENV_CONFIG, Config, load_config
 from .errors import CarewatchError, ConfigError, ExitCode
 from .logs import setup_logging, stderr_console
 
@@ -180,7 +180,7 @@ def validate(
         for mb in s.mailboxes:
             try:
                 if mb.kind == "imap" and mb.auth == "password":
-                    resolve_secret(mb.password_env, mb.password_file, f"mailboxes.{mb.name}.password")
+                    mb.read_password()
                 elif mb.kind == "imap" and mb.auth == "xoauth2":
                     from .oauth import check_oauth_secrets
 
@@ -189,7 +189,7 @@ def validate(
                 problems += exc.problems
         if s.notify.smtp and s.notify.smtp.username:
             try:
-                resolve_secret(s.notify.smtp.password_env, s.notify.smtp.password_file, "notify.smtp.password")
+                s.notify.smtp.read_password()
             except ConfigError as exc:
                 problems += exc.problems
         if problems:

@@ -171,11 +171,23 @@ class MailboxConfig(_Model):
     timeout_seconds: float = Field(default=defaults.IMAP_TIMEOUT_SECONDS, gt=0)
 
     @property
+    def server_port(self) -> int:
+        """The IMAP port set, or the one the TLS mode implies."""
+        return self.port or (993 if self.tls == "implicit" else 143)
+
+    @property
     def where(self) -> str:
-        """host:port for IMAP (the port its TLS mode implies when none is set), the path for Maildir."""
-        if self.kind == "maildir":
-            return str(self.path)
-        return f"{self.host}:{self.port or (993 if self.tls == 'implicit' else 143)}"
+        """host:port for IMAP, the path for Maildir."""
+        return str(self.path) if self.kind == "maildir" else f"{self.host}:{self.server_port}"
+
+    def read_password(self) -> str:
+        """The IMAP password, from the environment or a file (ConfigError if it cannot be read)."""
+        return resolve_secret(self.password_env, self.password_file, f"mailboxes.{self.name}.password")
+
+    def read_oauth_client_secret(self) -> str:
+        """The XOAUTH2 client secret (Microsoft), from the environment or a file."""
+        return resolve_secret(self.oauth_client_secret_env, self.oauth_client_secret_file,
+                              f"mailboxes.{self.name}.oauth_client_secret")
 
 
 class OwnerConfig(_Model):
@@ -298,6 +310,10 @@ class SmtpConfig(_Model):
     def server_port(self) -> int:
         """The port set, or the one the TLS mode implies."""
         return self.port or {"implicit": 465, "starttls": 587, "none": 25}[self.tls]
+
+    def read_password(self) -> str:
+        """The SMTP password, from the environment or a file (ConfigError if it cannot be read)."""
+        return resolve_secret(self.password_env, self.password_file, "notify.smtp.password")
 
 
 class NotifyConfig(_Model):

@@ -204,7 +204,7 @@ def check_delivery(config: Config) -> Check:
             check.lines.append("the folder can be written; nothing is emailed (notify.transport = \"file\")")
         return check
     smtp = SmtpTransport(n.smtp)
-    check = Check(f"delivery by SMTP ({n.smtp.host}:{smtp.port}, {n.smtp.tls})")
+    check = Check(f"delivery by SMTP ({n.smtp.host}:{n.smtp.server_port}, {n.smtp.tls})")
     rcpts = recipients(config)
     try:
         refused = smtp.probe(n.from_address, rcpts)

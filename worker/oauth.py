@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
-from .config import MailboxConfig, resolve_secret
+from .config import MailboxConfig
 from .errors import ConfigError, MailboxAuthError, MailboxError
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,7 @@ def microsoft_client_credentials(mb: MailboxConfig) -> tuple[str, float]:
     if not mb.oauth_client_id or not (mb.oauth_tenant or mb.oauth_token_url):
         raise MailboxError(f"mailbox {mb.name!r}: oauth_client_id and oauth_tenant are required for Microsoft 365")
     url = mb.oauth_token_url or f"https://login.microsoftonline.com/{mb.oauth_tenant}/oauth2/v2.0/token"
-    secret = resolve_secret(mb.oauth_client_secret_env, mb.oauth_client_secret_file,
-                            f"mailboxes.{mb.name}.oauth_client_secret")
+    secret = mb.read_oauth_client_secret()
     body = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": mb.oauth_client_id,
                                    "client_secret": secret, "scope": MICROSOFT_SCOPE}).encode()
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
@@ -114,8 +113,7 @@ def check_oauth_secrets(mb: MailboxConfig) -> None:
     if mb.oauth_provider == "google":
         google_credentials(mb)
     else:
-        resolve_secret(mb.oauth_client_secret_env, mb.oauth_client_secret_file,
-                       f"mailboxes.{mb.name}.oauth_client_secret")
+        mb.read_oauth_client_secret()
 
 
 def token_provider(mb: MailboxConfig) -> Callable[[], str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import MailboxConfig, resolve_secret
+from ..config import MailboxConfig
 from ..errors import MailboxError
 from .base import FolderStatus, Item, MailboxSource, RawMessage
 from .maildir import MaildirSource
@@ -25,8 +25,7 @@ def open_source(mb: MailboxConfig) -> MailboxSource:
 
         oauth = token_provider(mb)
     else:
-        def password() -> str:
-            return resolve_secret(mb.password_env, mb.password_file, f"mailboxes.{mb.name}.password")
-    return ImapSource(mb.name, mb.host, mb.port, mb.tls, mb.username, password=password,
+        password = mb.read_password
+    return ImapSource(mb.name, mb.host, mb.server_port, mb.tls, mb.username, password=password,
                       oauth_token=oauth, ca_file=mb.ca_file, timeout=mb.timeout_seconds,
                       configured=mb.folders)

@@ -200,7 +200,7 @@ class _InFlight:
 
 
 class ImapSource(MailboxSource):
-    def __init__(self, name: str, host: str, port: int | None, tls: str, username: str,
+    def __init__(self, name: str, host: str, port: int, tls: str, username: str,
                  password: Callable[[], str] | None = None,
                  oauth_token: Callable[[], str] | None = None, ca_file: Path | None = None,
                  timeout: float = defaults.IMAP_TIMEOUT_SECONDS,
@@ -210,7 +210,7 @@ class ImapSource(MailboxSource):
         self.configured = configured
         self.host = host
         self.tls = tls
-        self.port = port or (993 if tls == "implicit" else 143)
+        self.port = port
         self.username = username
         self._password = password
         self._oauth_token = oauth_token

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ..config import Config, SmtpConfig, resolve_secret
+from ..config import Config, SmtpConfig
 from ..errors import DeliveryError, tls_failed
 
 
@@ -73,14 +73,10 @@ class SmtpTransport:
         self.cfg = cfg
         self.conn: smtplib.SMTP | None = None
 
-    @property
-    def port(self) -> int:
-        return self.cfg.server_port
-
     def _connect(self) -> smtplib.SMTP:
         c = self.cfg
         ctx = ssl.create_default_context(cafile=str(c.ca_file) if c.ca_file else None)
-        port = self.port
+        port = c.server_port
         try:
             conn: smtplib.SMTP
             if c.tls == "implicit":
@@ -90,7 +86,7 @@ class SmtpTransport:
                 if c.tls == "starttls":
                     conn.starttls(context=ctx)
             if c.username:
-                conn.login(c.username, resolve_secret(c.password_env, c.password_file, "notify.smtp.password"))
+                conn.login(c.username, c.read_password())
         except ssl.SSLCertVerificationError as exc:
             raise DeliveryError(f"SMTP {c.host}:{port}: TLS certificate not trusted ({exc.verify_message}); set "
                                 "notify.smtp.ca_file for a private CA") from None
@@ -110,7 +106,7 @@ class SmtpTransport:
         addresses, or a sender the login may not use (Microsoft 365: SendAs), shows here and
         not hours later in the outbox."""
         conn = self._connect()
-        where = f"SMTP {self.cfg.host}:{self.port}"
+        where = f"SMTP {self.cfg.host}:{self.cfg.server_port}"
         refused: dict[str, str] = {}
         try:
             conn.ehlo_or_helo_if_needed()
