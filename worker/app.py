@@ -9,7 +9,7 @@ from typing import Any
 
 from .classify import Directory
 from .config import Config
-from .ingest import Ingestor, Progress, ScanReport, reclassify
+from .ingest import Ingestor, Progress, ScanReport, configured_folders, reclassify
 from .store import Store, open_store
 from .store.sync import load_directory, sync_directory
 
@@ -115,7 +115,7 @@ def scan_notes(config: Config, store: Store, now: datetime) -> list[str]:
     worker stopped?). Judged at `now`, so a replay of the past says nothing."""
     from sqlmodel import col, select
 
-    from .mailbox.base import folder_selected, is_pattern
+    from .mailbox.base import is_pattern
     from .store.models import FolderState
 
     with store.session() as db:
@@ -123,7 +123,7 @@ def scan_notes(config: Config, store: Store, now: datetime) -> list[str]:
                                  col(FolderState.last_ok_at))).all()
     notes = []
     for mb in config.settings.mailboxes:
-        read = {f: t for m, f, t in rows if m == mb.name and t is not None and folder_selected(mb.folders, f)}
+        read = {f: t for f, t in configured_folders(mb, rows).items() if t is not None}
         named = [f for f in mb.folders if not is_pattern(f)]
         if not read:
             notes.append(f"mailbox {mb.name!r} has not been read yet: run `carewatch scan` (or add --scan); "

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from .config import Config, MailboxConfig
 from .errors import CarewatchError, ExitCode, FolderMissingError, StoreError
-from .mailbox.base import folder_hint, folders_to_scan, is_pattern, pattern_matches
+from .mailbox.base import first_entry, folder_hint, folders_to_scan, is_pattern
 
 
 @dataclass
@@ -45,12 +45,6 @@ def _without_where(message: str, mb: MailboxConfig) -> str:
     already says which mailbox."""
     lead = re.match(rf"mailbox {re.escape(repr(mb.name))}(?: \([^)]*\))?: ", message)
     return message[lead.end():] if lead else message
-
-
-def first_entry(configured: list[str], folder: str, delimiter: dict[str, str]) -> str | None:
-    """The configured entry (a name or a pattern) that brought `folder` into the scan."""
-    return next((e for e in configured
-                 if (pattern_matches(e, folder, delimiter.get(folder, "/")) if is_pattern(e) else e == folder)), None)
 
 
 def check_mailbox(mb: MailboxConfig) -> Check:
@@ -85,9 +79,9 @@ def check_mailbox(mb: MailboxConfig) -> Check:
                 missing[folder] = exc
         # A pattern may match hundreds of client folders: one line for what each one found.
         delimiter = {f.name: f.delimiter for f in listed}
+        brought_by = {f: first_entry(mb.folders, f, delimiter.get(f, "/")) for f in folders if f not in mb.folders}
         for entry in mb.folders:
-            found = [entry] if not is_pattern(entry) else \
-                [f for f in folders if f not in mb.folders and first_entry(mb.folders, f, delimiter) == entry]
+            found = [entry] if not is_pattern(entry) else [f for f, e in brought_by.items() if e == entry]
             for f in found:
                 if f in missing:
                     check.fail(_without_where(str(missing[f]), mb), missing[f].exit_code)

@@ -120,6 +120,17 @@ class ScanReport:
         return not self.errors
 
 
+def configured_folders(mb: MailboxConfig, rows: Iterable[tuple[str, str, datetime | None]]
+                       ) -> dict[str, datetime | None]:
+    """The folders of `mb` the config asks for now, each with its last good scan: every folder
+    it names (None if never read), then each folder with a scan state (`rows` of folder_state:
+    mailbox, folder, last_ok_at) that one of its patterns matches. A folder taken out of the
+    config keeps its state, to resume if it comes back, and is not among them."""
+    out: dict[str, datetime | None] = {f: None for f in mb.folders if not is_pattern(f)}
+    out.update({f: t for m, f, t in rows if m == mb.name and folder_selected(mb.folders, f)})
+    return out
+
+
 class Ingestor:
     def __init__(self, store: Store, config: Config, directory: Directory,
                  stop: threading.Event | None = None, progress: Progress | None = None,
@@ -174,18 +185,16 @@ class Ingestor:
         return report
 
     def _known_folders(self, mb: MailboxConfig) -> list[str]:
-        """The folders of `mb` the config asks for: those it names, and those with a scan state
-        that one of its patterns matches."""
-        named = [f for f in mb.folders if not is_pattern(f)]
-        if len(named) == len(mb.folders):
-            return named
+        """The folders of `mb` the config asks for (see configured_folders)."""
+        if not any(is_pattern(f) for f in mb.folders):
+            return list(mb.folders)
         try:
             with self.store.session() as db:
-                names = db.execute(select(col(FolderState.folder))
-                                   .where(col(FolderState.mailbox) == mb.name)).scalars().all()
+                rows = db.execute(select(col(FolderState.mailbox), col(FolderState.folder), col(FolderState.last_ok_at))
+                                  .where(col(FolderState.mailbox) == mb.name)).all()
         except (StoreError, OperationalError, DBAPIError):
-            return named  # the error is logged and reported either way
-        return list(dict.fromkeys(named + [n for n in names if folder_selected(mb.folders, n)]))
+            return [f for f in mb.folders if not is_pattern(f)]  # the error is logged and reported either way
+        return list(configured_folders(mb, rows))
 
     def _forget_vanished(self, mb: MailboxConfig, folders: list[str]) -> None:
         """Drop the scan state of folders a pattern matched before and matches no more (a

@@ -36,10 +36,10 @@ from .alerts import AlertDesk
 from .app import prepare_store, replies_not_seen
 from .config import Config, MailboxConfig
 from .errors import CarewatchError, MailboxAuthError
-from .ingest import Ingestor
+from .ingest import Ingestor, configured_folders
 from .locks import exclusive
 from .mailbox import open_source
-from .mailbox.base import folder_selected, is_pattern
+from .mailbox.base import is_pattern
 from .metrics import HealthServer, Metrics
 from .notify.outbox import deliver
 from .notify.transport import make_transport
@@ -265,10 +265,8 @@ class Worker:
         ok = True
         now = utcnow()
         for mb in self.settings.mailboxes:
-            # Only the folders the config asks for now: a folder taken out of the config keeps
-            # its state (to resume if it comes back), and made the mailbox stale for ever.
-            last: dict[str, datetime | None] = {f: None for f in mb.folders if not is_pattern(f)}
-            last.update({f: t for m, f, t in rows if m == mb.name and folder_selected(mb.folders, f)})
+            # Only these: a folder taken out of the config made the mailbox stale for ever.
+            last = configured_folders(mb, rows)
             limit = max(timedelta(minutes=mb.scan_interval_minutes * self.settings.service.health_stale_intervals),
                         timedelta(seconds=30))
             stale = sorted(f for f, t in last.items() if t is None or now - t > limit)

@@ -96,9 +96,15 @@ def pattern_matches(pattern: str, name: str, delimiter: str = "/") -> bool:
     return re.fullmatch(rx, name, re.S) is not None
 
 
+def first_entry(configured: Sequence[str], name: str, delimiter: str = "/") -> str | None:
+    """The first configured entry (a name or a pattern) that asks for the folder `name`."""
+    return next((c for c in configured if (pattern_matches(c, name, delimiter) if is_pattern(c) else c == name)),
+                None)
+
+
 def folder_selected(configured: Sequence[str], name: str) -> bool:
     """Whether the folder `name` is one the config asks for, by name or by a pattern."""
-    return any(pattern_matches(c, name) if is_pattern(c) else c == name for c in configured)
+    return first_entry(configured, name) is not None
 
 
 #: What a pattern never picks up (RFC 6154 marks): drafts were never sent, so a draft to a
