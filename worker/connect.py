@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .config import Config, MailboxConfig
 from .errors import CarewatchError, ExitCode, FolderMissingError, StoreError
@@ -128,18 +129,14 @@ def _writable_dir(path: Path) -> str | None:
 def check_store(config: Config) -> Check:
     """Connect to the database and read its schema revision. A SQLite file that does not exist
     yet is not created: its folder must be writable."""
-    from .store.db import SCHEMA_HEAD, make_engine, schema_revision
+    from .store.db import SCHEMA_HEAD, describe_db_error, make_engine, schema_revision
 
     url = config.settings.store.url
     try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        shown = url
-    check = Check(f"store {shown}")
-    try:
         u = make_url(url)
-    except Exception:
+    except ArgumentError:  # make_engine says what is wrong with it, below
         u = None
+    check = Check(f"store {u.render_as_string(hide_password=True) if u is not None else url}")
     if u is not None and u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
         path = Path(u.database)
         if not path.exists():
@@ -163,8 +160,6 @@ def check_store(config: Config) -> Check:
         check.fail(str(exc), exc.exit_code)
         return check
     except Exception as exc:  # the driver's own error: unreachable, refused, unknown database
-        from .store.db import describe_db_error
-
         check.fail(describe_db_error(exc), ExitCode.STORE)
         return check
     if revision == SCHEMA_HEAD:
