@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from .care.clock import BusinessCalendar, from_ts, to_ts
 from .care.evaluate import CarePicture, Lapse, evaluate
@@ -27,7 +27,7 @@ from .notify.outbox import deliver as deliver_outbox
 from .notify.render import Renderer, build_email
 from .notify.transport import Transport, make_transport
 from .store import Store
-from .store.models import Alert, AlertCommand, Meta, OutboxEmail
+from .store.models import Alert, AlertCommand, Meta, OutboxEmail, table_of
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def token_secret(store: Store, db: Session) -> bytes:
     """A per-deployment secret kept in the store (shared by replicas), made on first use."""
     row = db.get(Meta, "token_secret")
     if row is None:
-        store.insert_ignore(db, Meta.__table__, [{"key": "token_secret", "value": secrets.token_hex(32)}], ["key"])
+        store.insert_ignore(db, table_of(Meta), [{"key": "token_secret", "value": secrets.token_hex(32)}], ["key"])
         db.flush()
         row = db.get(Meta, "token_secret")
     assert row is not None
@@ -131,8 +131,8 @@ class AlertDesk:
 
     # --- commands (snooze / done by reply) -------------------------------------------------------
     def apply_commands(self, db: Session, now: datetime, report: CheckReport) -> None:
-        pending = db.execute(select(AlertCommand).where(AlertCommand.status == "pending")
-                             .order_by(AlertCommand.received_at, AlertCommand.id)).scalars().all()
+        pending = db.execute(select(AlertCommand).where(col(AlertCommand.status) == "pending")
+                             .order_by(col(AlertCommand.received_at), col(AlertCommand.id))).scalars().all()
         if not pending:
             return
         secret = token_secret(self.store, db)
@@ -147,9 +147,10 @@ class AlertDesk:
     def _apply_one(self, db: Session, cmd: AlertCommand, secret: bytes, now: datetime) -> tuple[str, bool]:
         email = None
         if cmd.token:
-            email = db.execute(select(OutboxEmail).where(OutboxEmail.token == cmd.token)).scalars().first()
+            email = db.execute(select(OutboxEmail).where(col(OutboxEmail.token) == cmd.token)).scalars().first()
         if email is None and cmd.in_reply_to:
-            email = db.execute(select(OutboxEmail).where(OutboxEmail.message_id == cmd.in_reply_to)).scalars().first()
+            email = db.execute(select(OutboxEmail).where(col(OutboxEmail.message_id) == cmd.in_reply_to)
+                               ).scalars().first()
         if email is None or email.token is None:
             return "refused: no alert email carries this reference", False
         # The token must be the one we signed for that very email (altered tokens fail here).
@@ -192,7 +193,7 @@ class AlertDesk:
     def sync(self, db: Session, picture: CarePicture, now: datetime, report: CheckReport) -> None:
         lapses = {lp.key: lp for lp in picture.lapses}
         clients = {c.name: c for c in picture.clients}
-        existing = {a.key: a for a in db.execute(select(Alert).where(Alert.key.in_(list(lapses)))).scalars()} \
+        existing = {a.key: a for a in db.execute(select(Alert).where(col(Alert.key).in_(list(lapses)))).scalars()} \
             if lapses else {}
         for key, lp in lapses.items():
             a = existing.get(key)
@@ -216,7 +217,7 @@ class AlertDesk:
                 a.updated_at = now
             db.add(a)
         db.flush()
-        for a in db.execute(select(Alert).where(Alert.state.in_(ACTIVE))).scalars():
+        for a in db.execute(select(Alert).where(col(Alert.state).in_(ACTIVE))).scalars():
             if a.key not in lapses:
                 a.state, a.resolved_at, a.updated_at = "resolved", now, now
                 db.add(a)
@@ -226,8 +227,8 @@ class AlertDesk:
         """Recipient -> [(alert, escalated?)] that should be told now."""
         out: dict[str, list[tuple[Alert, bool]]] = {}
         now_ts = to_ts(now)
-        for a in db.execute(select(Alert).where(Alert.state.in_(("open", "notified", "escalated", "snoozed")))
-                            .order_by(Alert.client_name, Alert.since, Alert.id)).scalars():
+        for a in db.execute(select(Alert).where(col(Alert.state).in_(("open", "notified", "escalated", "snoozed")))
+                            .order_by(col(Alert.client_name), col(Alert.since), col(Alert.id))).scalars():
             if a.state == "snoozed":
                 report.snoozed.append(a.key)
                 continue
@@ -294,7 +295,8 @@ class AlertDesk:
             people = {ct.email: (ct.name, ct.role) for c in picture.clients for ct in c.contacts}
             for recipient, entries in sorted(due.items()):
                 if n.quiet_hours and not is_open:
-                    urgent = [(a, e) for a, e in entries if e and n.escalations_ignore_quiet_hours]
+                    urgent: list[tuple[Alert, bool]] = [
+                        (a, e) for a, e in entries if e and n.escalations_ignore_quiet_hours]
                     held = [a.key for a, e in entries if (a, e) not in urgent]
                     report.held += held
                     entries = urgent

@@ -103,6 +103,7 @@ def opened_store(prepare: bool = True, scan: bool = False) -> Iterator[tuple[Any
         store, directory = configured_store(cfg), None
     try:
         if scan:
+            assert directory is not None, "scanning needs the directory: opened_store(prepare=True)"
             run_scan(cfg, store, directory)
         yield store, directory
     finally:
@@ -459,21 +460,22 @@ def alerts_list(
 ) -> None:
     """The alerts and where each stands."""
     from sqlalchemy import select
+    from sqlmodel import col
 
     from .store.models import Alert
 
     with opened_store(prepare=False) as (store, _), store.session() as db:
-        q = select(Alert).order_by(Alert.client_name, Alert.since)
+        q = select(Alert).order_by(col(Alert.client_name), col(Alert.since))
         if not show_all:
-            q = q.where(Alert.state != "resolved")
+            q = q.where(col(Alert.state) != "resolved")
         rows = db.execute(q).scalars().all()
     if as_json:
         sys.stdout.write(json.dumps([{k: (v.isoformat() if isinstance(v, datetime) else v)
                                       for k, v in a.model_dump().items()} for a in rows], indent=2) + "\n")
         return
     t = Table(title="alerts")
-    for col in ("id", "state", "kind", "client", "contact", "owner", "level", "since", "detail"):
-        t.add_column(col, overflow="fold")
+    for heading in ("id", "state", "kind", "client", "contact", "owner", "level", "since", "detail"):
+        t.add_column(heading, overflow="fold")
     for a in rows:
         state_txt = a.state + (f" until {a.snoozed_until:%Y-%m-%d %H:%M}" if a.state == "snoozed" and a.snoozed_until
                                else "")
@@ -545,13 +547,14 @@ def outbox_list(
 ) -> None:
     """Emails in the outbox with their delivery state; failed ones are kept here, never dropped."""
     from sqlalchemy import select
+    from sqlmodel import col
 
     from .store.models import OutboxEmail
 
     with opened_store(prepare=False) as (store, _), store.session() as db:
-        q = select(OutboxEmail).order_by(OutboxEmail.id)
+        q = select(OutboxEmail).order_by(col(OutboxEmail.id))
         if status_filter:
-            q = q.where(OutboxEmail.status == status_filter.value)
+            q = q.where(col(OutboxEmail.status) == status_filter.value)
         rows = db.execute(q).scalars().all()
     if as_json:
         sys.stdout.write(json.dumps([{"id": r.id, "message_id": r.message_id, "kind": r.kind, "to": r.recipients,
@@ -561,8 +564,8 @@ def outbox_list(
                                     indent=2) + "\n")
         return
     t = Table(title="outbox")
-    for col in ("id", "status", "kind", "to", "subject", "attempts", "created", "last error"):
-        t.add_column(col, overflow="fold")
+    for heading in ("id", "status", "kind", "to", "subject", "attempts", "created", "last error"):
+        t.add_column(heading, overflow="fold")
     for r in rows:
         colour = {"sent": "green", "failed": "red"}.get(r.status, "yellow")
         t.add_row(str(r.id), Text(r.status, style=colour), *(Text(v) for v in (

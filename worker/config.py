@@ -105,10 +105,14 @@ class FirmConfig(_Model):
         return out
 
 
+def _default_hours() -> dict[str, str | list[str]]:
+    return dict(defaults.BUSINESS_HOURS)
+
+
 class CalendarConfig(_Model):
     timezone: str = defaults.TIMEZONE
     #: Weekday -> "09:00-17:30" or a list of such ranges; weekdays not listed are closed.
-    hours: dict[str, str | list[str]] = Field(default_factory=lambda: dict(defaults.BUSINESS_HOURS))
+    hours: dict[str, str | list[str]] = Field(default_factory=lambda: _default_hours())
     holidays: list[date] = []
     #: An iCalendar file whose all-day events are holidays (relative to the config file).
     holidays_ics: Path | None = None
@@ -371,7 +375,8 @@ class Settings(_Model):
         if not ref:
             return None
         r = ref.strip().lower()
-        for person in [*self.owners, *self.partners]:
+        people: list[OwnerConfig | PartnerConfig] = [*self.owners, *self.partners]
+        for person in people:
             if r in (person.email, person.name.lower()):
                 return person.email
         return None

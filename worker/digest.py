@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from .care.clock import to_ts
 from .care.evaluate import DAY, WEEK, CarePicture, ClientCare, evaluate, fmt_minutes, p90
@@ -23,7 +24,7 @@ from .config import Config, PartnerConfig
 from .notify.outbox import enqueue
 from .notify.render import Renderer, build_email
 from .store import Store
-from .store.models import Alert, Contact, OutboxEmail
+from .store.models import Alert, Contact, OutboxEmail, columns
 
 log = logging.getLogger(__name__)
 
@@ -163,19 +164,20 @@ def build_digest(
     names = {o.email: o.name for o in config.settings.owners}
     with store.session() as db:
         alert_rows = db.execute(
-            select(Alert.client_name, Alert.state, Alert.owner_email).where(Alert.state != "resolved")
+            select(*columns(Alert.client_name, Alert.state, Alert.owner_email)).where(col(Alert.state) != "resolved")
         ).all()
         discovered = db.execute(
-            select(Contact.email, Contact.name, Contact.client_id).where(Contact.discovered, Contact.active)
+            select(*columns(Contact.email, Contact.name, Contact.client_id))
+            .where(col(Contact.discovered), col(Contact.active))
         ).all()
         failed = db.execute(
-            select(OutboxEmail.recipients, OutboxEmail.subject)
-            .where(OutboxEmail.status == "failed")
-            .order_by(OutboxEmail.id.desc())
+            select(*columns(OutboxEmail.recipients, OutboxEmail.subject))
+            .where(col(OutboxEmail.status) == "failed")
+            .order_by(col(OutboxEmail.id).desc())
             .limit(20)
         ).all()
         failed_count = db.execute(
-            select(func.count()).select_from(OutboxEmail).where(OutboxEmail.status == "failed")
+            select(func.count()).select_from(OutboxEmail).where(col(OutboxEmail.status) == "failed")
         ).scalar_one()
     open_alerts: dict[str, int] = {}
     escalated: dict[str, int] = {}

@@ -34,7 +34,16 @@ from .mailbox import MailboxSource, open_source
 from .mailbox.base import Item, folder_selected, is_pattern
 from .parsing import PreparedBatch, classified, collected_per_batch, prepared_batches
 from .store.db import Store, describe_db_error
-from .store.models import AlertCommand, Contact, FolderState, Message, MessageContact, SkippedMessage
+from .store.models import (
+    AlertCommand,
+    Contact,
+    FolderState,
+    Message,
+    MessageContact,
+    SkippedMessage,
+    columns,
+    table_of,
+)
 from .store.threads import finish_threads, link_contacts, plan_threads, refresh_replies
 
 log = logging.getLogger(__name__)
@@ -150,7 +159,7 @@ class Ingestor:
             st = db.exec(sm_select(FolderState).where(*where)).first()
             if st is None:
                 # insert-or-ignore: another replica may create the same row at the same moment
-                self.store.insert_ignore(db, FolderState.__table__,
+                self.store.insert_ignore(db, table_of(FolderState),
                                          [{"mailbox": mailbox, "folder": folder, "last_uid": 0,
                                            "messages_seen": 0, "messages_skipped": 0}],
                                          ["mailbox", "folder"])
@@ -162,7 +171,7 @@ class Ingestor:
         try:
             with self.store.session() as db:
                 db.execute(update(FolderState).where(
-                    FolderState.mailbox == mailbox, FolderState.folder.in_(list(folders))  # type: ignore[attr-defined]
+                    col(FolderState.mailbox) == mailbox, col(FolderState.folder).in_(list(folders))
                 ).values(last_error=error[:2000], last_scan_at=utcnow()))
                 db.commit()
         except StoreError:
@@ -325,8 +334,8 @@ class Ingestor:
         if last_uid is not None:
             values["last_uid"] = last_uid
         with self.store.session() as db:
-            db.execute(update(FolderState).where(FolderState.mailbox == mailbox,
-                                                 FolderState.folder == folder).values(**values))
+            db.execute(update(FolderState).where(col(FolderState.mailbox) == mailbox,
+                                                 col(FolderState.folder) == folder).values(**values))
             db.commit()
 
     def _discover(self, found: dict[str, tuple[str, int]], now: datetime) -> None:
@@ -335,11 +344,11 @@ class Ingestor:
                  "discovered": True, "active": True, "first_seen_at": now}
                 for addr, (name, cid) in found.items()]
         with self.store.session() as db:
-            self.store.insert_ignore(db, Contact.__table__, rows, ["email"])
+            self.store.insert_ignore(db, table_of(Contact), rows, ["email"])
             db.commit()
-            for c in db.execute(select(Contact.id, Contact.email, Contact.client_id, Contact.role,
-                                       Contact.active)
-                                .where(Contact.email.in_(list(found)))).all():  # type: ignore[attr-defined]
+            for c in db.execute(select(*columns(Contact.id, Contact.email, Contact.client_id, Contact.role,
+                                                Contact.active))
+                                .where(col(Contact.email).in_(list(found)))).all():
                 if c.active and c.client_id in self.directory.domain_clients.values():
                     self.directory.contacts[c.email] = ContactRef(c.id, c.client_id, c.role)
 
@@ -378,20 +387,20 @@ class Ingestor:
                 batch_rows = list(rows.values())
                 conn = db.connection()
                 merged = plan_threads(conn, batch_rows) if batch_rows else set()  # sets thread_id
-                inserted = self.store.insert_ignore(db, Message.__table__, batch_rows, ["message_id"])
+                inserted = self.store.insert_ignore(db, table_of(Message), batch_rows, ["message_id"])
                 if batch_rows:
                     finish_threads(conn, batch_rows, merged=merged)
                     link_contacts(conn, batch_rows)
                 if command_rows:
-                    self.store.insert_ignore(db, AlertCommand.__table__, command_rows, ["message_id"])
+                    self.store.insert_ignore(db, table_of(AlertCommand), command_rows, ["message_id"])
                 if skipped:
-                    self.store.insert_ignore(db, SkippedMessage.__table__, [
+                    self.store.insert_ignore(db, table_of(SkippedMessage), [
                         {"mailbox": mailbox, "folder": folder, "uidvalidity": uidvalidity,
                          "uid": skipped_uid(it),
                          "reason": reason, "seen_at": now} for it, reason in skipped
                     ], ["mailbox", "folder", "uidvalidity", "uid"])
                 db.execute(update(FolderState).where(
-                    FolderState.mailbox == mailbox, FolderState.folder == folder).values(
+                    col(FolderState.mailbox) == mailbox, col(FolderState.folder) == folder).values(
                     last_uid=max(it.cursor for it in batch), uidvalidity=uidvalidity,
                     messages_seen=FolderState.messages_seen + inserted,
                     messages_skipped=FolderState.messages_skipped + len(skipped),
@@ -413,10 +422,10 @@ def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
         with store.session() as db:
             relink: list[dict[str, Any]] = []
             rows = db.execute(
-                select(Message.id, Message.message_id, Message.from_addr, Message.from_name, Message.to_addrs,
-                       Message.cc_addrs, Message.direction, Message.client_id, Message.contact_ids,
-                       Message.automated, Message.sent_at)
-                .where(Message.id > last_id).order_by(Message.id).limit(chunk)  # type: ignore[arg-type]
+                select(*columns(Message.id, Message.message_id, Message.from_addr, Message.from_name,
+                                Message.to_addrs, Message.cc_addrs, Message.direction, Message.client_id,
+                                Message.contact_ids, Message.automated, Message.sent_at))
+                .where(col(Message.id) > last_id).order_by(col(Message.id)).limit(chunk)
             ).all()
             if not rows:
                 return changed

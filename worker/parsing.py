@@ -8,7 +8,7 @@ previous batch is stored, and a test can run them without either.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -108,7 +108,7 @@ Parsed = tuple[datetime, list[PreparedMessage], list[tuple[Item, str]], Callable
 
 
 def prepared_batches(source: MailboxSource, folder: str, batches: list[Sequence[Item]], directory: Directory,
-                     mailbox: str) -> Iterator[PreparedBatch]:
+                     mailbox: str) -> Generator[PreparedBatch, None, None]:
     """Stage one of a scan, a batch at a time, in order: fetch, parse, classify, and read the
     snippets that decide acknowledgements and alert-reply commands. Touches the mailbox, never
     the store. The server is never idle: the next batch's headers are requested before this

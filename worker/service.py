@@ -197,10 +197,11 @@ class Worker:
     def refresh_gauges(self) -> None:
         with self.store.session() as db:
             self.metrics.open_alerts.clear()
-            for kind, n in db.execute(select(Alert.kind, func.count()).where(Alert.state != "resolved")
-                                      .group_by(Alert.kind)).all():
+            for kind, n in db.execute(select(col(Alert.kind), func.count()).where(col(Alert.state) != "resolved")
+                                      .group_by(col(Alert.kind))).all():
                 self.metrics.open_alerts.labels(kind).set(n)
-            for status, n in db.execute(select(OutboxEmail.status, func.count()).group_by(OutboxEmail.status)).all():
+            by_status = select(col(OutboxEmail.status), func.count()).group_by(col(OutboxEmail.status))
+            for status, n in db.execute(by_status).all():
                 if status == "pending":
                     self.metrics.outbox_backlog.set(n)
                 elif status == "failed":

@@ -19,12 +19,13 @@ from typing import Any, BinaryIO
 
 import orjson
 from sqlalchemy import Boolean, DateTime, bindparam, select, text
+from sqlmodel import col
 
 from .. import defaults
 from ..config import Config
 from ..store import Store
 from ..store.db import epoch_sql
-from ..store.models import Client, Contact
+from ..store.models import Client, Contact, columns
 from ..store.threads import among
 from .clock import from_ts, to_ts
 from .policy import PolicyBook
@@ -286,10 +287,11 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
     with store.session() as db:
         # Plain rows, not ORM objects: 10k contacts as ORM instances cost most of a second.
         clients = {c.id: c for c in db.execute(select(
-            Client.id, Client.name, Client.internal, Client.owner_email, Client.backup_email).where(Client.active))}
+            *columns(Client.id, Client.name, Client.internal, Client.owner_email, Client.backup_email))
+            .where(col(Client.active)))}
         contacts = {c.id: c for c in db.execute(select(
-            Contact.id, Contact.email, Contact.name, Contact.role, Contact.client_id, Contact.discovered)
-            .where(Contact.active)) if c.client_id in clients}
+            *columns(Contact.id, Contact.email, Contact.name, Contact.role, Contact.client_id, Contact.discovered))
+            .where(col(Contact.active))) if c.client_id in clients}
     if client_filter:
         clients = {k: v for k, v in clients.items() if v.name.lower() == client_filter.lower()}
 
@@ -379,7 +381,8 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
             f"SELECT {epoch('MIN(sent_at)')}, COUNT(*) FROM message"
             f"{' INDEXED BY ix_message_client_sent' if sqlite_db else ''} WHERE client_id IS NOT NULL "
             "AND sent_at <= :now").bindparams(now_param), {"now": now}).one()
-        observation_start, considered = obs_row[0], int(obs_row[1])
+        observation_start: float | None = obs_row[0]  # epoch seconds of the first client message
+        considered = int(obs_row[1])
 
         # Going quiet needs each contact's active days, but only for contacts silent longer
         # than the floor: the rest cannot be going quiet.

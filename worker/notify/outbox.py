@@ -11,12 +11,12 @@ from email.policy import SMTP
 from email.utils import getaddresses
 
 from sqlalchemy import select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from .. import defaults
 from ..errors import DeliveryError
 from ..store import Store
-from ..store.models import OutboxEmail
+from ..store.models import OutboxEmail, table_of
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def enqueue(store: Store, db: Session, msg: EmailMessage, *, kind: str, now: dat
            "subject": str(msg["Subject"]), "raw": msg.as_bytes(policy=SMTP).decode("ascii", "replace"), "token": token,
            "alert_ids": ",".join(map(str, alert_ids or [])), "status": "pending", "attempts": 0,
            "created_at": now, "next_attempt_at": not_before or now}
-    return store.insert_ignore(db, OutboxEmail.__table__, [row], ["message_id"]) == 1
+    return store.insert_ignore(db, table_of(OutboxEmail), [row], ["message_id"]) == 1
 
 
 def backoff(attempts: int) -> timedelta:
@@ -52,9 +52,9 @@ def deliver(store: Store, transport: Transport, mail_from: str, now: datetime,
     crash in between sends it again with the same Message-ID (recognisably the same)."""
     rep = DeliveryReport()
     with store.session() as db:
-        due = db.execute(select(OutboxEmail.id).where(
-            OutboxEmail.status == "pending", OutboxEmail.next_attempt_at <= now
-        ).order_by(OutboxEmail.id).limit(limit)).scalars().all()
+        due = db.execute(select(col(OutboxEmail.id)).where(
+            col(OutboxEmail.status) == "pending", col(OutboxEmail.next_attempt_at) <= now
+        ).order_by(col(OutboxEmail.id)).limit(limit)).scalars().all()
     try:
         for oid in due:
             with store.session() as db:

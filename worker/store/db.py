@@ -9,11 +9,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Boolean, DateTime, Engine, Float, Integer, String, create_engine, event, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, CursorResult, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
 from sqlmodel import Session
 from sqlmodel.sql.sqltypes import AutoString
@@ -264,17 +264,17 @@ def insert_ignore(conn: Connection | Session, table: Any, rows: Sequence[dict[st
             return fast
         # sqlite3's executemany sums rowcount exactly for INSERT OR IGNORE, and skipping
         # RETURNING halves the cost of a batch.
-        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-        result = conn.execute(stmt, list(rows))
-        return max(result.rowcount, 0)
+        lite = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        result = conn.execute(lite, list(rows))
+        return max(cast(CursorResult[Any], result).rowcount, 0)
     if dialect == "postgresql":
         fast = _postgres_insert_ignore(conn, table, rows, conflict)
         if fast is not None:
             return fast
         # psycopg's rowcount of a multi-row insert is not reliable: count RETURNING rows.
         pk = list(table.primary_key.columns)[0]
-        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-        return len(conn.execute(stmt.returning(pk), list(rows)).all())
+        pg = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        return len(conn.execute(pg.returning(pk), list(rows)).all())
     n = 0  # other dialects: insert one by one
     for r in rows:
         try:

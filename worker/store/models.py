@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import NaiveDatetime
-from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlalchemy import BigInteger, Column, Index, Table, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped
+from sqlmodel import Field, SQLModel, col
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """A table model's Table, for Core statements. SQLModel sets `__table__` when the class is
+    made, but its type stubs do not declare it."""
+    return model.__table__  # type: ignore[attr-defined,no-any-return]
+
+
+def columns(*attrs: Any) -> list[Mapped[Any]]:
+    """Model attributes as the column expressions they are at class level, for `select(*...)`
+    of many columns (sqlmodel's `col()`, one at a time, is for the rest)."""
+    return [col(a) for a in attrs]
 
 
 class Client(SQLModel, table=True):

@@ -94,15 +94,15 @@ def sync_directory(store: Store, config: Config) -> bool:
             client_id = clients[cc.name].id
             assert client_id is not None
             for ct in cc.contacts:
-                c = contacts.get(ct.email) or Contact(email=ct.email, client_id=client_id)
-                c.name, c.role, c.client_id = ct.name, ct.role, client_id
-                c.discovered, c.active = False, True
-                db.add(c)
+                contact = contacts.get(ct.email) or Contact(email=ct.email, client_id=client_id)
+                contact.name, contact.role, contact.client_id = ct.name, ct.role, client_id
+                contact.discovered, contact.active = False, True
+                db.add(contact)
                 listed.add(ct.email)
-        for email, c in contacts.items():
-            if email not in listed and not c.discovered and c.active:
-                c.active = False
-                db.add(c)
+        for email, contact in contacts.items():
+            if email not in listed and not contact.discovered and contact.active:
+                contact.active = False
+                db.add(contact)
 
         fp = classification_fingerprint(config)
         meta = db.get(Meta, "directory_fingerprint")

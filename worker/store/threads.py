@@ -32,11 +32,12 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlmodel import col
 
 from .. import defaults
 from ..headers import has_reply_prefix
 from .db import epoch_sql, insert_ignore
-from .models import Message, MessageContact, ThreadLink
+from .models import Message, MessageContact, ThreadLink, table_of
 
 CHUNK = 500
 
@@ -237,7 +238,7 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: boo
         target = tfind(known[0]) if known else thread_hash(min(members))
         target_of[root] = target
         new_links += [{"mid": m, "thread_id": target} for m in members if m not in existing]
-    insert_ignore(conn, ThreadLink.__table__, new_links, ["mid"])
+    insert_ignore(conn, table_of(ThreadLink), new_links, ["mid"])
     for r in rows:
         r["thread_id"] = target_of[find(r["message_id"])]
     return {target for old, target in moves.items() if old != target}
@@ -261,11 +262,11 @@ def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
             continue
         mine = r["thread_id"]
         prev = conn.execute(
-            select(Message.thread_id, Message.contact_ids).where(
-                Message.client_id == r["client_id"], Message.norm_subject == r["norm_subject"],
-                Message.sent_at <= r["sent_at"], Message.sent_at >= r["sent_at"] - window,
-                Message.thread_id != mine, Message.thread_id.is_not(None))  # type: ignore[union-attr]
-            .order_by(Message.sent_at.desc()).limit(1)).first()  # type: ignore[attr-defined]
+            select(col(Message.thread_id), col(Message.contact_ids)).where(
+                col(Message.client_id) == r["client_id"], col(Message.norm_subject) == r["norm_subject"],
+                col(Message.sent_at) <= r["sent_at"], col(Message.sent_at) >= r["sent_at"] - window,
+                col(Message.thread_id) != mine, col(Message.thread_id).is_not(None))
+            .order_by(col(Message.sent_at).desc()).limit(1)).first()
         if prev is None:
             continue
         a = set((r.get("contact_ids") or "").split(",")) - {""}
@@ -290,7 +291,7 @@ def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
     `refresh` (migration 0003, before reply_at and episodes existed) only threads are set."""
     rows = [dict(r) for r in rows]
     merged = plan_threads(conn, rows, episodes=refresh)
-    conn.execute(update(Message).where(Message.message_id == bindparam("m")).values(thread_id=bindparam("t"))
+    conn.execute(update(Message).where(col(Message.message_id) == bindparam("m")).values(thread_id=bindparam("t"))
                  .execution_options(synchronize_session=False),
                  [{"m": r["message_id"], "t": r["thread_id"]} for r in rows])
     return finish_threads(conn, rows, refresh, merged)
@@ -317,7 +318,7 @@ def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]], day: bool = 
                               "automated": bool(r.get("automated")), "sent_at": r["sent_at"]})
                 if day:
                     links[-1]["day"] = utc_day(r["sent_at"])
-    table = MessageContact.__table__ if day else _MESSAGE_CONTACT_0003
+    table = table_of(MessageContact) if day else _MESSAGE_CONTACT_0003
     insert_ignore(conn, table, links, ["message_pk", "contact_id"])
 
 

@@ -30,6 +30,10 @@ if connection is not None:
     _run(connection)
 else:
     url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        # Carewatch hands over a connection; only a hand-made alembic config (a developer
+        # writing a migration with `alembic revision --autogenerate`) lands here.
+        raise SystemExit("alembic: set sqlalchemy.url to the store's URL")
     engine = create_engine(url)
     with engine.begin() as conn:
         _run(conn)
