@@ -68,7 +68,7 @@ def populate(cfg_path: Path, n: int) -> None:
     now = datetime.now(UTC).replace(tzinfo=None)
     from worker.store.threads import thread_hash
 
-    rows = []
+    rows: list[tuple] = []
     links: list[tuple] = []
     fmt = "%Y-%m-%d %H:%M:%S.%f"
     i = 0

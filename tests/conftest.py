@@ -12,6 +12,7 @@ import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -22,7 +23,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("CAREWATCH_TEST_POSTGRES_URL")
 
 
-def _missing(what: str) -> None:
+def _missing(what: str) -> NoReturn:
     if IN_CI:
         pytest.fail(f"{what} is required in CI (CI=true) but is not available", pytrace=False)
     pytest.skip(f"{what} not available")

@@ -13,6 +13,7 @@ import pytest
 from conftest import write_config
 from servers import SmtpSink
 from sqlalchemy import select
+from sqlmodel import col
 from test_care import ALICE, BOB, GINA, OLIVIA, OSCAR, SHARED, Mail
 from typer.testing import CliRunner
 
@@ -28,13 +29,20 @@ PAUL = "paul@firm.example"
 runner = CliRunner()
 
 
-def at(*a: int) -> datetime:
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
     """London wall time -> naive UTC, as Carewatch keeps time."""
-    return datetime(*a, tzinfo=LONDON).astimezone(UTC).replace(tzinfo=None)  # type: ignore[misc]
+    return datetime(year, month, day, hour, minute, second, tzinfo=LONDON).astimezone(UTC).replace(tzinfo=None)
 
 
-def london(*a: int) -> datetime:
-    return datetime(*a, tzinfo=LONDON)  # type: ignore[misc]
+def london(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=LONDON)
+
+
+def part(msg: email.message.EmailMessage, kind: str) -> str:
+    """The text of an email's plain or html part."""
+    body = msg.get_body((kind,))
+    assert body is not None, f"no {kind} part in {msg['Subject']!r}"
+    return str(body.get_content())
 
 
 class Firm:
@@ -68,7 +76,7 @@ class Firm:
 
     def outbox(self) -> list[OutboxEmail]:
         with self.store.session() as db:
-            return list(db.execute(select(OutboxEmail).order_by(OutboxEmail.id)).scalars())
+            return list(db.execute(select(OutboxEmail).order_by(col(OutboxEmail.id))).scalars())
 
 
 @pytest.fixture
@@ -86,12 +94,12 @@ def test_one_email_per_owner_per_check_and_no_repeat(firm: Firm) -> None:
     got = {m["To"]: m for m in firm.received()}
     assert set(got) == {OLIVIA, OSCAR}
     olivia = got[OLIVIA]
-    body = olivia.get_body(("plain",)).get_content()
+    body = part(olivia, "plain")
     assert "Alice Principal" in body and "Bob User" in body and "Budget 2027" in body
     assert "What to do:" in body and "snooze 3d" in body
     assert olivia["Auto-Submitted"] == "auto-generated" and olivia["X-Auto-Response-Suppress"] == "All"
     assert olivia["Reply-To"] == SHARED and "[cw:" in olivia["Subject"]
-    html = olivia.get_body(("html",)).get_content()
+    html = part(olivia, "html")
     assert 'style="' in html and "<style" not in html  # CSS inlined for mail clients
     # The next check tells nobody anything new.
     firm.smtp.clear()
@@ -109,7 +117,7 @@ def test_escalation_after_the_threshold_goes_to_owner_and_backup(firm: Firm) -> 
     got = {m["To"]: m for m in firm.received()}
     assert set(got) == {OLIVIA, OSCAR, PAUL}
     assert str(got[PAUL]["Subject"]).strip().startswith("Escalated: ")
-    paul_body = got[PAUL].get_body(("plain",)).get_content()
+    paul_body = part(got[PAUL], "plain")
     assert paul_body.count("ESCALATED") == 3 and "owner: Olivia Owner" in paul_body
     assert all(a.level == 1 and a.state == "escalated" for a in firm.alerts().values())
     # One level only by default: no second escalation.
@@ -178,7 +186,7 @@ def test_snooze_by_reply_is_honoured_only_from_the_right_person(firm: Firm) -> N
     firm.smtp.clear()
     rep = firm.check(at(2026, 11, 20, 12, 30))
     assert sorted(k for k in rep.new if "m5@" not in k) == sorted(a.key for a in acme)
-    got = {m["To"]: m.get_body(("plain",)).get_content() for m in firm.received()}
+    got = {m["To"]: part(m, "plain") for m in firm.received()}
     assert "Budget 2027" in got[OLIVIA] and "Access to the portal" in got[OLIVIA]
     # Paul hears only of Bob's newer wait, which has now escalated; not of the snoozed ones.
     assert set(got) == {OLIVIA, PAUL} and "Budget 2027" not in got[PAUL] and "ESCALATED" in got[PAUL]
@@ -254,7 +262,7 @@ def test_headers_and_markup_cannot_be_injected(tmp_path: Path, smtp: SmtpSink) -
     # The client name is folded into the Subject's text, never a header of its own.
     assert msg["Bcc"] is None and msg["X-Injected"] is None
     assert "Bcc: victim@evil.example" in str(msg["Subject"])
-    html = msg.get_body(("html",)).get_content()
+    html = part(msg, "html")
     assert "<script>" not in html and "&lt;script&gt;" in html and "<b>Hi</b>" not in html
 
 
@@ -291,7 +299,7 @@ def test_file_outbox_is_the_embedded_default(tmp_path: Path) -> None:
     files = list((tmp_path / "outbox").glob("*.eml"))
     assert len(files) == 1
     msg = email.message_from_bytes(files[0].read_bytes(), policy=policy.default)
-    assert msg["To"] == OLIVIA and "Budget" in msg.get_body(("plain",)).get_content()
+    assert msg["To"] == OLIVIA and "Budget" in part(msg, "plain")
 
 
 def test_a_replayed_or_expired_reply_is_not_applied_again(firm: Firm, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -327,8 +335,8 @@ def test_ops_can_point_the_config_at_their_own_templates(tmp_path: Path, smtp: S
     f.mail.add(ALICE, [SHARED], "Budget", london(2026, 11, 16, 10, 0))
     f.check(at(2026, 11, 17, 12, 0))
     msg = f.received()[0]
-    assert msg.get_body(("plain",)).get_content().startswith("OUR OWN WORDING for Olivia Owner: 1 item(s)")
-    assert "What to do" in msg.get_body(("html",)).get_content()  # the HTML falls back to ours
+    assert part(msg, "plain").startswith("OUR OWN WORDING for Olivia Owner: 1 item(s)")
+    assert "What to do" in part(msg, "html")  # the HTML falls back to ours
 
 
 def test_our_own_alert_emails_are_ignored_by_the_scan(firm: Firm) -> None:
@@ -340,5 +348,5 @@ def test_our_own_alert_emails_are_ignored_by_the_scan(firm: Firm) -> None:
     with firm.store.session() as db:
         from worker.store.models import Message
 
-        ours = db.execute(select(Message).where(Message.subject.contains("[cw:"))).scalars().all()
+        ours = db.execute(select(Message).where(col(Message.subject).contains("[cw:"))).scalars().all()
     assert len(ours) == 1 and ours[0].automated and ours[0].automated_reason.startswith("Auto-Submitted")

@@ -6,6 +6,7 @@ import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -20,8 +21,8 @@ LONDON = ZoneInfo("Europe/London")
 runner = CliRunner()
 
 
-def london(*a: int) -> datetime:
-    return datetime(*a, tzinfo=LONDON)  # type: ignore[misc]
+def london(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=LONDON)
 
 
 class Mail:
@@ -43,7 +44,7 @@ class Mail:
         folder: str = "INBOX",
         reply_to: str | None = None,
         refs: list[str] | None = None,
-        **kw: object,
+        **kw: Any,
     ) -> str:
         self.n += 1
         mid = f"<m{self.n}@{sender.split('@')[1]}>"
@@ -52,7 +53,7 @@ class Mail:
             to=to,
             subject=subject,
             date=when,
-            message_id=mid,  # type: ignore[arg-type]
+            message_id=mid,
             in_reply_to=reply_to,
             references=refs if refs is not None else ([reply_to] if reply_to else None),
             **kw,

@@ -164,6 +164,7 @@ def test_html_is_well_formed_escaped_and_self_contained(tmp_path: Path, smtp) ->
 
 
 def _chromium(args: list[str]) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM, "the caller checks for Chromium first"
     profile = tempfile.mkdtemp(prefix="cw-chromium-")
     try:
         return subprocess.run(

@@ -20,6 +20,7 @@ import pytest
 from conftest import maildir_config, set_folders, write_config
 from servers import Dovecot, SmtpSink, self_signed
 from sqlalchemy import event, func, select, text
+from sqlmodel import col
 from typer.testing import CliRunner
 
 from worker import defaults
@@ -46,7 +47,7 @@ def mails(n: int, start: int = 0) -> list[bytes]:
 
 def stored_ids(store) -> list[str]:  # type: ignore[no-untyped-def]
     with store.session() as db:
-        return sorted(db.execute(select(Message.message_id)).scalars())
+        return sorted(db.execute(select(col(Message.message_id))).scalars())
 
 
 def expected_ids(n: int) -> list[str]:
@@ -68,7 +69,7 @@ def test_imap_connection_cut_mid_fetch_then_rerun_is_clean(tmp_path: Path, dovec
     rep = ing.scan(cfg.settings.mailboxes)
     assert not rep.ok and "connection" in rep.errors[0].lower()
     with store.session() as db:
-        st = db.execute(select(FolderState).where(FolderState.folder == "INBOX")).scalar_one()
+        st = db.execute(select(FolderState).where(col(FolderState.folder) == "INBOX")).scalar_one()
     # The committed batches are kept and the cursor says exactly how far they went: the two
     # before the kill, and a third if its FETCH (made while the second was stored) had landed.
     assert st.last_uid in (200, 300) and st.last_error

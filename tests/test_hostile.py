@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import Dovecot
 from sqlalchemy import func, select
+from sqlmodel import col
 from typer.testing import CliRunner
 
 from worker import defaults
@@ -51,7 +52,7 @@ def test_the_corpus_through_dovecot_is_stored_or_skipped_never_crashes(tmp_path:
     assert inbox.stored + inbox.duplicates + inbox.skipped == len(CORPUS)
     with store.session() as db:
         skipped = db.execute(select(SkippedMessage)).scalars().all()
-        ids = set(db.execute(select(Message.message_id)).scalars())
+        ids = set(db.execute(select(col(Message.message_id))).scalars())
     assert all(s.reason for s in skipped) and len(skipped) == inbox.skipped
     assert {"<dup@acme.example>", "<one@acme>", "<enc@acme>", "<huge@acme>", "<many@acme>", "<nul@acme>",
             "<fold@acme>", "<self@acme>", "<cyc-a@acme>", "<cyc-b@acme>"} <= ids

@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import imapclient
 import pytest
@@ -19,13 +20,14 @@ from worker.app import prepare_store, run_scan
 from worker.config import load_config
 from worker.ingest import Ingestor
 from worker.mailbox import open_source
-from worker.store.models import Contact, FolderState, Message, ThreadLink
+from worker.mailbox.imap import ImapSource
+from worker.store.models import Contact, FolderState, Message, ThreadLink, table_of
 from worker.synth import build_message
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
-def inbound(i: int, sender: str = "alice@acme.example", **kw: object) -> bytes:
+def inbound(i: int, sender: str = "alice@acme.example", **kw: Any) -> bytes:
     return build_message(
         sender=sender,
         to=["shared@firm.example"],
@@ -33,7 +35,7 @@ def inbound(i: int, sender: str = "alice@acme.example", **kw: object) -> bytes:
         date=T0 + timedelta(minutes=i),
         message_id=f"<q{i}@acme.example>",
         **kw,
-    )  # type: ignore[arg-type]
+    )
 
 
 def count(store, *where) -> int:  # type: ignore[no-untyped-def]
@@ -69,7 +71,7 @@ def test_a_second_scan_reads_only_what_is_new(tmp_path: Path, dovecot: Dovecot, 
 
 def _one(store, message_id: str) -> Message:  # type: ignore[no-untyped-def]
     with store.session() as db:
-        return db.execute(select(Message).where(Message.message_id == message_id)).scalar_one()
+        return db.execute(select(Message).where(col(Message.message_id) == message_id)).scalar_one()
 
 
 def test_scanning_never_changes_the_mailbox(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
@@ -104,7 +106,7 @@ def test_an_interrupted_scan_resumes_where_it_stopped(tmp_path: Path, dovecot: D
         rep = ing.scan_folder(src, "shared", "INBOX", 3)
     assert rep.interrupted and rep.stored == 3
     with store.session() as db:
-        st = db.execute(select(FolderState).where(FolderState.folder == "INBOX")).scalar_one()
+        st = db.execute(select(FolderState).where(col(FolderState.folder) == "INBOX")).scalar_one()
     assert st.last_uid == 3
     r = run_scan(cfg, store, directory)
     inbox = next(f for f in r.folders if f.folder == "INBOX")
@@ -153,7 +155,7 @@ def test_a_message_in_inbox_and_sent_is_stored_once(tmp_path: Path, dovecot: Dov
     m = _one(store, "<eng@firm.example>")
     assert m.direction == "outbound"
     with store.session() as db:
-        synth = db.execute(select(Message).where(Message.synthetic_id)).scalar_one()
+        synth = db.execute(select(Message).where(col(Message.synthetic_id))).scalar_one()
     assert synth.message_id.endswith("@synthetic.carewatch>")
 
 
@@ -170,7 +172,7 @@ def test_unknown_people_at_a_client_domain_become_discovered_contacts(
     store, directory = prepare_store(cfg)
     run_scan(cfg, store, directory)
     with store.session() as db:
-        carl = db.execute(select(Contact).where(Contact.email == "carl@acme.example")).scalar_one()
+        carl = db.execute(select(Contact).where(col(Contact.email) == "carl@acme.example")).scalar_one()
     assert carl.discovered and carl.name == "Carl New"
     m = _one(store, "<q1@acme.example>")
     assert m.direction == "inbound" and m.contact_ids == str(carl.id)
@@ -334,7 +336,8 @@ def test_internaldates_parse_like_imapclient_and_garbage_is_none() -> None:
     for v in (b"02-Nov-2026 09:00:00 +0100", b" 2-Nov-2026 09:00:00 -0530", b"29-Mar-2026 01:30:00 +0000",
               b"2-nov-2026 23:59:59 +1400"):
         assert parse_internaldate(v) == parse_to_datetime(v, normalise=False)
-        assert parse_internaldate(v).utcoffset() == parse_to_datetime(v, normalise=False).utcoffset()
+        parsed = parse_internaldate(v)
+        assert parsed is not None and parsed.utcoffset() == parse_to_datetime(v, normalise=False).utcoffset()
     assert parse_internaldate(b"31-Feb-2026 09:00:00 +0000") is None
     assert parse_internaldate(b"not a date") is None
 
@@ -386,7 +389,7 @@ def test_a_late_message_linking_two_threads_merges_them(tmp_path: Path, db_url: 
             "sent_at": now + timedelta(minutes=minutes),
         }
         with store.session() as db:
-            store.insert_ignore(db, Message.__table__, [row], ["message_id"])
+            store.insert_ignore(db, table_of(Message), [row], ["message_id"])
             assign_threads(db.connection(), [row])
             db.commit()
 
@@ -420,7 +423,7 @@ def test_one_batch_linking_three_stored_threads_in_two_places_leaves_one_thread(
 
     def add(rows: list[dict[str, object]]) -> None:
         with store.session() as db:
-            store.insert_ignore(db, Message.__table__, rows, ["message_id"])
+            store.insert_ignore(db, table_of(Message), rows, ["message_id"])
             assign_threads(db.connection(), rows)
             db.commit()
 
@@ -534,10 +537,10 @@ def test_the_direct_inserts_store_exactly_what_sqlalchemy_would(tmp_path: Path, 
     fast, dialect_insert = ((_sqlite_insert_ignore, sqlite.insert) if store.dialect == "sqlite"
                             else (_postgres_insert_ignore, postgresql.insert))
     with store.engine.begin() as conn:
-        assert fast(conn, Message.__table__, [row], ["message_id"]) == 1
-        assert fast(conn, Message.__table__, [row, other], ["message_id"]) == 1  # <a@b> is there
+        assert fast(conn, table_of(Message), [row], ["message_id"]) == 1
+        assert fast(conn, table_of(Message), [row, other], ["message_id"]) == 1  # <a@b> is there
         conn.execute(text("DELETE FROM message WHERE message_id = '<b@b>'"))
-        conn.execute(dialect_insert(Message.__table__).on_conflict_do_nothing(index_elements=["message_id"]),
+        conn.execute(dialect_insert(table_of(Message)).on_conflict_do_nothing(index_elements=["message_id"]),
                      [other])
     with store.engine.connect() as conn:
         stored = conn.execute(text("SELECT * FROM message ORDER BY message_id")).mappings().all()
@@ -622,7 +625,12 @@ def test_a_big_backlog_is_read_by_a_helper_process_with_the_same_result(
 
     starts = []
     real_start = FetchHelper._start
-    monkeypatch.setattr(FetchHelper, "_start", lambda self: (starts.append(1), real_start(self))[1])
+
+    def counted_start(self: FetchHelper) -> None:
+        starts.append(1)
+        real_start(self)
+
+    monkeypatch.setattr(FetchHelper, "_start", counted_start)
     monkeypatch.setattr(defaults, "SCAN_PROCESS_MIN_MESSAGES", 1)
     rep = run_scan(cfg, store, directory)
     assert rep.ok and rep.stored > 600
@@ -640,7 +648,7 @@ def test_a_big_backlog_is_read_by_a_helper_process_with_the_same_result(
     assert count(store, Message.acknowledgement) and count(store, Message.automated)
     assert count(store, Message.direction == "inbound") and count(store, Message.direction == "outbound")
     with store.session() as db:
-        assert db.execute(select(func.count()).select_from(Contact).where(Contact.discovered)).scalar_one()
+        assert db.execute(select(func.count()).select_from(Contact).where(col(Contact.discovered))).scalar_one()
 
 
 def test_a_helper_process_that_loses_the_server_fails_the_scan_cleanly(
@@ -665,7 +673,7 @@ def test_a_helper_process_that_loses_the_server_fails_the_scan_cleanly(
     assert not rep.ok and "connection lost" in rep.errors[0]
     assert multiprocessing.active_children() == []
     with store.session() as db:
-        st = db.execute(select(FolderState).where(FolderState.folder == "INBOX")).scalar_one()
+        st = db.execute(select(FolderState).where(col(FolderState.folder) == "INBOX")).scalar_one()
     # What the helper had prepared before the server died may still have been stored; the
     # cursor says exactly how far, and a rerun finishes the folder without duplicates.
     assert 100 <= st.last_uid < n and st.last_error
@@ -777,9 +785,15 @@ def test_new_messages_are_listed_in_uid_spans_without_gaps_or_repeats(tmp_path: 
     dovecot.append([inbound(i) for i in range(30)])
     cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot))
     with open_source(cfg.settings.mailboxes[0]) as src:
+        assert isinstance(src, ImapSource)
         asked: list[str] = []
         real_search = src.c.search
-        monkeypatch.setattr(src.c, "search", lambda criteria: (asked.append(criteria[1]), real_search(criteria))[1])
+
+        def search(criteria: list[Any]) -> list[int]:
+            asked.append(criteria[1])
+            return real_search(criteria)
+
+        monkeypatch.setattr(src.c, "search", search)
         assert [i.cursor for i in src.new_items("INBOX", 0)] == list(range(1, 31))
         assert asked == ["1:7", "8:14", "15:21", "22:28", "29:*"]
         assert [i.cursor for i in src.new_items("INBOX", 12)] == list(range(13, 31))

@@ -211,8 +211,8 @@ def test_two_replicas_on_postgres_never_duplicate(
     eng = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
     with eng.connect() as c:
         n_messages = c.execute(text("SELECT count(*) FROM message")).scalar()
-        n_alerts = c.execute(text("SELECT count(*) FROM alert")).scalar()
-        n_alert_keys = c.execute(text("SELECT count(DISTINCT key) FROM alert")).scalar()
+        n_alerts = c.execute(text("SELECT count(*) FROM alert")).scalar_one()
+        n_alert_keys = c.execute(text("SELECT count(DISTINCT key) FROM alert")).scalar_one()
         outbox = c.execute(text("SELECT message_id, status FROM outbox")).all()
     eng.dispose()
     assert n_messages == 20

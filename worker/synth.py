@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.header import Header
 from email.utils import format_datetime
+from typing import Literal
 
 
 def _addr(a: str | tuple[str, str]) -> str:
@@ -24,12 +26,13 @@ def message_id_for(*parts: object, domain: str = "mail.example") -> str:
 
 
 def build_message(
-    *, sender: str | tuple[str, str], to: list[str | tuple[str, str]], subject: str, date: datetime,
-    body: str = "Hello,\n\nPlease see the attached.\n\nBest,\nA.", cc: list[str | tuple[str, str]] | None = None,
-    message_id: str | None = None, in_reply_to: str | None = None, references: list[str] | None = None,
+    *, sender: str | tuple[str, str], to: Sequence[str | tuple[str, str]], subject: str, date: datetime,
+    body: str = "Hello,\n\nPlease see the attached.\n\nBest,\nA.", cc: Sequence[str | tuple[str, str]] | None = None,
+    message_id: str | Literal[False] | None = None, in_reply_to: str | None = None, references: list[str] | None = None,
     extra_headers: dict[str, str] | None = None, html: bool = False,
 ) -> bytes:
-    """An RFC 5322 message as a mail client would send it (CRLF, encoded words where needed)."""
+    """An RFC 5322 message as a mail client would send it (CRLF, encoded words where needed).
+    `message_id` None makes a stable one up; False leaves the header out."""
     if date.tzinfo is None:
         date = date.replace(tzinfo=UTC)
     try:
@@ -44,7 +47,7 @@ def build_message(
     if cc:
         lines.append(f"Cc: {', '.join(_addr(a) for a in cc)}")
     lines += [f"Subject: {subj}", f"Date: {format_datetime(date)}"]
-    if message_id is not False:  # type: ignore[comparison-overlap]
+    if message_id is not False:
         lines.append(f"Message-ID: {message_id or message_id_for(sender, subject, date)}")
     if in_reply_to:
         lines.append(f"In-Reply-To: {in_reply_to}")
