@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
@@ -308,7 +309,8 @@ class SmtpSink:
         sink = self
 
         class Handler:
-            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+            async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
+                                  rcpt_options: list[str]) -> str:
                 if sink.refuse_code:
                     return sink.refuse_code
                 if address in sink.refuse_rcpt:
@@ -316,7 +318,7 @@ class SmtpSink:
                 envelope.rcpt_tos.append(address)
                 return "250 OK"
 
-            async def handle_DATA(self, server, session, envelope):  # noqa: N802
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
                 with sink.lock:
                     sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
                 return "250 Message accepted"

@@ -68,7 +68,7 @@ class Firm:
         return AlertDesk(self.store, self.config).check(now, **kw)
 
     def received(self) -> list[email.message.EmailMessage]:
-        return [email.message_from_bytes(raw, policy=policy.default) for _, _, raw in self.smtp.messages]  # type: ignore[misc]
+        return [email.message_from_bytes(raw, policy=policy.default) for _, _, raw in self.smtp.messages]
 
     def alerts(self) -> dict[str, Alert]:
         with self.store.session() as db:

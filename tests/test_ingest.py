@@ -145,7 +145,7 @@ def test_a_message_in_inbox_and_sent_is_stored_once(tmp_path: Path, dovecot: Dov
     )
     no_id = build_message(
         sender="olivia@firm.example", to=["bob@acme.example"], subject="No id", date=T0, message_id=False
-    )  # type: ignore[arg-type]
+    )
     dovecot.append([msg, no_id])
     dovecot.append([msg, no_id], folder="Sent")
     cfg = load_config(write_config(tmp_path, db_url, dovecot))
@@ -576,7 +576,7 @@ def demo_config(path: Path, dovecot: Dovecot, db_url: str, batch_size: int):  # 
     return validate_data(data, None, os.environ)
 
 
-def store_dump(store) -> dict[str, list[tuple]]:  # type: ignore[no-untyped-def,type-arg]
+def store_dump(store) -> dict[str, list[tuple]]:  # type: ignore[no-untyped-def]
     """Everything a scan derives, without surrogate keys and ingest times."""
     from sqlalchemy import text
 
@@ -614,7 +614,7 @@ def _plain(v: object) -> object:
 
 
 def test_a_big_backlog_is_read_by_a_helper_process_with_the_same_result(
-        tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import multiprocessing
 
     from worker import defaults
@@ -652,7 +652,7 @@ def test_a_big_backlog_is_read_by_a_helper_process_with_the_same_result(
 
 
 def test_a_helper_process_that_loses_the_server_fails_the_scan_cleanly(
-        tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import multiprocessing
 
     from worker import defaults
@@ -684,7 +684,7 @@ def test_a_helper_process_that_loses_the_server_fails_the_scan_cleanly(
 
 
 def test_a_stop_request_ends_the_helper_process_after_the_batch_in_hand(
-        tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import multiprocessing
 
     from worker import defaults
@@ -766,7 +766,7 @@ def test_pipelined_fetches_each_get_their_own_answers_in_any_order(tmp_path: Pat
                 assert (r.header, r.internal_date) == (plain[r.item.cursor].header, plain[r.item.cursor].internal_date)
             assert got[1] == {i.key: plain_snips[i.key] for i in items[5:20]}
             assert got[3] == {i.key: plain_snips[i.key] for i in items[:5]}
-            assert b"body of message 7" in got[1][items[7].key]  # type: ignore[index]
+            assert b"body of message 7" in got[1][items[7].key]
         # FETCHes abandoned in flight (a stopped scan) do not disturb what comes next.
         src.start_fetch("INBOX", items)
         src.start_fetch_snippets("INBOX", items)
@@ -776,7 +776,7 @@ def test_pipelined_fetches_each_get_their_own_answers_in_any_order(tmp_path: Pat
 
 
 def test_new_messages_are_listed_in_uid_spans_without_gaps_or_repeats(tmp_path: Path, dovecot: Dovecot,
-                                                                      monkeypatch) -> None:  # type: ignore[no-untyped-def]
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A SEARCH answer over 1 MB (~140k UIDs) is refused by imaplib, so a big folder is listed a
     span of UIDs at a time; here the span is 7 so 30 messages take several."""
     from worker import defaults
@@ -833,8 +833,8 @@ def test_a_skipped_maildir_message_is_recorded_under_the_same_number_in_every_pr
     assert uid == 42 and 0 <= named < 2**62
 
 
-def test_the_helper_process_logs_as_the_worker_does(tmp_path: Path, dovecot: Dovecot, monkeypatch,
-                                                     capfd) -> None:  # type: ignore[no-untyped-def]
+def test_the_helper_process_logs_as_the_worker_does(tmp_path: Path, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch,
+                                                     capfd: pytest.CaptureFixture[str]) -> None:
     """A spawned process starts with logging unconfigured: its lines would be bare, and only
     warnings. It gets the worker's level and format (JSON lines in a container)."""
     import json

@@ -10,6 +10,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
+from typing import overload
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,13 @@ class UidItems(Sequence[Item]):
     def __len__(self) -> int:
         return len(self.uids)
 
-    def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
+    @overload
+    def __getitem__(self, i: int) -> Item: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> UidItems: ...
+
+    def __getitem__(self, i: int | slice) -> Item | UidItems:
         if isinstance(i, slice):
             return UidItems(self.uids[i])
         u = self.uids[i]

@@ -62,7 +62,7 @@ def _html_part(raw: bytes) -> str | None:
     from email import policy
 
     msg = email.message_from_bytes(raw, policy=policy.default)
-    part = msg.get_body(("html",))  # type: ignore[attr-defined]
+    part = msg.get_body(("html",))
     return part.get_content() if part is not None else None
 
 

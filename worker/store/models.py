@@ -13,7 +13,7 @@ from sqlmodel import Field, SQLModel, col
 def table_of(model: type[SQLModel]) -> Table:
     """A table model's Table, for Core statements. SQLModel sets `__table__` when the class is
     made, but its type stubs do not declare it."""
-    return model.__table__  # type: ignore[attr-defined,no-any-return]
+    return model.__table__  # type: ignore[attr-defined]
 
 
 def columns(*attrs: Any) -> list[Mapped[Any]]:
