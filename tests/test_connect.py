@@ -120,6 +120,8 @@ def test_a_refused_login_and_an_unreachable_store_are_all_reported_in_one_run(
     assert "login refused for 'shared@firm.example': [AUTHENTICATIONFAILED] Authentication failed." in out
     assert f"SMTP 127.0.0.1:{closed}: cannot connect" in out
     assert out.count("failed mailbox 'shared'") == out.count("failed store") == out.count("failed delivery") == 1
+    # The heading names the mailbox; its line says only what went wrong.
+    assert out.count("mailbox 'shared'") == 1, out
 
 
 def test_a_server_that_dies_mid_check_is_a_failed_check_not_a_traceback(
@@ -169,3 +171,19 @@ def test_folder_hint_lists_at_most_twenty_names() -> None:
     assert hint.startswith("the server marks 'Sent Items' as its sent folder; its folders are 'INBOX', ")
     assert hint.endswith("'Project 18' and 12 more")
     assert folder_hint("Sent", [], ["Sent"]) == ""
+
+
+def test_a_mailbox_error_keeps_where_and_what_apart_through_the_fetch_helper_pickle() -> None:
+    """The fetch helper sends its failures to the scan pickled; the mailbox and the detail
+    must both arrive, for the scan's log line and for `--connect`'s."""
+    import pickle
+
+    from worker.errors import FolderMissingError, MailboxError
+
+    sent = FolderMissingError("folder 'Sent Items' not found", where="mailbox 'shared' (imap.example:993)")
+    got = pickle.loads(pickle.dumps(sent))
+    assert type(got) is FolderMissingError
+    assert (got.where, got.detail) == ("mailbox 'shared' (imap.example:993)", "folder 'Sent Items' not found")
+    assert str(got) == "mailbox 'shared' (imap.example:993): folder 'Sent Items' not found"
+    nowhere = MailboxError("Google Workspace XOAUTH2 needs google-auth")
+    assert str(nowhere) == "Google Workspace XOAUTH2 needs google-auth" and nowhere.where == ""

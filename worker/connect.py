@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import imaplib
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .config import Config, MailboxConfig
-from .errors import CarewatchError, ExitCode, FolderMissingError, StoreError
+from .errors import CarewatchError, ExitCode, FolderMissingError, MailboxError, StoreError
 from .mailbox.base import first_entry, folder_hint, folders_to_scan, is_pattern
 
 
@@ -41,11 +40,9 @@ class Check:
             self.ok, self.exit_code = False, code
 
 
-def _without_where(message: str, mb: MailboxConfig) -> str:
-    """A source's error without its "mailbox 'name' (host:port): " lead: the check's subject
-    already says which mailbox."""
-    lead = re.match(rf"mailbox {re.escape(repr(mb.name))}(?: \([^)]*\))?: ", message)
-    return message[lead.end():] if lead else message
+def _detail(exc: CarewatchError) -> str:
+    """What went wrong, without the "mailbox 'name' (host:port)" that the check's heading says."""
+    return exc.detail if isinstance(exc, MailboxError) else str(exc)
 
 
 def check_mailbox(mb: MailboxConfig) -> Check:
@@ -57,7 +54,7 @@ def check_mailbox(mb: MailboxConfig) -> Check:
         source = open_source(mb)
         source.open()
     except CarewatchError as exc:
-        check.fail(_without_where(str(exc), mb), exc.exit_code)
+        check.fail(_detail(exc), exc.exit_code)
         return check
     try:
         if mb.kind == "imap":
@@ -85,7 +82,7 @@ def check_mailbox(mb: MailboxConfig) -> Check:
             found = [entry] if not is_pattern(entry) else [f for f, e in brought_by.items() if e == entry]
             for f in found:
                 if f in missing:
-                    check.fail(_without_where(str(missing[f]), mb), missing[f].exit_code)
+                    check.fail(missing[f].detail, missing[f].exit_code)
             if not is_pattern(entry):
                 if entry in counts:
                     check.lines.append(f"{entry}: {counts[entry]:,} message(s)")
@@ -103,7 +100,7 @@ def check_mailbox(mb: MailboxConfig) -> Check:
             check.notes.append(f"the server does not offer IDLE: new mail is seen every "
                                f"{mb.scan_interval_minutes:g} minute(s) (scan_interval_minutes)")
     except CarewatchError as exc:
-        check.fail(_without_where(str(exc), mb), exc.exit_code)
+        check.fail(_detail(exc), exc.exit_code)
     except (OSError, EOFError, imaplib.IMAP4.error) as exc:  # the server went away mid-check
         check.fail(f"connection lost: {exc or type(exc).__name__}", ExitCode.MAILBOX)
     finally:

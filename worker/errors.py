@@ -51,9 +51,21 @@ class ConfigError(CarewatchError):
 
 
 class MailboxError(CarewatchError):
-    """Raised when a mailbox cannot be reached, logged into or read."""
+    """Raised when a mailbox cannot be reached, logged into or read.
+
+    `where` names the mailbox ("mailbox 'shared' (imap.example.com:993)") and `detail` says
+    what went wrong; str() joins them. `validate --connect` prints the detail under a heading
+    that already names the mailbox."""
 
     exit_code = ExitCode.MAILBOX
+
+    def __init__(self, detail: str, where: str = "") -> None:
+        super().__init__(detail, where)  # both in args: the fetch helper pickles these
+        self.detail = detail
+        self.where = where
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.detail}" if self.where else self.detail
 
 
 class MailboxAuthError(MailboxError):

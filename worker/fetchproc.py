@@ -110,9 +110,9 @@ class FetchHelper:
                     payload = self._out.recv_bytes()
                 except EOFError:
                     self._proc.join(5)
-                    raise MailboxError(f"mailbox {self.mb.name!r}: the fetch process for {folder!r} ended "
+                    raise MailboxError(f"the fetch process for {folder!r} ended "
                                        f"unexpectedly (exit code {self._proc.exitcode}); committed batches "
-                                       "are kept, the next scan resumes") from None
+                                       "are kept, the next scan resumes", where=f"mailbox {self.mb.name!r}") from None
                 got: Any = pickle.loads(payload)
                 if isinstance(got, BaseException):
                     raise got

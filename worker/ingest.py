@@ -250,9 +250,9 @@ class Ingestor:
                     raise
                 errors.append(str(exc))
             except (OSError, EOFError, imaplib.IMAP4.error) as exc:
-                raise MailboxError(f"mailbox {mb.name!r}: connection lost while reading "
+                raise MailboxError(f"connection lost while reading "
                                    f"{folder!r}: {exc or type(exc).__name__}; committed batches "
-                                   "are kept, the next scan resumes") from exc
+                                   "are kept, the next scan resumes", where=f"mailbox {mb.name!r}") from exc
         return out
 
     def scan_folder(self, source: MailboxSource, mailbox: str, folder: str,

@@ -43,7 +43,8 @@ class TokenCache:
 def microsoft_client_credentials(mb: MailboxConfig) -> tuple[str, float]:
     """Client-credentials grant for an app granted the shared mailbox (Exchange app-only access)."""
     if not mb.oauth_client_id or not (mb.oauth_tenant or mb.oauth_token_url):
-        raise MailboxError(f"mailbox {mb.name!r}: oauth_client_id and oauth_tenant are required for Microsoft 365")
+        raise MailboxError("oauth_client_id and oauth_tenant are required for Microsoft 365",
+                           where=f"mailbox {mb.name!r}")
     url = mb.oauth_token_url or f"https://login.microsoftonline.com/{mb.oauth_tenant}/oauth2/v2.0/token"
     secret = mb.read_oauth_client_secret()
     body = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": mb.oauth_client_id,
@@ -55,12 +56,12 @@ def microsoft_client_credentials(mb: MailboxConfig) -> tuple[str, float]:
     except urllib.error.HTTPError as exc:
         detail = exc.read()[:300].decode(errors="replace")
         # The error body never contains our secret; it names the problem (AADSTS codes).
-        raise MailboxAuthError(f"mailbox {mb.name!r}: the token endpoint refused the client ({exc.code}): "
-                               f"{detail}") from None
+        raise MailboxAuthError(f"the token endpoint refused the client ({exc.code}): "
+                               f"{detail}", where=f"mailbox {mb.name!r}") from None
     except (OSError, ValueError) as exc:
-        raise MailboxError(f"mailbox {mb.name!r}: cannot reach the token endpoint: {exc}") from None
+        raise MailboxError(f"cannot reach the token endpoint: {exc}", where=f"mailbox {mb.name!r}") from None
     if "access_token" not in doc:
-        raise MailboxAuthError(f"mailbox {mb.name!r}: the token endpoint answered without an access_token")
+        raise MailboxAuthError("the token endpoint answered without an access_token", where=f"mailbox {mb.name!r}")
     return doc["access_token"], float(doc.get("expires_in", 3600))
 
 
@@ -99,11 +100,11 @@ def google_service_account(mb: MailboxConfig) -> tuple[str, float]:
         # e.g. "unauthorized_client: Client is unauthorized to retrieve access tokens using this
         # method": the service account has no domain-wide delegation for the mail scope.
         said = exc.args[0] if exc.args else str(exc)
-        raise MailboxAuthError(f"mailbox {mb.name!r}: Google refused a token for {mb.username!r} ({said}); "
+        raise MailboxAuthError(f"Google refused a token for {mb.username!r} ({said}); "
                                f"grant the service account domain-wide delegation for {GOOGLE_SCOPE} "
-                               "in the Workspace admin console") from None
+                               "in the Workspace admin console", where=f"mailbox {mb.name!r}") from None
     except exceptions.TransportError as exc:
-        raise MailboxError(f"mailbox {mb.name!r}: cannot reach Google's token endpoint: {exc}") from None
+        raise MailboxError(f"cannot reach Google's token endpoint: {exc}", where=f"mailbox {mb.name!r}") from None
     lifetime = (creds.expiry.replace(tzinfo=UTC).timestamp() - time.time()) if creds.expiry else 3600.0
     return creds.token, lifetime
 

@@ -18,7 +18,7 @@ def open_source(mb: MailboxConfig) -> MailboxSource:
     from .imap import ImapSource
 
     if not mb.host or not mb.username:
-        raise MailboxError(f"mailbox {mb.name!r}: host and username are required")
+        raise MailboxError("host and username are required", where=f"mailbox {mb.name!r}")
     password = oauth = None
     if mb.auth == "xoauth2":
         from ..oauth import token_provider

@@ -245,16 +245,16 @@ class ImapSource(MailboxSource):
                 c.login(self.username, self._password())
             self.capabilities = tuple(c.capabilities())
         except LoginError as exc:
-            raise MailboxAuthError(f"{self._where()}: login refused for {self.username!r}: "
-                                   f"{_reason(exc)}") from None
+            raise MailboxAuthError(f"login refused for {self.username!r}: "
+                                   f"{_reason(exc)}", where=self._where()) from None
         except ssl.SSLCertVerificationError as exc:
-            raise MailboxError(f"{self._where()}: TLS certificate not trusted ({exc.verify_message}); "
-                               "set ca_file to your CA bundle if the server uses a private CA") from None
+            raise MailboxError(f"TLS certificate not trusted ({exc.verify_message}); set ca_file to your CA "
+                               "bundle if the server uses a private CA", where=self._where()) from None
         except ssl.SSLError as exc:
-            raise MailboxError(f"{self._where()}: {tls_failed(exc, self.tls == 'implicit', 'tls', '143', 993)}") \
+            raise MailboxError(tls_failed(exc, self.tls == "implicit", "tls", "143", 993), where=self._where()) \
                 from None
         except (OSError, IMAPClientError, imapclient.imaplib.IMAP4.error) as exc:
-            raise MailboxError(f"{self._where()}: cannot connect: {exc}") from None
+            raise MailboxError(f"cannot connect: {exc}", where=self._where()) from None
         self.client = c
         self._selected = None
 
@@ -274,7 +274,7 @@ class ImapSource(MailboxSource):
     @property
     def c(self) -> imapclient.IMAPClient:
         if self.client is None:
-            raise MailboxError(f"{self._where()}: not connected")
+            raise MailboxError("not connected", where=self._where())
         return self.client
 
     def _select(self, folder: str) -> dict[bytes, Any]:
@@ -289,8 +289,8 @@ class ImapSource(MailboxSource):
         except imaplib.IMAP4.abort:
             raise  # the connection is gone (imapclient's errors include it): not a missing folder
         except IMAPClientError as exc:
-            raise FolderMissingError(f"{self._where()}: cannot open folder {folder!r} (the server says: {_reason(exc)})"
-                                     f"{self.not_found_hint(folder)}") from None
+            raise FolderMissingError(f"cannot open folder {folder!r} (the server says: {_reason(exc)})"
+                                     f"{self.not_found_hint(folder)}", where=self._where()) from None
         self._selected = folder
         return info
 
@@ -301,8 +301,8 @@ class ImapSource(MailboxSource):
         except imaplib.IMAP4.abort:
             raise  # the connection is gone: not a missing folder
         except IMAPClientError as exc:
-            raise FolderMissingError(f"{self._where()}: folder {folder!r} not found (the server says: {_reason(exc)})"
-                                     f"{self.not_found_hint(folder)}") from None
+            raise FolderMissingError(f"folder {folder!r} not found (the server says: {_reason(exc)})"
+                                     f"{self.not_found_hint(folder)}", where=self._where()) from None
         return FolderStatus(uidvalidity=int(st[b"UIDVALIDITY"]), uidnext=int(st[b"UIDNEXT"]),
                             messages=int(st[b"MESSAGES"]))
 
@@ -311,7 +311,7 @@ class ImapSource(MailboxSource):
         try:
             listed = self.c.list_folders()
         except IMAPClientError as exc:
-            raise MailboxError(f"{self._where()}: cannot list folders: {_reason(exc)}") from None
+            raise MailboxError(f"cannot list folders: {_reason(exc)}", where=self._where()) from None
         out = []
         for flags, delimiter, name in listed:
             marks = {f.lower() for f in flags}  # attributes are case-insensitive (RFC 3501)
@@ -411,7 +411,7 @@ class ImapSource(MailboxSource):
             if got is not None:
                 out[uid] = got
         if failed:
-            raise MailboxError(f"{self._where()}: {failed}")
+            raise MailboxError(failed, where=self._where())
         if self._odd_shape:
             # Some answer could not be filed, and it may have been anyone's: this FETCH and
             # every other one in flight are made again through imapclient.

@@ -42,7 +42,7 @@ class MaildirSource(MailboxSource):
 
     def open(self) -> None:
         if not self.path.is_dir():
-            raise MailboxError(f"mailbox {self.name!r}: Maildir {self.path} does not exist")
+            raise MailboxError(f"Maildir {self.path} does not exist", where=f"mailbox {self.name!r}")
 
     def close(self) -> None:
         pass
@@ -53,8 +53,8 @@ class MaildirSource(MailboxSource):
         for cand in (self.path / ("." + folder.replace("/", ".")), self.path / folder):
             if (cand / "cur").is_dir() or (cand / "new").is_dir():
                 return cand
-        raise FolderMissingError(f"mailbox {self.name!r}: folder {folder!r} not found in {self.path}"
-                                 f"{self.not_found_hint(folder)}")
+        raise FolderMissingError(f"folder {folder!r} not found in {self.path}"
+                                 f"{self.not_found_hint(folder)}", where=f"mailbox {self.name!r}")
 
     def list_folders(self) -> list[FolderInfo]:
         """INBOX, then the Maildir++ folders (".Sent", ".Archive.2024" is "Archive/2024") and
@@ -67,7 +67,7 @@ class MaildirSource(MailboxSource):
                             (os.path.isdir(os.path.join(e.path, "cur")) or os.path.isdir(os.path.join(e.path, "new"))):
                         found.append(e.name[1:].replace(".", "/") if e.name.startswith(".") else e.name)
         except OSError as exc:
-            raise MailboxError(f"mailbox {self.name!r}: cannot list {self.path}: {exc.strerror}") from None
+            raise MailboxError(f"cannot list {self.path}: {exc.strerror}", where=f"mailbox {self.name!r}") from None
         return [FolderInfo("INBOX")] + [FolderInfo(n) for n in sorted(found)]
 
     def _files(self, folder: str) -> list[tuple[int, str]]:
