@@ -253,3 +253,94 @@ def test_contacts_writing_and_the_firm_never_seen_replying_is_called_out(
         w.store.dispose()
     r = CliRunner().invoke(app, ["--config", str(cfg), "status"])
     assert r.exit_code == 0 and "note" not in r.output, r.output
+
+
+def maildir_folder(cfg_path: Path, name: str, *raws: bytes) -> None:
+    """Make folder `name` ("Clients/Acme") in the config's Maildir, holding `raws`."""
+    folder = cfg_path.parent / "md" / ("." + name.replace("/", "."))
+    for sub in ("cur", "new", "tmp"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for k, raw in enumerate(raws):
+        (folder / "cur" / f"{k}.host:2,").write_bytes(raw)
+
+
+def test_a_pattern_that_matches_no_folder_is_named_by_scan_status_and_healthz(tmp_path: Path) -> None:
+    """"Clients/*" on a server whose client folders are named otherwise reads nothing, and
+    the scan used to say all was well. Now each place that reports on reading says so, and
+    says nothing before anything was listed (nobody knows yet)."""
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    runner = CliRunner()
+    cfg = set_folders(maildir_config(tmp_path, [mail("in")]), "Clients/*")
+    said = "mailbox 'shared': 'Clients/*' matches no folder on the server, so nothing is read through it"
+    never = "mailbox 'shared' has not been read yet"
+
+    ok, shared = health_with(cfg, "Clients/*")
+    assert not ok and shared["unmatched_patterns"] == []  # never listed: not known yet
+    r = runner.invoke(app, ["--config", str(cfg), "status"])
+    assert never in " ".join(r.output.split()) and "matches no folder" not in r.output, r.output
+
+    r = runner.invoke(app, ["--config", str(cfg), "scan"])
+    assert r.exit_code == 0 and f"note: {said}" in " ".join(r.output.split()), r.output
+    r = runner.invoke(app, ["--config", str(cfg), "scan", "--json"])
+    assert json.loads(r.stdout)["unmatched_patterns"] == {"shared": ["Clients/*"]}
+    r = runner.invoke(app, ["--config", str(cfg), "status"])
+    out = " ".join(r.output.split())
+    assert said in out and never not in out, r.output  # a scan has run: "run scan" would mislead
+    ok, shared = health_with(cfg, "Clients/*")
+    assert not ok and shared["unmatched_patterns"] == ["Clients/*"] and shared["stale_folders"] == []
+
+    # Beside a folder that is read, the mailbox is healthy and the pattern is still named.
+    ok, shared = health_with(cfg, "INBOX", "Clients/*", scan=True)
+    assert ok and shared["unmatched_patterns"] == ["Clients/*"]
+
+    # The client folders appear: the next scan reads them and the notes go.
+    maildir_folder(cfg, "Clients/Acme", mail("acme"))
+    set_folders(cfg, "Clients/*")
+    r = runner.invoke(app, ["--config", str(cfg), "scan", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["unmatched_patterns"] == {}, r.output
+    r = runner.invoke(app, ["--config", str(cfg), "status"])
+    assert "note" not in r.output, r.output
+    ok, shared = health_with(cfg, "Clients/*")
+    assert ok and shared["unmatched_patterns"] == []
+
+
+def test_a_scan_stopped_before_a_matched_folder_does_not_call_its_pattern_unmatched(tmp_path: Path) -> None:
+    """Every folder a pattern matches gets its scan state when the folders are listed, before
+    it is read: a scan stopped early leaves it unread (stale), not unknown."""
+    import threading
+
+    from worker.ingest import Ingestor
+
+    cfg_path = set_folders(maildir_config(tmp_path, [mail("in")]), "INBOX", "Clients/*")
+    maildir_folder(cfg_path, "Clients/Acme", mail("acme"))
+    cfg = load_config(cfg_path)
+    store, directory = prepare_store(cfg)
+    stop = threading.Event()
+    rep = Ingestor(store, cfg, directory, stop=stop, on_batch=lambda _: stop.set()).scan()
+    assert [f.folder for f in rep.folders] == ["INBOX"]  # stopped after INBOX's one batch
+    assert states(store) == {"INBOX", "Clients/Acme"}
+    ok, shared = health_with(cfg_path, "INBOX", "Clients/*")
+    assert not ok and shared["unmatched_patterns"] == [] and shared["stale_folders"] == ["Clients/Acme"]
+
+
+def test_the_worker_warns_once_when_a_pattern_stops_matching_and_says_when_it_matches_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from worker.service import Worker
+
+    cfg_path = set_folders(maildir_config(tmp_path, [mail("in")]), "INBOX", "Clients/*")
+    w = Worker(load_config(cfg_path), metrics_port=-1)
+    try:
+        with caplog.at_level(logging.INFO, logger="worker.service"):
+            w.scan_job("shared")
+            w.scan_job("shared")  # every few minutes: one warning, not one a scan
+            warned = [r for r in caplog.records if "matches no folder" in r.getMessage()]
+            assert [r.levelno for r in warned] == [logging.WARNING]
+            assert "mailbox shared: 'Clients/*' matches no folder on the server" in warned[0].getMessage()
+            maildir_folder(cfg_path, "Clients/Acme", mail("acme"))
+            w.scan_job("shared")
+        assert "every folder pattern matches a folder on the server again" in caplog.text
+    finally:
+        w.store.dispose()

@@ -9,7 +9,17 @@ from typing import Any
 
 from .classify import Directory
 from .config import Config
-from .ingest import Ingestor, Progress, ScanReport, configured_folders, reclassify
+from .ingest import (
+    Ingestor,
+    Progress,
+    ScanReport,
+    configured_folders,
+    folder_states,
+    mailboxes_listed,
+    matches_no_folder,
+    reclassify,
+    unmatched_patterns,
+)
 from .store import Store, open_store
 from .store.sync import load_directory, sync_directory
 
@@ -113,21 +123,20 @@ def scan_notes(config: Config, store: Store, now: datetime) -> list[str]:
     """What a status or check run by hand should say about the mail it is based on: a mailbox
     never read (every contact reads "never" until it is), or one not read for a while (the
     worker stopped?). Judged at `now`, so a replay of the past says nothing."""
-    from sqlmodel import col, select
-
     from .mailbox.base import is_pattern
-    from .store.models import FolderState
 
-    with store.session() as db:
-        rows = db.execute(select(col(FolderState.mailbox), col(FolderState.folder),
-                                 col(FolderState.last_ok_at))).all()
+    rows, listed = folder_states(store), mailboxes_listed(store)
     notes = []
     for mb in config.settings.mailboxes:
         read = {f: t for f, t in configured_folders(mb, rows).items() if t is not None}
         named = [f for f in mb.folders if not is_pattern(f)]
+        unmatched = unmatched_patterns(mb, rows, listed)
+        if unmatched:
+            notes.append(f"mailbox {mb.name!r}: {matches_no_folder(unmatched)}")
         if not read:
-            notes.append(f"mailbox {mb.name!r} has not been read yet: run `carewatch scan` (or add --scan); "
-                         "until then its contacts show no mail")
+            if named or not unmatched:  # (else the note above says why nothing is read)
+                notes.append(f"mailbox {mb.name!r} has not been read yet: run `carewatch scan` (or add --scan); "
+                             "until then its contacts show no mail")
             continue
         oldest = min(read.get(f) or datetime.min for f in named) if named else min(read.values())
         age = now - oldest

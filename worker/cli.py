@@ -294,6 +294,7 @@ def scan(
     Never changes the mailbox: folders are opened read-only and bodies are only peeked at.
     A second run reads only what is new."""
     from .app import run_scan
+    from .ingest import folder_states, mailboxes_listed, matches_no_folder, unmatched_patterns
 
     cfg = state.config()
     names = [mb.name for mb in cfg.settings.mailboxes]
@@ -305,10 +306,14 @@ def scan(
         width = max((len(f"{mb.name}/{f}") for mb in cfg.settings.mailboxes for f in mb.folders), default=0)
         progress = RichFolderProgress(err, width) if err.is_terminal and not as_json else None
         report = run_scan(cfg, store, directory, stop=stop, progress=progress, mailboxes=mailbox)
+        rows, listed = folder_states(store), mailboxes_listed(store)
+        unmatched = {mb.name: found for mb in cfg.settings.mailboxes if not mailbox or mb.name in mailbox
+                     if (found := unmatched_patterns(mb, rows, listed))}
     if as_json:
         out.print_json(json.dumps({
             "ok": report.ok, "errors": report.errors,
             "folders": [vars(f) for f in report.folders],
+            "unmatched_patterns": unmatched,
         }))
     else:
         t = Table(title="scan")
@@ -322,6 +327,8 @@ def scan(
         out.print(t)
         for e in report.errors:
             err.print(f"[red]error:[/] {escape(e)}", highlight=False)
+        for name, patterns in unmatched.items():
+            err.print(f"note: mailbox {escape(repr(name))}: {escape(matches_no_folder(patterns))}", highlight=False)
     if stop.is_set():
         err.print("interrupted: what was read is stored; the next scan goes on from there", highlight=False)
         raise typer.Exit(130)

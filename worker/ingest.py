@@ -40,6 +40,7 @@ from .store.models import (
     FolderState,
     Message,
     MessageContact,
+    Meta,
     SkippedMessage,
     columns,
     table_of,
@@ -140,6 +141,49 @@ def configured_folders(mb: MailboxConfig, rows: Iterable[tuple[str, str, datetim
     return out
 
 
+def folder_states(store: Store, mailbox: str | None = None) -> list[tuple[str, str, datetime | None]]:
+    """(mailbox, folder, last good scan) of every folder with a scan state, or one mailbox's."""
+    q = select(col(FolderState.mailbox), col(FolderState.folder), col(FolderState.last_ok_at))
+    if mailbox is not None:
+        q = q.where(col(FolderState.mailbox) == mailbox)
+    with store.session() as db:
+        return [(m, f, t) for m, f, t in db.execute(q).all()]
+
+
+def listed_key(mailbox: str) -> str:
+    """The meta key that says a scan has listed a mailbox's folders for its patterns (its value:
+    when it first did)."""
+    return f"folders_listed:{mailbox}"
+
+
+def mailboxes_listed(store: Store) -> set[str]:
+    """The mailboxes whose folders a scan has listed to match their patterns."""
+    prefix = listed_key("")
+    with store.session() as db:
+        keys = db.execute(select(col(Meta.key))
+                          .where(col(Meta.key).startswith(prefix, autoescape=True))).scalars().all()
+    return {k[len(prefix):] for k in keys}
+
+
+def unmatched_patterns(mb: MailboxConfig, rows: Iterable[tuple[str, str, datetime | None]],
+                       listed: set[str]) -> list[str]:
+    """The patterns of `mb` that matched no folder on the server when a scan last listed its
+    folders (`rows` as for configured_folders; `listed` from mailboxes_listed()): nothing is
+    read through them. Empty for a mailbox never listed: nobody knows yet."""
+    if mb.name not in listed:
+        return []
+    names = [f for m, f, _ in rows if m == mb.name]
+    return [p for p in mb.folders if is_pattern(p) and not any(folder_selected([p], f) for f in names)]
+
+
+def matches_no_folder(patterns: Sequence[str]) -> str:
+    """"'Clients/*' matches no folder on the server ...", for a log line or a note."""
+    one = len(patterns) == 1
+    return (f"{' and '.join(map(repr, patterns))} {'matches' if one else 'match'} no folder on the server, so "
+            f"nothing is read through {'it' if one else 'them'} (`carewatch validate --connect` lists the "
+            "server's folders)")
+
+
 class Ingestor:
     def __init__(self, store: Store, config: Config, directory: Directory,
                  stop: threading.Event | None = None, progress: Progress | None = None,
@@ -198,28 +242,35 @@ class Ingestor:
         if not any(is_pattern(f) for f in mb.folders):
             return list(mb.folders)
         try:
-            with self.store.session() as db:
-                rows = db.execute(select(col(FolderState.mailbox), col(FolderState.folder), col(FolderState.last_ok_at))
-                                  .where(col(FolderState.mailbox) == mb.name)).all()
+            rows = folder_states(self.store, mb.name)
         except (StoreError, OperationalError, DBAPIError):
             return [f for f in mb.folders if not is_pattern(f)]  # the error is logged and reported either way
         return list(configured_folders(mb, rows))
 
-    def _forget_vanished(self, mb: MailboxConfig, folders: list[str]) -> None:
-        """Drop the scan state of folders a pattern matched before and matches no more (a
-        client's folder deleted or renamed on the server): it would otherwise never be scanned
-        again and look stale to /healthz for ever. The messages read from it are kept."""
+    def _sync_matched(self, mb: MailboxConfig, folders: list[str]) -> None:
+        """Bring the scan states of a mailbox's pattern-matched folders in line with what the
+        server listed just now, and note that it was listed (see unmatched_patterns):
+        * a folder matched before and no more (a client's folder deleted or renamed on the
+          server) loses its state: it would never be scanned again and look stale to /healthz
+          for ever. The messages read from it are kept;
+        * a newly matched folder gets one before it is read, so that a scan stopped before
+          reaching it does not make its pattern look as if it matched nothing."""
         patterns = [f for f in mb.folders if is_pattern(f)]
         if not patterns:
             return
         with self.store.session() as db:
-            names = db.execute(select(col(FolderState.folder))
-                                   .where(col(FolderState.mailbox) == mb.name)).scalars().all()
+            names = set(db.execute(select(col(FolderState.folder))
+                                   .where(col(FolderState.mailbox) == mb.name)).scalars().all())
             gone = [n for n in names if n not in folders and n not in mb.folders and folder_selected(patterns, n)]
             if gone:
                 db.execute(delete(FolderState).where(col(FolderState.mailbox) == mb.name,
                                                      col(FolderState.folder).in_(gone)))
-                db.commit()
+            self.store.insert_ignore(db, table_of(FolderState), [
+                {"mailbox": mb.name, "folder": f, "last_uid": 0, "messages_seen": 0, "messages_skipped": 0}
+                for f in folders if f not in names and f not in mb.folders], ["mailbox", "folder"])
+            self.store.insert_ignore(db, table_of(Meta), [{"key": listed_key(mb.name),
+                                                           "value": utcnow().isoformat()}], ["key"])
+            db.commit()
         for n in gone:
             log.info("mailbox %s: folder %r is no longer on the server (or no longer matched): its scan "
                      "state is dropped; the messages read from it are kept", mb.name, n)
@@ -236,7 +287,7 @@ class Ingestor:
                       errors: list[str] | None) -> list[FolderReport]:
         out = []
         folders = source.folders_to_scan(mb.folders)
-        self._forget_vanished(mb, folders)
+        self._sync_matched(mb, folders)
         for folder in folders:
             if self.stop.is_set():
                 break

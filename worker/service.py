@@ -36,14 +36,21 @@ from .alerts import AlertDesk
 from .app import prepare_store, replies_not_seen
 from .config import Config, MailboxConfig
 from .errors import CarewatchError, MailboxAuthError
-from .ingest import Ingestor, configured_folders
+from .ingest import (
+    Ingestor,
+    configured_folders,
+    folder_states,
+    mailboxes_listed,
+    matches_no_folder,
+    unmatched_patterns,
+)
 from .locks import exclusive
 from .mailbox import open_source
 from .mailbox.base import is_pattern
 from .metrics import HealthServer, Metrics
 from .notify.outbox import deliver
 from .notify.transport import make_transport
-from .store.models import Alert, FolderState, OutboxEmail
+from .store.models import Alert, OutboxEmail
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,8 @@ class Worker:
         self.replies_checked_at = self.replies_logged_at = -86400.0
         self.replies_warning: str | None = None
         self.not_before: dict[str, float] = {}
+        #: Per mailbox, the folder patterns its last scan found matching no folder.
+        self.unmatched: dict[str, list[str]] = {}
         self.signals = 0
         port = self.settings.service.metrics_port if metrics_port is None else metrics_port
         self.health_server = HealthServer(self.settings.service.metrics_host, port, self.metrics, self.health) \
@@ -110,6 +119,7 @@ class Worker:
             self.failures[name] = 0
             self.not_before.pop(name, None)
             self.metrics.last_scan_ok.labels(name).set(time.time())
+            self._note_unmatched(mb)
             stored = rep.stored
             self.metrics.ingested.labels(name).inc(stored)
             self.metrics.skipped.labels(name).inc(sum(f.skipped for f in rep.folders))
@@ -118,6 +128,23 @@ class Worker:
                 self._warn_if_replies_not_seen()
         if not self.stop.is_set():
             self.check_job()
+
+    def _note_unmatched(self, mb: MailboxConfig) -> None:
+        """Warn when a folder pattern comes to match no folder on the server (at the first scan
+        that finds it so, not at every scan), and say when it matches again."""
+        if not any(is_pattern(f) for f in mb.folders):
+            return
+        try:
+            now = unmatched_patterns(mb, folder_states(self.store, mb.name), mailboxes_listed(self.store))
+        except Exception:  # noqa: BLE001 - a diagnostic must never fail a scan
+            log.debug("could not check the folder patterns of %s", mb.name, exc_info=True)
+            return
+        before = self.unmatched.get(mb.name, [])
+        self.unmatched[mb.name] = now
+        if now and now != before:
+            log.warning("mailbox %s: %s", mb.name, matches_no_folder(now))
+        elif before and not now:
+            log.info("mailbox %s: every folder pattern matches a folder on the server again", mb.name)
 
     def _warn_if_replies_not_seen(self) -> None:
         """After a scan that stored mail: whether the firm's replies are seen. A warning in the
@@ -257,9 +284,7 @@ class Worker:
         try:
             with self.store.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-            with self.store.session() as db:
-                rows = db.execute(select(col(FolderState.mailbox), col(FolderState.folder),
-                                         col(FolderState.last_ok_at))).all()
+            rows, listed = folder_states(self.store), mailboxes_listed(self.store)
         except Exception as exc:  # noqa: BLE001
             return False, {"store": f"unreachable: {exc}"}
         detail["store"] = "ok"
@@ -273,8 +298,11 @@ class Worker:
             stale = sorted(f for f, t in last.items() if t is None or now - t > limit)
             seen = min((t for t in last.values() if t is not None), default=None)
             fresh = bool(last) and not stale
+            # A pattern that matches no folder reads nothing; if it is all the mailbox has,
+            # the mailbox is never fresh, and this says why.
             detail["mailboxes"][mb.name] = {"last_ok": seen.isoformat() + "Z" if seen else None, "ok": fresh,
-                                            "stale_folders": stale}
+                                            "stale_folders": stale,
+                                            "unmatched_patterns": unmatched_patterns(mb, rows, listed)}
             ok = ok and fresh
         if self.replies_warning:  # worth knowing, but the worker is doing its job: still ready
             detail["warnings"] = [self.replies_warning]
