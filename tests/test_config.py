@@ -146,6 +146,28 @@ def test_a_broken_config_lists_every_problem_with_its_key(tmp_path: Path) -> Non
     assert len({x.split(":")[0] for x in ei.value.problems}) == 10
 
 
+def test_a_mailbox_of_an_unknown_kind_gets_one_problem_not_the_imap_checks_too(tmp_path: Path) -> None:
+    """kind = "pop3" took the default kind in the copy the cross-checks read, so the user was
+    also told to add a host, a username and a password: three fixes for a kind they never
+    meant. Other mailboxes are checked as before, and so is the odd one's name."""
+    from conftest import maildir_config
+
+    cfg = maildir_config(tmp_path)
+    text = cfg.read_text().replace('kind = "maildir"', 'kind = "pop3"')
+    text += '\n[[mailboxes]]\nname = "shared"\nkind = "imap"\nfolders = ["INBOX"]\n'
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(cfg, environ={})
+    assert ei.value.problems == [
+        'mailboxes[0] ("shared").kind: Input should be \'imap\' or \'maildir\'',
+        'mailboxes[1] ("shared").name: duplicate mailbox name; each mailbox needs its own name',
+        'mailboxes[1] ("shared").host: required for an IMAP mailbox',
+        'mailboxes[1] ("shared").username: required for an IMAP mailbox',
+        'mailboxes[1] ("shared"): set password_env (an environment variable name) or password_file (e.g. a '
+        'container secret); passwords never go in the file',
+    ]
+
+
 def test_when_entries_cannot_be_read_the_error_says_more_checks_follow(tmp_path: Path) -> None:
     # A required key missing from an entry: the checks across entries cannot run on it, and
     # the message says so rather than pretending the list is complete.

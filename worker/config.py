@@ -582,8 +582,15 @@ def validate_data(data: dict[str, Any], cfg_path: Path | None,
         reported = tuple(_format_loc(err["loc"], data) for err in errors)
         secrets = [(_format_loc(err["loc"][:-1], data), f"{err['loc'][-1]}_env") for err in errors
                    if err["type"] == "extra_forbidden" and err["loc"] and err["loc"][-1] in SECRET_KEYS]
+        # A mailbox whose kind is wrong took the default kind ("imap") in the copy: what the
+        # checks say of its host, username or password would be about a kind nobody wrote
+        # (its name is checked all the same).
+        kind_unknown = tuple(_format_loc(err["loc"][:-1], data) for err in errors
+                             if err["loc"][-1:] == ("kind",) and err["loc"][:1] == ("mailboxes",))
+        name_checks = tuple(f"{w}.name:" for w in kind_unknown)
         _resolve_paths(partial, base)
         problems += [p for p in _cross_check(partial, csv_lines) if not p.startswith(reported)
+                     and (not p.startswith(kind_unknown) or p.startswith(name_checks))
                      and not any(p.startswith(w) and k in p for w, k in secrets)]
         raise ConfigError(problems, str(cfg_path or "")) from None
 
