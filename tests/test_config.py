@@ -146,10 +146,12 @@ def test_a_broken_config_lists_every_problem_with_its_key(tmp_path: Path) -> Non
     assert len({x.split(":")[0] for x in ei.value.problems}) == 10
 
 
-def test_a_mailbox_of_an_unknown_kind_gets_one_problem_not_the_imap_checks_too(tmp_path: Path) -> None:
+def test_a_mailbox_of_an_unknown_kind_or_auth_gets_one_problem_not_the_checks_of_the_default(
+        tmp_path: Path) -> None:
     """kind = "pop3" took the default kind in the copy the cross-checks read, so the user was
     also told to add a host, a username and a password: three fixes for a kind they never
-    meant. Other mailboxes are checked as before, and so is the odd one's name."""
+    meant; auth = "oauth" likewise asked for a password. Other mailboxes are checked as
+    before, and so is the odd one's name."""
     from conftest import maildir_config
 
     cfg = maildir_config(tmp_path)
@@ -166,6 +168,14 @@ def test_a_mailbox_of_an_unknown_kind_gets_one_problem_not_the_imap_checks_too(t
         'mailboxes[1] ("shared"): set password_env (an environment variable name) or password_file (e.g. a '
         'container secret); passwords never go in the file',
     ]
+
+    cfg.write_text(text.replace('kind = "pop3"', 'kind = "imap"\nhost = "imap.example"\nusername = "u"\n'
+                                'auth = "oauth"\nallow_plaintext = true\ntls = "none"'))
+    with pytest.raises(ConfigError) as ei:
+        load_config(cfg, environ={})
+    assert ei.value.problems[0] == 'mailboxes[0] ("shared").auth: Input should be \'password\' or \'xoauth2\''
+    assert not any(p.startswith('mailboxes[0] ("shared")') for p in ei.value.problems[1:]), ei.value.problems
+    assert len(ei.value.problems) == 5  # and mailbox 1's four, as above
 
 
 def test_when_entries_cannot_be_read_the_error_says_more_checks_follow(tmp_path: Path) -> None:

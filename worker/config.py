@@ -13,7 +13,7 @@ import io
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -582,16 +582,10 @@ def validate_data(data: dict[str, Any], cfg_path: Path | None,
         reported = tuple(_format_loc(err["loc"], data) for err in errors)
         secrets = [(_format_loc(err["loc"][:-1], data), f"{err['loc'][-1]}_env") for err in errors
                    if err["type"] == "extra_forbidden" and err["loc"] and err["loc"][-1] in SECRET_KEYS]
-        # A mailbox whose kind is wrong took the default kind ("imap") in the copy: what the
-        # checks say of its host, username or password would be about a kind nobody wrote
-        # (its name is checked all the same).
-        kind_unknown = tuple(_format_loc(err["loc"][:-1], data) for err in errors
-                             if err["loc"][-1:] == ("kind",) and err["loc"][:1] == ("mailboxes",))
-        name_checks = tuple(f"{w}.name:" for w in kind_unknown)
         _resolve_paths(partial, base)
+        moot = _moot_checks(errors, data)
         problems += [p for p in _cross_check(partial, csv_lines) if not p.startswith(reported)
-                     and (not p.startswith(kind_unknown) or p.startswith(name_checks))
-                     and not any(p.startswith(w) and k in p for w, k in secrets)]
+                     and not moot(p) and not any(p.startswith(w) and k in p for w, k in secrets)]
         raise ConfigError(problems, str(cfg_path or "")) from None
 
     s = settings
@@ -600,6 +594,24 @@ def validate_data(data: dict[str, Any], cfg_path: Path | None,
     if problems:
         raise ConfigError(problems, str(cfg_path or ""))
     return Config(settings=s, path=cfg_path, findings=findings(s))
+
+
+def _moot_checks(errors: list[Any], data: Mapping[str, Any]) -> Callable[[str], bool]:
+    """Which cross-check problems to leave out because a key they depend on was wrong: the
+    copy the checks read gave that key its default, so they would be about settings nobody
+    wrote. A mailbox with a wrong kind took "imap" (no host? no username? no password?) and
+    one with a wrong auth took "password" (no password_env?)."""
+    kinds: list[str] = []
+    auths: list[str] = []
+    for err in errors:
+        loc = err["loc"]
+        if len(loc) == 3 and loc[0] == "mailboxes" and loc[2] in ("kind", "auth"):
+            (kinds if loc[2] == "kind" else auths).append(_format_loc(loc[:-1], data))
+    # A wrong kind leaves nothing of the mailbox to check but its name, against the others'.
+    by_kind = tuple(kinds)
+    names = tuple(f"{w}.name:" for w in kinds)
+    by_auth = tuple(f"{w}{after}" for w in auths for after in (f": set {PASSWORD_SOURCE}", ".oauth_provider:"))
+    return lambda p: (p.startswith(by_kind) and not p.startswith(names)) or p.startswith(by_auth)
 
 
 def _schema_problem(err: Any, data: Mapping[str, Any]) -> str:
