@@ -363,3 +363,67 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     os.chmod(directory, 0o755)
     os.chmod(key, 0o644)
     return cert, key
+
+
+class TcpProxy:
+    """A TCP relay on a free loopback port to `target`, which a test can cut (every open
+    connection is closed and new ones are dropped at once, as when a database server
+    restarts or a network path fails) and restore."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.down = threading.Event()
+        self.lock = threading.Lock()
+        self.open: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.down.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.down.set()
+        with self.lock:
+            for s in self.open:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            self.open.clear()
+
+    def restore(self) -> None:
+        self.down.clear()
+
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.listener.close()

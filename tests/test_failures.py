@@ -468,3 +468,50 @@ with exclusive(store, "scan:shared") as mine:
     r = runner.invoke(app, ["--config", str(cfg), "scan", "--json"])
     assert r.exit_code == 0, r.output
     assert sum(f["stored"] for f in json.loads(r.stdout)["folders"]) == 5
+
+
+def test_the_worker_rides_out_a_database_that_goes_away(
+        tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL restarting (or the network to it failing) under a running worker. Before,
+    the scan, check and delivery jobs let the driver's OperationalError escape to the
+    scheduler as a traceback, with no backoff. Now each says in one line that the database
+    cannot be reached, the scan backs off, /healthz says so; once the database is back, the
+    next scan stores what came meanwhile."""
+    import logging
+
+    from servers import TcpProxy
+    from sqlalchemy.engine import make_url
+
+    from worker.service import Worker
+
+    u = make_url(pg_url)
+    proxy = TcpProxy(u.port or 5432, u.host or "127.0.0.1")
+    cfg = maildir_config(tmp_path, mails(1), db_url=u.set(port=proxy.port).render_as_string(hide_password=False))
+    w = Worker(load_config(cfg), metrics_port=-1)
+    try:
+        w.scan_job("shared")
+        assert w.health()[0] and stored_ids(w.store) == expected_ids(1)
+
+        proxy.cut()
+        (tmp_path / "md" / "cur" / "1.host:2,").write_bytes(mails(1, start=1)[0])
+        with caplog.at_level(logging.ERROR, logger="worker.service"):
+            w.scan_job("shared")  # none of these raises
+            w.check_job()
+            w.deliver_job()
+        said = [r.getMessage() for r in caplog.records if r.name == "worker.service"]
+        for lead in ("scan of shared failed (1 in a row): cannot reach the database server",
+                     "check failed: cannot reach the database server",
+                     "delivery failed: cannot reach the database server"):
+            assert any(m.startswith(lead) for m in said), (lead, said)
+        assert not any(r.exc_info for r in caplog.records), "no tracebacks"
+        assert w.not_before["shared"] > time.monotonic()  # the scan backs off
+        ok, detail = w.health()
+        assert not ok and detail["store"].startswith("unreachable: cannot reach the database server"), detail
+
+        proxy.restore()
+        w.not_before.clear()  # (instead of waiting out the backoff)
+        w.scan_job("shared")
+        assert w.health()[0] and stored_ids(w.store) == expected_ids(2)
+    finally:
+        w.store.dispose()
+        proxy.close()

@@ -46,8 +46,7 @@ def exclusive(store: Store, name: str) -> Iterator[bool]:
             if got:
                 lk.release()
         return
-    conn = store.engine.connect()
-    try:
+    with store.connection() as conn:
         got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key(name)}).scalar())
         conn.commit()
         try:
@@ -56,8 +55,6 @@ def exclusive(store: Store, name: str) -> Iterator[bool]:
             if got:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(name)})
                 conn.commit()
-    finally:
-        conn.close()
 
 
 #: Open `<database>.locks` files: path -> [descriptor, locks this process holds on it].
@@ -107,8 +104,7 @@ def held(store: Store, name: str) -> Iterator[None]:
     if store.dialect != "postgresql":
         yield
         return
-    conn = store.engine.connect()
-    try:
+    with store.connection() as conn:
         conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key(name)})
         conn.commit()
         try:
@@ -116,5 +112,3 @@ def held(store: Store, name: str) -> Iterator[None]:
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(name)})
             conn.commit()
-    finally:
-        conn.close()

@@ -28,14 +28,14 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlmodel import col
 
 from . import __version__
 from .alerts import AlertDesk
 from .app import prepare_store, replies_not_seen
 from .config import Config, MailboxConfig
-from .errors import CarewatchError, MailboxAuthError
+from .errors import CarewatchError, MailboxAuthError, StoreError
 from .ingest import (
     Ingestor,
     configured_folders,
@@ -50,6 +50,7 @@ from .mailbox.base import is_pattern
 from .metrics import HealthServer, Metrics
 from .notify.outbox import deliver
 from .notify.transport import make_transport
+from .store.db import describe_db_error
 from .store.models import Alert, OutboxEmail
 
 log = logging.getLogger(__name__)
@@ -102,32 +103,43 @@ class Worker:
         mb = next(m for m in self.settings.mailboxes if m.name == name)
         if self.stop.is_set() or time.monotonic() < self.not_before.get(name, 0.0):
             return
-        with exclusive(self.store, f"scan:{name}") as mine:
-            if not mine:
-                log.debug("mailbox %s is being scanned by another replica", name)
-                return
-            t0 = time.perf_counter()
-            try:
-                rep = Ingestor(self.store, self.config, self.directory, stop=self.stop).scan([mb])
-                if rep.errors:
-                    raise CarewatchError("; ".join(rep.errors))
-            except CarewatchError as exc:
-                self._scan_failed(mb, exc)
-                return
-            finally:
-                self.metrics.scan_duration.labels(name).observe(time.perf_counter() - t0)
-            self.failures[name] = 0
-            self.not_before.pop(name, None)
-            self.metrics.last_scan_ok.labels(name).set(time.time())
-            self._note_unmatched(mb)
-            stored = rep.stored
-            self.metrics.ingested.labels(name).inc(stored)
-            self.metrics.skipped.labels(name).inc(sum(f.skipped for f in rep.folders))
-            if stored:
-                log.info("mailbox %s: %d new message(s)", name, stored)
-                self._warn_if_replies_not_seen()
+        try:
+            with exclusive(self.store, f"scan:{name}") as mine:
+                if not mine:
+                    log.debug("mailbox %s is being scanned by another replica", name)
+                    return
+                if not self._scan(mb):
+                    return
+        except CarewatchError as exc:  # the store, at the lock: a database that went away
+            self._scan_failed(mb, exc)
+            return
         if not self.stop.is_set():
             self.check_job()
+
+    def _scan(self, mb: MailboxConfig) -> bool:
+        """One scan of `mb`, with its metrics and notes; False if it failed (and was reported)."""
+        name = mb.name
+        t0 = time.perf_counter()
+        try:
+            rep = Ingestor(self.store, self.config, self.directory, stop=self.stop).scan([mb])
+            if rep.errors:
+                raise CarewatchError("; ".join(rep.errors))
+        except CarewatchError as exc:
+            self._scan_failed(mb, exc)
+            return False
+        finally:
+            self.metrics.scan_duration.labels(name).observe(time.perf_counter() - t0)
+        self.failures[name] = 0
+        self.not_before.pop(name, None)
+        self.metrics.last_scan_ok.labels(name).set(time.time())
+        self._note_unmatched(mb)
+        stored = rep.stored
+        self.metrics.ingested.labels(name).inc(stored)
+        self.metrics.skipped.labels(name).inc(sum(f.skipped for f in rep.folders))
+        if stored:
+            log.info("mailbox %s: %d new message(s)", name, stored)
+            self._warn_if_replies_not_seen()
+        return True
 
     def _note_unmatched(self, mb: MailboxConfig) -> None:
         """Warn when a folder pattern comes to match no folder on the server (at the first scan
@@ -282,11 +294,11 @@ class Worker:
         replica: the state is read from the database)."""
         detail: dict[str, Any] = {"mailboxes": {}}
         try:
-            with self.store.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
             rows, listed = folder_states(self.store), mailboxes_listed(self.store)
-        except Exception as exc:  # noqa: BLE001
+        except StoreError as exc:
             return False, {"store": f"unreachable: {exc}"}
+        except Exception as exc:  # noqa: BLE001 - /healthz answers, whatever went wrong
+            return False, {"store": f"unreachable: {describe_db_error(exc)}"}
         detail["store"] = "ok"
         ok = True
         now = utcnow()

@@ -317,7 +317,7 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
     #: message pk of an open episode's first message -> chasers
     episode_chasers: dict[int, int] = {}
     count_cc = book.count_cc
-    with store.engine.connect() as conn:
+    with store.connection() as conn:
         minutes_of = {cid: book.calendar(name).minutes_between for cid, name in client_name.items()}
         limit_of: dict[tuple[int, int], float] = {}  # (client, contact) -> reply_within minutes
         for client_id, contact, since, reply, size in conn.execute(text(

@@ -305,6 +305,17 @@ class Store:
                 s.rollback()
                 raise StoreError(describe_db_error(exc)) from exc
 
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A connection of its own (advisory locks, long reads). As with session(), a database
+        that fails or cannot be reached is a StoreError that says so in one line: the jobs of
+        the worker report it and try again, instead of dying with a driver's traceback."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, DBAPIError) as exc:
+            raise StoreError(describe_db_error(exc)) from exc
+
     def insert_ignore(self, conn: Connection | Session, table: Any, rows: Sequence[dict[str, Any]],
                       conflict: Sequence[str]) -> int:
         """Insert rows, skipping those whose `conflict` columns already exist. Returns inserted."""
