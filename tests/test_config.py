@@ -49,7 +49,7 @@ def _keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
                 stack.extend(typing.get_args(t))
 
 
-def test_the_example_config_shows_every_key_and_its_commented_lines_are_valid() -> None:
+def test_the_example_config_shows_every_key_and_its_commented_lines_are_valid(tmp_path: Path) -> None:
     # The issue asks for a fully commented example: a key added to the models must be shown.
     text = (ROOT / "config" / "carewatch.example.toml").read_text()
     shown = set(re.findall(r"^[#\s]*([a-z_]+)\s*=", text, re.M)) | set(re.findall(r"[{,]\s*([a-z_]+)\s*=", text))
@@ -83,7 +83,12 @@ def test_the_example_config_shows_every_key_and_its_commented_lines_are_valid() 
                 continue  # prose that happens to start like a key
             optional.add((t, k))
     lines = [out for _, _, _, out in tables(optional)]
-    cfg = validate_data(tomllib.loads("\n".join(lines)), ROOT / "config" / "carewatch.example.toml", environ={})
+    # Beside the files it names: the CSV, and a templates_dir with a copy of one template.
+    (tmp_path / "clients.example.csv").write_bytes((ROOT / "config" / "clients.example.csv").read_bytes())
+    (tmp_path / "my-templates").mkdir()
+    (tmp_path / "my-templates" / "alert.txt").write_bytes((ROOT / "templates" / "alert.txt").read_bytes())
+    cfg = validate_data(tomllib.loads("\n".join(lines)), tmp_path / "carewatch.example.toml", environ={})
+    assert cfg.settings.templates_dir == tmp_path / "my-templates"
     assert cfg.settings.notify.smtp is not None and cfg.settings.service.metrics_host == "0.0.0.0"
     acme = next(c for c in cfg.settings.clients if c.name == "Acme Ltd")
     assert acme.calendar is not None and acme.calendar.timezone == "America/New_York"
@@ -176,6 +181,39 @@ def test_a_mailbox_of_an_unknown_kind_or_auth_gets_one_problem_not_the_checks_of
     assert ei.value.problems[0] == 'mailboxes[0] ("shared").auth: Input should be \'password\' or \'xoauth2\''
     assert not any(p.startswith('mailboxes[0] ("shared")') for p in ei.value.problems[1:]), ei.value.problems
     assert len(ei.value.problems) == 5  # and mailbox 1's four, as above
+
+
+def test_a_templates_dir_is_checked_when_the_config_is(tmp_path: Path) -> None:
+    """Ops' own templates are read at every start: a folder that is not there (or holds none of
+    ours) would silently leave the built-in ones in use, and a template that does not parse
+    would fail the first alert, hours later."""
+    from conftest import maildir_config
+
+    cfg = maildir_config(tmp_path)
+    base = cfg.read_text()
+    own = tmp_path / "my-templates"
+
+    def problems(folder: str) -> list[str]:
+        cfg.write_text(f'templates_dir = "{folder}"\n' + base)
+        with pytest.raises(ConfigError) as ei:
+            load_config(cfg, environ={})
+        return ei.value.problems
+
+    assert problems("my-templates") == [f"templates_dir: {own} is not a folder"]
+    own.mkdir()
+    (own / "alert.text").write_text("a misnamed copy")
+    assert problems("my-templates")[0].startswith(f"templates_dir: {own} holds none of Carewatch's templates")
+    (own / "alert.txt").write_text("Hello {{ recipient_name }}\n{% for x in items %}\n")
+    (own / "digest.html").write_text("{% extends 'base.html' %}{% block body %}{{ x }{% endblock %}")
+    assert problems("my-templates") == [
+        "templates_dir: alert.txt, line 2: Unexpected end of template. Jinja was looking for the following "
+        "tags: 'endfor' or 'else'. The innermost block that needs to be closed is 'for'.",
+        "templates_dir: digest.html, line 1: unexpected '}'",
+    ]
+    (own / "alert.txt").write_text("Hello {{ recipient_name }}\n")
+    (own / "digest.html").unlink()
+    cfg.write_text('templates_dir = "my-templates"\n' + base)
+    assert load_config(cfg, environ={}).settings.templates_dir == own
 
 
 def test_when_entries_cannot_be_read_the_error_says_more_checks_follow(tmp_path: Path) -> None:

@@ -765,6 +765,10 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
                             '"starttls" or "implicit", or set allow_plaintext = true if you really mean it')
         if n.smtp.username and not (n.smtp.password_env or n.smtp.password_file):
             problems.append(f"notify.smtp: a username needs {PASSWORD_SOURCE}")
+    if s.templates_dir is not None:
+        from .notify.render import template_problems  # (jinja2 only for a config that has its own)
+
+        problems += template_problems(s.templates_dir)
     return problems
 
 

@@ -76,6 +76,11 @@ class FolderMissingError(MailboxError):
     """Raised when a configured folder does not exist on the server."""
 
 
+class TemplateError(ConfigError):
+    """Raised when an email template (usually a copy of one's own in templates_dir) cannot be
+    rendered: a variable it names does not exist, or it does not parse."""
+
+
 class StoreError(CarewatchError):
     """Raised when the database cannot be opened, migrated or written (locked, disk full)."""
 

@@ -13,6 +13,7 @@ import css_inline
 import jinja2
 
 from ..config import Config
+from ..errors import TemplateError
 
 _UNSAFE_HEADER_RE = re.compile(r"[\r\n\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029]+")
 
@@ -24,6 +25,46 @@ def default_templates_dir() -> Path:
     if (here / "base.html").exists():
         return here
     return Path(sys.prefix) / "share" / "carewatch" / "templates"
+
+
+#: The templates Carewatch renders. A templates_dir may hold any of them; the rest are ours.
+TEMPLATE_NAMES = ("base.html", "alert.txt", "alert.html", "digest.txt", "digest.html")
+
+
+def template_problems(folder: Path) -> list[str]:
+    """What is wrong with a folder of one's own templates, for validation: it is not there,
+    it holds none of ours (so ours would be used, silently), or one of them does not parse."""
+    if not folder.is_dir():
+        return [f"templates_dir: {folder} is not a folder"]
+    present = [n for n in TEMPLATE_NAMES if (folder / n).is_file()]
+    if not present:
+        return [f"templates_dir: {folder} holds none of Carewatch's templates ({', '.join(TEMPLATE_NAMES)}), "
+                "so the built-in ones would be used: copy the ones to change from templates/"]
+    env = jinja2.Environment()
+    problems = []
+    for name in present:
+        try:
+            env.parse((folder / name).read_text(encoding="utf-8"), name=name)
+        except jinja2.TemplateSyntaxError as exc:
+            problems.append(f"templates_dir: {name}, line {exc.lineno}: {exc.message}")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"templates_dir: cannot read {name}: {exc}")
+    return problems
+
+
+def _in_template(exc: jinja2.TemplateError) -> str:
+    """'alert.txt, line 3' for an error raised while rendering: Jinja2 rewrites the traceback
+    so that a template's frames carry its file and line."""
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return f"{exc.name or exc.filename}, line {exc.lineno}"
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith((".html", ".txt")):
+            where = f"{Path(filename).name}, line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return where or "a template"
 
 
 def safe_header(value: str, limit: int = 200) -> str:
@@ -49,8 +90,13 @@ class Renderer:
         """(text, html) for templates NAME.txt and NAME.html; the HTML has its CSS inlined, as
         Gmail and Outlook ignore most <style> blocks."""
         ctx = {"firm_name": self.firm_name, **context}
-        text = self.text.get_template(f"{name}.txt").render(ctx)
-        html = self.html.get_template(f"{name}.html").render(ctx)
+        try:
+            text = self.text.get_template(f"{name}.txt").render(ctx)
+            html = self.html.get_template(f"{name}.html").render(ctx)
+        except jinja2.TemplateError as exc:
+            # Nothing is sent, and nothing is lost: the alerts stay due until this renders.
+            raise TemplateError([f"template {_in_template(exc)}: {exc.message or exc}"],
+                                note="Nothing was sent; what is due goes out once the template renders.") from exc
         return text, self.inliner.inline(html)
 
 
