@@ -194,6 +194,30 @@ def test_a_chaser_marks_the_thread_chased(tmp_path: Path, mail: Mail) -> None:
     assert chased["facts"]["chasers"] == 1 and chased["key"].endswith(q)
 
 
+def test_a_thread_unanswered_for_longer_than_the_expiry_waits_no_more(tmp_path: Path, mail: Mail) -> None:
+    """A first start on years of mail found every question never answered by email (a phone
+    call, a reply from a mailbox not scanned) waiting, and the first check alerted every owner
+    about each. A thread stops waiting 30 days after the client's last word on it; a chaser
+    within that keeps the whole thread waiting, from its first message."""
+    mail.add(ALICE, [SHARED], "Question from 2023", london(2023, 3, 2, 10, 0))
+    mail.add(ALICE, [SHARED], "Question of October", london(2026, 10, 12, 10, 0))  # 37 days before
+    old = mail.add(BOB, [SHARED], "Engagement terms", london(2026, 9, 1, 10, 0))
+    mail.add(BOB, [SHARED], "Re: Engagement terms", london(2026, 11, 10, 10, 0), reply_to=old, body="Any news?")
+    recent = mail.add(ALICE, [SHARED], "Question of November", london(2026, 11, 2, 10, 0))  # 16 days before
+    now = london(2026, 11, 18, 12, 0)
+
+    doc = status(tmp_path, mail, now)
+    assert [w["message_id"] for w in contact(doc, ALICE)["waiting"]] == [recent]
+    bob = contact(doc, BOB)
+    assert [(w["message_id"], w["chased"]) for w in bob["waiting"]][0] == (old, True)
+    assert "chased" in kinds(bob)
+
+    # 0 keeps every unanswered thread waiting, as before.
+    (tmp_path / "never").mkdir()
+    doc = status(tmp_path / "never", mail, now, extra="\n[policy]\nwaits_expire_after = 0\n")
+    assert len(contact(doc, ALICE)["waiting"]) == 3
+
+
 def test_a_principal_nobody_wrote_to_for_40_days_is_silent(tmp_path: Path, mail: Mail) -> None:
     mail.add(OLIVIA, [ALICE], "Catch-up", london(2026, 10, 1, 10, 0))
     mail.add(OLIVIA, [BOB], "Report", london(2026, 11, 9, 10, 0))

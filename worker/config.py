@@ -278,6 +278,9 @@ class PolicyConfig(_Model):
     slowing_factor: float = Field(default=defaults.SLOWING_FACTOR, gt=1)
     slowing_floor: str | float = f"{defaults.SLOWING_FLOOR_MINUTES}m"
     stats_window_days: int = Field(default=defaults.STATS_WINDOW_DAYS, ge=1)
+    #: Calendar time after the client's last word on an unanswered thread before it stops
+    #: waiting (0 = never).
+    waits_expire_after: str | float = f"{defaults.WAITS_EXPIRE_AFTER_DAYS}d"
 
     @field_validator("reply_within", "escalate_after", "slowing_floor")
     @classmethod
@@ -285,7 +288,7 @@ class PolicyConfig(_Model):
         parse_duration_minutes(v, business=True)
         return v
 
-    @field_validator("going_quiet_floor")
+    @field_validator("going_quiet_floor", "waits_expire_after")
     @classmethod
     def _cal(cls, v: str | float) -> str | float:
         parse_duration_minutes(v, business=False)

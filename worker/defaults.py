@@ -55,6 +55,11 @@ SLOWING_MIN_BASELINE = 5
 SLOWING_BASELINE_DAYS = 90
 #: Days over which response-time statistics in `status` are computed.
 STATS_WINDOW_DAYS = 30
+#: Calendar days after the client's last word on a thread that nobody answered before the
+#: thread stops waiting. A first start on years of mail would otherwise alert about every
+#: question never answered by email since the mailbox began (answered by phone, from an
+#: unscanned mailbox, or in a new thread); a running worker alerts long before this.
+WAITS_EXPIRE_AFTER_DAYS = 30
 #: Days within which a reply that lost its References still joins a thread by subject.
 SUBJECT_THREAD_WINDOW_DAYS = 30
 

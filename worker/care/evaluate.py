@@ -350,18 +350,23 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
             + waiting_sql.format(reply="m.reply_at > :now") + " ORDER BY 3, 2, 1").bindparams(now_param),
             {"now": now, "cc": count_cc}).all()
         # Per thread, the open messages form one episode: the first began the wait, the others
-        # are chasers.
+        # are chasers. A thread whose last open message is older than the expiry waits no more
+        # (policy.waits_expire_after), chasers and all.
+        expired_before = now_ts - book.waits_expire_seconds if book.waits_expire_seconds else None
         prev_thread = None
         first = 0
+        live = False
         for i, (pk, since, thread, client_id, contact_ids, mid, subject) in enumerate(open_rows):
             if thread != prev_thread:
                 prev_thread, first = thread, i
                 n = 1
                 while first + n < len(open_rows) and open_rows[first + n][2] == thread:
                     n += 1
-                if client_id in clients:
+                live = client_id in clients and (expired_before is None
+                                                 or open_rows[first + n - 1][1] >= expired_before)
+                if live:
                     episode_chasers[pk] = n - 1
-            if client_id in clients:
+            if live:
                 waits[int(contact_ids.split(",")[0])].append((pk, since, i - first < n - 1, mid, subject))
         # The last message each way per contact: one index seek each (ix_message_contact_covering).
         last_in: dict[int, float] = {}

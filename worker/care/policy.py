@@ -34,6 +34,8 @@ class PolicyBook:
         self.slowing_factor = self.policy.slowing_factor
         self.slowing_floor_minutes = parse_duration_minutes(self.policy.slowing_floor, business=True)
         self.stats_window_days = self.policy.stats_window_days
+        #: Seconds after the client's last word before an unanswered thread stops waiting (0: never).
+        self.waits_expire_seconds = parse_duration_minutes(self.policy.waits_expire_after, business=False) * 60
 
     def calendar(self, client_name: str | None) -> BusinessCalendar:
         c = self.clients.get(client_name or "")
