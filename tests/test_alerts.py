@@ -341,27 +341,29 @@ def test_ops_can_point_the_config_at_their_own_templates(tmp_path: Path, smtp: S
 
 def test_a_template_that_does_not_render_says_where_sends_nothing_and_loses_nothing(
         tmp_path: Path, smtp: SmtpSink) -> None:
-    """An own template naming a variable that does not exist (a typo) used to crash `check`
-    with Jinja2's traceback, and every check of the worker after it. Now the error names the
-    template and line, the alert stays due, and once the template is fixed it goes out."""
+    """An own template with a misspelt field (the config check catches misspelt names, not
+    the fields of what they hold) used to crash `check` with Jinja2's traceback, and every
+    check of the worker after it. Now the error names the template and line, the alert stays
+    due, and once the template is fixed it goes out."""
     from worker.errors import TemplateError
 
     own = tmp_path / "my-templates"
     own.mkdir()
-    (own / "alert.txt").write_text("Dear {{ recipient_name }},\n{{ recipient_nmae }}\n")
+    (own / "alert.txt").write_text("Dear {{ recipient_name }},\n{% for it in items %}{{ it.clinet }}{% endfor %}\n")
     f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}")
     f.path.write_text(f'templates_dir = "{own}"\n' + f.path.read_text())
     f.config = load_config(f.path, environ={"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"', **os.environ})
     f.mail.add(ALICE, [SHARED], "Budget", london(2026, 11, 16, 10, 0))
+    said = "template alert.txt, line 2: 'dict object' has no attribute 'clinet'"
     with pytest.raises(TemplateError) as ei:
         f.check(at(2026, 11, 17, 12, 0))
-    assert ei.value.problems == ["template alert.txt, line 2: 'recipient_nmae' is undefined"]
+    assert ei.value.problems == [said]
     assert f.outbox() == [] and smtp.messages == []
     assert all(a.state == "open" for a in f.alerts().values())  # nothing marked as told
 
     r = runner.invoke(app, ["--config", str(f.path), "check", "--now", "2026-11-17T12:00:00Z"],
                       env={"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"'})
-    assert r.exit_code == 3 and "template alert.txt, line 2: 'recipient_nmae' is undefined" in r.output, r.output
+    assert r.exit_code == 3 and said in r.output, r.output
     assert "Traceback" not in r.output and smtp.messages == []
 
     (own / "alert.txt").write_text("Dear {{ recipient_name }},\n")

@@ -210,8 +210,17 @@ def test_a_templates_dir_is_checked_when_the_config_is(tmp_path: Path) -> None:
         "tags: 'endfor' or 'else'. The innermost block that needs to be closed is 'for'.",
         "templates_dir: digest.html, line 1: unexpected '}'",
     ]
-    (own / "alert.txt").write_text("Hello {{ recipient_name }}\n")
-    (own / "digest.html").unlink()
+    # A name the template is not given (a typo) is found here, with its line, not at the first alert.
+    (own / "alert.txt").write_text("Hello {{ recipient_name }}\n{{ recipient_nmae }}\n")
+    (own / "digest.html").write_text("{% extends 'base.html' %}{% block content %}{{ week_to }}{% endblock %}")
+    (own / "base.html").write_text("<p>{{ firm_name }} {{ recipient }}</p>{% block content %}{% endblock %}")
+    assert [p.split(" (it has")[0] for p in problems("my-templates")] == [
+        "templates_dir: base.html, line 1: 'recipient' is not given to this template",  # the digest has none
+        "templates_dir: alert.txt, line 2: 'recipient_nmae' is not given to this template",
+    ]
+    # Carewatch's own templates, copied in whole, pass.
+    for t in (ROOT / "templates").iterdir():
+        (own / t.name).write_bytes(t.read_bytes())
     cfg.write_text('templates_dir = "my-templates"\n' + base)
     assert load_config(cfg, environ={}).settings.templates_dir == own
 

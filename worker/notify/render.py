@@ -11,6 +11,8 @@ from typing import Any
 
 import css_inline
 import jinja2
+import jinja2.meta
+import jinja2.nodes
 
 from ..config import Config
 from ..errors import TemplateError
@@ -30,6 +32,17 @@ def default_templates_dir() -> Path:
 #: The templates Carewatch renders. A templates_dir may hold any of them; the rest are ours.
 TEMPLATE_NAMES = ("base.html", "alert.txt", "alert.html", "digest.txt", "digest.html")
 
+#: What each email's templates are given (firm_name for all). A template of one's own that
+#: names anything else is refused when the config is checked, not at the first alert.
+#: Renderer.render() holds every context to this list, so it cannot drift from the code.
+CONTEXT = {
+    "alert": frozenset({"firm_name", "subject", "items", "escalated", "recipient", "recipient_name", "token",
+                        "now_local", "timezone"}),
+    "digest": frozenset({"firm_name", "subject", "partner_name", "timezone", "week_from", "week_to", "figures",
+                         "rag", "rag_pct", "at_risk", "clients", "owners", "unowned", "no_principal", "discovered",
+                         "undelivered", "undelivered_total"}),
+}
+
 
 def template_problems(folder: Path) -> list[str]:
     """What is wrong with a folder of one's own templates, for validation: it is not there,
@@ -44,11 +57,20 @@ def template_problems(folder: Path) -> list[str]:
     problems = []
     for name in present:
         try:
-            env.parse((folder / name).read_text(encoding="utf-8"), name=name)
+            ast = env.parse((folder / name).read_text(encoding="utf-8"), name=name)
         except jinja2.TemplateSyntaxError as exc:
             problems.append(f"templates_dir: {name}, line {exc.lineno}: {exc.message}")
+            continue
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"templates_dir: cannot read {name}: {exc}")
+            continue
+        # base.html is shared by both emails: it may use only what both are given.
+        given = CONTEXT["alert"] & CONTEXT["digest"] if name == "base.html" else CONTEXT[name.partition(".")[0]]
+        unknown = jinja2.meta.find_undeclared_variables(ast) - given - set(env.globals)
+        for var in sorted(unknown):
+            line = min((n.lineno for n in ast.find_all(jinja2.nodes.Name) if n.name == var), default=0)
+            problems.append(f"templates_dir: {name}, line {line}: {var!r} is not given to this template "
+                            f"(it has: {', '.join(sorted(given))})")
     return problems
 
 
@@ -90,6 +112,7 @@ class Renderer:
         """(text, html) for templates NAME.txt and NAME.html; the HTML has its CSS inlined, as
         Gmail and Outlook ignore most <style> blocks."""
         ctx = {"firm_name": self.firm_name, **context}
+        assert ctx.keys() <= CONTEXT[name], f"add {sorted(ctx.keys() - CONTEXT[name])} to CONTEXT[{name!r}]"
         try:
             text = self.text.get_template(f"{name}.txt").render(ctx)
             html = self.html.get_template(f"{name}.html").render(ctx)
