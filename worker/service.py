@@ -103,15 +103,18 @@ class Worker:
         mb = next(m for m in self.settings.mailboxes if m.name == name)
         if self.stop.is_set() or time.monotonic() < self.not_before.get(name, 0.0):
             return
+        scanned: bool | None = None  # None: not tried; False: failed and reported
         try:
             with exclusive(self.store, f"scan:{name}") as mine:
                 if not mine:
                     log.debug("mailbox %s is being scanned by another replica", name)
                     return
-                if not self._scan(mb):
-                    return
+                scanned = self._scan(mb)
         except CarewatchError as exc:  # the store, at the lock: a database that went away
-            self._scan_failed(mb, exc)
+            if scanned is not False:  # (a scan that failed on it was reported once already)
+                self._scan_failed(mb, exc)
+            return
+        if not scanned:
             return
         if not self.stop.is_set():
             self.check_job()
