@@ -515,3 +515,32 @@ def test_the_worker_rides_out_a_database_that_goes_away(
     finally:
         w.store.dispose()
         proxy.close()
+
+
+def test_a_database_lost_during_a_scan_is_one_failure_not_two(
+        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan fails on the database, and then so does letting go of its lock: one failure,
+    one backoff step, one log line."""
+    from servers import TcpProxy
+    from sqlalchemy.engine import make_url
+
+    from worker.ingest import Ingestor
+    from worker.service import Worker
+
+    u = make_url(pg_url)
+    proxy = TcpProxy(u.port or 5432, u.host or "127.0.0.1")
+    cfg = maildir_config(tmp_path, mails(1), db_url=u.set(port=proxy.port).render_as_string(hide_password=False))
+    w = Worker(load_config(cfg), metrics_port=-1)
+    real_scan = Ingestor.scan
+
+    def scan_then_lose_the_database(self: Ingestor, mailboxes: list | None = None):  # type: ignore[no-untyped-def]
+        proxy.cut()
+        return real_scan(self, mailboxes)
+
+    monkeypatch.setattr(Ingestor, "scan", scan_then_lose_the_database)
+    try:
+        w.scan_job("shared")
+        assert w.failures["shared"] == 1
+    finally:
+        w.store.dispose()
+        proxy.close()
