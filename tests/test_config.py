@@ -218,6 +218,11 @@ def test_a_templates_dir_is_checked_when_the_config_is(tmp_path: Path) -> None:
         "templates_dir: base.html, line 1: 'recipient' is not given to this template",  # the digest has none
         "templates_dir: alert.txt, line 2: 'recipient_nmae' is not given to this template",
     ]
+    # A name guarded with `is defined` is the author's choice, and renders for both emails.
+    (own / "base.html").write_text("<p>{% if recipient is defined %}{{ recipient }}{% endif %}</p>"
+                                   "{% block content %}{% endblock %}")
+    (own / "alert.txt").write_text("Hello {{ recipient_name }}\n")
+    assert load_config(cfg, environ={}).settings.templates_dir == own
     # Carewatch's own templates, copied in whole, pass.
     for t in (ROOT / "templates").iterdir():
         (own / t.name).write_bytes(t.read_bytes())
