@@ -112,7 +112,7 @@ def _default_hours() -> dict[str, str | list[str]]:
 class CalendarConfig(_Model):
     timezone: str = defaults.TIMEZONE
     #: Weekday -> "09:00-17:30" or a list of such ranges; weekdays not listed are closed.
-    hours: dict[str, str | list[str]] = Field(default_factory=lambda: _default_hours())
+    hours: dict[str, str | list[str]] = Field(default_factory=_default_hours)
     holidays: list[date] = []
     #: An iCalendar file whose all-day events are holidays (relative to the config file).
     holidays_ics: Path | None = None

@@ -258,9 +258,8 @@ class Ingestor:
         patterns = [f for f in mb.folders if is_pattern(f)]
         if not patterns:
             return
+        names = {f for _, f, _ in folder_states(self.store, mb.name)}
         with self.store.session() as db:
-            names = set(db.execute(select(col(FolderState.folder))
-                                   .where(col(FolderState.mailbox) == mb.name)).scalars().all())
             gone = [n for n in names if n not in folders and n not in mb.folders and folder_selected(patterns, n)]
             if gone:
                 db.execute(delete(FolderState).where(col(FolderState.mailbox) == mb.name,

@@ -59,7 +59,7 @@ def template_problems(folder: Path) -> list[str]:
         try:
             ast = env.parse((folder / name).read_text(encoding="utf-8"), name=name)
         except jinja2.TemplateSyntaxError as exc:
-            problems.append(f"templates_dir: {name}, line {exc.lineno}: {exc.message}")
+            problems.append(f"templates_dir: {_in_template(exc)}: {exc.message}")
             continue
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"templates_dir: cannot read {name}: {exc}")
