@@ -1,11 +1,13 @@
 """Ingest speed and memory against a throwaway Dovecot.
 
 Loads about N messages of the demo firm (worker/demo.py), then times (1) imapclient's bare
-FETCH of the scan's header fields and (2) a full `scan` into a fresh SQLite store, in the same
-run; prints both, their ratio and the scan's peak memory: the whole process's, and how far it
-rose above what the process held when the scan started (the firm's config grows with N; the
-scan's own memory should not). Each N runs in a child process so peak RSS is per N. Both
-timings start with Dovecot's header cache removed, as a first scan would (see cold()), and
+FETCH of the scan's header fields, (2) the same FETCHes over a plain socket with the answers
+dropped (the server alone: what no client here can beat) and (3) a full `scan` into a fresh
+SQLite store, in the same run; prints them, the scan's ratio to the bare fetch and its share
+of the server's ceiling, and the scan's peak memory: the whole process's, and how far it rose
+above what the process held when the scan started (the firm's config grows with N; the
+scan's own memory should not). Each N runs in a child process so peak RSS is per N. Every
+timing starts with Dovecot's header cache removed, as a first scan would (see cold()), and
 each prints the CPU time per message of every process taking part: with Dovecot, the scan
 and its fetch helper sharing the machine's cores, that is what sets the pace.
 
@@ -155,6 +157,65 @@ def own_cpu_s() -> tuple[float, float]:
     return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
+def server_fetch(d: Dovecot, uids: dict[str, list[int]], window: int = 8) -> int:
+    """The scan's header FETCHes, pipelined `window` deep over a plain socket, the answers read
+    and dropped: how fast this Dovecot on this machine can hand the fields over at all, the
+    ceiling of any client (the scan must also parse and store them on the same cores). Lines
+    are read with readline and literals skipped by their announced size, so a header that
+    happens to hold "OK" is never read as a completion. Returns the messages answered."""
+    import re
+    import socket
+
+    from worker.mailbox.imap import HEADER_ITEM, chunk_by_command_length
+
+    literal = re.compile(rb"\{(\d+)\}\r\n$")
+    sock = socket.create_connection(("127.0.0.1", d.port))
+    f = sock.makefile("rb")
+
+    def until_tagged(tags: set[bytes]) -> tuple[int, bytes]:
+        """Read to the next tagged completion of one of `tags`: (FETCH answers, its tag)."""
+        answers = 0
+        while True:
+            line = f.readline()
+            if not line:
+                raise EOFError("Dovecot closed the connection")
+            m = literal.search(line)
+            if m:
+                f.read(int(m.group(1)))
+            if line.startswith(b"* ") and b" FETCH " in line[:24]:
+                answers += 1
+            elif not line.startswith(b"* ") and not m:
+                tag, _, rest = line.partition(b" ")
+                if tag in tags:
+                    if not rest.startswith(b"OK"):
+                        raise RuntimeError(f"{tag!r} failed: {rest!r}")
+                    return answers, tag
+
+    f.readline()  # the greeting
+    sock.sendall(f'a LOGIN "{d.user}" "{d.password}"\r\n'.encode())
+    until_tagged({b"a"})
+    got = 0
+    for folder, folder_uids in uids.items():
+        sock.sendall(f'b EXAMINE "{folder}"\r\n'.encode())
+        until_tagged({b"b"})
+        parts = chunk_by_command_length(folder_uids, 500, 8000)
+        in_flight: set[bytes] = set()
+        sent = 0
+        while sent < len(parts) or in_flight:
+            while sent < len(parts) and len(in_flight) < window:
+                tag = b"f%d" % sent
+                sock.sendall(tag + b" UID FETCH " + ",".join(map(str, parts[sent])).encode()
+                             + b" (UID INTERNALDATE " + HEADER_ITEM + b")\r\n")
+                in_flight.add(tag)
+                sent += 1
+            answers, tag = until_tagged(in_flight)
+            in_flight.discard(tag)
+            got += answers
+    sock.sendall(b"z LOGOUT\r\n")
+    sock.close()
+    return got
+
+
 def cold(d: Dovecot) -> None:
     """Dovecot as before a first read of the mail: its cache of header fields removed. The
     first FETCH of a header field parses every message file and fills the cache (about 80
@@ -236,6 +297,7 @@ def child(n: int) -> None:
     t = time.perf_counter()
     got = 0
     sample: list[bytes] = []
+    all_uids: dict[str, list[int]] = {}
     with imapclient.IMAPClient("127.0.0.1", port=d.port, ssl=False) as c:
         c.login(d.user, d.password)
         for folder in FOLDERS:
@@ -243,6 +305,7 @@ def child(n: int) -> None:
             # In spans: one SEARCH answer over 1 MB is refused by imaplib (~140k UIDs).
             uids = [u for k in range(0, int(c.folder_status(folder, [b"UIDNEXT"])[b"UIDNEXT"]), 50_000)
                     for u in c.search(["UID", f"{k + 1}:{k + 50_000}"])]
+            all_uids[folder] = uids
             for part in chunk_by_command_length(uids, 500, 8000):
                 answers = c.fetch(part, [HEADER_ITEM, b"INTERNALDATE"])
                 got += len(answers)
@@ -251,6 +314,17 @@ def child(n: int) -> None:
     bare_s = time.perf_counter() - t
     time.sleep(0.2)  # let Dovecot's master reap the imap process of that connection
     cpu = {"bare: Dovecot": tree_cpu_s(d.proc.pid) - dovecot_cpu, "bare: imapclient": own_cpu_s()[0] - bare_cpu}
+
+    # The server alone: the same FETCHes, nothing done with the answers.
+    cold(d)
+    dovecot_cpu, client_cpu = tree_cpu_s(d.proc.pid), own_cpu_s()[0]
+    t = time.perf_counter()
+    served = server_fetch(d, all_uids)
+    server_s = time.perf_counter() - t
+    time.sleep(0.2)
+    assert served == got, (served, got)
+    cpu["server alone: Dovecot"] = tree_cpu_s(d.proc.pid) - dovecot_cpu
+    cpu["server alone: client"] = own_cpu_s()[0] - client_cpu
     # How fast is this machine? The issue's figures came from one where compat32 parsed about
     # 55k header blocks/s and imapclient fetched about 17k messages/s.
     from email import policy
@@ -304,6 +378,7 @@ def child(n: int) -> None:
                 "n": n,
                 "load_s": load_s,
                 "bare_s": bare_s,
+                "server_s": server_s,
                 "scan_s": scan_s,
                 "fields": len(FETCH_FIELDS),
                 "rss_before_mib": rss_before / 1024,
@@ -344,6 +419,8 @@ def main() -> None:
             f" {res['peak_rss_mib'] - res['scan_start_mib']:>16.0f}"
             f" {format(res['helper_rss_mib'], '.0f') if res['helper_rss_mib'] else '- (none)':>16}"
         )
+        print(f"   server alone: {n / res['server_s']:,.0f} msg/s (the same FETCHes, pipelined, the answers "
+              f"dropped: the ceiling of any client here); the scan reaches {res['server_s'] / res['scan_s']:.0%} of it")
         print(f"   this machine: compat32 parses {res['compat32_per_s']:,.0f} header blocks/s "
               "(the issue's reference: ~55k/s)")
         # What sets the pace: CPU per message of each process. Dovecot, the helper and the main

@@ -54,6 +54,9 @@ def test_ingest_benchmark_compares_the_scan_with_the_bare_fetch() -> None:
     # The ratio is the two times' (each printed to 0.01 s, so compared within that rounding).
     assert (scan_s - 0.005) / (bare_s + 0.005) - 0.005 <= ratio <= (scan_s + 0.005) / (bare_s - 0.005) + 0.005
     assert "compat32 parses" in out
+    server = re.search(r"server alone: ([\d,]+) msg/s .* the scan reaches (\d+)% of it", out)
+    assert server and int(server.group(1).replace(",", "")) > 0, out
     cpu = next(line for line in lines if "CPU µs/msg" in line)
-    for process in ("bare: Dovecot", "bare: imapclient", "scan: Dovecot", "scan: main process"):
+    for process in ("bare: Dovecot", "bare: imapclient", "server alone: Dovecot", "server alone: client",
+                    "scan: Dovecot", "scan: main process"):
         assert re.search(rf"{process} \d+", cpu), cpu
