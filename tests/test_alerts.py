@@ -382,3 +382,50 @@ def test_our_own_alert_emails_are_ignored_by_the_scan(firm: Firm) -> None:
 
         ours = db.execute(select(Message).where(col(Message.subject).contains("[cw:"))).scalars().all()
     assert len(ours) == 1 and ours[0].automated and ours[0].automated_reason.startswith("Auto-Submitted")
+
+
+def test_an_alert_whose_thread_expires_unanswered_ends_expired_not_resolved(firm: Firm) -> None:
+    """An unanswered thread stops waiting 30 days after the client's last word on it
+    (policy.waits_expire_after). Its alert used to end "resolved", the word for a reply sent:
+    `alerts list --all` and the partner digest told a question nobody answered as care done."""
+    rep = firm.check(at(2026, 11, 17, 12, 0))
+    budget = next(k for k in rep.new if k.startswith("unanswered:") and "m1@" in k)
+    portal = next(k for k in rep.new if k.startswith("unanswered:") and "m2@" in k)
+    # The owner closes one by hand ("done": a phone call, say): handled, so resolved at expiry.
+    r = runner.invoke(app, ["--config", str(firm.path), "alerts", "ack", str(firm.alerts()[portal].id)])
+    assert r.exit_code == 0, r.output
+
+    rep = firm.check(at(2026, 12, 17, 12, 0))  # 31 days on, still unanswered
+    assert budget in rep.expired and budget not in rep.resolved
+    assert portal in rep.resolved and portal not in rep.expired
+    assert "expired" in rep.to_json() and budget in rep.to_json()["expired"]
+    a = firm.alerts()[budget]
+    assert a.state == "expired" and a.resolved_at == at(2026, 12, 17, 12, 0)
+    assert firm.alerts()[portal].state == "resolved"
+
+    # Closed like a resolved alert: out of the default list, in --all, not to be snoozed.
+    r = runner.invoke(app, ["--config", str(firm.path), "alerts", "list"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0 and "Budget 2027" not in r.output, r.output
+    r = runner.invoke(app, ["--config", str(firm.path), "alerts", "list", "--all"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0 and "expired" in r.output and "Budget 2027" in r.output, r.output
+    r = runner.invoke(app, ["--config", str(firm.path), "alerts", "snooze", str(a.id)])
+    assert r.exit_code == 3 and f"alert {a.id} is already expired" in r.output, r.output
+    r = runner.invoke(app, ["--config", str(firm.path), "check", "--now", "2026-12-17T12:05:00Z"])
+    assert r.exit_code == 0 and "expired unanswered" not in r.output, r.output  # told once
+
+    # The client chases: the thread waits again from its first message, and the alert reopens.
+    firm.smtp.clear()
+    firm.mail.add(ALICE, [SHARED], "Re: Budget 2027", london(2026, 12, 18, 9, 0), reply_to="<m1@acme.example>",
+                  body="Did you see this?")
+    rep = firm.check(at(2026, 12, 18, 12, 0))
+    assert budget in rep.reopened and budget in rep.new
+    assert firm.alerts()[budget].state == "notified"
+    assert any("Budget 2027" in part(m, "plain") for m in firm.received())
+
+
+def test_the_check_command_counts_expired_alerts_apart(firm: Firm) -> None:
+    env = {"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"', "COLUMNS": "200"}
+    r = runner.invoke(app, ["--config", str(firm.path), "check", "--scan", "--now", "2026-11-17T12:00:00Z"], env=env)
+    assert r.exit_code == 0 and "3 new" in r.output, r.output
+    r = runner.invoke(app, ["--config", str(firm.path), "check", "--now", "2026-12-17T12:00:00Z"], env=env)
+    assert r.exit_code == 0 and "0 resolved, 3 expired unanswered" in r.output, r.output

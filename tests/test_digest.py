@@ -236,3 +236,33 @@ def test_digest_command_previews_and_sends_once_per_week(tmp_path: Path, smtp) -
     assert len(smtp.messages) == 2
     assert runner.invoke(app, ["--config", str(f.path), "digest"], env=env).exit_code == 3
     assert os.environ.get("CAREWATCH__NOTIFY__TRANSPORT") is None
+
+
+def test_the_digest_names_the_questions_that_stopped_waiting_unanswered(tmp_path: Path, smtp) -> None:  # type: ignore[no-untyped-def]
+    """A question nobody answered in 30 days leaves the open waits, so the partner would never
+    hear of it: the week it stops waiting, the digest lists it under "Never answered"."""
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}")
+    f.mail.add(ALICE, [SHARED], "Budget 2027", london(2026, 11, 2, 10, 0))
+    q = f.mail.add(ALICE, [SHARED], "Engagement letter", london(2026, 11, 2, 11, 0))
+    f.mail.add(ALICE, [SHARED], "Re: Engagement letter", london(2026, 11, 3, 9, 0), reply_to=q, body="Any news?")
+    answered = f.mail.add(ALICE, [SHARED], "Invoice", london(2026, 11, 2, 12, 0))
+    f.check(at(2026, 11, 3, 12, 0))
+    f.mail.add(OLIVIA, [ALICE], "Re: Invoice", london(2026, 11, 20, 9, 0), reply_to=answered, folder="Sent")
+    f.check(at(2026, 11, 20, 10, 0))
+    f.check(at(2026, 12, 4, 12, 0))  # the last word on both unanswered threads was 31 days ago
+    paul = f.config.settings.partners[0]
+
+    d = build_digest(f.store, f.config, paul, at(2026, 12, 4, 12, 5))
+    rows = [(n.client, n.contact, n.subject, n.owner_name) for n in d.never_answered]
+    # One line per thread, though the chased one had two alerts (unanswered and chased).
+    assert sorted(rows) == [("Acme Ltd", "Alice Principal", "Budget 2027", "Olivia Owner"),
+                            ("Acme Ltd", "Alice Principal", "Engagement letter", "Olivia Owner")]
+    subject, text, html = render_digest(d, f.config)
+    assert "NEVER ANSWERED (no reply 30 days after the client's last word" in text
+    assert '- Acme Ltd: Alice Principal, "Budget 2027" (since 02 Nov 2026, owner Olivia Owner)' in text
+    assert "Never answered" in html and "\u201cEngagement letter\u201d" in html and "Invoice" not in html
+
+    # The week after, it is old news.
+    later = build_digest(f.store, f.config, paul, at(2026, 12, 12, 12, 0))
+    assert later.never_answered == []
+    assert "NEVER ANSWERED" not in render_digest(later, f.config)[1]

@@ -48,6 +48,10 @@ ACTIONS = {
     "unowned": "name the missing owner or principal for {client} in the Carewatch configuration",
 }
 ACTIVE = ("open", "notified", "escalated", "snoozed", "acknowledged")
+#: An alert ends "resolved" when its lapse cleared (the reply was sent, the firm wrote), or
+#: "expired" when its thread stopped waiting without ever being answered
+#: (policy.waits_expire_after): a failure of care, not a success, so the two are kept apart.
+CLOSED = ("resolved", "expired")
 #: Replies to an alert email are accepted for this long after it was sent.
 TOKEN_VALID_DAYS = 30
 # --- tokens --------------------------------------------------------------------------------------
@@ -83,6 +87,7 @@ class CheckReport:
     new: list[str] = field(default_factory=list)
     escalated: list[str] = field(default_factory=list)
     resolved: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
     reopened: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
     snoozed: list[str] = field(default_factory=list)
@@ -93,7 +98,7 @@ class CheckReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"now": self.now.isoformat() + "Z", "new": self.new, "escalated": self.escalated,
-                "resolved": self.resolved, "reopened": self.reopened, "held": self.held,
+                "resolved": self.resolved, "expired": self.expired, "reopened": self.reopened, "held": self.held,
                 "snoozed": self.snoozed, "commands": self.commands,
                 "hold_until": self.hold_until.isoformat() + "Z" if self.hold_until else None,
                 "emails": [{"to": e.recipients, "subject": e.subject, "message_id": e.message_id,
@@ -173,7 +178,7 @@ class AlertDesk:
             return "refused: only the alert's owner or backup may snooze or close it", False
         done = []
         for a in allowed:
-            if a.state == "resolved":
+            if a.state in CLOSED:
                 continue
             if cmd.command == "snooze":
                 minutes = parse_duration_minutes(span or "1d", business=False)
@@ -205,7 +210,7 @@ class AlertDesk:
                           detail=lp.detail, expected=lp.expected, facts=json.dumps(lp.facts, sort_keys=True),
                           created_at=now, updated_at=now)
             else:
-                if a.state == "resolved":
+                if a.state in CLOSED:  # the lapse is back (a new chaser, a changed policy)
                     a.state, a.level, a.resolved_at, a.notified_at = "open", 0, None, None
                     report.reopened.append(key)
                 elif a.state == "snoozed" and a.snoozed_until and a.snoozed_until <= now:
@@ -219,9 +224,11 @@ class AlertDesk:
         db.flush()
         for a in db.execute(select(Alert).where(col(Alert.state).in_(ACTIVE))).scalars():
             if a.key not in lapses:
-                a.state, a.resolved_at, a.updated_at = "resolved", now, now
+                # An alert its owner closed ("done") was handled, by phone perhaps: resolved.
+                ended = "expired" if a.key in picture.expired and a.state != "acknowledged" else "resolved"
+                a.state, a.resolved_at, a.updated_at = ended, now, now
                 db.add(a)
-                report.resolved.append(a.key)
+                (report.expired if ended == "expired" else report.resolved).append(a.key)
 
     def due(self, db: Session, now: datetime, report: CheckReport) -> dict[str, list[tuple[Alert, bool]]]:
         """Recipient -> [(alert, escalated?)] that should be told now."""

@@ -438,8 +438,9 @@ def check(
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
         return
     head = "[bold]dry run[/]: nothing sent, nothing changed. " if dry_run else ""
-    out.print(f"{head}{len(report.new)} new, {len(report.escalated)} escalated, {len(report.resolved)} resolved, "
-              f"{len(report.snoozed)} snoozed alert(s); {len(report.emails)} email(s)")
+    expired = f", {len(report.expired)} expired unanswered" if report.expired else ""
+    out.print(f"{head}{len(report.new)} new, {len(report.escalated)} escalated, {len(report.resolved)} resolved"
+              f"{expired}, {len(report.snoozed)} snoozed alert(s); {len(report.emails)} email(s)")
     if report.held:
         out.print(f"quiet hours: {len(report.held)} alert(s) held until {report.hold_until:%Y-%m-%d %H:%M} UTC")
     for c in report.commands:
@@ -462,19 +463,21 @@ app.add_typer(alerts_app, name="alerts")
 @alerts_app.command("list")
 @handled
 def alerts_list(
-    show_all: Annotated[bool, typer.Option("--all", help="Include resolved alerts.")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Include closed alerts: resolved, and expired (never "
+                                                           "answered; see policy.waits_expire_after).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the alerts as a JSON list.")] = False,
 ) -> None:
     """The alerts and where each stands."""
     from sqlalchemy import select
     from sqlmodel import col
 
+    from .alerts import CLOSED
     from .store.models import Alert
 
     with opened_store(prepare=False) as (store, _), store.session() as db:
         q = select(Alert).order_by(col(Alert.client_name), col(Alert.since))
         if not show_all:
-            q = q.where(col(Alert.state) != "resolved")
+            q = q.where(col(Alert.state).notin_(CLOSED))
         rows = db.execute(q).scalars().all()
     if as_json:
         sys.stdout.write(json.dumps([{k: (v.isoformat() if isinstance(v, datetime) else v)
@@ -492,14 +495,15 @@ def alerts_list(
 
 
 def _set_alert(alert_id: int, **values: Any) -> None:
+    from .alerts import CLOSED
     from .store.models import Alert
 
     with opened_store(prepare=False) as (store, _), store.session() as db:
         a = db.get(Alert, alert_id)
         if a is None:
             raise ConfigError([f"no alert with id {alert_id} (see `carewatch alerts list`)"])
-        if a.state == "resolved":
-            raise ConfigError([f"alert {alert_id} is already resolved"])
+        if a.state in CLOSED:
+            raise ConfigError([f"alert {alert_id} is already {a.state}"])
         for k, v in values.items():
             setattr(a, k, v)
         a.updated_at = parse_now(None)

@@ -7,6 +7,7 @@ previous week), so the digest and `status --json` always agree.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,9 +19,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlmodel import col
 
+from .alerts import CLOSED
 from .care.clock import to_ts
 from .care.evaluate import DAY, WEEK, CarePicture, ClientCare, evaluate, fmt_minutes, p90
-from .config import Config, PartnerConfig
+from .config import Config, PartnerConfig, parse_duration_minutes
 from .notify.outbox import enqueue
 from .notify.render import Renderer, build_email
 from .store import Store
@@ -74,6 +76,18 @@ class OwnerRow:
 
 
 @dataclass
+class NeverAnswered:
+    """A thread Carewatch stopped waiting on this week without the firm ever replying
+    (policy.waits_expire_after): its alert ended "expired"."""
+
+    client: str
+    contact: str
+    subject: str
+    since: datetime
+    owner_name: str
+
+
+@dataclass
 class Digest:
     partner: PartnerConfig
     now: datetime
@@ -87,6 +101,7 @@ class Digest:
     no_principal: list[str]
     discovered: list[tuple[str, str, str]]  # (client, email, name)
     undelivered: list[tuple[str, str]]  # (recipient, subject)
+    never_answered: list[NeverAnswered] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -164,7 +179,13 @@ def build_digest(
     names = {o.email: o.name for o in config.settings.owners}
     with store.session() as db:
         alert_rows = db.execute(
-            select(*columns(Alert.client_name, Alert.state, Alert.owner_email)).where(col(Alert.state) != "resolved")
+            select(*columns(Alert.client_name, Alert.state, Alert.owner_email)).where(col(Alert.state).notin_(CLOSED))
+        ).all()
+        expired = db.execute(
+            select(*columns(Alert.client_name, Alert.contact_email, Alert.owner_email, Alert.since, Alert.facts))
+            .where(col(Alert.state) == "expired", col(Alert.resolved_at) > now - timedelta(days=7),
+                   col(Alert.resolved_at) <= now)
+            .order_by(col(Alert.client_name), col(Alert.since))
         ).all()
         discovered = db.execute(
             select(*columns(Contact.email, Contact.name, Contact.client_id))
@@ -240,6 +261,16 @@ def build_digest(
         )
     client_names = {c.id: c.name for c in picture.clients}
     in_scope_clients = [c for c in picture.clients if c.name in scope]
+    contact_names = {ct.email: ct.name for c in in_scope_clients for ct in c.contacts}
+    never_answered: dict[tuple[str, str], NeverAnswered] = {}
+    for client, contact, owner, since, facts in expired:
+        if client not in scope:
+            continue
+        thread = json.loads(facts or "{}")
+        # A chased thread has two alerts (unanswered and chased): one line for the thread.
+        never_answered.setdefault((client, thread.get("message_id") or since.isoformat()), NeverAnswered(
+            client, contact_names.get(contact or "", contact or ""), thread.get("subject") or "",
+            since, names.get(owner or "", owner or "no owner")))
     return Digest(
         partner=partner,
         now=now,
@@ -253,6 +284,7 @@ def build_digest(
         no_principal=sorted(c.name for c in in_scope_clients if c.principal is None),
         discovered=sorted((client_names[cid], e, n) for e, n, cid in discovered if client_names.get(cid) in scope),
         undelivered=[(r, s) for r, s in failed],
+        never_answered=list(never_answered.values()),
         extra={"undelivered_total": failed_count},
     )
 
@@ -271,6 +303,14 @@ def _delta(now: float | None, before: float | None, lower_is_better: bool = True
 
 def _h(minutes: float | None) -> float | None:
     return None if minutes is None else minutes / 60
+
+
+def _span(minutes: float) -> str:
+    """Calendar time in words: "30 days", "36 hours"."""
+    days, hours = minutes / 1440, minutes / 60
+    if days >= 2:
+        return f"{days:g} days"
+    return f"{hours:g} hours" if hours >= 2 else f"{minutes:g} minutes"
 
 
 def _sentence(text: str) -> str:
@@ -412,6 +452,12 @@ def context(d: Digest, config: Config) -> dict[str, Any]:
         "discovered": d.discovered,
         "undelivered": d.undelivered,
         "undelivered_total": d.extra.get("undelivered_total", 0),
+        "never_answered": [
+            {"client": n.client, "contact": n.contact, "subject": n.subject, "owner": n.owner_name,
+             "since": n.since.replace(tzinfo=ZoneInfo("UTC")).astimezone(tz).strftime("%d %b %Y")}
+            for n in d.never_answered
+        ],
+        "waits_expire_after": _span(parse_duration_minutes(config.settings.policy.waits_expire_after, business=False)),
     }
 
 

@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 from sqlmodel import col
 
 from . import __version__
-from .alerts import AlertDesk
+from .alerts import CLOSED, AlertDesk
 from .app import prepare_store, replies_not_seen
 from .config import Config, MailboxConfig
 from .errors import CarewatchError, MailboxAuthError, StoreError
@@ -239,7 +239,7 @@ class Worker:
     def refresh_gauges(self) -> None:
         with self.store.session() as db:
             self.metrics.open_alerts.clear()
-            for kind, n in db.execute(select(col(Alert.kind), func.count()).where(col(Alert.state) != "resolved")
+            for kind, n in db.execute(select(col(Alert.kind), func.count()).where(col(Alert.state).notin_(CLOSED))
                                       .group_by(col(Alert.kind))).all():
                 self.metrics.open_alerts.labels(kind).set(n)
             by_status = select(col(OutboxEmail.status), func.count()).group_by(col(OutboxEmail.status))

@@ -183,6 +183,9 @@ class CarePicture:
     clients: list[ClientCare]
     observation_start: datetime | None
     messages_considered: int
+    #: The keys the unanswered and chased lapses of threads that stopped waiting unanswered
+    #: (policy.waits_expire_after) would have: their alerts end as "expired", not "resolved".
+    expired: set[str] = field(default_factory=set)
 
     def client(self, name: str) -> ClientCare:
         return next(c for c in self.clients if c.name == name)
@@ -316,6 +319,8 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
     waits: dict[int, list[tuple[int, float, bool, str, str]]] = defaultdict(list)
     #: message pk of an open episode's first message -> chasers
     episode_chasers: dict[int, int] = {}
+    #: lapse keys of threads that stopped waiting unanswered (see CarePicture.expired)
+    expired: set[str] = set()
     count_cc = book.count_cc
     with store.connection() as conn:
         minutes_of = {cid: book.calendar(name).minutes_between for cid, name in client_name.items()}
@@ -366,6 +371,9 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
                                                  or open_rows[first + n - 1][1] >= expired_before)
                 if live:
                     episode_chasers[pk] = n - 1
+                elif client_id in clients:  # never answered, and waited for long enough
+                    who = contact_ids.partition(",")[0]
+                    expired.update((f"unanswered:{who}:{mid}", f"chased:{who}:{mid}"))
             if live:
                 waits[int(contact_ids.split(",")[0])].append((pk, since, i - first < n - 1, mid, subject))
         # The last message each way per contact: one index seek each (ix_message_contact_covering).
@@ -500,4 +508,4 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
                                      {"missing": "principal"}))
         out_clients.append(care)
     return CarePicture(now=now, clients=out_clients, observation_start=from_ts(obs) if obs else None,
-                       messages_considered=considered)
+                       messages_considered=considered, expired=expired)

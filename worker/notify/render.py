@@ -40,7 +40,7 @@ CONTEXT = {
                         "now_local", "timezone"}),
     "digest": frozenset({"firm_name", "subject", "partner_name", "timezone", "week_from", "week_to", "figures",
                          "rag", "rag_pct", "at_risk", "clients", "owners", "unowned", "no_principal", "discovered",
-                         "undelivered", "undelivered_total"}),
+                         "undelivered", "undelivered_total", "never_answered", "waits_expire_after"}),
 }
 
 

@@ -222,7 +222,7 @@ class Alert(SQLModel, table=True):
     contact_email: str | None = Field(default=None, max_length=320)
     owner_email: str | None = Field(default=None, max_length=320)
     backup_email: str | None = Field(default=None, max_length=320)
-    #: open | notified | escalated | snoozed | acknowledged | resolved
+    #: open | notified | escalated | snoozed | acknowledged | resolved | expired (see alerts.CLOSED)
     state: str = Field(default="open", max_length=20, index=True)
     #: 0 = told the owner; 1.. = escalation levels reached.
     level: int = 0
