@@ -177,13 +177,14 @@ def build_digest(
         picture, previous = two_weeks(store, config, now)
     scope = in_scope(config, partner)
     names = {o.email: o.name for o in config.settings.owners}
+    week_start = now - timedelta(days=7)
     with store.session() as db:
         alert_rows = db.execute(
             select(*columns(Alert.client_name, Alert.state, Alert.owner_email)).where(col(Alert.state).notin_(CLOSED))
         ).all()
         expired = db.execute(
             select(*columns(Alert.client_name, Alert.contact_email, Alert.owner_email, Alert.since, Alert.facts))
-            .where(col(Alert.state) == "expired", col(Alert.resolved_at) > now - timedelta(days=7),
+            .where(col(Alert.state) == "expired", col(Alert.resolved_at) > week_start,
                    col(Alert.resolved_at) <= now)
             .order_by(col(Alert.client_name), col(Alert.since))
         ).all()
@@ -274,7 +275,7 @@ def build_digest(
     return Digest(
         partner=partner,
         now=now,
-        week_start=now - timedelta(days=7),
+        week_start=week_start,
         this_week=headline(picture, scope),
         last_week=headline(previous, scope),
         at_risk=at_risk,

@@ -198,9 +198,10 @@ class Worker:
             with exclusive(self.store, "check") as mine:
                 if mine:
                     rep = AlertDesk(self.store, self.config).check(utcnow(), deliver=False)
-                    if rep.new or rep.escalated or rep.resolved:
-                        log.info("alerts: %d new, %d escalated, %d resolved; %d email(s) queued",
-                                 len(rep.new), len(rep.escalated), len(rep.resolved), len(rep.emails))
+                    if rep.new or rep.escalated or rep.resolved or rep.expired:
+                        log.info("alerts: %d new, %d escalated, %d resolved, %d expired unanswered; "
+                                 "%d email(s) queued", len(rep.new), len(rep.escalated), len(rep.resolved),
+                                 len(rep.expired), len(rep.emails))
             self.deliver_job()
             self.refresh_gauges()
         except CarewatchError as exc:
