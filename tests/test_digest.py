@@ -257,6 +257,10 @@ def test_the_digest_names_the_questions_that_stopped_waiting_unanswered(tmp_path
     # One line per thread, though the chased one had two alerts (unanswered and chased).
     assert sorted(rows) == [("Acme Ltd", "Alice Principal", "Budget 2027", "Olivia Owner"),
                             ("Acme Ltd", "Alice Principal", "Engagement letter", "Olivia Owner")]
+    # The open waits fell from 2 to 0: the headline says what that fall hides.
+    figure = next(x for x in context(d, f.config)["figures"] if x["label"] == "Never answered")
+    assert (figure["value"], figure["before"], figure["delta"]["text"], figure["delta"]["good"]) == ("2", "0", "+2",
+                                                                                                     False)
     subject, text, html = render_digest(d, f.config)
     assert "NEVER ANSWERED (no reply 30 days after the client's last word" in text
     assert '- Acme Ltd: Alice Principal, "Budget 2027" (since 02 Nov 2026, owner Olivia Owner)' in text
@@ -265,4 +269,6 @@ def test_the_digest_names_the_questions_that_stopped_waiting_unanswered(tmp_path
     # The week after, it is old news.
     later = build_digest(f.store, f.config, paul, at(2026, 12, 12, 12, 0))
     assert later.never_answered == []
+    figure = next(x for x in context(later, f.config)["figures"] if x["label"] == "Never answered")
+    assert (figure["value"], figure["before"], figure["delta"]["good"]) == ("0", "2", True)
     assert "NEVER ANSWERED" not in render_digest(later, f.config)[1]

@@ -183,8 +183,9 @@ def build_digest(
             select(*columns(Alert.client_name, Alert.state, Alert.owner_email)).where(col(Alert.state).notin_(CLOSED))
         ).all()
         expired = db.execute(
-            select(*columns(Alert.client_name, Alert.contact_email, Alert.owner_email, Alert.since, Alert.facts))
-            .where(col(Alert.state) == "expired", col(Alert.resolved_at) > week_start,
+            select(*columns(Alert.client_name, Alert.contact_email, Alert.owner_email, Alert.since, Alert.facts,
+                            Alert.resolved_at))
+            .where(col(Alert.state) == "expired", col(Alert.resolved_at) > week_start - timedelta(days=7),
                    col(Alert.resolved_at) <= now)
             .order_by(col(Alert.client_name), col(Alert.since))
         ).all()
@@ -264,12 +265,17 @@ def build_digest(
     in_scope_clients = [c for c in picture.clients if c.name in scope]
     contact_names = {ct.email: ct.name for c in in_scope_clients for ct in c.contacts}
     never_answered: dict[tuple[str, str], NeverAnswered] = {}
-    for client, contact, owner, since, facts in expired:
+    before: set[tuple[str, str]] = set()  # the week before's, for the headline's comparison
+    for client, contact, owner, since, facts, ended in expired:
         if client not in scope:
             continue
         thread = json.loads(facts or "{}")
         # A chased thread has two alerts (unanswered and chased): one line for the thread.
-        never_answered.setdefault((client, thread.get("message_id") or since.isoformat()), NeverAnswered(
+        key = (client, thread.get("message_id") or since.isoformat())
+        if ended <= week_start:
+            before.add(key)
+            continue
+        never_answered.setdefault(key, NeverAnswered(
             client, contact_names.get(contact or "", contact or ""), thread.get("subject") or "",
             since, names.get(owner or "", owner or "no owner")))
     return Digest(
@@ -286,7 +292,7 @@ def build_digest(
         discovered=sorted((client_names[cid], e, n) for e, n, cid in discovered if client_names.get(cid) in scope),
         undelivered=[(r, s) for r, s in failed],
         never_answered=list(never_answered.values()),
-        extra={"undelivered_total": failed_count},
+        extra={"undelivered_total": failed_count, "never_answered_before": len(before)},
     )
 
 
@@ -397,6 +403,13 @@ def context(d: Digest, config: Config) -> dict[str, Any]:
             "value": str(tw.going_quiet_clients),
             "before": str(lw.going_quiet_clients),
             "delta": _delta(tw.going_quiet_clients, lw.going_quiet_clients),
+        },
+        {
+            # Open waits fall when threads stop waiting unanswered: this says what that fall hides.
+            "label": "Never answered",
+            "value": str(len(d.never_answered)),
+            "before": str(d.extra.get("never_answered_before", 0)),
+            "delta": _delta(len(d.never_answered), d.extra.get("never_answered_before", 0)),
         },
     ]
     rag_count = {k: sum(1 for r in d.clients if r.rag == k) for k in ("red", "amber", "green")}
