@@ -28,14 +28,14 @@ T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
 def inbound(i: int, sender: str = "alice@acme.example", **kw: Any) -> bytes:
-    return build_message(
-        sender=sender,
-        to=["shared@firm.example"],
-        subject=f"Question {i}",
-        date=T0 + timedelta(minutes=i),
-        message_id=f"<q{i}@acme.example>",
+    return build_message(**{
+        "sender": sender,
+        "to": ["shared@firm.example"],
+        "subject": f"Question {i}",
+        "date": T0 + timedelta(minutes=i),
+        "message_id": f"<q{i}@acme.example>",
         **kw,
-    )
+    })
 
 
 def count(store, *where) -> int:  # type: ignore[no-untyped-def]
@@ -649,6 +649,99 @@ def test_a_big_backlog_is_read_by_a_helper_process_with_the_same_result(
     assert count(store, Message.direction == "inbound") and count(store, Message.direction == "outbound")
     with store.session() as db:
         assert db.execute(select(func.count()).select_from(Contact).where(col(Contact.discovered))).scalar_one()
+
+
+def test_the_helper_reads_the_next_big_folder_while_this_one_is_stored(
+        tmp_path: Path, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next folder is handed to the helper before the one in hand is stored. Its list of
+    batches is a big pickle, sent while the helper may be blocked sending a batch: the helper
+    reads its jobs on a thread, or the two processes would wait for each other for ever."""
+    import multiprocessing
+
+    from worker import defaults
+    from worker.fetchproc import FetchHelper
+
+    dovecot.deliver_files([inbound(i) for i in range(2500)])
+    # 30,000 UIDs make a pickle of about 130 KB, twice what a pipe holds.
+    dovecot.deliver_files([inbound(i, message_id=f"<s{i}@acme.example>") for i in range(30000)], folder="Sent")
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot, batch_size=1000))
+    store, directory = prepare_store(cfg)
+    monkeypatch.setattr(defaults, "SCAN_PROCESS_MIN_MESSAGES", 1)
+    monkeypatch.setattr(defaults, "SCAN_FIRST_BATCH_SIZE", 20)
+    starts, handed = [], []
+    real_start, real_submit = FetchHelper._start, FetchHelper.submit
+
+    def counted_start(self: FetchHelper) -> None:
+        starts.append(1)
+        real_start(self)
+
+    def recorded_submit(self: FetchHelper, folder: str, batches: list[Any]) -> None:
+        handed.append((folder, [len(b) for b in batches], stored_by_folder()))
+        real_submit(self, folder, batches)
+
+    def stored_by_folder() -> dict[str, int]:
+        with store.session() as db:
+            return dict(db.execute(select(col(Message.folder), func.count()).group_by(Message.folder)).all())
+
+    monkeypatch.setattr(FetchHelper, "_start", counted_start)
+    monkeypatch.setattr(FetchHelper, "submit", recorded_submit)
+    reports: list[Any] = []
+    scan = threading.Thread(target=lambda: reports.append(run_scan(cfg, store, directory)), daemon=True)
+    scan.start()
+    scan.join(120)
+    if scan.is_alive():
+        for p in multiprocessing.active_children():
+            p.kill()  # unblocks the scan, which then fails
+        pytest.fail("the scan and its helper process are waiting for each other")
+    rep = reports[0]
+    assert rep.ok and [(f.folder, f.stored) for f in rep.folders] == [("INBOX", 2500), ("Sent", 30000)]
+    assert [f for f, _, _ in handed] == ["INBOX", "Sent"] and len(starts) == 1
+    assert handed[1][2] == {}  # Sent went to the helper before INBOX was stored
+    # The first folder starts small so that storing starts soon; Sent, queued behind it, does
+    # not need to.
+    assert handed[0][1] == [20, 1000, 1000, 480]
+    assert set(handed[1][1]) == {1000}
+    assert multiprocessing.active_children() == []
+
+
+def test_a_folder_queued_behind_one_that_fails_is_still_read(
+        tmp_path: Path, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder that vanishes after the scan looked at it fails in the helper, which then
+    ends; the folder queued behind it is read by a new helper, and the error is the
+    vanished folder's alone."""
+    from worker import defaults
+    from worker.fetchproc import FetchHelper
+
+    with imapclient.IMAPClient("127.0.0.1", port=dovecot.port, ssl=False) as c:
+        c.login(dovecot.user, dovecot.password)
+        c.create_folder("Clients")
+    dovecot.append([inbound(i, message_id=f"<c{i}@acme.example>") for i in range(30)], folder="Clients")
+    dovecot.deliver_files([inbound(i) for i in range(40)])
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot, batch_size=10))
+    cfg.settings.mailboxes[0].folders = ["Clients", "INBOX"]
+    store, directory = prepare_store(cfg)
+    monkeypatch.setattr(defaults, "SCAN_PROCESS_MIN_MESSAGES", 1)
+    starts = []
+    real_start, real_plan = FetchHelper._start, Ingestor._plan_folder
+
+    def counted_start(self: FetchHelper) -> None:
+        starts.append(1)
+        real_start(self)
+
+    def plan_then_delete(self: Ingestor, source: Any, mailbox: str, folder: str, *a: Any) -> Any:
+        plan = real_plan(self, source, mailbox, folder, *a)
+        if folder == "INBOX":  # both are planned and queued: now Clients goes away
+            with imapclient.IMAPClient("127.0.0.1", port=dovecot.port, ssl=False) as c:
+                c.login(dovecot.user, dovecot.password)
+                c.delete_folder("Clients")
+        return plan
+
+    monkeypatch.setattr(FetchHelper, "_start", counted_start)
+    monkeypatch.setattr(Ingestor, "_plan_folder", plan_then_delete)
+    rep = run_scan(cfg, store, directory)
+    assert len(rep.errors) == 1 and "Clients" in rep.errors[0]
+    assert [(f.folder, f.stored) for f in rep.folders] == [("INBOX", 40)]
+    assert len(starts) == 2 and count(store) == 40
 
 
 def test_a_helper_process_that_loses_the_server_fails_the_scan_cleanly(

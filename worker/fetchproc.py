@@ -18,7 +18,10 @@ import logging
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
+import threading
+from collections import deque
 from collections.abc import Generator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
@@ -47,12 +50,24 @@ def _child(jobs: Connection, out: Connection, mb: MailboxConfig, directory: Dire
     if logging_setup is not None:
         logs.setup_logging(*logging_setup)
     log.debug("fetch helper for mailbox %r started (pid %d)", mb.name, os.getpid())
+    # Folders are read off the pipe as they come, on a thread: the scan may hand over the next
+    # folder (a big pickle) while this process is blocked sending it a batch of this one, and
+    # were neither reading, both would wait for ever.
+    queued: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def receive() -> None:
+        try:
+            while True:
+                queued.put(jobs.recv())
+        except (EOFError, OSError):  # the scan is done with us
+            queued.put(None)
+
+    threading.Thread(target=receive, name="carewatch-fetch-jobs", daemon=True).start()
     try:
         with collected_per_batch() as collect:
             while True:
-                try:
-                    job = jobs.recv()
-                except EOFError:  # the scan is done with us
+                job = queued.get()
+                if job is None:
                     return
                 folder, batches = job
                 # A connection per folder: a server process that has read one big folder may
@@ -77,8 +92,13 @@ def _child(jobs: Connection, out: Connection, mb: MailboxConfig, directory: Dire
 
 class FetchHelper:
     """A helper process for one mailbox, started for its first big folder and kept for the
-    others (starting one costs about 0.7 s). Prepared batches come back in order; closing it
-    early, or leaving a folder before its last batch, ends the process."""
+    others (starting one costs about 0.7 s). Folders are handed over with submit(), in the
+    order they will be read, and may be handed over before the one in hand is done: the
+    helper then starts on the next folder (its own connection, the first batches) while the
+    scan still stores the last batches of this one, instead of both waiting in turn at every
+    folder. Prepared batches come back in order; closing it early, or leaving a folder before
+    its last batch, ends the process, and the folders still queued are handed to a new one
+    when the scan comes to them."""
 
     def __init__(self, mb: MailboxConfig, directory: Directory) -> None:
         self.mb = mb
@@ -86,6 +106,8 @@ class FetchHelper:
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._jobs: Connection | None = None
         self._out: Connection | None = None
+        #: Folders handed over and not yet read back, in order: (folder, batches).
+        self._queued: deque[tuple[str, list[Sequence[Item]]]] = deque()
 
     def _start(self) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork: the worker may run other threads
@@ -98,11 +120,38 @@ class FetchHelper:
         jobs_recv.close()
         out_send.close()
 
-    def prepared(self, folder: str, batches: list[Sequence[Item]]) -> Generator[PreparedBatch, None, None]:
+    def _running(self) -> None:
+        """Start the process if none runs, and hand it every folder still queued."""
         if self._proc is None:
             self._start()
+            assert self._jobs is not None
+            for job in self._queued:
+                self._jobs.send(job)
+
+    @property
+    def busy(self) -> bool:
+        """Folders are queued: the next one submitted waits behind them."""
+        return bool(self._queued)
+
+    def submit(self, folder: str, batches: list[Sequence[Item]]) -> None:
+        """Queue a folder to be fetched and parsed; its batches are read with prepared()."""
+        self._queued.append((folder, batches))
+        if self._proc is None:
+            self._running()  # sends the whole queue, this folder with it
+        else:
+            assert self._jobs is not None
+            self._jobs.send((folder, batches))
+
+    def prepared(self, folder: str, batches: list[Sequence[Item]]) -> Generator[PreparedBatch, None, None]:
+        """The prepared batches of `folder`, in order: the next folder queued, or submitted
+        now if none is."""
+        if not self._queued:
+            self.submit(folder, batches)
+        queued, batches = self._queued[0]
+        assert queued == folder, f"the helper reads {queued!r} next, not {folder!r}"
+        self._running()
         assert self._jobs is not None and self._out is not None and self._proc is not None
-        self._jobs.send((folder, batches))
+        self._queued.popleft()
         received = 0
         try:
             for _ in batches:
@@ -120,11 +169,17 @@ class FetchHelper:
                 yield got
         finally:
             if received < len(batches):  # mid-FETCH, or failed: it cannot take another folder
-                self.close(now=True)
+                self._end(now=True)
 
     def close(self, now: bool = False) -> None:
-        """End the helper: when it has finished its folder it ends on its own (EOF on its
-        jobs); `now` stops it wherever it is."""
+        """End the helper for good. With nothing queued it ends on its own (EOF on its jobs);
+        with folders still queued (a stopped scan), or `now`, it is stopped wherever it is."""
+        now = now or bool(self._queued)
+        self._queued.clear()
+        self._end(now)
+
+    def _end(self, now: bool) -> None:
+        """End the process; the folders still queued wait for a new one (see _running)."""
         proc, self._proc = self._proc, None
         for conn in (self._jobs, self._out):
             if conn is not None:

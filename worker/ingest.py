@@ -59,12 +59,14 @@ def skipped_uid(item: Item) -> int:
     return int.from_bytes(digest, "big") % 2**62
 
 
-def scan_batches(items: Sequence[Item], batch_size: int = defaults.SCAN_BATCH_SIZE) -> list[Sequence[Item]]:
+def scan_batches(items: Sequence[Item], batch_size: int = defaults.SCAN_BATCH_SIZE,
+                 small_first: bool = True) -> list[Sequence[Item]]:
     """A folder's new items in the batches a scan reads and commits. A small first batch gets
-    both stages going sooner."""
+    both stages going sooner; a folder that a helper process reads after another one does
+    not need it (it has its first batch ready when the scan comes to it)."""
     if not items:
         return []
-    first = min(batch_size, defaults.SCAN_FIRST_BATCH_SIZE)
+    first = min(batch_size, defaults.SCAN_FIRST_BATCH_SIZE) if small_first else batch_size
     return [items[:first]] + [items[i:i + batch_size] for i in range(first, len(items), batch_size)]
 
 
@@ -128,6 +130,25 @@ class ScanReport:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+@dataclass
+class _FolderPlan:
+    """One folder as a scan found it before reading it (Ingestor._plan_folder)."""
+
+    report: FolderReport
+    uidvalidity: int
+    #: Where reading starts (the last UID stored, 0 to read it all), and whether the folder's
+    #: state must be set to it first (the first scan, or a changed UIDVALIDITY), or marked up
+    #: to date (unchanged).
+    cursor: int
+    set_cursor: bool
+    items: Sequence[Item]
+    batches: list[Sequence[Item]]
+    #: Handed to the fetch helper process (a big backlog), or read on a thread.
+    in_helper: bool
+    #: Seconds spent finding all that (FolderReport.seconds counts them).
+    plan_seconds: float
 
 
 def configured_folders(mb: MailboxConfig, rows: Iterable[tuple[str, str, datetime | None]]
@@ -287,11 +308,20 @@ class Ingestor:
         out = []
         folders = source.folders_to_scan(mb.folders)
         self._sync_matched(mb, folders)
-        for folder in folders:
+        # One folder ahead: the next folder is looked at (and, if its backlog is big, handed
+        # to the helper process) before this one is stored, so that the helper reads its
+        # first batches while the last ones of this folder are stored.
+        plans = {0: self._plan_or_error(source, mb.name, folders[0], mb.batch_size, helper)} if folders else {}
+        for k, folder in enumerate(folders):
             if self.stop.is_set():
                 break
+            plan = plans.pop(k)
+            if k + 1 < len(folders):
+                plans[k + 1] = self._plan_or_error(source, mb.name, folders[k + 1], mb.batch_size, helper)
             try:
-                out.append(self.scan_folder(source, mb.name, folder, mb.batch_size, helper))
+                if isinstance(plan, BaseException):
+                    raise plan
+                out.append(self._read_folder(plan, source, helper))
             except FolderMissingError as exc:
                 # A deleted or renamed folder must not stop the others.
                 log.error("%s", exc)
@@ -305,11 +335,26 @@ class Ingestor:
                                    "are kept, the next scan resumes", where=f"mailbox {mb.name!r}") from exc
         return out
 
+    def _plan_or_error(self, source: MailboxSource, mailbox: str, folder: str, batch_size: int,
+                       helper: FetchHelper | None) -> _FolderPlan | Exception:
+        """_plan_folder, or the error it raised, raised again when the folder's turn comes:
+        looking ahead must not fail the folder in hand."""
+        try:
+            return self._plan_folder(source, mailbox, folder, batch_size, helper)
+        except (FolderMissingError, OSError, EOFError, imaplib.IMAP4.error) as exc:
+            return exc
+
     def scan_folder(self, source: MailboxSource, mailbox: str, folder: str,
                     batch_size: int = defaults.SCAN_BATCH_SIZE,
                     helper: FetchHelper | None = None) -> FolderReport:
         """Store what is new in one folder. With a `helper`, a big backlog is fetched and
         parsed by a helper process that opens its own connection."""
+        return self._read_folder(self._plan_folder(source, mailbox, folder, batch_size, helper), source, helper)
+
+    def _plan_folder(self, source: MailboxSource, mailbox: str, folder: str, batch_size: int,
+                     helper: FetchHelper | None) -> _FolderPlan:
+        """What a scan of one folder will read: its state, its new items in batches; a big
+        backlog is handed to the `helper` at once (see FetchHelper.submit)."""
         t0 = time.perf_counter()
         rep = FolderReport(mailbox, folder)
         st = self._state(mailbox, folder)
@@ -323,19 +368,35 @@ class Ingestor:
             rep.uidvalidity_reset = True
         elif st.uidvalidity is not None and status.uidnext is not None and status.uidnext - 1 <= last:
             rep.unchanged = True
-            self._mark_ok(mailbox, folder, status.uidvalidity, last)
-            rep.seconds = time.perf_counter() - t0
-            return rep
-        if rep.uidvalidity_reset or st.uidvalidity is None:
-            self._mark_ok(mailbox, folder, status.uidvalidity, last)
-
+            return _FolderPlan(rep, status.uidvalidity, last, True, [], [], False, time.perf_counter() - t0)
+        # Nothing is written here: a scan stopped before it reads this folder leaves its state
+        # as it was (a folder never read stays stale for /healthz; a changed UIDVALIDITY is
+        # found again next time).
         items = source.new_items(folder, last)
         rep.new = len(items)
-        batches = scan_batches(items, batch_size)
-        self.progress.start(mailbox, folder, len(items))
         # Two stages: while batch k is written to the store, batch k+1 is fetched, parsed and
         # classified, on a helper thread or, for a big backlog, in a helper process.
-        if helper is not None and len(batches) > 1 and len(items) >= defaults.SCAN_PROCESS_MIN_MESSAGES:
+        in_helper = (helper is not None and len(items) > batch_size
+                     and len(items) >= defaults.SCAN_PROCESS_MIN_MESSAGES)
+        batches = scan_batches(items, batch_size, small_first=not (in_helper and helper is not None and helper.busy))
+        if in_helper:
+            assert helper is not None
+            helper.submit(folder, batches)
+        first = rep.uidvalidity_reset or st.uidvalidity is None
+        return _FolderPlan(rep, status.uidvalidity, last, first, items, batches, in_helper, time.perf_counter() - t0)
+
+    def _read_folder(self, plan: _FolderPlan, source: MailboxSource, helper: FetchHelper | None) -> FolderReport:
+        t0 = time.perf_counter() - plan.plan_seconds
+        rep, mailbox, folder = plan.report, plan.report.mailbox, plan.report.folder
+        if plan.set_cursor:  # unchanged, or read from `cursor` on (the first time, or anew)
+            self._mark_ok(mailbox, folder, plan.uidvalidity, plan.cursor)
+        if rep.unchanged:
+            rep.seconds = time.perf_counter() - t0
+            return rep
+        batches = plan.batches
+        self.progress.start(mailbox, folder, len(plan.items))
+        if plan.in_helper:
+            assert helper is not None
             prepared = helper.prepared(folder, batches)
         else:
             prepared = self._prepared_in_thread(source, mailbox, folder, batches)
@@ -347,7 +408,7 @@ class Ingestor:
                         log.info("%s/%s: stop requested; committed up to here, the next scan resumes",
                                  mailbox, folder)
                         break
-                    self._store_batch(next(prepared), mailbox, folder, status.uidvalidity, batch, rep)
+                    self._store_batch(next(prepared), mailbox, folder, plan.uidvalidity, batch, rep)
                     collect()
                     self.progress.advance(len(batch))
                     if self.on_batch:
@@ -356,7 +417,7 @@ class Ingestor:
             prepared.close()  # ends the helper: no FETCH left running on a connection in use
             self.progress.finish()
         if not rep.interrupted:
-            self._mark_ok(mailbox, folder, status.uidvalidity, None)
+            self._mark_ok(mailbox, folder, plan.uidvalidity, None)
         rep.seconds = time.perf_counter() - t0
         return rep
 
