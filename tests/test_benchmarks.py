@@ -3,6 +3,7 @@ their figures are for people, and a tiny demo firm keeps this quick."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -56,6 +57,14 @@ def test_ingest_benchmark_compares_the_scan_with_the_bare_fetch() -> None:
     assert "compat32 parses" in out
     server = re.search(r"server alone: ([\d,]+) msg/s .* the scan reaches (\d+)% of it", out)
     assert server and int(server.group(1).replace(",", "")) > 0, out
+    ceiling = re.search(r"scan CPU: (\d+) µs/msg in all, so (\d+) cores can do at most ([\d,]+) msg/s at that "
+                        r"cost; the scan reached (\d+)% of it", out)
+    assert ceiling, out
+    per_msg, cores, most, reached = (int(g.replace(",", "")) for g in ceiling.groups())
+    assert cores == os.cpu_count() and abs(most - cores * 1e6 / per_msg) <= most * 0.01 + 1
+    # Busy cores cannot give more CPU time than there is (a little more than 100% would be
+    # Dovecot's work in the moments after the scan, counted with it).
+    assert 0 < reached <= 105, out
     cpu = next(line for line in lines if "CPU µs/msg" in line)
     for process in ("bare: Dovecot", "bare: imapclient", "server alone: Dovecot", "server alone: client",
                     "scan: Dovecot", "scan: main process"):
