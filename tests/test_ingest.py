@@ -744,6 +744,28 @@ def test_a_folder_queued_behind_one_that_fails_is_still_read(
     assert len(starts) == 2 and count(store) == 40
 
 
+def test_an_error_looking_ahead_comes_after_the_folder_in_hand(tmp_path: Path, dovecot: Dovecot,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next folder is looked at before this one is stored; what fails there (here the
+    store) fails the scan where it did before: after this folder is stored."""
+    from worker.errors import StoreError
+
+    dovecot.deliver_files([inbound(i) for i in range(5)])
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot))
+    store, directory = prepare_store(cfg)
+    real_plan = Ingestor._plan_folder
+
+    def failing_for_sent(self: Ingestor, source: Any, mailbox: str, folder: str, *a: Any) -> Any:
+        if folder == "Sent":
+            raise StoreError("the disk holding the database is full")
+        return real_plan(self, source, mailbox, folder, *a)
+
+    monkeypatch.setattr(Ingestor, "_plan_folder", failing_for_sent)
+    with pytest.raises(StoreError, match="disk"):
+        run_scan(cfg, store, directory)
+    assert count(store) == 5
+
+
 def test_a_helper_process_that_loses_the_server_fails_the_scan_cleanly(
         tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import multiprocessing

@@ -338,10 +338,11 @@ class Ingestor:
     def _plan_or_error(self, source: MailboxSource, mailbox: str, folder: str, batch_size: int,
                        helper: FetchHelper | None) -> _FolderPlan | Exception:
         """_plan_folder, or the error it raised, raised again when the folder's turn comes:
-        looking ahead must not fail the folder in hand."""
+        looking ahead must not fail the folder in hand (a missing folder, a lost connection, a
+        store that cannot be written fail where they did before, after that folder)."""
         try:
             return self._plan_folder(source, mailbox, folder, batch_size, helper)
-        except (FolderMissingError, OSError, EOFError, imaplib.IMAP4.error) as exc:
+        except Exception as exc:  # noqa: BLE001 - every error is raised again, as it is
             return exc
 
     def scan_folder(self, source: MailboxSource, mailbox: str, folder: str,
