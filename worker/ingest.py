@@ -143,7 +143,6 @@ class _FolderPlan:
     #: to date (unchanged).
     cursor: int
     set_cursor: bool
-    items: Sequence[Item]
     batches: list[Sequence[Item]]
     #: Handed to the fetch helper process (a big backlog), or read on a thread.
     in_helper: bool
@@ -369,7 +368,7 @@ class Ingestor:
             rep.uidvalidity_reset = True
         elif st.uidvalidity is not None and status.uidnext is not None and status.uidnext - 1 <= last:
             rep.unchanged = True
-            return _FolderPlan(rep, status.uidvalidity, last, True, [], [], False, time.perf_counter() - t0)
+            return _FolderPlan(rep, status.uidvalidity, last, True, [], False, time.perf_counter() - t0)
         # Nothing is written here: a scan stopped before it reads this folder leaves its state
         # as it was (a folder never read stays stale for /healthz; a changed UIDVALIDITY is
         # found again next time).
@@ -377,14 +376,17 @@ class Ingestor:
         rep.new = len(items)
         # Two stages: while batch k is written to the store, batch k+1 is fetched, parsed and
         # classified, on a helper thread or, for a big backlog, in a helper process.
-        in_helper = (helper is not None and len(items) > batch_size
+        # (A big backlog that fills more than its first batch.)
+        in_helper = (helper is not None and len(items) > min(batch_size, defaults.SCAN_FIRST_BATCH_SIZE)
                      and len(items) >= defaults.SCAN_PROCESS_MIN_MESSAGES)
-        batches = scan_batches(items, batch_size, small_first=not (in_helper and helper is not None and helper.busy))
         if in_helper:
             assert helper is not None
+            batches = scan_batches(items, batch_size, small_first=not helper.busy)
             helper.submit(folder, batches)
+        else:
+            batches = scan_batches(items, batch_size)
         first = rep.uidvalidity_reset or st.uidvalidity is None
-        return _FolderPlan(rep, status.uidvalidity, last, first, items, batches, in_helper, time.perf_counter() - t0)
+        return _FolderPlan(rep, status.uidvalidity, last, first, batches, in_helper, time.perf_counter() - t0)
 
     def _read_folder(self, plan: _FolderPlan, source: MailboxSource, helper: FetchHelper | None) -> FolderReport:
         t0 = time.perf_counter() - plan.plan_seconds
@@ -395,7 +397,7 @@ class Ingestor:
             rep.seconds = time.perf_counter() - t0
             return rep
         batches = plan.batches
-        self.progress.start(mailbox, folder, len(plan.items))
+        self.progress.start(mailbox, folder, rep.new)
         if plan.in_helper:
             assert helper is not None
             prepared = helper.prepared(folder, batches)
