@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import write_config
+from conftest import set_folders, write_config
 from servers import Dovecot
 from typer.testing import CliRunner
 
@@ -380,3 +380,54 @@ def test_status_json_is_streamed_byte_for_byte_as_one_document(tmp_path: Path, m
     buf = io.BytesIO()
     picture.write_json(buf)
     assert buf.getvalue() == orjson.dumps(picture.to_json(), option=orjson.OPT_INDENT_2)
+
+
+@pytest.mark.parametrize("order", [["Sent", "INBOX"], ["INBOX", "Sent"]])
+def test_a_reply_stored_before_the_message_it_answers_still_joins_by_subject(
+        tmp_path: Path, mail: Mail, order: list[str], db_url: str) -> None:
+    """A reply without references can be stored before its parent: a config that lists Sent
+    first, a second mailbox scanned earlier, or a first scan whose INBOX failed while Sent was
+    read. The reply still answers the wait, as it does when the parent came first: the latest
+    question before it, not an older one with the same subject."""
+    older = mail.add(ALICE, [SHARED], "Invoice 4411 query", london(2026, 11, 9, 9, 0))
+    mail.add(ALICE, [SHARED], "Invoice 4411 query", london(2026, 11, 16, 9, 0))
+    mail.add(OLIVIA, [ALICE], "RE: [EXT] invoice 4411 query", london(2026, 11, 16, 9, 45), refs=[], folder="Sent")
+    cfg = set_folders(write_config(tmp_path, db_url, maildir=mail.root), *order)
+    assert runner.invoke(app, ["--config", str(cfg), "scan"]).exit_code == 0
+    r = runner.invoke(app, ["--config", str(cfg), "status", "--json", "--now", "2026-11-17T09:00:00Z"])
+    a = contact(json.loads(r.stdout), ALICE)
+    assert [w["message_id"] for w in a["waiting"]] == [older]
+    assert a["response_time"]["count"] == 1 and a["response_time"]["median_business_minutes"] == 45
+
+
+def test_upgrading_joins_a_subject_reply_that_an_older_version_left_alone(tmp_path: Path, mail: Mail) -> None:
+    """Stores from before schema 0006 may hold such a reply on a thread of its own: the
+    upgrade flags it and joins it to the question it answers, and the wait is answered."""
+    import sqlite3
+
+    q = mail.add(ALICE, [SHARED], "Invoice 4411 query", london(2026, 11, 16, 9, 0))
+    mail.add(OLIVIA, [ALICE], "RE: invoice 4411 query", london(2026, 11, 16, 9, 45), refs=[], folder="Sent")
+    mail.add(BOB, [SHARED], "Re: invoice 4411 query", london(2026, 11, 16, 10, 0), refs=[])  # Bob's own thread
+    cfg = set_folders(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=mail.root), "Sent", "INBOX")
+    assert runner.invoke(app, ["--config", str(cfg), "scan"]).exit_code == 0
+    # The store as version 0005 left it: the reply on a thread of its own, the question waiting.
+    with sqlite3.connect(tmp_path / "cw.db") as db:
+        db.execute("DROP INDEX ix_message_subject_reply")
+        db.execute("ALTER TABLE message DROP COLUMN subject_reply")
+        db.execute("UPDATE message SET thread_id = 1 WHERE from_addr = ?", (OLIVIA,))
+        db.execute("UPDATE message SET reply_at = NULL")
+        db.execute("DELETE FROM episode")
+        db.execute("UPDATE alembic_version SET version_num = '0005'")
+        assert db.execute("SELECT count(DISTINCT thread_id) FROM message").fetchone() == (3,)
+
+    # The next start (any command) migrates.
+    r = runner.invoke(app, ["--config", str(cfg), "status", "--json", "--now", "2026-11-17T09:00:00Z"])
+    doc = json.loads(r.stdout)
+    a = contact(doc, ALICE)
+    assert a["waiting"] == [] and a["response_time"]["median_business_minutes"] == 45
+    assert len(contact(doc, BOB)["waiting"]) == 1  # other people: not joined
+    with sqlite3.connect(tmp_path / "cw.db") as db:
+        assert db.execute("SELECT from_addr FROM message WHERE subject_reply ORDER BY 1").fetchall() == [
+            (BOB,), (OLIVIA,)]
+        threads = dict(db.execute("SELECT message_id, thread_id FROM message").fetchall())
+    assert len(set(threads.values())) == 2 and threads[q] == threads["<m2@firm.example>"]

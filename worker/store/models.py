@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import NaiveDatetime
-from sqlalchemy import BigInteger, Column, Index, Table, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Table, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped
 from sqlmodel import Field, SQLModel, col
 
@@ -87,6 +87,10 @@ class Message(SQLModel, table=True):
         Index("ix_message_client_sent", "client_id", "sent_at"),
         Index("ix_message_thread_dir_sent", "thread_id", "direction", "sent_at"),
         Index("ix_message_dir_reply", "direction", "reply_at"),
+        # Only the replies known by their subject alone (a few in a hundred): a message stored
+        # after such a reply finds, in one probe per subject, the replies it may be the parent of.
+        Index("ix_message_subject_reply", "norm_subject", "client_id", "sent_at",
+              sqlite_where=text("subject_reply"), postgresql_where=text("subject_reply")),
     )
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(unique=True, max_length=1000)
@@ -106,6 +110,9 @@ class Message(SQLModel, table=True):
     references: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     norm_subject: str = Field(default="", max_length=300)
+    #: A reply with neither In-Reply-To nor References ("Re: ..." only): threading joins it to
+    #: the latest earlier message with its subject at its client, whichever is stored first.
+    subject_reply: bool = False
     from_addr: str = Field(default="", max_length=320)
     from_name: str = Field(default="", max_length=300)
     #: Comma-separated addresses.

@@ -5,7 +5,9 @@ a union-find that lives in the database. A new message joins the thread of any i
 (itself, its In-Reply-To, its References); when it links two threads, they merge (the smaller
 id wins, deterministic whatever the order of arrival). A reply that lost its references but
 says "Re:" joins the latest message with the same normalised subject at the same client within
-30 days, if they share a participant. Evaluation then reads integer thread ids.
+30 days before it, if they share a participant, whichever of the two is stored first (a message
+stored after such replies looks them up: subject_reply and its partial index). Evaluation then
+reads integer thread ids.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sqlalchemy import (
     Table,
     TypeDecorator,
     bindparam,
+    column,
     select,
     text,
     update,
@@ -248,37 +251,105 @@ def _refs(r: dict[str, Any]) -> list[str]:
     return ([r["in_reply_to"]] if r.get("in_reply_to") else []) + (r.get("references") or "").split()
 
 
+def _latest_before(conn: Connection, r: dict[str, Any], window: timedelta, *, not_thread: int | None = None,
+                   not_mid: str | None = None) -> Any:
+    """The latest message at r's client with r's subject sent in the window up to r (not in
+    thread `not_thread`, not message `not_mid`): its Message-ID, thread and contacts."""
+    q = select(col(Message.message_id), col(Message.thread_id), col(Message.contact_ids)).where(
+        col(Message.client_id) == r["client_id"], col(Message.norm_subject) == r["norm_subject"],
+        col(Message.sent_at) <= r["sent_at"], col(Message.sent_at) >= r["sent_at"] - window,
+        col(Message.thread_id).is_not(None))
+    if not_thread is not None:
+        q = q.where(col(Message.thread_id) != not_thread)
+    if not_mid is not None:
+        q = q.where(col(Message.message_id) != not_mid)
+    return conn.execute(q.order_by(col(Message.sent_at).desc()).limit(1)).first()
+
+
+def _share_people(a: str | None, b: str | None) -> bool:
+    """Same subject, other people: another conversation. Unknown people (no contacts) agree."""
+    mine = set((a or "").split(",")) - {""}
+    theirs = set((b or "").split(",")) - {""}
+    return not (mine and theirs) or bool(mine & theirs)
+
+
+#: Replies known by their subject alone, stored before, with one of these subjects (the
+#: partial index ix_message_subject_reply holds only them).
+_SUBJECT_REPLIES = ("SELECT message_id, client_id, norm_subject, sent_at, contact_ids FROM message "
+                    "WHERE subject_reply AND {cond} AND sent_at >= :lo AND sent_at <= :hi")
+
+
+def _late_parents(conn: Connection, rows: Sequence[dict[str, Any]],
+                  window: timedelta) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(reply, parent) pairs: a reply known by its subject alone, stored in an earlier batch,
+    whose latest earlier message with its subject is a row of this batch. The reply joined
+    nothing (or an older message) when it was stored; a scan reads INBOX and Sent one after
+    the other, so a client's reply can come before the firm's message it answers, and the
+    firm's reply before the client's question when Sent is listed first or INBOX failed."""
+    parents: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("norm_subject") and r.get("client_id") is not None:
+            parents.setdefault((r["client_id"], r["norm_subject"]), []).append(r)
+    if not parents:
+        return []
+    cond, ids_param = among(conn.dialect.name, "norm_subject", "TEXT")
+    sql = (text(_SUBJECT_REPLIES.format(cond=cond))
+           .bindparams(ids_param, bindparam("lo", type_=DateTime), bindparam("hi", type_=DateTime))
+           .columns(column("message_id", String), column("client_id", Integer), column("norm_subject", String),
+                    column("sent_at", DateTime), column("contact_ids", String)))
+    in_batch = {r["message_id"]: r for r in rows}
+    sent = [r["sent_at"] for group in parents.values() for r in group]
+    span = {"lo": min(sent), "hi": max(sent) + window}
+    pairs = []
+    for chunk in _chunks(sorted({subject for _, subject in parents})):
+        for reply in conn.execute(sql, {"ids": list(chunk), **span}).mappings().all():
+            here = parents.get((reply["client_id"], reply["norm_subject"]))
+            if not here or reply["message_id"] in in_batch:
+                continue  # (a reply of this batch looked back already, after the batch was inserted)
+            if not any(p["sent_at"] <= reply["sent_at"] <= p["sent_at"] + window for p in here):
+                continue
+            # Exactly the message it would have joined had everything come in order: the latest
+            # before it, whatever thread that is in.
+            latest = _latest_before(conn, dict(reply), window, not_mid=reply["message_id"])
+            if latest is not None and latest.message_id in in_batch:
+                pairs.append((dict(reply), in_batch[latest.message_id]))
+    return sorted(pairs, key=lambda pair: pair[0]["sent_at"])
+
+
 def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bool = True,
                    merged: set[int] | None = None) -> set[int]:
-    """After a batch is inserted: join replies that lost their references by subject, then bring
-    reply_at up to date in every thread the batch touched. `merged`: threads plan_threads
-    merged others into. Returns the threads touched."""
+    """After a batch is inserted: join replies that lost their references by subject (those of
+    the batch to earlier messages, and earlier stored ones to the messages of the batch they
+    answer), then bring reply_at up to date in every thread the batch touched. `merged`:
+    threads plan_threads merged others into. Returns the threads touched."""
     merged = set(merged or ())
     window = timedelta(days=defaults.SUBJECT_THREAD_WINDOW_DAYS)
+
+    def join(a: int, b: int) -> None:
+        target = min(a, b)
+        _merge(conn, target, {a, b}, episodes=refresh)
+        merged.add(target)
+        for other in rows:
+            if other["thread_id"] in (a, b):
+                other["thread_id"] = target
+
     for r in sorted(rows, key=lambda r: r["sent_at"]):
         if _refs(r) or not r.get("norm_subject") or r.get("client_id") is None:
             continue
         if not has_reply_prefix(r.get("subject") or ""):
             continue
-        mine = r["thread_id"]
-        prev = conn.execute(
-            select(col(Message.thread_id), col(Message.contact_ids)).where(
-                col(Message.client_id) == r["client_id"], col(Message.norm_subject) == r["norm_subject"],
-                col(Message.sent_at) <= r["sent_at"], col(Message.sent_at) >= r["sent_at"] - window,
-                col(Message.thread_id) != mine, col(Message.thread_id).is_not(None))
-            .order_by(col(Message.sent_at).desc()).limit(1)).first()
-        if prev is None:
+        prev = _latest_before(conn, r, window, not_thread=r["thread_id"])
+        if prev is not None and _share_people(r.get("contact_ids"), prev.contact_ids):
+            join(r["thread_id"], prev.thread_id)
+    # (Not in migration 0003, before subject_reply existed: 0006 joins what it left apart.)
+    for reply, parent in _late_parents(conn, rows, window) if refresh else ():
+        if not _share_people(reply["contact_ids"], parent.get("contact_ids")):
             continue
-        a = set((r.get("contact_ids") or "").split(",")) - {""}
-        b = set((prev.contact_ids or "").split(",")) - {""}
-        if a and b and not a & b:
-            continue  # same subject, other people: another conversation
-        target = min(mine, prev.thread_id)
-        _merge(conn, target, {mine, prev.thread_id}, episodes=refresh)
-        merged.add(target)
-        for other in rows:
-            if other["thread_id"] in (mine, prev.thread_id):
-                other["thread_id"] = target
+        # Its thread now: a join before this one may have moved it.
+        thread = conn.execute(select(col(Message.thread_id))
+                              .where(col(Message.message_id) == reply["message_id"])).scalar()
+        if thread is not None and thread != parent["thread_id"]:
+            join(thread, parent["thread_id"])
     touched = {r["thread_id"] for r in rows}
     if refresh:
         # A merged thread that is no longer anyone's target has gone into another one.
@@ -295,6 +366,25 @@ def assign_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
                  .execution_options(synchronize_session=False),
                  [{"m": r["message_id"], "t": r["thread_id"]} for r in rows])
     return finish_threads(conn, rows, refresh, merged)
+
+
+def mark_subject_replies(conn: Connection) -> int:
+    """Migration 0006: set subject_reply on the stored messages it describes, then join each
+    to the latest earlier message with its subject, as ingest now does whatever the order the
+    two were stored in (before, a reply stored first stayed alone: its wait answered by
+    nothing, or an answered question left waiting). Returns how many replies were flagged."""
+    m = table_of(Message)
+    candidates = conn.execute(
+        select(m.c.id, m.c.message_id, m.c.subject, m.c.norm_subject, m.c.client_id, m.c.thread_id, m.c.sent_at,
+               m.c.contact_ids, m.c.in_reply_to, m.c.references)
+        .where(m.c.in_reply_to.is_(None), m.c.references == "", m.c.client_id.is_not(None),
+               m.c.norm_subject != "", m.c.thread_id.is_not(None))).mappings().all()
+    replies = [dict(r) for r in candidates if has_reply_prefix(r["subject"] or "")]
+    for chunk in _chunks([r["id"] for r in replies]):
+        conn.execute(update(m).where(m.c.id.in_(list(chunk))).values(subject_reply=True))
+    if replies:
+        finish_threads(conn, replies)
+    return len(replies)
 
 
 def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]], day: bool = True) -> None:
