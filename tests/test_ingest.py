@@ -1032,3 +1032,65 @@ def test_folders_with_non_ascii_names_are_read_in_either_mode(tmp_path: Path, do
         assert replied == 6, mode
         again = run_scan(cfg, store, directory)
         assert [(f.folder, f.new) for f in again.folders] == [("INBOX", 0), (sent, 0)], mode
+
+
+def test_a_reply_and_its_question_stored_at_once_from_two_mailboxes_share_a_thread(
+        tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker scans each mailbox on a thread of its own (and replicas scan different
+    mailboxes): the firm's reply in one mailbox and the client's question in the other can be
+    stored at the same moment. Here the reply's batch has read the threads it links to when
+    the question's batch runs; the question must still end up in the reply's thread, answered."""
+    from worker.store import threads
+
+    question, reply = "<q-1@acme.example>", "<a-1@firm.example>"  # the reply's id sorts first
+    roots = {}
+    for name in ("shared", "olivia"):
+        md = roots[name] = tmp_path / name
+        for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
+            (md / sub).mkdir(parents=True)
+    (roots["shared"] / "new" / "1.host").write_bytes(build_message(
+        sender="alice@acme.example", to=["shared@firm.example"], subject="Budget",
+        date=datetime(2026, 11, 16, 9, 0, tzinfo=UTC), message_id=question))
+    (roots["olivia"] / ".Sent" / "new" / "1.host").write_bytes(build_message(
+        sender="olivia@firm.example", to=["alice@acme.example"], subject="Re: Budget",
+        date=datetime(2026, 11, 16, 10, 0, tzinfo=UTC), message_id=reply, in_reply_to=question,
+        references=[question]))
+    path = write_config(tmp_path, db_url, maildir=roots["shared"],
+                        extra=f'\n[[mailboxes]]\nname = "olivia"\nkind = "maildir"\npath = "{roots["olivia"]}"\n'
+                              'folders = ["Sent"]\n')
+    cfg = load_config(path)
+    store, directory = prepare_store(cfg)
+
+    replies_read, question_stored = threading.Event(), threading.Event()
+    merge = threads._merge_many
+
+    def reading_then_waiting(conn: Any, moves: dict[int, int], episodes: bool = True) -> None:
+        # Called by plan_threads between reading thread_link and writing: hold the reply's
+        # batch here until the question's batch is stored (or 3 s, if storing waits for us).
+        if threading.current_thread().name == "olivia":
+            replies_read.set()
+            question_stored.wait(3)
+        merge(conn, moves, episodes)
+
+    monkeypatch.setattr(threads, "_merge_many", reading_then_waiting)
+    reports: dict[str, Any] = {}
+
+    def scan(name: str) -> None:
+        if name == "shared":
+            assert replies_read.wait(30)
+        reports[name] = run_scan(cfg, store, directory, mailboxes=[name])
+        if name == "shared":
+            question_stored.set()
+
+    workers = [threading.Thread(target=scan, args=(n,), name=n) for n in ("olivia", "shared")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert all(r.ok and r.stored == 1 for r in reports.values()), reports
+    q, r = _one(store, question), _one(store, reply)
+    assert q.thread_id == r.thread_id is not None
+    assert q.reply_at == r.sent_at
+    with store.session() as db:
+        links: dict[str, int] = dict(db.execute(select(ThreadLink.mid, ThreadLink.thread_id)).all())  # type: ignore[call-overload]
+    assert links == {question: q.thread_id, reply: q.thread_id}

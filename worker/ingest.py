@@ -500,6 +500,7 @@ class Ingestor:
             with self.store.session() as db:
                 batch_rows = list(rows.values())
                 conn = db.connection()
+                self.store.write_alone(conn)
                 merged = plan_threads(conn, batch_rows) if batch_rows else set()  # sets thread_id
                 inserted = self.store.insert_ignore(db, table_of(Message), batch_rows, ["message_id"])
                 if batch_rows:
