@@ -44,6 +44,7 @@ class Mail:
         folder: str = "INBOX",
         reply_to: str | None = None,
         refs: list[str] | None = None,
+        delivered: datetime | None = None,
         **kw: Any,
     ) -> str:
         self.n += 1
@@ -61,8 +62,9 @@ class Mail:
         d = self.root if folder == "INBOX" else self.root / f".{folder}"
         path = d / "cur" / f"{self.n:06d}.test:2,S"
         path.write_bytes(raw)
-        # Delivered when it was sent: the file time is the Maildir's INTERNALDATE.
-        os.utime(path, (when.timestamp(), when.timestamp()))
+        # Delivered when it was sent (unless told): the file time is the Maildir's INTERNALDATE.
+        at = (delivered or when).timestamp()
+        os.utime(path, (at, at))
         return mid
 
 
@@ -431,3 +433,15 @@ def test_upgrading_joins_a_subject_reply_that_an_older_version_left_alone(tmp_pa
             (BOB,), (OLIVIA,)]
         threads = dict(db.execute("SELECT message_id, thread_id FROM message").fetchall())
     assert len(set(threads.values())) == 2 and threads[q] == threads["<m2@firm.example>"]
+
+
+def test_a_question_dated_after_its_delivery_is_answered_by_a_reply_sent_in_between(
+        tmp_path: Path, mail: Mail) -> None:
+    """Alice writes from Paris on a computer that stamps its local time as UTC (+0000), so in
+    summer her mail is dated two hours late: her question says 11:00Z, it was delivered at
+    09:00Z, and Olivia answered at 09:30Z. The reply counts, 30 minutes after delivery."""
+    q = mail.add(ALICE, [SHARED], "Payroll", london(2026, 6, 15, 12, 0), delivered=london(2026, 6, 15, 10, 0))
+    mail.add(OLIVIA, [ALICE], "Re: Payroll", london(2026, 6, 15, 10, 30), reply_to=q, folder="Sent")
+    a = contact(status(tmp_path, mail, london(2026, 6, 16, 9, 0)), ALICE)
+    assert a["waiting"] == [] and a["response_time"]["median_business_minutes"] == 30
+    assert a["last_inbound_at"] == "2026-06-15T09:00:00Z"

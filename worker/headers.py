@@ -318,6 +318,8 @@ def _split_headers_by_line(text: str, problems: list[str]) -> dict[str, list[str
 
 
 _ONE_DAY = timedelta(days=1)
+#: A Date this far after delivery is worth a note in the message's problems (less is common).
+_SKEW_NOTED = timedelta(minutes=15)
 
 
 def parse_header_block(raw: bytes, internal_date: datetime | None,
@@ -353,10 +355,16 @@ def parse_header_block(raw: bytes, internal_date: datetime | None,
     idate = _to_utc_naive(internal_date) if internal_date and internal_date.tzinfo else internal_date
     # The sending time is the Date header when it is plausible. Mail migrated or APPENDed into
     # a mailbox has an INTERNALDATE of the import, so an early Date is normal; but a message
-    # cannot be sent after it was received (clock skew, forged), nor before e-mail was common.
+    # cannot be sent after it was received, nor before e-mail was common. A sender whose clock
+    # runs ahead (or stamps local time as another zone) dates a question after the firm's
+    # reply to it, and the reply would then not count: the delivery time bounds the Date.
     sent_at = date_header
     if sent_at is not None and (sent_at.year < 1990 or (idate is not None and sent_at > idate + _ONE_DAY)):
         problems.append("implausible Date; using INTERNALDATE")
+        sent_at = idate
+    elif sent_at is not None and idate is not None and sent_at > idate:
+        if sent_at - idate > _SKEW_NOTED:
+            problems.append(f"Date {sent_at - idate} after delivery (the sender's clock?); using INTERNALDATE")
         sent_at = idate
     if sent_at is None:
         sent_at = idate
