@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.errors import HeaderParseError
@@ -126,6 +127,12 @@ def normalise_subject(subject: str) -> str:
 
 def has_reply_prefix(subject: str) -> bool:
     return bool(_REPLY_PREFIX_RE.match(subject)) and not _FORWARD_RE.match(subject)
+
+
+def is_subject_reply(in_reply_to: str | None, references: Sequence[str], subject: str) -> bool:
+    """A reply known by its subject alone ("Re: ..." with neither In-Reply-To nor References):
+    message.subject_reply, and the replies that threading joins by subject."""
+    return not in_reply_to and not references and has_reply_prefix(subject)
 
 
 # One address of an ordinary list: "Name" <a@b>, Name <a@b> or a bare a@b, then a comma.

@@ -30,6 +30,7 @@ from .config import Config, MailboxConfig
 from .errors import FolderMissingError, MailboxError, StoreError
 from .fetchproc import FetchHelper
 from .headers import ParsedMessage
+from .locks import write_alone
 from .mailbox import MailboxSource, open_source
 from .mailbox.base import Item, folder_selected, is_pattern
 from .parsing import PreparedBatch, classified, collected_per_batch, prepared_batches
@@ -500,7 +501,7 @@ class Ingestor:
             with self.store.session() as db:
                 batch_rows = list(rows.values())
                 conn = db.connection()
-                self.store.write_alone(conn)
+                write_alone(self.store, conn)
                 merged = plan_threads(conn, batch_rows) if batch_rows else set()  # sets thread_id
                 inserted = self.store.insert_ignore(db, table_of(Message), batch_rows, ["message_id"])
                 if batch_rows:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from .store import Store
 
@@ -112,3 +112,18 @@ def held(store: Store, name: str) -> Iterator[None]:
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(name)})
             conn.commit()
+
+
+def write_alone(store: Store, conn: Connection) -> None:
+    """Make the transaction just begun on `conn` the only one storing mail until it ends.
+
+    Storing a batch reads the threads its messages link to and then writes: two scans at once
+    (the worker's mailboxes each have a thread; replicas scan different mailboxes) each read
+    the store before the other wrote, and a reply stored beside the question it answers
+    started a thread of its own, leaving the question waiting. SQLite takes its write lock now
+    instead of at the first write (waiting up to the busy timeout); PostgreSQL takes an
+    advisory lock that ends with the transaction."""
+    if store.dialect == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif store.dialect == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("store a batch")})

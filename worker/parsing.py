@@ -16,7 +16,7 @@ from typing import Any
 
 from .classify import Classification, Directory, automated_reason, classify, is_acknowledgement, snippet_text
 from .commands import find_token, parse_command
-from .headers import ParsedMessage, has_reply_prefix, normalise_subject, parse_header_block
+from .headers import ParsedMessage, is_subject_reply, normalise_subject, parse_header_block
 from .mailbox.base import Item, MailboxSource, RawMessage
 
 
@@ -59,7 +59,7 @@ def message_row(pm: ParsedMessage, cl: Classification, auto: str | None, ack: bo
         "message_id": pm.message_id, "synthetic_id": pm.synthetic_id, "thread_key": thread_key,
         "in_reply_to": pm.in_reply_to, "references": " ".join(refs)[:20000],
         "subject": pm.subject, "norm_subject": normalise_subject(pm.subject),
-        "subject_reply": not refs and not pm.in_reply_to and has_reply_prefix(pm.subject),
+        "subject_reply": is_subject_reply(pm.in_reply_to, refs, pm.subject),
         "from_addr": pm.from_addr, "from_name": pm.from_name,
         "to_addrs": ",".join(pm.to), "cc_addrs": ",".join(pm.cc),
         "date_header": pm.date_header, "internal_date": pm.internal_date, "sent_at": pm.sent_at,

@@ -285,10 +285,6 @@ def insert_ignore(conn: Connection | Session, table: Any, rows: Sequence[dict[st
     return n
 
 
-#: The advisory lock of Store.write_alone (the same on every replica; see locks.lock_key).
-WRITE_ALONE_KEY = int.from_bytes(b"cw-store", "big", signed=True)
-
-
 class Store:
     """The database: engine, sessions and the few operations that differ per dialect."""
 
@@ -324,20 +320,6 @@ class Store:
                       conflict: Sequence[str]) -> int:
         """Insert rows, skipping those whose `conflict` columns already exist. Returns inserted."""
         return insert_ignore(conn, table, rows, conflict, self.dialect)
-
-    def write_alone(self, conn: Connection) -> None:
-        """Make the transaction just begun on `conn` the only one storing mail until it ends.
-
-        Storing a batch reads the threads its messages link to and then writes: two scans at once
-        (the worker's mailboxes each have a thread; replicas scan different mailboxes) each
-        read the store before the other wrote, and a reply stored beside the question it
-        answers started a thread of its own, leaving the question waiting. SQLite takes its
-        write lock now instead of at the first write (waiting up to the busy timeout);
-        PostgreSQL takes an advisory lock that ends with the transaction."""
-        if self.dialect == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        elif self.dialect == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_ALONE_KEY})
 
     def dispose(self) -> None:
         self.engine.dispose()

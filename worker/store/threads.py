@@ -31,6 +31,7 @@ from sqlalchemy import (
     TypeDecorator,
     bindparam,
     column,
+    or_,
     select,
     text,
     update,
@@ -38,7 +39,7 @@ from sqlalchemy import (
 from sqlmodel import col
 
 from .. import defaults
-from ..headers import has_reply_prefix
+from ..headers import is_subject_reply
 from .db import epoch_sql, insert_ignore
 from .models import Message, MessageContact, ThreadLink, table_of
 
@@ -267,7 +268,8 @@ def _latest_before(conn: Connection, r: dict[str, Any], window: timedelta, *, no
 
 
 def _share_people(a: str | None, b: str | None) -> bool:
-    """Same subject, other people: another conversation. Unknown people (no contacts) agree."""
+    """Whether two messages with one subject may be one conversation: they share a contact,
+    or one of them names none. (Same subject, other people: another conversation.)"""
     mine = set((a or "").split(",")) - {""}
     theirs = set((b or "").split(",")) - {""}
     return not (mine and theirs) or bool(mine & theirs)
@@ -302,7 +304,8 @@ def _late_parents(conn: Connection, rows: Sequence[dict[str, Any]],
     span = {"lo": min(sent), "hi": max(sent) + window}
     pairs = []
     for chunk in _chunks(sorted({subject for _, subject in parents})):
-        for reply in conn.execute(sql, {"ids": list(chunk), **span}).mappings().all():
+        for found in conn.execute(sql, {"ids": list(chunk), **span}).mappings().all():
+            reply = dict(found)
             here = parents.get((reply["client_id"], reply["norm_subject"]))
             if not here or reply["message_id"] in in_batch:
                 continue  # (a reply of this batch looked back already, after the batch was inserted)
@@ -310,9 +313,9 @@ def _late_parents(conn: Connection, rows: Sequence[dict[str, Any]],
                 continue
             # Exactly the message it would have joined had everything come in order: the latest
             # before it, whatever thread that is in.
-            latest = _latest_before(conn, dict(reply), window, not_mid=reply["message_id"])
+            latest = _latest_before(conn, reply, window, not_mid=reply["message_id"])
             if latest is not None and latest.message_id in in_batch:
-                pairs.append((dict(reply), in_batch[latest.message_id]))
+                pairs.append((reply, in_batch[latest.message_id]))
     return sorted(pairs, key=lambda pair: pair[0]["sent_at"])
 
 
@@ -334,9 +337,9 @@ def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
                 other["thread_id"] = target
 
     for r in sorted(rows, key=lambda r: r["sent_at"]):
-        if _refs(r) or not r.get("norm_subject") or r.get("client_id") is None:
+        if not r.get("norm_subject") or r.get("client_id") is None:
             continue
-        if not has_reply_prefix(r.get("subject") or ""):
+        if not is_subject_reply(r.get("in_reply_to"), (r.get("references") or "").split(), r.get("subject") or ""):
             continue
         prev = _latest_before(conn, r, window, not_thread=r["thread_id"])
         if prev is not None and _share_people(r.get("contact_ids"), prev.contact_ids):
@@ -377,13 +380,16 @@ def mark_subject_replies(conn: Connection) -> int:
     candidates = conn.execute(
         select(m.c.id, m.c.message_id, m.c.subject, m.c.norm_subject, m.c.client_id, m.c.thread_id, m.c.sent_at,
                m.c.contact_ids, m.c.in_reply_to, m.c.references)
-        .where(m.c.in_reply_to.is_(None), m.c.references == "", m.c.client_id.is_not(None),
-               m.c.norm_subject != "", m.c.thread_id.is_not(None))).mappings().all()
-    replies = [dict(r) for r in candidates if has_reply_prefix(r["subject"] or "")]
+        .where(or_(m.c.in_reply_to.is_(None), m.c.in_reply_to == ""), m.c.references == "")).mappings().all()
+    # Flagged as ingest flags them (whatever their client: one may come with a config change);
+    # joined where threading can, as finish_threads decides.
+    replies = [dict(r) for r in candidates if is_subject_reply(r["in_reply_to"], r["references"].split(),
+                                                               r["subject"] or "")]
     for chunk in _chunks([r["id"] for r in replies]):
         conn.execute(update(m).where(m.c.id.in_(list(chunk))).values(subject_reply=True))
-    if replies:
-        finish_threads(conn, replies)
+    threaded = [r for r in replies if r["thread_id"] is not None]
+    if threaded:
+        finish_threads(conn, threaded)
     return len(replies)
 
 
