@@ -73,8 +73,8 @@ def capture(cfg: Any, directory: Any) -> list[Captured]:
 
             def recording(start: Callable[..., Callable[[], Any]], into: list[Any],
                           keep: Callable[[Any, Any], Any] = lambda items, got: got) -> Callable[..., Any]:
-                def started(name: str, items: Any) -> Callable[[], Any]:
-                    complete = start(name, items)
+                def started(name: str, items: Any, **kw: Any) -> Callable[[], Any]:
+                    complete = start(name, items, **kw)
 
                     def completed() -> Any:
                         got = complete()

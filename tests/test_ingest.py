@@ -320,12 +320,39 @@ def test_fetch_responses_are_split_by_uid_whatever_the_item_order() -> None:
     ]
     answers = fetch_answers(data)
     assert answers is not None
-    out = {uid: (meta, literal) for uid, meta, literal in answers}
+    out = {uid: (meta, sections) for uid, meta, sections in answers}
     assert sorted(out) == [7, 9, 11]
-    assert out[9][1] == b"From: d@e.f\r\n" and b"INTERNALDATE" in out[9][0]
-    assert out[11][1] == b""
+    assert out[9][1] == {b"BODY[HEADER": b"From: d@e.f\r\n"} and b"INTERNALDATE" in out[9][0]
+    assert out[11][1] == {b"BODY[HEADER": b""}
     # A response we do not understand sends the caller to imapclient's full parser.
     assert fetch_answers([(b"1 (BODY[TEXT] {3}", b"abc"), b")"]) is None
+
+
+def test_an_answer_with_the_header_and_the_body_text_gives_both_whatever_their_order() -> None:
+    from worker.mailbox.imap import HEADER, TEXT, fetch_answers
+
+    data = [
+        (b'1 (UID 7 INTERNALDATE "02-Nov-2026 09:00:00 +0000" BODY[HEADER.FIELDS (FROM)] {12}', b"From: a@b.c\r\n"),
+        (b" BODY[TEXT]<0> {5}", b"Hello"),
+        b")",
+        (b"2 (UID 8 BODY[TEXT]<0> {9}", b"Thanks!\r\n"),
+        (b' INTERNALDATE "02-Nov-2026 09:01:00 +0000" BODY[HEADER.FIELDS ("FROM")] {12}', b"From: d@e.f\r\n"),
+        b")",
+        # An empty body comes as a quoted string, not a literal.
+        (b'3 (UID 9 INTERNALDATE "02-Nov-2026 09:02:00 +0000" BODY[HEADER.FIELDS (FROM)] {12}', b"From: g@h.i\r\n"),
+        b' BODY[TEXT]<0> "")',
+        # A header asked for alone, beside them.
+        (b'4 (UID 10 BODY[HEADER.FIELDS (FROM)] {12}', b"From: j@k.l\r\n"),
+        b")",
+    ]
+    answers = fetch_answers(data)
+    assert answers is not None
+    out = {uid: sections for uid, _, sections in answers}
+    assert out == {7: {HEADER: b"From: a@b.c\r\n", TEXT: b"Hello"},
+                   8: {HEADER: b"From: d@e.f\r\n", TEXT: b"Thanks!\r\n"},
+                   9: {HEADER: b"From: g@h.i\r\n", TEXT: b""},
+                   10: {HEADER: b"From: j@k.l\r\n"}}
+    assert all(b"INTERNALDATE" in meta for uid, meta, _ in answers if uid != 10)
 
 
 def test_internaldates_parse_like_imapclient_and_garbage_is_none() -> None:
@@ -651,6 +678,50 @@ def test_a_big_backlog_is_read_by_a_helper_process_with_the_same_result(
         assert db.execute(select(func.count()).select_from(Contact).where(col(Contact.discovered))).scalar_one()
 
 
+def test_snippets_fetched_with_the_headers_give_the_same_store_and_leave_mail_unread(
+        tmp_path: Path, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where most of a batch wanted its snippet, the next batch's snippets come with its
+    headers (one FETCH, BODY.PEEK): the same acknowledgements and alert commands as when each
+    snippet is fetched on its own, fewer FETCHes, and no message marked read."""
+    from worker import defaults
+
+    urls = [f"sqlite:///{tmp_path / 'together.db'}", f"sqlite:///{tmp_path / 'apart.db'}"]
+    cfg, cfg2 = demo_over_imap(dovecot, urls, batch_size=100)
+    flags = flags_of(dovecot, "INBOX")
+    asked: list[tuple[str, bool]] = []
+    snippet_fetches: list[int] = []
+    real_fetch, real_snippets = ImapSource.start_fetch, ImapSource.start_fetch_snippets
+
+    def fetch(self: ImapSource, folder: str, items: Any, snippets: bool = False) -> Any:
+        asked.append((folder, snippets))
+        return real_fetch(self, folder, items, snippets)
+
+    def fetch_snippets(self: ImapSource, folder: str, items: Any) -> Any:
+        snippet_fetches.append(len(items))
+        return real_snippets(self, folder, items)
+
+    monkeypatch.setattr(ImapSource, "start_fetch", fetch)
+    monkeypatch.setattr(ImapSource, "start_fetch_snippets", fetch_snippets)
+    store, directory = prepare_store(cfg)
+    assert run_scan(cfg, store, directory).ok
+    together, fetched_apart = list(asked), sum(snippet_fetches)
+
+    asked.clear()
+    snippet_fetches.clear()
+    monkeypatch.setattr(defaults, "SNIPPETS_WITH_HEADERS_SHARE", 2.0)  # never together
+    store2, directory2 = prepare_store(cfg2)
+    assert run_scan(cfg2, store2, directory2).ok
+    assert not any(s for _, s in asked)
+    assert store_dump(store) == store_dump(store2)
+    # Client mail came with its snippets after the first batch; the firm's Sent did not.
+    inbox = [s for f, s in together if f == "INBOX"]
+    assert inbox[0] is False and len(inbox) > 3 and all(inbox[1:])
+    assert not any(s for f, s in together if f == "Sent")
+    assert fetched_apart < sum(snippet_fetches) / 3
+    assert count(store, Message.acknowledgement) and count(store, Message.direction == "inbound")
+    assert flags_of(dovecot, "INBOX") == flags
+
+
 def test_the_helper_reads_the_next_big_folder_while_this_one_is_stored(
         tmp_path: Path, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
     """The next folder is handed to the helper before the one in hand is stored. Its list of
@@ -882,6 +953,15 @@ def test_pipelined_fetches_each_get_their_own_answers_in_any_order(tmp_path: Pat
             assert got[1] == {i.key: plain_snips[i.key] for i in items[5:20]}
             assert got[3] == {i.key: plain_snips[i.key] for i in items[:5]}
             assert b"body of message 7" in got[1][items[7].key]
+        # Headers with their snippets, beside a FETCH of other messages' snippets alone.
+        for order in ([0, 1], [1, 0]):
+            both = [src.start_fetch("INBOX", items[:20], snippets=True), src.start_fetch_snippets("INBOX", items[20:])]
+            done: dict[int, Any] = {k: both[k]() for k in order}
+            assert [(r.header, r.internal_date) for r in done[0]] == [
+                (plain[i.cursor].header, plain[i.cursor].internal_date) for i in items[:20]]
+            assert {r.item.key: r.snippet for r in done[0]} == {i.key: plain_snips[i.key] for i in items[:20]}
+            assert done[1] == {i.key: plain_snips[i.key] for i in items[20:]}
+        assert all(r.snippet is None for r in src.fetch("INBOX", items[:3]))
         # FETCHes abandoned in flight (a stopped scan) do not disturb what comes next.
         src.start_fetch("INBOX", items)
         src.start_fetch_snippets("INBOX", items)

@@ -26,6 +26,11 @@ FETCH_MAX_COMMAND_BYTES = 8000
 HEADER_CACHE_ENTRIES = 16384
 #: Bytes of the first text part fetched (BODY.PEEK[...]<0.N>) to recognise acknowledgements.
 SNIPPET_BYTES = 600
+#: Share of a batch's messages that wanted their snippet from which the next batch's snippets
+#: are fetched with its headers (every message's, wanted or not) instead of in a FETCH of
+#: their own. On the 118k demo, snippets of all of INBOX in a FETCH of their own cost Dovecot
+#: 18-38 µs a message (it reads each message file again); asked for with the headers, 0-12.
+SNIPPETS_WITH_HEADERS_SHARE = 0.25
 #: Seconds before an IMAP socket operation times out.
 IMAP_TIMEOUT_SECONDS = 60.0
 #: Longest header value we keep, in characters; hostile mail has 100k-character headers.

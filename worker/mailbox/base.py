@@ -67,6 +67,9 @@ class RawMessage:
     item: Item
     header: bytes
     internal_date: datetime | None
+    #: The start of the body text, when it was fetched with the header (fetch(snippets=True));
+    #: None when it was not (then fetch_snippets() reads it, if it is wanted).
+    snippet: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +208,10 @@ class MailboxSource(ABC):
         """Items with a cursor above `after_cursor`, ascending."""
 
     @abstractmethod
-    def fetch(self, folder: str, items: Sequence[Item]) -> list[RawMessage]:
-        """Header fields and INTERNALDATE of `items`. Missing items (deleted meanwhile) are absent."""
+    def fetch(self, folder: str, items: Sequence[Item], snippets: bool = False) -> list[RawMessage]:
+        """Header fields and INTERNALDATE of `items`. Missing items (deleted meanwhile) are absent.
+        With `snippets`, also the start of each body text (RawMessage.snippet), as far as the
+        source can tell it in the same read."""
 
     @abstractmethod
     def fetch_snippets(self, folder: str, items: Sequence[Item]) -> dict[Hashable, bytes]:
@@ -216,11 +221,11 @@ class MailboxSource(ABC):
     def list_folders(self) -> list[FolderInfo]:
         """Every folder of the mailbox, as the server lists it."""
 
-    def start_fetch(self, folder: str, items: Sequence[Item]) -> Callable[[], list[RawMessage]]:
+    def start_fetch(self, folder: str, items: Sequence[Item], snippets: bool = False) -> Callable[[], list[RawMessage]]:
         """Begin fetch(); the returned function completes it. A source that can let the server
         work while the caller computes (IMAP pipelining) does so; the default fetches now.
         Completions are called in the order the fetches were started."""
-        out = self.fetch(folder, items)
+        out = self.fetch(folder, items, snippets)
         return lambda: out
 
     def start_fetch_snippets(self, folder: str, items: Sequence[Item]) -> Callable[[], dict[Hashable, bytes]]:

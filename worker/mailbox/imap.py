@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 HEADER_ITEM = ("BODY.PEEK[HEADER.FIELDS (" + " ".join(f.upper() for f in FETCH_FIELDS) + ")]").encode()
 SNIPPET_ITEM = f"BODY.PEEK[TEXT]<0.{defaults.SNIPPET_BYTES}>".encode()
+#: Both at once, for folders where most messages want their snippet (see parsing.py).
+HEADER_AND_SNIPPET_ITEM = HEADER_ITEM + b" " + SNIPPET_ITEM
 #: Errors that mean "the connection is gone": the caller reconnects with backoff.
 CONNECTION_ERRORS = (OSError, socket.timeout, ssl.SSLError, imapclient.imaplib.IMAP4.abort, EOFError)
 
@@ -39,28 +41,44 @@ _IDATE_RE = re.compile(rb'INTERNALDATE "([^"]+)"')
 _FETCH_START_RE = re.compile(rb"^\d+ \(")
 
 
-def fetch_answers(data: list[Any]) -> list[tuple[int, bytes, bytes]] | None:
-    """imaplib-shaped FETCH data as (uid, metadata bytes, literal bytes) per message answer.
+#: The sections a scan fetches, as FETCH answers name them: the header fields and the start
+#: of the body text. Answers are filed by section, so one FETCH may ask for both.
+HEADER, TEXT = b"BODY[HEADER", b"BODY[TEXT]"
+
+
+def fetch_answers(data: list[Any]) -> list[tuple[int, bytes, dict[bytes, bytes]]] | None:
+    """imaplib-shaped FETCH data as (uid, metadata bytes, {section: bytes}) per message answer.
 
     imaplib returns a (prefix, literal) tuple per literal and the rest of the response as
-    plain bytes (b")" or b" INTERNALDATE ... UID 5)"). A UID may come twice (two pipelined
-    FETCHes of one message). None if an answer lacks a UID."""
-    messages: list[tuple[list[bytes], bytes]] = []
+    plain bytes (b")" or b" INTERNALDATE ... UID 5)"). An answer may hold several literals
+    (the header fields and the body text, asked for together): a tuple whose prefix does not
+    start a FETCH answer ("7 (") continues the one before. A section sent as a quoted
+    string instead of a literal ("" for an empty body) is empty. A UID may come twice (two
+    pipelined FETCHes of one message). None if an answer lacks a UID."""
+    messages: list[tuple[list[bytes], list[tuple[bytes, bytes]]]] = []
     for el in data:
         if isinstance(el, tuple):
-            messages.append(([el[0]], el[1]))
+            if _FETCH_START_RE.match(el[0]) or not messages:
+                messages.append(([el[0]], [(el[0], el[1])]))
+            else:
+                messages[-1][0].append(el[0])
+                messages[-1][1].append((el[0], el[1]))
         elif isinstance(el, bytes):
             if _FETCH_START_RE.match(el):  # a message whose item came without a literal
-                messages.append(([el], b""))
+                messages.append(([el], []))
             elif messages:
                 messages[-1][0].append(el)
-    out: list[tuple[int, bytes, bytes]] = []
-    for meta_parts, literal in messages:
+    out: list[tuple[int, bytes, dict[bytes, bytes]]] = []
+    for meta_parts, literals in messages:
         meta = b"".join(meta_parts)
         m = _UID_RE.search(meta)
         if not m:
             return None
-        out.append((int(m.group(1)), meta, literal))
+        sections = {TEXT if TEXT in prefix else HEADER: literal for prefix, literal in literals}
+        for section in (HEADER, TEXT):
+            if section not in sections and section in meta:
+                sections[section] = b""
+        out.append((int(m.group(1)), meta, sections))
     return out
 
 
@@ -192,11 +210,16 @@ def _lookup(data: dict[bytes, Any], prefix: bytes) -> Any:
 
 @dataclass(eq=False)
 class _InFlight:
-    """Pipelined FETCH commands (one item, some UIDs) whose answers may not be read yet."""
+    """Pipelined FETCH commands (one item, some UIDs) whose answers may not be read yet.
+    Two FETCHes in flight at once may share UIDs only if they ask for different sections."""
 
     item: bytes
     uids: list[int]
     tags: list[bytes]
+
+    @property
+    def sections(self) -> tuple[bytes, ...]:
+        return tuple(s for s, name in ((HEADER, b"[HEADER."), (TEXT, b"[TEXT]")) if name in self.item)
 
 
 class ImapSource(MailboxSource):
@@ -222,6 +245,7 @@ class ImapSource(MailboxSource):
         self._inflight: deque[_InFlight] = deque()
         #: Answers read for pipelined FETCHes: (item, uid) -> (metadata, literal); completion
         #: status per tag (None: OK); and whether a response came in an unexpected shape.
+        #: Answers read, by (section, UID): (the answer's metadata, the section's bytes).
         self._answers: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
         self._completed: dict[bytes, str | None] = {}
         self._odd_shape = False
@@ -387,29 +411,31 @@ class ImapSource(MailboxSource):
             if answers is None:  # every FETCH in flight goes the slow way (see _fetch_fast)
                 self._odd_shape = True
                 continue
-            for uid, meta, literal in answers:
-                item = SNIPPET_ITEM if b"BODY[TEXT]" in meta else HEADER_ITEM
-                self._answers[(item, uid)] = (meta, literal)
+            for uid, meta, sections in answers:
+                for section, literal in sections.items():
+                    self._answers[(section, uid)] = (meta, literal)
 
-    def _fetch_fast(self, pending: _InFlight) -> dict[int, tuple[bytes, bytes]] | None:
+    def _fetch_fast(self, pending: _InFlight) -> dict[int, tuple[bytes, dict[bytes, bytes]]] | None:
         """The answer to a pipelined FETCH, read without imapclient's pure-Python lexer.
 
         imapclient tokenises every response byte in Python, mostly the long
         `BODY[HEADER.FIELDS (...)]` echo, which caps a header fetch at a few thousand
         messages/s. read_until_tagged() splits literals out as bytes, so for this one response
-        shape we read UID and INTERNALDATE with a regex. Returns uid -> (metadata, literal),
-        or None when a response was not the expected shape (the caller then uses imapclient).
-        """
+        shape we read UID and INTERNALDATE with a regex. Returns uid -> (metadata, {section:
+        bytes}) for the UIDs answered, or None when a response was not the expected shape (the
+        caller then uses imapclient)."""
         self._settle(pending)
         with contextlib.suppress(ValueError):
             self._inflight.remove(pending)
         errors = [self._completed.pop(t) for t in pending.tags]
         failed = next((e for e in errors if e), None)
-        out: dict[int, tuple[bytes, bytes]] = {}
+        out: dict[int, tuple[bytes, dict[bytes, bytes]]] = {}
         for uid in pending.uids:
-            got = self._answers.pop((pending.item, uid), None)
-            if got is not None:
-                out[uid] = got
+            for section in pending.sections:
+                got = self._answers.pop((section, uid), None)
+                if got is not None:
+                    meta, parts = out.setdefault(uid, (got[0], {}))
+                    parts[section] = got[1]
         if failed:
             raise MailboxError(failed, where=self._where())
         if self._odd_shape:
@@ -420,37 +446,43 @@ class ImapSource(MailboxSource):
             return None
         return out
 
-    def start_fetch(self, folder: str, items: Sequence[Item]) -> Callable[[], list[RawMessage]]:
+    def start_fetch(self, folder: str, items: Sequence[Item], snippets: bool = False) -> Callable[[], list[RawMessage]]:
         by_uid = {int(i.key): i for i in items}  # type: ignore[call-overload]
-        pending = self._send_fetch(folder, list(by_uid), HEADER_ITEM)
+        # With snippets, one FETCH asks for both: the server reads each message once, not
+        # twice (defaults.SNIPPETS_WITH_HEADERS_SHARE).
+        pending = self._send_fetch(folder, list(by_uid), HEADER_AND_SNIPPET_ITEM if snippets else HEADER_ITEM)
 
         def complete() -> list[RawMessage]:
             out = []
             fast = self._fetch_fast(pending)
             if fast is not None:
-                for uid, (meta, literal) in fast.items():
+                for uid, (meta, parts) in fast.items():
                     item = by_uid.get(uid)
-                    if item is None:
+                    header = parts.get(HEADER)
+                    if item is None or header is None:
                         continue
                     m = _IDATE_RE.search(meta)
                     idate = parse_internaldate(m.group(1)) if m else None
-                    out.append(RawMessage(item, literal, idate))
+                    out.append(RawMessage(item, header, idate, parts.get(TEXT)))
             else:
                 log.debug("%s: unexpected FETCH response shape; using imapclient's parser", self._where())
-                data = self._fetch(folder, list(by_uid), [HEADER_ITEM, b"INTERNALDATE"])
+                what = [HEADER_ITEM, SNIPPET_ITEM, b"INTERNALDATE"] if snippets else [HEADER_ITEM, b"INTERNALDATE"]
+                data = self._fetch(folder, list(by_uid), what)
                 for uid, d in data.items():
                     item = by_uid.get(uid)
                     if item is None:
                         continue
                     header = _lookup(d, b"BODY[HEADER") or b""
-                    out.append(RawMessage(item, bytes(header), d.get(b"INTERNALDATE")))
+                    text = _lookup(d, b"BODY[TEXT]") if snippets else None
+                    out.append(RawMessage(item, bytes(header), d.get(b"INTERNALDATE"),
+                                          None if text is None else bytes(text)))
             out.sort(key=lambda r: r.item.cursor)
             return out
 
         return complete
 
-    def fetch(self, folder: str, items: Sequence[Item]) -> list[RawMessage]:
-        return self.start_fetch(folder, items)()
+    def fetch(self, folder: str, items: Sequence[Item], snippets: bool = False) -> list[RawMessage]:
+        return self.start_fetch(folder, items, snippets)()
 
     def start_fetch_snippets(self, folder: str, items: Sequence[Item]) -> Callable[[], dict[Hashable, bytes]]:
         if not items:
@@ -461,7 +493,7 @@ class ImapSource(MailboxSource):
         def complete() -> dict[Hashable, bytes]:
             fast = self._fetch_fast(pending)
             if fast is not None:
-                return {uid: literal for uid, (_, literal) in fast.items()}
+                return {uid: parts[TEXT] for uid, (_, parts) in fast.items()}
             data = self._fetch(folder, uids, [SNIPPET_ITEM])
             return {uid: bytes(_lookup(d, b"BODY[TEXT]") or b"") for uid, d in data.items()}
 

@@ -103,15 +103,16 @@ class MaildirSource(MailboxSource):
                 return data[: i + len(sep)], data[i + len(sep):]
         return data[:MAX_HEADER_BYTES], b""
 
-    def fetch(self, folder: str, items: Sequence[Item]) -> list[RawMessage]:
+    def fetch(self, folder: str, items: Sequence[Item], snippets: bool = False) -> list[RawMessage]:
         out = []
         for it in items:
             try:
-                header, _ = self._read_header(str(it.key))
+                header, body = self._read_header(str(it.key))
                 mtime = os.stat(str(it.key)).st_mtime
             except FileNotFoundError:
                 continue  # expunged meanwhile
-            out.append(RawMessage(it, header, datetime.fromtimestamp(mtime, UTC)))
+            out.append(RawMessage(it, header, datetime.fromtimestamp(mtime, UTC),
+                                  body[: defaults.SNIPPET_BYTES] if snippets else None))
         return out
 
     def fetch_snippets(self, folder: str, items: Sequence[Item]) -> dict[Hashable, bytes]:
