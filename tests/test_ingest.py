@@ -344,15 +344,19 @@ def test_an_answer_with_the_header_and_the_body_text_gives_both_whatever_their_o
         # A header asked for alone, beside them.
         (b'4 (UID 10 BODY[HEADER.FIELDS (FROM)] {12}', b"From: j@k.l\r\n"),
         b")",
+        # Flags another client changed: without a UID (Dovecot), or with one; no section.
+        b"1 (FLAGS (\\Seen))",
+        b"2 (UID 8 FLAGS (\\Seen \\Flagged))",
     ]
     answers = fetch_answers(data)
     assert answers is not None
-    out = {uid: sections for uid, _, sections in answers}
+    out = {uid: sections for uid, _, sections in answers if sections}
+    assert [uid for uid, _, sections in answers if not sections] == [8]
     assert out == {7: {HEADER: b"From: a@b.c\r\n", TEXT: b"Hello"},
                    8: {HEADER: b"From: d@e.f\r\n", TEXT: b"Thanks!\r\n"},
                    9: {HEADER: b"From: g@h.i\r\n", TEXT: b""},
                    10: {HEADER: b"From: j@k.l\r\n"}}
-    assert all(b"INTERNALDATE" in meta for uid, meta, _ in answers if uid != 10)
+    assert all(b"INTERNALDATE" in meta for uid, meta, sections in answers if sections and uid != 10)
 
 
 def test_internaldates_parse_like_imapclient_and_garbage_is_none() -> None:
@@ -968,6 +972,39 @@ def test_pipelined_fetches_each_get_their_own_answers_in_any_order(tmp_path: Pat
         sent = src.new_items("Sent", 0)
         assert [r.header for r in src.fetch("Sent", sent)] == [r.header for r in src.fetch("Sent", sent)]
         assert len(sent) == 3 and src.folder_status("INBOX").messages == 30
+
+
+def test_a_colleague_reading_the_shared_inbox_during_a_fetch_costs_the_scan_nothing(
+        tmp_path: Path, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone reads mail while the scan's FETCHes are in flight: the server tells the scan's
+    session of the new flags, as FETCH answers of their own without a UID (Dovecot). They
+    are not answers to the scan's FETCHes; they once sent every FETCH in flight again
+    through imapclient's parser, several times slower."""
+    dovecot.append([inbound(i) for i in range(30)])
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot))
+    slow: list[int] = []
+    real_slow = ImapSource._fetch
+
+    def counted_slow(self: ImapSource, folder: str, uids: list[int], what: list[bytes]) -> Any:
+        slow.append(len(uids))
+        return real_slow(self, folder, uids, what)
+
+    monkeypatch.setattr(ImapSource, "_fetch", counted_slow)
+    with open_source(cfg.settings.mailboxes[0]) as src, \
+            imapclient.IMAPClient("127.0.0.1", port=dovecot.port, ssl=False) as colleague:
+        colleague.login(dovecot.user, dovecot.password)
+        colleague.select_folder("INBOX")
+        items = src.new_items("INBOX", 0)
+        plain = [(r.header, r.snippet) for r in src.fetch("INBOX", items, snippets=True)]
+        first = src.start_fetch("INBOX", items[:15], snippets=True)
+        colleague.add_flags([2, 17], [b"\\Seen"])  # told to the scan's session at its next completion
+        second = src.start_fetch("INBOX", items[15:], snippets=True)
+        got = first() + second()
+        colleague.remove_flags([2, 17], [b"\\Seen"])
+        third = src.start_fetch("INBOX", items)
+        assert [r.header for r in third()] == [h for h, _ in plain]
+    assert [(r.header, r.snippet) for r in got] == plain
+    assert slow == []
 
 
 def test_new_messages_are_listed_in_uid_spans_without_gaps_or_repeats(tmp_path: Path, dovecot: Dovecot,

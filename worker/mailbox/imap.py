@@ -54,7 +54,9 @@ def fetch_answers(data: list[Any]) -> list[tuple[int, bytes, dict[bytes, bytes]]
     (the header fields and the body text, asked for together): a tuple whose prefix does not
     start a FETCH answer ("7 (") continues the one before. A section sent as a quoted
     string instead of a literal ("" for an empty body) is empty. A UID may come twice (two
-    pipelined FETCHes of one message). None if an answer lacks a UID."""
+    pipelined FETCHes of one message). An answer with neither a UID nor a section is the
+    server telling of flags another client changed (Dovecot sends them without a UID), and
+    is left out. None if an answer with a section lacks a UID."""
     messages: list[tuple[list[bytes], list[tuple[bytes, bytes]]]] = []
     for el in data:
         if isinstance(el, tuple):
@@ -73,6 +75,8 @@ def fetch_answers(data: list[Any]) -> list[tuple[int, bytes, dict[bytes, bytes]]
         meta = b"".join(meta_parts)
         m = _UID_RE.search(meta)
         if not m:
+            if not literals and HEADER not in meta and TEXT not in meta:
+                continue  # an unsolicited flag update ("3 (FLAGS (\\Seen))": a colleague read it)
             return None
         sections = {TEXT if TEXT in prefix else HEADER: literal for prefix, literal in literals}
         for section in (HEADER, TEXT):
