@@ -435,6 +435,40 @@ def test_upgrading_joins_a_subject_reply_that_an_older_version_left_alone(tmp_pa
     assert len(set(threads.values())) == 2 and threads[q] == threads["<m2@firm.example>"]
 
 
+@pytest.mark.parametrize("chunk", [5000, 1], ids=["one chunk", "a message a chunk"])
+@pytest.mark.parametrize("order", [["INBOX", "Sent"], ["Sent", "INBOX"]], ids=["question first", "reply first"])
+def test_a_client_added_to_the_config_gets_its_subject_replies_joined(
+        tmp_path: Path, mail: Mail, db_url: str, chunk: int, order: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mail with Initech was read before the firm listed Initech as a client. Threading by
+    subject needs a client, so Olivia's reply without references was not joined to Hana's
+    question then. Once Initech is in the config, the next start classifies the stored mail
+    again and joins it as ingest would have: the question is answered, not waiting."""
+    from worker import app as application
+    from worker import ingest
+
+    hana = "hana@initech.example"
+    q = mail.add(hana, [SHARED], "Audit dates", london(2026, 11, 16, 9, 0))
+    mail.add(OLIVIA, [hana], "RE: Audit dates", london(2026, 11, 16, 10, 0), refs=[], folder="Sent")
+    mail.add(hana, [SHARED], "Payroll", london(2026, 11, 16, 11, 0))  # not answered at all
+    cfg = set_folders(write_config(tmp_path, db_url, maildir=mail.root), *order)
+    assert runner.invoke(app, ["--config", str(cfg), "scan"]).exit_code == 0
+    cfg.write_text(cfg.read_text() + f"""
+[[clients]]
+name = "Initech"
+domains = ["initech.example"]
+owner = "olivia@firm.example"
+contacts = [{{ name = "Hana Principal", email = "{hana}", role = "principal" }}]
+""")
+    real = ingest.reclassify
+    monkeypatch.setattr(application, "reclassify", lambda store, directory: real(store, directory, chunk))
+    r = runner.invoke(app, ["--config", str(cfg), "status", "--json", "--now", "2026-11-17T09:00:00Z"])
+    h = contact(json.loads(r.stdout), hana)
+    assert [w["subject"] for w in h["waiting"]] == ["Payroll"]
+    assert h["response_time"]["count"] == 1 and h["response_time"]["median_business_minutes"] == 60
+    assert q not in [w["message_id"] for w in h["waiting"]]
+
+
 def test_a_question_dated_after_its_delivery_is_answered_by_a_reply_sent_in_between(
         tmp_path: Path, mail: Mail) -> None:
     """Alice writes from Paris on a computer that stamps its local time as UTC (+0000), so in

@@ -531,16 +531,24 @@ class Ingestor:
 
 
 def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
-    """Classify stored messages again after who-is-who changed in the config. Returns changed."""
+    """Classify stored messages again after who-is-who changed in the config. Returns changed.
+
+    A message that now has a client is threaded by subject as ingest would have threaded it
+    (which needs a client): a refs-less reply to a client listed only now joins the question
+    it answered, whichever of the two comes first here. Each chunk is stored alone, as a
+    scan's batch is (write_alone), so a scan running meanwhile sees it whole."""
     changed = 0
     last_id = 0
     while True:
         with store.session() as db:
+            write_alone(store, db.connection())
             relink: list[dict[str, Any]] = []
+            rethread: list[dict[str, Any]] = []
             rows = db.execute(
                 select(*columns(Message.id, Message.message_id, Message.from_addr, Message.from_name,
                                 Message.to_addrs, Message.cc_addrs, Message.direction, Message.client_id,
-                                Message.contact_ids, Message.automated, Message.sent_at))
+                                Message.contact_ids, Message.automated, Message.sent_at, Message.thread_id,
+                                Message.norm_subject, Message.subject, Message.in_reply_to, Message.references))
                 .where(col(Message.id) > last_id).order_by(col(Message.id)).limit(chunk)
             ).all()
             if not rows:
@@ -560,8 +568,12 @@ def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
                     db.execute(delete(MessageContact).where(MessageContact.message_pk == r.id))
                     relink.append({"message_id": r.message_id, "contact_ids": ids, "direction": cl.direction,
                                    "automated": r.automated, "sent_at": r.sent_at})
+                    if cl.client_id is not None and cl.client_id != r.client_id and r.thread_id is not None:
+                        rethread.append({**r._asdict(), "client_id": cl.client_id, "contact_ids": ids})
                     changed += 1
             link_contacts(db.connection(), relink)
+            if rethread:
+                finish_threads(db.connection(), rethread)
             if relink:
                 refresh_replies(db.connection())  # directions changed: replies may have too
             db.commit()
