@@ -245,6 +245,51 @@ def test_a_new_contact_in_the_config_reclassifies_stored_mail(tmp_path: Path, do
     assert _one(store2, "<zed@initech>").direction == "inbound"
 
 
+def test_reclassifying_refreshes_exactly_the_threads_whose_replies_could_change(
+        tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a config change, reclassify refreshes the replies and answered episodes of the
+    threads its changes touch (it refreshed every thread of the store once per chunk). A
+    full recomputation afterwards finds nothing left to change."""
+    from sqlalchemy import text
+
+    from worker import app as application
+    from worker import ingest
+    from worker.demo import generate
+    from worker.store.threads import refresh_replies
+
+    firm = generate(dovecot.home, seed=11)
+    dovecot.chown_mail()
+
+    def without(k: int) -> Any:
+        def edit(data: dict[str, Any]) -> None:
+            del data["clients"][k]
+        return edit
+
+    # The last client is listed only later (its mail gains a client, and is threaded by
+    # subject), and the first one is dropped then (its mail loses its client: no longer
+    # inbound, no longer waiting).
+    cfg = demo_config(firm.config, dovecot, db_url, 200, edit=without(-1))
+    store, directory = prepare_store(cfg)
+    assert run_scan(cfg, store, directory).ok
+    before = store_dump(store)
+
+    real = ingest.reclassify
+    changed: list[int] = []
+    monkeypatch.setattr(application, "reclassify",
+                        lambda store, directory: changed.append(real(store, directory, 100)) or changed[-1])
+    store2, _ = prepare_store(demo_config(firm.config, dovecot, db_url, 200, edit=without(0)))
+    after = store_dump(store2)
+    assert changed and changed[0] > 50 and after["episodes"] != before["episodes"]
+    with store2.engine.begin() as conn:
+        refresh_replies(conn)  # every thread, from scratch
+    assert store_dump(store2) == after
+    with store2.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM message WHERE client_id IS NULL AND direction = 'inbound'")
+                            ).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM episode e JOIN message m ON m.id = e.first_pk "
+                                 "WHERE m.direction <> 'inbound'")).scalar_one() == 0
+
+
 def test_maildir_source_scans_incrementally_without_touching_files(tmp_path: Path, db_url: str) -> None:
     md = tmp_path / "Maildir"
     for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
@@ -591,13 +636,17 @@ def demo_over_imap(dovecot: Dovecot, db_urls: list[str], batch_size: int):  # ty
     return [demo_config(firm.config, dovecot, url, batch_size) for url in db_urls]
 
 
-def demo_config(path: Path, dovecot: Dovecot, db_url: str, batch_size: int):  # type: ignore[no-untyped-def]
+def demo_config(path: Path, dovecot: Dovecot, db_url: str, batch_size: int,  # type: ignore[no-untyped-def]
+                edit: Any = None):
+    """The demo firm's config (`edit` may change its data first) reading the test Dovecot."""
     import os
     import tomllib
 
     from worker.config import validate_data
 
     data = tomllib.loads(path.read_text())
+    if edit is not None:
+        edit(data)
     data["store"] = {"url": db_url}
     data["mailboxes"] = [{"name": "shared", "host": "127.0.0.1", "port": dovecot.port, "tls": "none",
                           "allow_plaintext": True, "username": dovecot.user,

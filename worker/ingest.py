@@ -544,6 +544,7 @@ def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
             write_alone(store, db.connection())
             relink: list[dict[str, Any]] = []
             rethread: list[dict[str, Any]] = []
+            threads: set[int] = set()
             rows = db.execute(
                 select(*columns(Message.id, Message.message_id, Message.from_addr, Message.from_name,
                                 Message.to_addrs, Message.cc_addrs, Message.direction, Message.client_id,
@@ -568,13 +569,18 @@ def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
                     db.execute(delete(MessageContact).where(MessageContact.message_pk == r.id))
                     relink.append({"message_id": r.message_id, "contact_ids": ids, "direction": cl.direction,
                                    "automated": r.automated, "sent_at": r.sent_at})
+                    if r.thread_id is not None:
+                        threads.add(r.thread_id)
                     if cl.client_id is not None and cl.client_id != r.client_id and r.thread_id is not None:
                         rethread.append({**r._asdict(), "client_id": cl.client_id, "contact_ids": ids})
                     changed += 1
             link_contacts(db.connection(), relink)
             if rethread:
-                finish_threads(db.connection(), rethread)
-            if relink:
-                refresh_replies(db.connection())  # directions changed: replies may have too
+                threads |= finish_threads(db.connection(), rethread)
+            # Directions and contacts changed: the replies and answered episodes of these
+            # threads may have too. (Every chunk used to recompute every thread of the store:
+            # a client spread over the whole history cost that once per 5,000 messages.)
+            if threads:
+                refresh_replies(db.connection(), threads, merged=threads)
             db.commit()
             last_id = rows[-1].id
