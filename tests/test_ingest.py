@@ -275,8 +275,11 @@ def test_reclassifying_refreshes_exactly_the_threads_whose_replies_could_change(
 
     real = ingest.reclassify
     changed: list[int] = []
-    monkeypatch.setattr(application, "reclassify",
-                        lambda store, directory: changed.append(real(store, directory, 100)) or changed[-1])
+    def in_small_chunks(store: Any, directory: Any) -> int:
+        changed.append(real(store, directory, 100))
+        return changed[-1]
+
+    monkeypatch.setattr(application, "reclassify", in_small_chunks)
     store2, _ = prepare_store(demo_config(firm.config, dovecot, db_url, 200, edit=without(0)))
     after = store_dump(store2)
     assert changed and changed[0] > 50 and after["episodes"] != before["episodes"]
