@@ -307,6 +307,12 @@ def test_maildir_source_scans_incrementally_without_touching_files(tmp_path: Pat
     (md / "new" / "9.host").write_bytes(inbound(9))
     assert run_scan(cfg, store, directory).stored == 1
     assert sorted(p.name for p in md.rglob("*") if p.is_file()) == names_before + ["9.host"]
+    # Snippets read with the headers are the ones read on their own (the same read of the file).
+    with open_source(cfg.settings.mailboxes[0]) as src:
+        items = src.new_items("INBOX", 0)
+        together = {r.item.key: r.snippet for r in src.fetch("INBOX", items, snippets=True)}
+        assert together == src.fetch_snippets("INBOX", items) and len(together) == 4
+        assert all(r.snippet is None for r in src.fetch("INBOX", items))
 
 
 def test_an_unchanged_maildir_reads_nothing_but_a_just_arrived_file_is_read_again(tmp_path: Path) -> None:
