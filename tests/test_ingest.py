@@ -1065,6 +1065,36 @@ def test_a_colleague_reading_the_shared_inbox_during_a_fetch_costs_the_scan_noth
     assert slow == []
 
 
+def test_answers_the_fast_reader_does_not_understand_are_read_again_by_imapclient_alike(
+        tmp_path: Path, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FETCH answer of a shape the fast reader does not know sends every FETCH in flight
+    through imapclient's parser instead: headers, INTERNALDATE and snippets come out the
+    same, whether asked for together or apart."""
+    from worker.mailbox import imap
+
+    dovecot.append([inbound(i, body=f"body of message {i}\n") for i in range(12)])
+    dovecot.append([b"Subject: no body at all\r\nFrom: alice@acme.example\r\n\r\n"])
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot))
+    with open_source(cfg.settings.mailboxes[0]) as src:
+        items = src.new_items("INBOX", 0)
+
+        def read() -> tuple[Any, ...]:
+            together = src.start_fetch("INBOX", items, snippets=True)
+            apart = src.start_fetch("INBOX", items)
+            snippets = src.start_fetch_snippets("INBOX", items)
+            return ([(r.item.key, r.header, r.internal_date, r.snippet) for r in together()],
+                    [(r.item.key, r.header, r.internal_date, r.snippet) for r in apart()], snippets())
+
+        fast = read()
+        monkeypatch.setattr(imap, "fetch_answers", lambda data: None)
+        slow = read()
+    assert slow == fast
+    together, apart, snippets = fast
+    assert len(together) == 13 and {k: s for k, _, _, s in together} == snippets
+    assert snippets[items[12].key] == b"" and all(s is None for *_, s in apart)
+    assert [(k, h, d) for k, h, d, _ in together] == [(k, h, d) for k, h, d, _ in apart]
+
+
 def test_new_messages_are_listed_in_uid_spans_without_gaps_or_repeats(tmp_path: Path, dovecot: Dovecot,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A SEARCH answer over 1 MB (~140k UIDs) is refused by imaplib, so a big folder is listed a
