@@ -434,9 +434,10 @@ class ImapSource(MailboxSource):
         errors = [self._completed.pop(t) for t in pending.tags]
         failed = next((e for e in errors if e), None)
         out: dict[int, tuple[bytes, dict[bytes, bytes]]] = {}
+        answers, sections = self._answers, pending.sections
         for uid in pending.uids:
-            for section in pending.sections:
-                got = self._answers.pop((section, uid), None)
+            for section in sections:
+                got = answers.pop((section, uid), None)
                 if got is not None:
                     meta, parts = out.setdefault(uid, (got[0], {}))
                     parts[section] = got[1]
