@@ -247,9 +247,9 @@ class ImapSource(MailboxSource):
         self.client: imapclient.IMAPClient | None = None
         self._selected: str | None = None
         self._inflight: deque[_InFlight] = deque()
-        #: Answers read for pipelined FETCHes: (item, uid) -> (metadata, literal); completion
-        #: status per tag (None: OK); and whether a response came in an unexpected shape.
-        #: Answers read, by (section, UID): (the answer's metadata, the section's bytes).
+        #: Answers read for pipelined FETCHes: (section, uid) -> (the answer's metadata, the
+        #: section's bytes); completion status per tag (None: OK); and whether a response came
+        #: in an unexpected shape.
         self._answers: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
         self._completed: dict[bytes, str | None] = {}
         self._odd_shape = False
