@@ -275,6 +275,7 @@ def test_reclassifying_refreshes_exactly_the_threads_whose_replies_could_change(
 
     real = ingest.reclassify
     changed: list[int] = []
+
     def in_small_chunks(store: Any, directory: Any) -> int:
         changed.append(real(store, directory, 100))
         return changed[-1]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import col
 from sqlmodel import select as sm_select
@@ -46,7 +46,7 @@ from .store.models import (
     columns,
     table_of,
 )
-from .store.threads import finish_threads, link_contacts, plan_threads, refresh_replies
+from .store.threads import among, finish_threads, link_contacts, plan_threads, refresh_replies
 
 log = logging.getLogger(__name__)
 
@@ -543,13 +543,12 @@ def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
         with store.session() as db:
             write_alone(store, db.connection())
             relink: list[dict[str, Any]] = []
-            rethread: list[dict[str, Any]] = []
+            gained: list[int] = []  # messages that now have a client: to thread by subject
             threads: set[int] = set()
             rows = db.execute(
                 select(*columns(Message.id, Message.message_id, Message.from_addr, Message.from_name,
                                 Message.to_addrs, Message.cc_addrs, Message.direction, Message.client_id,
-                                Message.contact_ids, Message.automated, Message.sent_at, Message.thread_id,
-                                Message.norm_subject, Message.subject, Message.in_reply_to, Message.references))
+                                Message.contact_ids, Message.automated, Message.sent_at, Message.thread_id))
                 .where(col(Message.id) > last_id).order_by(col(Message.id)).limit(chunk)
             ).all()
             if not rows:
@@ -571,12 +570,19 @@ def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
                                    "automated": r.automated, "sent_at": r.sent_at})
                     if r.thread_id is not None:
                         threads.add(r.thread_id)
-                    if cl.client_id is not None and cl.client_id != r.client_id and r.thread_id is not None:
-                        rethread.append({**r._asdict(), "client_id": cl.client_id, "contact_ids": ids})
+                        if cl.client_id is not None and cl.client_id != r.client_id:
+                            gained.append(r.id)
                     changed += 1
             link_contacts(db.connection(), relink)
-            if rethread:
-                threads |= finish_threads(db.connection(), rethread)
+            if gained:
+                # Their threading columns (References can run to kilobytes) are read for them
+                # only, as updated above.
+                cond, ids_param = among(store.dialect, "id", "BIGINT")
+                rethread = db.execute(select(*columns(
+                    Message.message_id, Message.client_id, Message.contact_ids, Message.thread_id, Message.sent_at,
+                    Message.norm_subject, Message.subject, Message.in_reply_to, Message.references))
+                    .where(text(cond).bindparams(ids_param)), {"ids": gained}).mappings().all()
+                threads |= finish_threads(db.connection(), [dict(r) for r in rethread])
             # Directions and contacts changed: the replies and answered episodes of these
             # threads may have too. (Every chunk used to recompute every thread of the store:
             # a client spread over the whole history cost that once per 5,000 messages.)
