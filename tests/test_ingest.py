@@ -635,6 +635,34 @@ def test_the_direct_inserts_store_exactly_what_sqlalchemy_would(tmp_path: Path, 
     assert a == b
 
 
+def test_the_direct_inserts_read_each_row_by_its_keys(tmp_path: Path, db_url: str) -> None:
+    """The fast paths read every row by the first row's keys: a row with its keys in another
+    order stores its own values; a row as long as the first with another key, or of another
+    length, is not read that way but goes to SQLAlchemy (which refuses the first: nothing of
+    the batch is stored)."""
+    from sqlalchemy import text
+
+    from worker.store.db import _plain_rows
+
+    cfg = load_config(write_config(tmp_path, db_url, maildir=tmp_path / "md"))
+    store, _ = prepare_store(cfg)
+    base = {"message_id": "<a@b>", "thread_key": "<a@b>", "sent_at": datetime(2026, 11, 16, 9, 0),
+            "direction": "inbound", "ingested_at": datetime(2026, 11, 16, 10, 0), "thread_id": 1, "uid": 7}
+    reordered = dict(reversed({**base, "message_id": "<b@b>", "uid": 8}.items()))
+    other_key = {k: v for k, v in base.items() if k != "uid"} | {"message_id": "<c@b>", "problems": "bad date"}
+    longer = {**base, "message_id": "<d@b>", "problems": "bad date"}
+    table = table_of(Message)
+    assert _plain_rows(table, [base, other_key]) is None
+    assert _plain_rows(table, [base, longer]) is None
+    with pytest.raises(Exception), store.engine.begin() as conn:  # noqa: B017 - SQLAlchemy's own refusal
+        store.insert_ignore(conn, table, [base, other_key], ["message_id"])
+    with store.engine.begin() as conn:
+        assert store.insert_ignore(conn, table, [base, reordered], ["message_id"]) == 2
+    with store.engine.connect() as conn:
+        stored = conn.execute(text("SELECT message_id, uid, problems FROM message ORDER BY message_id")).all()
+    assert [tuple(r) for r in stored] == [("<a@b>", 7, None), ("<b@b>", 8, None)]
+
+
 # --- big backlogs: fetch and parse in a helper process ---------------------------------------
 def demo_over_imap(dovecot: Dovecot, db_urls: list[str], batch_size: int):  # type: ignore[no-untyped-def]
     """The demo firm's mail (inbound, replies, automated mail, acknowledgements, people not yet
