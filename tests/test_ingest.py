@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -412,6 +413,51 @@ def test_an_answer_with_the_header_and_the_body_text_gives_both_whatever_their_o
                    9: {HEADER: b"From: g@h.i\r\n", TEXT: b""},
                    10: {HEADER: b"From: j@k.l\r\n"}}
     assert all(b"INTERNALDATE" in meta for uid, meta, sections in answers if sections and uid != 10)
+
+
+def test_the_socket_reader_gives_the_same_answers_in_one_pass_or_the_generic_way() -> None:
+    """FETCH answers as they come off the wire: the usual shape (UID, INTERNALDATE, then the
+    header and the snippet) is read in one pass; one that starts so and then differs (an
+    empty body sent as "", FLAGS after the literal, sections in another order) and
+    unsolicited flag updates go the generic way; every message comes out the same either
+    way, and the reader stops at the tagged completion, leaving what follows unread."""
+    import io
+    from types import SimpleNamespace
+
+    from worker.mailbox.imap import HEADER, TEXT, fetch_answers, read_until_tagged
+
+    head = b"BODY[HEADER.FIELDS (FROM SUBJECT)]"
+    wire = b"".join([
+        b'* 1 FETCH (UID 7 INTERNALDATE "02-Nov-2026 09:00:00 +0000" ' + head + b" {13}\r\nFrom: a@b.c\r\n)\r\n",
+        b'* 2 FETCH (UID 8 INTERNALDATE "02-Nov-2026 09:01:00 +0000" ' + head + b" {13}\r\nFrom: d@e.f\r\n"
+        b" BODY[TEXT]<0> {7}\r\nThanks!)\r\n",
+        b"* 3 FETCH (FLAGS (\\Seen))\r\n",
+        b'* 4 FETCH (UID 9 INTERNALDATE "02-Nov-2026 09:02:00 +0000" ' + head + b' {13}\r\nFrom: g@h.i\r\n'
+        b' BODY[TEXT]<0> "")\r\n',
+        b'* 5 FETCH (UID 10 INTERNALDATE "02-Nov-2026 09:03:00 +0000" ' + head + b" {13}\r\nFrom: j@k.l\r\n"
+        b" FLAGS (\\Seen))\r\n",
+        b"* 6 FETCH (UID 11 BODY[TEXT]<0> {2}\r\nHi" b' INTERNALDATE "02-Nov-2026 09:04:00 +0000" ' + head
+        + b" {13}\r\nFrom: m@n.o\r\n)\r\n",
+        b"* 9 EXISTS\r\n",
+        b"A12 OK Fetch completed.\r\n",
+        b"* 10 EXISTS\r\n",
+    ])
+    file = io.BufferedReader(io.BytesIO(wire))
+    imap = SimpleNamespace(file=file, tagged_commands={b"A12": None})
+    fast, data, tag, status, _ = read_until_tagged(imap)
+    assert (tag, status, imap.tagged_commands) == (b"A12", b"OK", {})
+    assert file.read() == b"* 10 EXISTS\r\n"
+    assert [uid for uid, _, _ in fast] == [7, 8]  # the usual shape, in one pass
+    others = fetch_answers(data)
+    assert others is not None
+    got = {uid: sections for uid, _, sections in fast + others if sections}
+    assert got == {7: {HEADER: b"From: a@b.c\r\n"},
+                   8: {HEADER: b"From: d@e.f\r\n", TEXT: b"Thanks!"},
+                   9: {HEADER: b"From: g@h.i\r\n", TEXT: b""},
+                   10: {HEADER: b"From: j@k.l\r\n"},
+                   11: {HEADER: b"From: m@n.o\r\n", TEXT: b"Hi"}}
+    dates = {uid: meta for uid, meta, sections in fast + others if sections}
+    assert all(b'INTERNALDATE "02-Nov-2026 09:0' in meta for meta in dates.values())
 
 
 def test_internaldates_parse_like_imapclient_and_garbage_is_none() -> None:
@@ -1115,6 +1161,7 @@ def test_answers_the_fast_reader_does_not_understand_are_read_again_by_imapclien
                     [(r.item.key, r.header, r.internal_date, r.snippet) for r in apart()], snippets())
 
         fast = read()
+        monkeypatch.setattr(imap, "_FAST_ANSWER_RE", re.compile(b"(?!)"))  # nothing is read in one pass
         monkeypatch.setattr(imap, "fetch_answers", lambda data: None)
         slow = read()
     assert slow == fast

@@ -89,45 +89,97 @@ def fetch_answers(data: list[Any]) -> list[tuple[int, bytes, dict[bytes, bytes]]
 _FETCH_LINE_RE = re.compile(rb"\* (\d+) FETCH (.*)", re.S)
 _LITERAL_END_RE = re.compile(rb"\{(\d+)\}$")
 _MAXLINE = 1_000_000  # imaplib's own limit
+#: The answer a scan's FETCH gets from Dovecot and most servers, the items in the order asked:
+#: "* 7 FETCH (UID 12 INTERNALDATE "..." BODY[HEADER.FIELDS (...)] {301}", then the literal,
+#: then ")" or the next section (" BODY[TEXT]<0> {25}") and its literal. Read in one pass.
+_FAST_ANSWER_RE = re.compile(rb'\* \d+ FETCH \(UID (\d+) (INTERNALDATE "[^"]*") (BODY\[[^\]]*\](?:<0>)?) \{(\d+)\}\r\n')
+_NEXT_SECTION_RE = re.compile(rb" (BODY\[[^\]]*\](?:<0>)?) \{(\d+)\}\r\n")
+
+#: One answer read in one pass: (uid, its INTERNALDATE item, {section: bytes}).
+Answer = tuple[int, bytes, dict[bytes, bytes]]
 
 
-def read_until_tagged(imap: Any) -> tuple[list[Any], bytes, bytes, bytes]:
+def _line(readline: Callable[[int], bytes]) -> bytes:
+    return _checked(readline(_MAXLINE + 1))
+
+
+def _checked(line: bytes) -> bytes:
+    """A line read off the socket, whole (imaplib's limits)."""
+    if not line:
+        raise imaplib.IMAP4.abort("socket error: EOF")
+    if len(line) > _MAXLINE or not line.endswith(b"\r\n"):
+        raise imaplib.IMAP4.abort(f"socket error: unterminated or overlong line: {line[:80]!r}")
+    return line
+
+
+def _literal(read: Callable[[int], bytes], size: int) -> bytes:
+    literal = read(size)
+    if len(literal) < size:
+        raise imaplib.IMAP4.abort("socket error: EOF in a literal")
+    return literal
+
+
+def read_until_tagged(imap: Any) -> tuple[list[Answer], list[Any], bytes, bytes, bytes]:
     """Read untagged FETCH responses straight off imaplib's socket file up to the next tagged
     completion line, whichever command it completes (pipelined commands may run side by side
     and finish in any order: Dovecot does).
 
-    Returns the FETCH data in imaplib's own shape (a (prefix, literal) tuple per literal, the
-    rest as bytes, "* " and "FETCH" stripped, so fetch_answers parses it), and the
-    completion's tag, status and text. imaplib handles every line in Python with several
-    regexes and debug calls; a header FETCH is three lines and one literal per message, so
-    reading them here with readline/read (C) is several times faster. Other untagged
-    responses (EXISTS, EXPUNGE...) are skipped."""
+    Returns the answers of the usual shape (_FAST_ANSWER_RE), read in one pass; the other
+    FETCH data in imaplib's own shape (a (prefix, literal) tuple per literal, the rest as
+    bytes, "* " and "FETCH" stripped, so fetch_answers parses it); and the completion's tag,
+    status and text. imaplib handles every line in Python with several regexes and debug
+    calls; a header FETCH is three lines and one literal per message, so reading them here
+    with readline/read (C) is several times faster. Other untagged responses (EXISTS,
+    EXPUNGE...) are skipped. An answer that starts in the usual shape and then turns out
+    otherwise (a FLAGS item, an empty body sent as "") goes to the other data, whole."""
     readline, read = imap.file.readline, imap.file.read
+    fast_answer, next_section = _FAST_ANSWER_RE.match, _NEXT_SECTION_RE.match
+    answers: list[Answer] = []
     data: list[Any] = []
     after_literal = keep = False
+    pending: bytes | None = None  # a line read ahead, for the generic reading below
     while True:
-        line = readline(_MAXLINE + 1)
-        if not line:
-            raise imaplib.IMAP4.abort("socket error: EOF")
-        if len(line) > _MAXLINE or not line.endswith(b"\r\n"):
-            raise imaplib.IMAP4.abort(f"socket error: unterminated or overlong line: {line[:80]!r}")
-        line = line[:-2]
+        if pending is not None:
+            line, pending = pending, None
+        else:
+            line = readline(_MAXLINE + 1)
+        if not after_literal and (fm := fast_answer(line)):
+            literal = _literal(read, int(fm.group(4)))
+            sections = {TEXT if fm.group(3).startswith(TEXT) else HEADER: literal}
+            nxt = readline(_MAXLINE + 1)
+            if nxt == b")\r\n":
+                answers.append((int(fm.group(1)), fm.group(2), sections))
+                continue
+            more: list[tuple[bytes, bytes]] = []
+            while (sm := next_section(nxt)) is not None:
+                more.append((nxt[:-2], _literal(read, int(sm.group(2)))))
+                sections[TEXT if sm.group(1).startswith(TEXT) else HEADER] = more[-1][1]
+                nxt = _line(readline)
+            if nxt == b")\r\n":
+                answers.append((int(fm.group(1)), fm.group(2), sections))
+                continue
+            # Not the usual shape after all: the answer goes the generic way, as imaplib
+            # shapes it ("* 7 FETCH (" becomes "7 (").
+            first = line[2:-2]
+            data.append((first[:first.index(b" ")] + first[first.index(b" (") :], literal))
+            data += more
+            after_literal = keep = True
+            pending = nxt
+            continue
+        line = _checked(line)[:-2]
         if not after_literal:
             if not line.startswith((b"* ", b"+")):
                 tag, _, rest = line.partition(b" ")
                 status, _, text = rest.partition(b" ")
                 imap.tagged_commands.pop(tag, None)
-                return data, tag, status, text
+                return answers, data, tag, status, text
             m = _FETCH_LINE_RE.match(line)
             keep = m is not None
             if m:
                 line = m.group(1) + b" " + m.group(2)
         lm = _LITERAL_END_RE.search(line)
         if lm:
-            size = int(lm.group(1))
-            literal = read(size)
-            if len(literal) < size:
-                raise imaplib.IMAP4.abort("socket error: EOF in a literal")
+            literal = _literal(read, int(lm.group(1)))
             if keep:
                 data.append((line, literal))
             after_literal = True
@@ -405,19 +457,20 @@ class ImapSource(MailboxSource):
         imap = self.c._imap if wanted - self._completed.keys() else None
         while wanted - self._completed.keys():
             try:
-                data, tag, status, text = read_until_tagged(imap)
+                answers, data, tag, status, text = read_until_tagged(imap)
             except imaplib.IMAP4.abort:  # the connection is gone, and every answer with it
                 self._inflight.clear()
                 raise
             self._completed[tag] = None if status == b"OK" else (
                 f"FETCH {status.decode(errors='replace')}: {text.decode(errors='replace')}"[:500])
-            answers = fetch_answers(data)
-            if answers is None:  # every FETCH in flight goes the slow way (see _fetch_fast)
+            others = fetch_answers(data) if data else []
+            if others is None:  # every FETCH in flight goes the slow way (see _fetch_fast)
                 self._odd_shape = True
                 continue
-            for uid, meta, sections in answers:
+            filed = self._answers
+            for uid, meta, sections in answers + others if others else answers:
                 for section, literal in sections.items():
-                    self._answers[(section, uid)] = (meta, literal)
+                    filed[(section, uid)] = (meta, literal)
 
     def _fetch_fast(self, pending: _InFlight) -> dict[int, tuple[bytes, dict[bytes, bytes]]] | None:
         """The answer to a pipelined FETCH, read without imapclient's pure-Python lexer.
