@@ -6,6 +6,8 @@ process share the machine's cores and our VMs' speed swings by 2x between runs: 
 once, keeping what the server sent (header blocks, snippets) and the prepared batches, and
 then replays each stage alone, --repeat times, by folder:
 
+* read: reading the FETCH answers off the socket (the bytes Dovecot sent, replayed from
+  memory in the same order of commands and answers), up to the messages handed to parsing;
 * parse: what the fetch helper does with FETCH answers (parse, classify, snippets, rows);
   reading the answers off the socket is not included;
 * transfer: pickling a prepared batch in the helper and unpickling it in the scan;
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import os
 import pickle
 import shutil
@@ -42,6 +45,7 @@ from worker.app import prepare_store  # noqa: E402
 from worker.ingest import FolderReport, Ingestor, scan_batches  # noqa: E402
 from worker.mailbox import open_source  # noqa: E402
 from worker.mailbox.base import RawMessage  # noqa: E402
+from worker.mailbox.imap import ImapSource  # noqa: E402
 
 
 class Captured:
@@ -55,6 +59,12 @@ class Captured:
         self.snippets: list[tuple[list[Hashable], dict[Hashable, bytes]]] = []
         self.prepared: list[parsing.PreparedBatch] = []
         self.batches: list[Any] = []
+        #: What the server sent on the wire, the tags of the commands, and the order in which
+        #: FETCHes were started and completed: ("fetch" or "snippets", items, keywords) or
+        #: ("done", which one).
+        self.wire = b""
+        self.tags: list[bytes] = []
+        self.events: list[tuple[Any, ...]] = []
 
     @property
     def messages(self) -> int:
@@ -63,36 +73,93 @@ class Captured:
 
 def capture(cfg: Any, directory: Any) -> list[Captured]:
     """Read every folder once, as a scan does, recording what the server answered."""
-    out = []
     with open_source(cfg.settings.mailboxes[0]) as source:
-        for folder in FOLDERS:
-            cap = Captured(folder)
-            source.folder_status(folder)
-            cap.batches = scan_batches(source.new_items(folder, 0))
-            fetch, fetch_snippets = source.start_fetch, source.start_fetch_snippets
+        assert isinstance(source, ImapSource)
+        return [capture_folder(source, folder, directory) for folder in FOLDERS]
 
-            def recording(start: Callable[..., Callable[[], Any]], into: list[Any],
-                          keep: Callable[[Any, Any], Any] = lambda items, got: got) -> Callable[..., Any]:
-                def started(name: str, items: Any, **kw: Any) -> Callable[[], Any]:
-                    complete = start(name, items, **kw)
 
-                    def completed() -> Any:
-                        got = complete()
-                        into.append(keep(items, got))
-                        return got
-                    return completed
-                return started
+def capture_folder(source: ImapSource, folder: str, directory: Any) -> Captured:
+    """One folder read as a scan reads it, with what the server answered."""
+    cap = Captured(folder)
+    source.folder_status(folder)
+    cap.batches = scan_batches(source.new_items(folder, 0))
+    fetch, fetch_snippets = source.start_fetch, source.start_fetch_snippets
 
-            source.start_fetch = recording(fetch, cap.raws)  # type: ignore[method-assign]
-            source.start_fetch_snippets = recording(  # type: ignore[method-assign]
-                fetch_snippets, cap.snippets, lambda items, got: ([i.key for i in items], got))
-            try:
-                cap.prepared = list(parsing.prepared_batches(source, folder, cap.batches, directory, "bench"))
-            finally:
-                source.start_fetch, source.start_fetch_snippets = fetch, fetch_snippets  # type: ignore[method-assign]
-            assert cap.messages == sum(len(p.rows) + len(p.skipped) for p in cap.prepared)
-            out.append(cap)
-    return out
+    def recording(start: Callable[..., Callable[[], Any]], into: list[Any], kind: str,
+                  keep: Callable[[Any, Any], Any] = lambda items, got: got) -> Callable[..., Any]:
+        def started(name: str, items: Any, **kw: Any) -> Callable[[], Any]:
+            complete = start(name, items, **kw)
+            cap.events.append((kind, items, kw))
+            which = len(cap.events) - 1
+
+            def completed() -> Any:
+                got = complete()
+                cap.events.append(("done", which))
+                into.append(keep(items, got))
+                return got
+            return completed
+        return started
+
+    source.start_fetch = recording(fetch, cap.raws, "fetch")  # type: ignore[method-assign]
+    source.start_fetch_snippets = recording(  # type: ignore[method-assign]
+        fetch_snippets, cap.snippets, "snippets", lambda items, got: ([i.key for i in items], got))
+    imap = source.c._imap
+    real_file, real_tag = imap.file, imap._new_tag
+    wire = bytearray()
+
+    def tagged() -> bytes:
+        cap.tags.append(real_tag())
+        return cap.tags[-1]
+
+    imap.file = Tee(real_file, wire)
+    imap._new_tag = tagged
+    try:
+        cap.prepared = list(parsing.prepared_batches(source, folder, cap.batches, directory, "bench"))
+    finally:
+        source.start_fetch, source.start_fetch_snippets = fetch, fetch_snippets  # type: ignore[method-assign]
+        imap.file, imap._new_tag = real_file, real_tag
+    cap.wire = bytes(wire)
+    assert cap.messages == sum(len(p.rows) + len(p.skipped) for p in cap.prepared)
+    return cap
+
+
+class Tee:
+    """A socket file that keeps a copy of what is read off it."""
+
+    def __init__(self, f: Any, into: bytearray) -> None:
+        self.f, self.into = f, into
+
+    def readline(self, n: int = -1) -> bytes:
+        b: bytes = self.f.readline(n)
+        self.into += b
+        return b
+
+    def read(self, n: int = -1) -> bytes:
+        b: bytes = self.f.read(n)
+        self.into += b
+        return b
+
+
+def read_stage(cap: Captured, cfg: Any) -> None:
+    """The FETCHes of one folder again, in the order the scan made and completed them, their
+    answers read from the recorded bytes by a source that is not connected to anything."""
+    from types import SimpleNamespace
+
+    mb = cfg.settings.mailboxes[0]
+    replay = ImapSource("replay", mb.host, mb.port, "none", mb.username)
+    fake = SimpleNamespace(file=io.BufferedReader(io.BytesIO(cap.wire), 65536), send=lambda data: None,
+                           _new_tag=iter(cap.tags).__next__, tagged_commands={})
+    replay.client = SimpleNamespace(_imap=fake)
+    replay._selected = cap.folder
+    pending: dict[int, Callable[[], Any]] = {}
+    for k, event in enumerate(cap.events):
+        if event[0] == "fetch":
+            pending[k] = replay.start_fetch(cap.folder, event[1], **event[2])
+        elif event[0] == "snippets":
+            pending[k] = replay.start_fetch_snippets(cap.folder, event[1])
+        else:
+            pending.pop(event[1])()
+    assert not pending and fake.file.read() == b"", "the replay read other answers than the scan did"
 
 
 def cpu(fn: Callable[[], None]) -> float:
@@ -187,7 +254,8 @@ def report(a: argparse.Namespace, root: Path, d: Any, firm: Any) -> None:
     time_phases(time.process_time)
     runs: dict[str, list[dict[str, float]]] = {c.folder: [] for c in caps}
     for k in range(a.repeat):
-        per_run = {c.folder: {"parse": cpu(partial(parse_stage, c, directory)),
+        per_run = {c.folder: {"read": cpu(partial(read_stage, c, cfg)),
+                              "parse": cpu(partial(parse_stage, c, directory)),
                               "transfer": cpu(partial(transfer_stage, c))} for c in caps}
         if store_url:
             emptied(store_url)
@@ -199,7 +267,7 @@ def report(a: argparse.Namespace, root: Path, d: Any, firm: Any) -> None:
     print(f"CPU µs per message, median of {a.repeat} (store: {store_url or 'SQLite'}; "
           "parse without reading FETCH answers; Dovecot not included)")
     # Storing's parts in the order a batch goes through them, then any others.
-    order = ["parse", "transfer", "store", "  plan threads", "  insert", "  finish threads", "  link contacts",
+    order = ["read", "parse", "transfer", "store", "  plan threads", "  insert", "  finish threads", "  link contacts",
              "  commit"]
     seen = dict.fromkeys(k for c in caps for r in runs[c.folder] for k in r if k != "  store batches")
     names = [k for k in order if k in seen] + [k for k in seen if k not in order]
