@@ -46,6 +46,12 @@ _FETCH_START_RE = re.compile(rb"^\d+ \(")
 HEADER, TEXT = b"BODY[HEADER", b"BODY[TEXT]"
 
 
+def _section(name: bytes) -> bytes:
+    """HEADER or TEXT, for an answer's item name ("BODY[HEADER.FIELDS (...)] {301}",
+    " BODY[TEXT]<0> {25}") or the prefix that holds it."""
+    return TEXT if TEXT in name else HEADER
+
+
 def fetch_answers(data: list[Any]) -> list[tuple[int, bytes, dict[bytes, bytes]]] | None:
     """imaplib-shaped FETCH data as (uid, metadata bytes, {section: bytes}) per message answer.
 
@@ -78,7 +84,7 @@ def fetch_answers(data: list[Any]) -> list[tuple[int, bytes, dict[bytes, bytes]]
             if not literals and HEADER not in meta and TEXT not in meta:
                 continue  # an unsolicited flag update ("3 (FLAGS (\\Seen))": a colleague read it)
             return None
-        sections = {TEXT if TEXT in prefix else HEADER: literal for prefix, literal in literals}
+        sections = {_section(prefix): literal for prefix, literal in literals}
         for section in (HEADER, TEXT):
             if section not in sections and section in meta:
                 sections[section] = b""
@@ -99,8 +105,11 @@ _NEXT_SECTION_RE = re.compile(rb" (BODY\[[^\]]*\](?:<0>)?) \{(\d+)\}\r\n")
 Answer = tuple[int, bytes, dict[bytes, bytes]]
 
 
-def _line(readline: Callable[[int], bytes]) -> bytes:
-    return _checked(readline(_MAXLINE + 1))
+def _imaplib_prefix(line: bytes) -> bytes | None:
+    """A FETCH answer's first line as imaplib shapes it ("* 7 FETCH (UID 12 ..." becomes
+    "7 (UID 12 ..."), or None for another untagged response."""
+    m = _FETCH_LINE_RE.match(line)
+    return m.group(1) + b" " + m.group(2) if m else None
 
 
 def _checked(line: bytes) -> bytes:
@@ -145,23 +154,18 @@ def read_until_tagged(imap: Any) -> tuple[list[Answer], list[Any], bytes, bytes,
             line = readline(_MAXLINE + 1)
         if not after_literal and (fm := fast_answer(line)):
             literal = _literal(read, int(fm.group(4)))
-            sections = {TEXT if fm.group(3).startswith(TEXT) else HEADER: literal}
-            nxt = readline(_MAXLINE + 1)
-            if nxt == b")\r\n":
-                answers.append((int(fm.group(1)), fm.group(2), sections))
-                continue
+            sections = {_section(fm.group(3)): literal}
             more: list[tuple[bytes, bytes]] = []
-            while (sm := next_section(nxt)) is not None:
+            nxt = readline(_MAXLINE + 1)
+            while nxt != b")\r\n" and (sm := next_section(nxt)) is not None:
                 more.append((nxt[:-2], _literal(read, int(sm.group(2)))))
-                sections[TEXT if sm.group(1).startswith(TEXT) else HEADER] = more[-1][1]
-                nxt = _line(readline)
+                sections[_section(sm.group(1))] = more[-1][1]
+                nxt = _checked(readline(_MAXLINE + 1))
             if nxt == b")\r\n":
                 answers.append((int(fm.group(1)), fm.group(2), sections))
                 continue
-            # Not the usual shape after all: the answer goes the generic way, as imaplib
-            # shapes it ("* 7 FETCH (" becomes "7 (").
-            first = line[2:-2]
-            data.append((first[:first.index(b" ")] + first[first.index(b" (") :], literal))
+            # Not the usual shape after all: the answer goes the generic way, whole.
+            data.append((_imaplib_prefix(line[:-2]), literal))
             data += more
             after_literal = keep = True
             pending = nxt
@@ -173,10 +177,10 @@ def read_until_tagged(imap: Any) -> tuple[list[Answer], list[Any], bytes, bytes,
                 status, _, text = rest.partition(b" ")
                 imap.tagged_commands.pop(tag, None)
                 return answers, data, tag, status, text
-            m = _FETCH_LINE_RE.match(line)
-            keep = m is not None
-            if m:
-                line = m.group(1) + b" " + m.group(2)
+            prefix = _imaplib_prefix(line)
+            keep = prefix is not None
+            if prefix is not None:
+                line = prefix
         lm = _LITERAL_END_RE.search(line)
         if lm:
             literal = _literal(read, int(lm.group(1)))
