@@ -307,6 +307,9 @@ class ImapSource(MailboxSource):
         #: section's bytes); completion status per tag (None: OK); and whether a response came
         #: in an unexpected shape.
         self._answers: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
+        #: Further answers for a (section, uid) filed already: two FETCHes in flight asked
+        #: for the same section of one message, and each gets one.
+        self._more: dict[tuple[bytes, int], list[tuple[bytes, bytes]]] = {}
         self._completed: dict[bytes, str | None] = {}
         self._odd_shape = False
         self.capabilities: tuple[bytes, ...] = ()
@@ -345,6 +348,7 @@ class ImapSource(MailboxSource):
     def close(self) -> None:
         self._inflight.clear()  # unread responses go with the connection
         self._answers.clear()
+        self._more.clear()
         self._completed.clear()
         c, self.client = self.client, None
         if c is None:
@@ -366,6 +370,7 @@ class ImapSource(MailboxSource):
         # FETCHes still in flight were abandoned (a scan stopped early): forget their answers.
         self._inflight.clear()
         self._answers.clear()
+        self._more.clear()
         self._completed.clear()
         self._odd_shape = False
         try:
@@ -471,10 +476,13 @@ class ImapSource(MailboxSource):
             if others is None:  # every FETCH in flight goes the slow way (see _fetch_fast)
                 self._odd_shape = True
                 continue
-            filed = self._answers
+            filed, more = self._answers, self._more
             for uid, meta, sections in answers + others if others else answers:
                 for section, literal in sections.items():
-                    filed[(section, uid)] = (meta, literal)
+                    if (section, uid) in filed:
+                        more.setdefault((section, uid), []).append((meta, literal))
+                    else:
+                        filed[(section, uid)] = (meta, literal)
 
     def _fetch_fast(self, pending: _InFlight) -> dict[int, tuple[bytes, dict[bytes, bytes]]] | None:
         """The answer to a pipelined FETCH, read without imapclient's pure-Python lexer.
@@ -491,11 +499,15 @@ class ImapSource(MailboxSource):
         errors = [self._completed.pop(t) for t in pending.tags]
         failed = next((e for e in errors if e), None)
         out: dict[int, tuple[bytes, dict[bytes, bytes]]] = {}
-        answers, sections = self._answers, pending.sections
+        answers, more, sections = self._answers, self._more, pending.sections
         for uid in pending.uids:
             for section in sections:
                 got = answers.pop((section, uid), None)
                 if got is not None:
+                    if more and (another := more.get((section, uid))):  # for the other FETCH
+                        answers[(section, uid)] = another.pop()
+                        if not another:
+                            del more[(section, uid)]
                     meta, parts = out.setdefault(uid, (got[0], {}))
                     parts[section] = got[1]
         if failed:
