@@ -1136,7 +1136,7 @@ def test_two_fetches_in_flight_for_the_same_messages_each_get_every_answer() -> 
     src = ImapSource("fake", "127.0.0.1", 143, "none", "nobody")
     fake = SimpleNamespace(file=io.BufferedReader(io.BytesIO(wire)), send=lambda data: None,
                            _new_tag=iter([b"A1", b"A2", b"A3"]).__next__, tagged_commands={})
-    src.client = SimpleNamespace(_imap=fake)  # type: ignore[assignment]
+    src.client = SimpleNamespace(_imap=fake)
     src._selected = "INBOX"
     items = UidItems([1, 2])
     plain = src.start_fetch("INBOX", items)
