@@ -189,6 +189,14 @@ def test_two_replicas_on_postgres_never_duplicate(
             )
         ]
     )
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+    def stored() -> int:
+        with eng.connect() as c:
+            return int(c.execute(text("SELECT count(*) FROM message")).scalar_one())
+
     a, b = Running(cfg, smtp, "a"), Running(cfg, smtp, "b")
     try:
         wait_for(
@@ -200,15 +208,16 @@ def test_two_replicas_on_postgres_never_duplicate(
         wait_for(lambda: len(smtp.messages) >= 2, timeout=40, what="alerts", logs=lambda: a.logs() + b.logs())
         for k in range(12, 20):
             dovecot.append([question(k)])
-        time.sleep(8)  # several scan intervals with both replicas competing
+        # Until the later questions are stored and alerted on, however slow this machine, then
+        # two scan intervals more with both replicas competing (a duplicate would show there).
+        wait_for(lambda: stored() == 20 and len(smtp.messages) >= 3, timeout=60, what="the later questions",
+                 logs=lambda: a.logs() + b.logs())
+        time.sleep(6)
         assert a.stop() == 0 and b.stop() == 0
     finally:
         for w in (a, b):
             if w.proc.poll() is None:
                 w.proc.kill()
-    from sqlalchemy import create_engine, text
-
-    eng = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
     with eng.connect() as c:
         n_messages = c.execute(text("SELECT count(*) FROM message")).scalar()
         n_alerts = c.execute(text("SELECT count(*) FROM alert")).scalar_one()
