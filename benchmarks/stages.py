@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import os
 import pickle
 import shutil
@@ -144,14 +143,9 @@ class Tee:
 def read_stage(cap: Captured, cfg: Any) -> None:
     """The FETCHes of one folder again, in the order the scan made and completed them, their
     answers read from the recorded bytes by a source that is not connected to anything."""
-    from types import SimpleNamespace
+    from servers import replayed_imap
 
-    mb = cfg.settings.mailboxes[0]
-    replay = ImapSource("replay", mb.host, mb.port, "none", mb.username)
-    fake = SimpleNamespace(file=io.BufferedReader(io.BytesIO(cap.wire), 65536), send=lambda data: None,
-                           _new_tag=iter(cap.tags).__next__, tagged_commands={})
-    replay.client = SimpleNamespace(_imap=fake)
-    replay._selected = cap.folder
+    replay, wire = replayed_imap(cap.wire, cap.tags, cap.folder)
     pending: dict[int, Callable[[], Any]] = {}
     for k, event in enumerate(cap.events):
         if event[0] == "fetch":
@@ -160,7 +154,7 @@ def read_stage(cap: Captured, cfg: Any) -> None:
             pending[k] = replay.start_fetch_snippets(cap.folder, event[1])
         else:
             pending.pop(event[1])()
-    assert not pending and fake.file.read() == b"", "the replay read other answers than the scan did"
+    assert not pending and wire.read() == b"", "the replay read other answers than the scan did"
 
 
 def cpu(fn: Callable[[], None]) -> float:

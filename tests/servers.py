@@ -427,3 +427,20 @@ class TcpProxy:
         self.closed = True
         self.cut()
         self.listener.close()
+
+
+def replayed_imap(wire: bytes, tags: list[bytes], folder: str) -> tuple[Any, Any]:
+    """An ImapSource connected to nothing, in `folder`: its FETCHes are sent nowhere, take
+    their tags from `tags` and read their answers from `wire` (bytes a server sent, or made
+    up). Returns the source and the file it reads, to check what was left unread."""
+    import io
+    from types import SimpleNamespace
+
+    from worker.mailbox.imap import ImapSource
+
+    source = ImapSource("replay", "127.0.0.1", 143, "none", "nobody")
+    file = io.BufferedReader(io.BytesIO(wire), 65536)
+    source.client = SimpleNamespace(
+        _imap=SimpleNamespace(file=file, send=lambda data: None, _new_tag=iter(tags).__next__, tagged_commands={}))
+    source._selected = folder
+    return source, file

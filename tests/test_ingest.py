@@ -1113,8 +1113,7 @@ def test_two_fetches_in_flight_for_the_same_messages_each_get_every_answer() -> 
     send both commands' answers before either completes: each completion must still get one
     answer per message. When each answer was filed by section and UID alone, the first to
     complete took them all and the other got nothing (seen with Dovecot, about 1 run in 15)."""
-    import io
-    from types import SimpleNamespace
+    from servers import replayed_imap
 
     from worker.mailbox.base import UidItems
 
@@ -1133,11 +1132,7 @@ def test_two_fetches_in_flight_for_the_same_messages_each_get_every_answer() -> 
         with_text(2, b"hi two"), b"* 1 FETCH (UID 1 BODY[TEXT]<0> {6}\r\nhi one)\r\n",
         b"A2 OK done\r\n", b"A3 OK done\r\n", b"A1 OK done\r\n",
     ])
-    src = ImapSource("fake", "127.0.0.1", 143, "none", "nobody")
-    fake = SimpleNamespace(file=io.BufferedReader(io.BytesIO(wire)), send=lambda data: None,
-                           _new_tag=iter([b"A1", b"A2", b"A3"]).__next__, tagged_commands={})
-    src.client = SimpleNamespace(_imap=fake)
-    src._selected = "INBOX"
+    src, file = replayed_imap(wire, [b"A1", b"A2", b"A3"], "INBOX")
     items = UidItems([1, 2])
     plain = src.start_fetch("INBOX", items)
     both = src.start_fetch("INBOX", items, snippets=True)
@@ -1148,7 +1143,7 @@ def test_two_fetches_in_flight_for_the_same_messages_each_get_every_answer() -> 
     assert [(r.item.key, r.header, r.snippet) for r in both()] == [
         (1, b"Subject: m1\r\n", b"hi one"), (2, b"Subject: m2\r\n", b"hi two")]
     assert snippet() == {1: b"hi one"}
-    assert not src._answers and not src._more and fake.file.read() == b""
+    assert not src._answers and not src._more and file.read() == b""
 
 
 def test_a_colleague_reading_the_shared_inbox_during_a_fetch_costs_the_scan_nothing(
