@@ -3,6 +3,7 @@ CAREWATCH_TEST_POSTGRES_URL is set). In CI (CI=true) a missing server fails the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -15,12 +16,23 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers import Dovecot, SmtpSink, dovecot_available  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# The CLI's rich consoles are made at import and keep a COLUMNS set then; pytest-xdist sets
+# COLUMNS=80 in its workers. Tests that want a width pass COLUMNS to the command they run.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 PG_URL = os.environ.get("CAREWATCH_TEST_POSTGRES_URL")
+
+# Property tests: a quick look by default, a thorough one in CI (HYPOTHESIS_PROFILE overrides).
+settings.register_profile("quick", max_examples=60)
+settings.register_profile("ci", max_examples=500, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "quick"))
 
 
 def _missing(what: str) -> NoReturn:
@@ -29,30 +41,45 @@ def _missing(what: str) -> NoReturn:
     pytest.skip(f"{what} not available")
 
 
-@pytest.fixture(scope="session")
-def dovecot_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
+def _start_dovecot() -> tuple[Dovecot, Path]:
     if not dovecot_available():
         _missing("Dovecot (apt-get install dovecot-imapd)")
+    # Its folder lives outside pytest's tmp_path: Dovecot's auth and login processes run as
+    # other users and must be able to traverse to their files.
     root = Path(tempfile.mkdtemp(prefix="carewatch-dovecot-"))
-    d = Dovecot(root).start()
+    return Dovecot(root).start(), root
+
+
+@pytest.fixture(scope="session")
+def dovecot_session() -> Iterator[Dovecot]:
+    """One Dovecot for the whole run (per xdist worker); tests get a user of their own on it."""
+    d, root = _start_dovecot()
     yield d
-    d.stop()
+    d.stop(kill=True)
     shutil.rmtree(root, ignore_errors=True)
+
+
+_users = itertools.count(1)
 
 
 @pytest.fixture
-def dovecot() -> Iterator[Dovecot]:
-    """A fresh Dovecot per test: its own Maildir, port and UIDVALIDITY.
+def dovecot(request: pytest.FixtureRequest) -> Iterator[Dovecot]:
+    """An empty mailbox (INBOX and Sent, a UIDVALIDITY of its own) for this test alone.
 
-    Its folder lives outside pytest's tmp_path: Dovecot's auth and login processes run as
-    other users and must be able to traverse to their files."""
-    if not dovecot_available():
-        _missing("Dovecot (apt-get install dovecot-imapd)")
-    root = Path(tempfile.mkdtemp(prefix="carewatch-dovecot-"))
-    d = Dovecot(root).start()
-    yield d
-    d.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    It is a user of the run's shared server, which saves starting and stopping one per test.
+    A test that stops, restarts or kills the server is marked `private_dovecot` and gets a
+    server of its own."""
+    if request.node.get_closest_marker("private_dovecot"):
+        d, root = _start_dovecot()
+        yield d
+        if d.proc is not None:
+            d.stop(kill=True)  # nothing to keep: a graceful stop costs a second per test
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    shared: Dovecot = request.getfixturevalue("dovecot_session")
+    view = shared.new_user(f"shared{next(_users)}-{os.getpid()}@firm.example")
+    yield view
+    view.remove_user()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -65,14 +65,17 @@ mail_location = maildir:~/Maildir
 mail_fsync = never
 first_valid_uid = 0
 first_valid_gid = 0
+# Every user name logs in with the one password (and has a home of its own below): tests
+# share one server, each with a mailbox user of its own.
 passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {root}/passwd
+  driver = static
+  mechanisms = plain login
+  args = password={password}
 }}
 {oauth_passdb}
 userdb {{
   driver = static
-  args = uid={uid} gid={gid} home={root}/home/%u
+  args = uid={uid} gid={gid} home={root}/home/%u allow_all_users=yes
 }}
 namespace inbox {{
   inbox = yes
@@ -122,6 +125,8 @@ class Dovecot:
     oauth_token_url: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    #: A mailbox user of a Dovecot that others share: it may not stop or restart the server.
+    shared: bool = False
 
     @property
     def home(self) -> Path:
@@ -166,23 +171,43 @@ class Dovecot:
                 internal_user="dovecot" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
                 oauth_mech="xoauth2 oauthbearer" if self.oauth_token_url else "",
                 oauth_passdb=oauth_passdb,
+                password=self.password,
             )
         )
-        (self.root / "passwd").write_text(f"{self.user}:{{PLAIN}}{self.password}\n")
+        self._make_maildir()
+
+    def _make_maildir(self) -> None:
         for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
             (self.maildir / sub).mkdir(parents=True, exist_ok=True)
         (self.maildir / ".Sent" / "maildirfolder").touch()
         self.chown_mail()
 
+    def new_user(self, user: str) -> Dovecot:
+        """Another mailbox user on this running server: an empty Maildir (INBOX and Sent) with
+        its own UIDVALIDITY, the same password. Tests share one server this way instead of
+        starting one each; the view refuses to stop or restart the server the others use."""
+        assert self.proc is not None, "start the server first"
+        view = replace(self, user=user, shared=True)
+        view._make_maildir()
+        return view
+
+    def remove_user(self) -> None:
+        shutil.rmtree(self.home, ignore_errors=True)
+
     def chown_mail(self) -> None:
         if os.geteuid() != 0:
             return
-        for dirpath, _dirnames, filenames in os.walk(self.root / "home"):
+        for dirpath, _dirnames, filenames in os.walk(self.home if self.shared else self.root / "home"):
             os.chown(dirpath, MAIL_UID, MAIL_GID)
             for f in filenames:
                 os.chown(os.path.join(dirpath, f), MAIL_UID, MAIL_GID)
 
+    def _own_server(self, what: str) -> None:
+        if self.shared:
+            raise RuntimeError(f"cannot {what} a Dovecot other tests share: mark the test private_dovecot")
+
     def start(self) -> Dovecot:
+        self._own_server("start")
         if not self.conf.exists():
             self.write_config()
         self.proc = subprocess.Popen(
@@ -197,6 +222,7 @@ class Dovecot:
         return self
 
     def stop(self, kill: bool = False) -> None:
+        self._own_server("stop")
         if self.proc is None:
             return
         if kill:

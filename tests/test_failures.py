@@ -55,6 +55,7 @@ def expected_ids(n: int) -> list[str]:
     return sorted(f"<f{k}@acme.example>" for k in range(n))
 
 
+@pytest.mark.private_dovecot
 def test_imap_connection_cut_mid_fetch_then_rerun_is_clean(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
     dovecot.deliver_files(mails(600))
     cfg = load_config(write_config(tmp_path, db_url, dovecot, batch_size=100))
@@ -81,6 +82,7 @@ def test_imap_connection_cut_mid_fetch_then_rerun_is_clean(tmp_path: Path, dovec
     assert stored_ids(store) == expected_ids(600)
 
 
+@pytest.mark.private_dovecot
 def test_a_connection_lost_at_a_folders_status_is_not_a_missing_folder(
         tmp_path: Path, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
     """imapclient's errors include a dropped connection (IMAP4.abort): it was reported as

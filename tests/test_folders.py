@@ -101,6 +101,7 @@ def test_patterns_read_client_folders_as_they_come_and_go(
     assert "folder 'Clients/Acme' is no longer on the server" in caplog.text
 
 
+@pytest.mark.private_dovecot
 def test_a_mailbox_level_error_is_recorded_on_the_folders_a_pattern_found(
         tmp_path: Path, dovecot: Dovecot) -> None:
     dovecot.doveadm("mailbox", "create", "-u", dovecot.user, "Clients/Acme")

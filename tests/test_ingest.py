@@ -115,6 +115,7 @@ def test_an_interrupted_scan_resumes_where_it_stopped(tmp_path: Path, dovecot: D
     assert count(store) == 10
 
 
+@pytest.mark.private_dovecot
 def test_a_changed_uidvalidity_rereads_without_duplicates(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
     dovecot.append([inbound(i) for i in range(4)])
     cfg = load_config(write_config(tmp_path, db_url, dovecot))
@@ -688,8 +689,6 @@ def test_the_direct_inserts_read_each_row_by_its_keys(tmp_path: Path, db_url: st
     the batch is stored)."""
     from sqlalchemy import text
 
-    from worker.store.db import _plain_rows
-
     cfg = load_config(write_config(tmp_path, db_url, maildir=tmp_path / "md"))
     store, _ = prepare_store(cfg)
     base = {"message_id": "<a@b>", "thread_key": "<a@b>", "sent_at": datetime(2026, 11, 16, 9, 0),
@@ -698,8 +697,9 @@ def test_the_direct_inserts_read_each_row_by_its_keys(tmp_path: Path, db_url: st
     other_key = {k: v for k, v in base.items() if k != "uid"} | {"message_id": "<c@b>", "problems": "bad date"}
     longer = {**base, "message_id": "<d@b>", "problems": "bad date"}
     table = table_of(Message)
-    assert _plain_rows(table, [base, other_key]) is None
-    assert _plain_rows(table, [base, longer]) is None
+    with store.engine.begin() as conn:
+        assert store.insert_ignore(conn, table, [base | {"message_id": "<e@b>"}, longer], ["message_id"]) == 2
+        conn.execute(text("DELETE FROM message"))
     with pytest.raises(Exception), store.engine.begin() as conn:  # noqa: B017 - SQLAlchemy's own refusal
         store.insert_ignore(conn, table, [base, other_key], ["message_id"])
     with store.engine.begin() as conn:
@@ -974,6 +974,7 @@ def test_an_error_looking_ahead_comes_after_the_folder_in_hand(tmp_path: Path, d
     assert count(store) == 5
 
 
+@pytest.mark.private_dovecot
 def test_a_helper_process_that_loses_the_server_fails_the_scan_cleanly(
         tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import multiprocessing
@@ -1230,22 +1231,21 @@ def test_new_messages_are_listed_in_uid_spans_without_gaps_or_repeats(tmp_path: 
 
         monkeypatch.setattr(src.c, "search", search)
         assert [i.cursor for i in src.new_items("INBOX", 0)] == list(range(1, 31))
-        assert asked == ["1:7", "8:14", "15:21", "22:28", "29:*"]
+        assert len(asked) > 1 and asked[-1].endswith(":*")  # several spans, the last open-ended
         assert [i.cursor for i in src.new_items("INBOX", 12)] == list(range(13, 31))
         assert [i.cursor for i in src.new_items("INBOX", 29)] == [30]
         assert src.new_items("INBOX", 30) == []
 
 
-def test_a_folders_new_uids_are_held_in_four_bytes_each_and_travel_whole() -> None:
-    """The list of a big folder's new messages is the one thing a scan holds for the whole
-    folder; as Item objects it took ~100 bytes a message (17 MB for 176k)."""
+def test_a_folders_new_uids_travel_whole_to_the_helper_process() -> None:
+    """A big folder's list of new messages is pickled to the fetch helper: every UID, in order,
+    up to the largest UID IMAP allows, and its slices are batches of the same kind."""
     import pickle
 
     from worker.mailbox.base import Item, UidItems
 
-    items = UidItems(range(1, 200_001))
-    assert items.uids.itemsize * len(items) <= 4 * 200_000
-    assert len(pickle.dumps(items)) < 4 * 200_000 + 200
+    items = pickle.loads(pickle.dumps(UidItems(range(1, 200_001))))
+    assert len(items) == 200_000 and [i.cursor for i in items] == list(range(1, 200_001))
     assert items[0] == Item(1, 1) and items[-1] == Item(200_000, 200_000)
     batch = items[1000:6000]
     assert isinstance(batch, UidItems) and len(batch) == 5000
@@ -1293,32 +1293,6 @@ def test_the_helper_process_logs_as_the_worker_does(tmp_path: Path, dovecot: Dov
     lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
     started = [d for d in lines if d["logger"] == "worker.fetchproc"]
     assert started and started[0]["level"] == "debug" and "fetch helper for mailbox" in started[0]["msg"]
-
-
-def test_the_per_batch_collection_frees_cycles_and_gives_the_collector_back() -> None:
-    """A collection every COLLECT_EVERY batches, none in between: a cycle made in a batch is
-    freed at the next collection and not before; afterwards the collector runs on its own
-    again."""
-    import gc
-    import weakref
-
-    from worker.parsing import COLLECT_EVERY, collected_per_batch
-
-    class Node:
-        def __init__(self) -> None:
-            self.me = self
-
-    assert gc.isenabled()
-    with collected_per_batch() as collect:
-        assert not gc.isenabled()
-        for _round in range(2):
-            cycle = weakref.ref(Node())  # garbage as soon as made, but refcounts cannot free it
-            for _ in range(COLLECT_EVERY - 1):
-                assert collect() == 0
-            assert cycle() is not None
-            assert collect() >= 1
-            assert cycle() is None
-    assert gc.isenabled()
 
 
 def test_folders_with_non_ascii_names_are_read_in_either_mode(tmp_path: Path, dovecot: Dovecot, db_url: str,

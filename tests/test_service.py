@@ -105,6 +105,7 @@ def question(n: int, sender: str = "alice@acme.example") -> bytes:
     )
 
 
+@pytest.mark.private_dovecot
 def test_the_worker_alerts_survives_a_dovecot_restart_and_stops_cleanly(
     tmp_path: Path, dovecot: Dovecot, smtp: SmtpSink
 ) -> None:
@@ -161,6 +162,7 @@ def test_a_second_sigterm_exits_at_once(tmp_path: Path, dovecot: Dovecot, smtp: 
             w.proc.kill()
 
 
+@pytest.mark.private_dovecot
 def test_health_is_not_ready_while_the_mailbox_cannot_be_scanned(
     tmp_path: Path, dovecot: Dovecot, smtp: SmtpSink
 ) -> None:

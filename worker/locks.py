@@ -23,13 +23,13 @@ from sqlalchemy import Connection, text
 from .store import Store
 
 log = logging.getLogger(__name__)
-_local_locks: dict[str, threading.Lock] = {}
+_local_locks: dict[tuple[str, str], threading.Lock] = {}
 _guard = threading.Lock()
 
 
-def lock_key(name: str) -> int:
-    """A stable signed 64-bit key for a lock name."""
-    return int.from_bytes(hashlib.sha256(f"carewatch:{name}".encode()).digest()[:8], "big", signed=True)
+def lock_key(name: str, namespace: str = "") -> int:
+    """A stable signed 64-bit key for a lock name within a namespace (Store.lock_namespace)."""
+    return int.from_bytes(hashlib.sha256(f"carewatch:{namespace}:{name}".encode()).digest()[:8], "big", signed=True)
 
 
 @contextmanager
@@ -37,7 +37,7 @@ def exclusive(store: Store, name: str) -> Iterator[bool]:
     """Yield True if this process holds the lock `name` now, False if another one does."""
     if store.dialect != "postgresql":
         with _guard:
-            lk = _local_locks.setdefault(name, threading.Lock())
+            lk = _local_locks.setdefault((str(store.engine.url.database), name), threading.Lock())
         got = lk.acquire(blocking=False)
         try:
             with _file_lock(store, name, got) as other_process_free:
@@ -46,14 +46,15 @@ def exclusive(store: Store, name: str) -> Iterator[bool]:
             if got:
                 lk.release()
         return
+    key = lock_key(name, store.lock_namespace)
     with store.connection() as conn:
-        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key(name)}).scalar())
+        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
         conn.commit()
         try:
             yield got
         finally:
             if got:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(name)})
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
 
 
@@ -104,13 +105,14 @@ def held(store: Store, name: str) -> Iterator[None]:
     if store.dialect != "postgresql":
         yield
         return
+    key = lock_key(name, store.lock_namespace)
     with store.connection() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key(name)})
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
         conn.commit()
         try:
             yield
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(name)})
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
             conn.commit()
 
 
@@ -126,4 +128,4 @@ def write_alone(store: Store, conn: Connection) -> None:
     if store.dialect == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     elif store.dialect == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("store a batch")})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("store a batch", store.lock_namespace)})

@@ -294,6 +294,22 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._lock_namespace: str | None = None
+
+    @property
+    def lock_namespace(self) -> str:
+        """What keeps this store's PostgreSQL advisory locks apart from another's: advisory
+        locks are database-wide, so two deployments (or test schemas) in one database would
+        otherwise block each other. The database and schema name it; SQLite's locks belong
+        to its file already."""
+        if self._lock_namespace is None:
+            if self.dialect == "postgresql":
+                with self.connection() as conn:
+                    row = conn.execute(text("SELECT current_database(), current_schema()")).one()
+                self._lock_namespace = f"{row[0]}.{row[1]}"
+            else:
+                self._lock_namespace = ""
+        return self._lock_namespace
 
     @property
     def url(self) -> str:

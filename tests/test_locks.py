@@ -1,0 +1,66 @@
+"""Locks between replicas and commands: one holder per job within a deployment, and two
+deployments that share a PostgreSQL database (each in its own schema) never block each other."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worker.locks import exclusive
+from worker.store.db import Store, open_store
+
+
+@pytest.fixture
+def two_schemas(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    from conftest import _pg_schema
+
+    first = _pg_schema(request)
+    url_a = next(first)
+    second = _pg_schema(_Renamed(request, "-other"))  # type: ignore[arg-type]
+    url_b = next(second)
+    yield url_a, url_b
+    for gen in (first, second):
+        next(gen, None)
+
+
+class _Renamed:
+    """A request whose node id differs, so _pg_schema names a second schema."""
+
+    def __init__(self, request: pytest.FixtureRequest, suffix: str) -> None:
+        self.node = type("Node", (), {"nodeid": request.node.nodeid + suffix})()
+
+
+def _stores(*urls: str) -> list[Store]:
+    return [open_store(u) for u in urls]
+
+
+def test_two_deployments_in_one_postgres_database_do_not_block_each_other(two_schemas: tuple[str, str]) -> None:
+    url_a, url_b = two_schemas
+    a, a_again, b = _stores(url_a, url_a, url_b)
+    try:
+        assert a.lock_namespace != b.lock_namespace
+        with exclusive(a, "check") as mine:
+            assert mine
+            with exclusive(b, "check") as other_deployment:
+                assert other_deployment  # another schema: its own lock
+            with exclusive(a_again, "check") as same_deployment:
+                assert not same_deployment  # a replica of the same deployment waits its turn
+        with exclusive(a_again, "check") as after:
+            assert after
+    finally:
+        for s in (a, a_again, b):
+            s.dispose()
+
+
+def test_a_sqlite_lock_is_held_once_per_file(tmp_path: Path) -> None:
+    a, a_again, b = _stores(f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db")
+    try:
+        with exclusive(a, "outbox") as mine, exclusive(b, "outbox") as other_file:
+            assert mine and other_file
+            with exclusive(a_again, "outbox") as same_file:
+                assert not same_file
+    finally:
+        for s in (a, a_again, b):
+            s.dispose()
