@@ -416,6 +416,7 @@ def test_upgrading_joins_a_subject_reply_that_an_older_version_left_alone(tmp_pa
     with sqlite3.connect(tmp_path / "cw.db") as db:
         db.execute("DROP INDEX ix_message_subject_reply")
         db.execute("ALTER TABLE message DROP COLUMN subject_reply")
+        db.execute("ALTER TABLE message DROP COLUMN ack_reason")  # schema 0007
         db.execute("UPDATE message SET thread_id = 1 WHERE from_addr = ?", (OLIVIA,))
         db.execute("UPDATE message SET reply_at = NULL")
         db.execute("DELETE FROM episode")

@@ -373,3 +373,38 @@ def test_header_blocks_split_the_same_on_the_fast_path_and_line_by_line(desc: st
         for name, values in fast.items():
             got = [" ".join(v.split()) for v in std.get_all(name, [])]
             assert got == [" ".join(v.split()) for v in values], name
+
+
+def test_stored_mail_is_judged_again_when_the_sender_and_subject_rules_change(tmp_path: Path) -> None:
+    """Mail stored under older rules: what the stored sender and subject allow is judged again at
+    the next start, once; a person's question taken for an auto-reply waits again."""
+    import sqlite3
+
+    from conftest import maildir_config
+
+    from worker.classify import AUTOMATION_RULES_VERSION
+
+    person = build_message(sender=("Gina", "gina@globex.example"), to=["shared@firm.example"],
+                           subject="Out of office cover over Christmas", date=NOW, message_id="<g@globex.example>")
+    news = build_message(sender=("Acme", "enews@acme.example"), to=["shared@firm.example"],
+                         subject="November news", date=NOW, message_id="<n@acme.example>")
+    listed = build_message(sender=("Acme", "alice@acme.example"), to=["shared@firm.example"], subject="Notes",
+                           date=NOW, message_id="<l@acme.example>", extra_headers={"List-Id": "<x.acme.example>"})
+    cfg = maildir_config(tmp_path, [person, news, listed])
+    cfg_obj = load_config(cfg)
+    store, directory = prepare_store(cfg_obj)
+    run_scan(cfg_obj, store, directory)
+    store.dispose()
+    db_path = tmp_path / "cw.db"
+    with sqlite3.connect(db_path) as db:  # as an older version of the rules left them
+        db.execute("UPDATE message SET automated = 1, automated_reason = 'out-of-office subject' "
+                   "WHERE message_id = '<g@globex.example>'")
+        db.execute("UPDATE message SET automated = 0, automated_reason = NULL WHERE message_id = '<n@acme.example>'")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'automation_rules'")
+    store, _ = prepare_store(cfg_obj)
+    store.dispose()
+    with sqlite3.connect(db_path) as db:
+        got = dict(db.execute("SELECT message_id, automated_reason FROM message").fetchall())
+        version = db.execute("SELECT value FROM meta WHERE key = 'automation_rules'").fetchone()[0]
+    assert got == {"<g@globex.example>": None, "<n@acme.example>": "automated sender", "<l@acme.example>": "list-id"}
+    assert version == AUTOMATION_RULES_VERSION

@@ -7,7 +7,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
-from .classify import Directory
+from .classify import AUTOMATION_RULES_VERSION, Directory
 from .config import Config
 from .ingest import (
     Ingestor,
@@ -18,6 +18,7 @@ from .ingest import (
     mailboxes_listed,
     matches_no_folder,
     reclassify,
+    reclassify_automation,
     unmatched_patterns,
 )
 from .store import Store, open_store
@@ -46,7 +47,27 @@ def prepare_store(config: Config) -> tuple[Store, Directory]:
             n = reclassify(store, directory)
             if n:
                 log.info("directory changed: %d stored message(s) classified again", n)
+        if _meta(store, "automation_rules") != AUTOMATION_RULES_VERSION:
+            n = reclassify_automation(store)
+            if n:
+                log.info("automated-mail rules changed: %d stored message(s) judged again", n)
+            _meta(store, "automation_rules", AUTOMATION_RULES_VERSION)  # done only once all is
     return store, directory
+
+
+def _meta(store: Store, key: str, value: str | None = None) -> str | None:
+    """Read a Meta fact, or write it when `value` is given."""
+    from .store.models import Meta
+
+    with store.session() as db:
+        row = db.get(Meta, key)
+        if value is None:
+            return row.value if row is not None else None
+        row = row or Meta(key=key, value=value)
+        row.value = value
+        db.add(row)
+        db.commit()
+        return value
 
 
 def run_scan(config: Config, store: Store, directory: Directory,

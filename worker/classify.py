@@ -6,33 +6,78 @@ vendor headers), with List-Id added, and `Auto-Submitted: no` treated as human.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import quopri
 import re
 from dataclasses import dataclass, field
 
+from . import acknowledgement as _ack
 from .headers import ParsedMessage
 
 DIRECTIONS = ("inbound", "outbound", "internal", "other")
 
 # --- automated mail -------------------------------------------------------------------------
+#: Sender local parts (and one domain form) that only machines use. Not info@, support@ or
+#: office@: people write from those. "noreply" may stand anywhere in the local part
+#: (gmail-noreply@, info-noreply@).
 _AUTO_SENDER_RE = re.compile(
-    r"^(?:mailer-daemon|postmaster|no-?reply|do-?not-?reply|donotreply|noreply[-.+\w]*|bounces?"
-    r"|notifications?|auto-?reply|autoresponder|daemon)(?:[+-][^@]*)?@",
+    r"^(?:mailer-daemon|postmaster|daemon|(?:[\w.+-]*[-_.+])?no-?reply(?:[-_.+][^@]*)?|(?:[\w.+-]*[-_.])?do-?not-?reply"
+    r"(?:[-_.+][^@]*)?|donotreply|bounces?|[\w.-]+-bounces?|notifications?|notify|auto-?reply|autoresponder"
+    r"|auto-?confirm|newsletters?|e?news|announcements?|announce|mailer|marketing|digest)(?:[+-][^@]*)?@"
+    r"|@(?:[\w-]+\.)*bounces?\.",
     re.IGNORECASE,
 )
+#: A Return-Path or Sender that says "bounces come here": list servers and bulk senders.
+_BOUNCE_ADDRESS_RE = re.compile(
+    r"(?:^|[<\s])(?:[^@<>\s]*[-_.+=])?bounces?(?:[-_.+=][^@<>\s]*)?@|@(?:[\w-]+\.)*bounces?\."
+    r"|\+bnc[^@<>\s]*@|(?:^|[<\s])owner-[^@<>\s]+@|-(?:owner|request)@",
+    re.IGNORECASE,
+)
+#: Automatic replies, in English and every EU language, Japanese and Chinese. A phrase counts at
+#: the start of the subject (after tags like "[EXT]"), or anywhere when a colon follows it or
+#: brackets hold it ("Invoice (Automatic Response)"), never after a reply prefix: "RE:
+#: Automatic reply: ..." is a person answering an auto-reply.
+_OOO_PHRASES = (
+    r"automatic reply|auto[- ]?reply|autoreply|auto[- ]?respon[cs]e|automatic respon[cs]e|autorespons\w*"
+    r"|out of (?:the )?office|ooo|away from (?:the )?office|vacation reply|on vacation|on leave|holiday notice"
+    r"|abwesenheitsnotiz|automatische antwort|abwesenheit|abwesend|autom\. antwort"
+    r"|r[ée]ponse automatique|absence du bureau|absent du bureau|message d'absence|absence"
+    r"|respuesta autom[áa]tica|fuera de (?:la )?oficina|ausencia"
+    r"|risposta automatica|fuori ufficio|fuori sede|assenza"
+    r"|automatisch antwoord|afwezigheidsbericht|afwezig|niet aanwezig"
+    r"|resposta autom[áa]tica|fora do escrit[óo]rio|aus[êe]ncia"
+    r"|automatiskt svar|automatisk svar|automatisk besked|fr[åa]nvarande|fr[åa]nvaro|frav[æa]rende|frav[æa]r"
+    r"|ikke på kontoret|automaattinen vastaus|poissa toimistolta|poissaolo"
+    r"|automatyczna odpowied[źz]|odpowied[źz] automatyczna|poza biurem|nieobecno[śs][ćc]"
+    r"|automatick[áa] odpov[ěe][dď]|automatick[áa] odpove[ďd]|mimo kancel[áa][řr]|mimo kancel[áa]rie"
+    r"|automatikus v[áa]lasz|h[áa]zon k[íi]v[üu]l|irod[áa]n k[íi]v[üu]l|r[ăa]spuns automat|[îi]n afara biroului"
+    r"|автоматичен отговор|извън офиса|automatski odgovor|izvan ureda|samodejni odgovor|odsoten"
+    r"|automaatne vastus|kontorist eemal|autom[āa]tisk[āa] atbilde|[āa]rpus biroja|automatinis atsakymas|ne biure"
+    r"|αυτόματη απάντηση|εκτός γραφείου|freagra uathoibr[íi]och|twe[ġg]iba awtomatika"
+    r"|自動応答|自動返信|不在通知|自动回复|自動回覆|自動回復|外出通知|休假通知"
+)
+_BOUNCE_PHRASES = (
+    r"undeliverable|undelivered mail|delivery status notification|mail delivery (?:failed|failure|subsystem)"
+    r"|returned mail|non[- ]?delivery|delivery failure|delivery has failed|failure notice|message not delivered"
+    r"|delayed mail|delivery delayed|warning: could not send message|unzustellbar|nicht zustellbar|non remis"
+    r"|onbestelbaar|no se puede entregar|non recapitabile|olevererbart|niedostarczalne|nedoru[čc]iteln[ée]"
+    r"|k[ée]zbes[íi]thetetlen"
+)
+_TAGS = r"(?:\s*(?:\[[^\]]{0,30}\]|\(ext\))\s*)*"
+#: What may follow an out-of-office phrase at the start of a subject: the end, punctuation, or
+#: a word of an auto-reply ("Out of Office AutoReply", "OOO until 3 Dec"). Anything else reads
+#: as a person's subject ("Out of office cover over Christmas").
+_OOO_FOLLOW = (r"(?:\s*(?:$|[:：\-–—(\[【,.!])|\s+(?:from|re|autoreply|auto-reply|until|till|through|back|on"
+               r"|bis|jusqu|hasta|fino|tot|do|od|i am|je suis|ich bin)\b)")
 _OOO_SUBJECT_RE = re.compile(
-    r"^\s*(?:automatic reply|auto(?:matic)?[- ]?(?:reply|response)|auto:|out of (?:the )?office"
-    r"|ooo\b|abwesenheitsnotiz|automatische antwort|r[ée]ponse automatique|absence du bureau"
-    r"|risposta automatica|respuesta autom[áa]tica|fuera de la oficina|automatisch antwoord"
-    r"|afwezig|autosvar|automatisk svar|fr[åa]nvarande|poza biurem|odpowied[źz] automatyczna"
-    r"|resposta autom[áa]tica|ausente|undeliverable|undelivered mail|delivery status notification"
-    r"|mail delivery (?:failed|failure|subsystem)|returned mail|non[- ]?delivery|delivery failure"
-    r"|unzustellbar|vacation reply|on vacation|away from (?:the )?office|i am (?:currently )?out)",
+    rf"^{_TAGS}(?:(?:{_OOO_PHRASES}){_OOO_FOLLOW}|{_BOUNCE_PHRASES}|auto:|i am (?:currently )?out of"
+    rf"|i will be out of)|(?<!\w)(?:{_OOO_PHRASES})\s*[:：]|[\(\[【]\s*(?:{_OOO_PHRASES})\s*[\)\]】]",
     re.IGNORECASE,
 )
+_REPLY_FIRST_RE = re.compile(rf"^{_TAGS}(?:re|aw|sv|vs|antw|odp|ref|r|wg|fw|fwd|tr|rv|enc)\s*[:：]", re.IGNORECASE)
 _PRECEDENCE_AUTO = {"bulk", "junk", "list", "auto_reply", "auto-reply"}
+#: The rules decided by what is stored (sender and subject): mail stored under older versions
+#: of them is judged again at start-up when AUTOMATION_RULES_VERSION changes.
+SENDER_SUBJECT_RULES = frozenset({"automated sender", "out-of-office subject"})
+AUTOMATION_RULES_VERSION = "2"
 
 
 def automated_reason(pm: ParsedMessage) -> str | None:
@@ -48,11 +93,11 @@ def automated_reason(pm: ParsedMessage) -> str | None:
     for name in ("precedence", "x-precedence"):
         if h.get(name, "").strip().lower() in _PRECEDENCE_AUTO:
             return f"{name}: {h[name].strip().lower()}"
-    if "list-id" in h:
-        return "list-id"
-    if "list-unsubscribe" in h:
-        return "list-unsubscribe"
-    if h.get("return-path", "x").strip() in ("<>", ""):
+    for name in ("list-id", "list-unsubscribe", "list-post", "mailing-list", "feedback-id"):
+        if name in h:
+            return name
+    return_path = h.get("return-path", "x").strip()
+    if return_path in ("<>", ""):
         return "null return-path"
     ctype = h.get("content-type", "").lower()
     if ctype.startswith("multipart/report") or "delivery-status" in ctype:
@@ -63,9 +108,14 @@ def automated_reason(pm: ParsedMessage) -> str | None:
         return "bounce"
     if "x-carewatch-kind" in h:
         return "carewatch"
-    if pm.from_addr and _AUTO_SENDER_RE.match(pm.from_addr):
+    if pm.from_addr and _AUTO_SENDER_RE.search(pm.from_addr):
         return "automated sender"
-    if _OOO_SUBJECT_RE.match(pm.subject):
+    if _BOUNCE_ADDRESS_RE.search(return_path):
+        return "bulk return-path"
+    sender = h.get("sender", "")
+    if sender and _BOUNCE_ADDRESS_RE.search(sender):
+        return "list sender"
+    if not _REPLY_FIRST_RE.match(pm.subject) and _OOO_SUBJECT_RE.search(pm.subject):
         return "out-of-office subject"
     # Note: X-Auto-Response-Suppress is a request by the sender, not proof of automation
     # (Outlook sets it on ordinary mail to groups), so it is deliberately not a rule.
@@ -73,111 +123,17 @@ def automated_reason(pm: ParsedMessage) -> str | None:
 
 
 # --- acknowledgements -------------------------------------------------------------------------
-_ACK_RE = re.compile(
-    r"\b(?:thanks?|thank(?:s| you| u)|thx|ty|cheers|much appreciated|appreciated|got it|received"
-    r"|noted|perfect|great|brilliant|lovely|excellent|wonderful|ok(?:ay)?|will do|sounds good"
-    r"|all good|understood|confirmed|danke|merci|gracias|grazie|bedankt|tack)\b",
-    re.IGNORECASE,
-)
-_QUOTE_START_RE = re.compile(
-    r"^(?:>|on .{0,200}wrote:|am .{0,200}schrieb|le .{0,200}a écrit|-{2,}\s*original message"
-    r"|-{2,}\s*ursprüngliche nachricht|from:\s|von:\s|de\s?:\s|sent from my|get outlook for|_{5,}"
-    r"|-- ?$)",
-    re.IGNORECASE,
-)
-_GREETING_RE = re.compile(
-    r"^(?:hi|hello|hey|dear|morning|good (?:morning|afternoon|evening)|hallo|bonjour)\b[^.!?]{0,40}[,!.]?$",
-    re.IGNORECASE,
-)
-_SIGNOFF_RE = re.compile(
-    r"^(?:best|best regards|kind regards|regards|many thanks|thanks|cheers|br|kr|all the best"
-    r"|warm regards|sincerely|yours|mit freundlichen grüßen|viele grüße|cordialement)[,!.]?$",
-    re.IGNORECASE,
-)
-_WORD_RE = re.compile(r"[\w'’]+")
-#: The closing note must be this short (in words) to count as an acknowledgement.
-ACK_MAX_WORDS = 12
+# The rule and the body reading live in acknowledgement.py; these names are the classifier's API.
+ACK_MAX_WORDS = _ack.ACK_MAX_WORDS
+BodyText = _ack.BodyText
+acknowledgement = _ack.acknowledgement
+body_text = _ack.body_text
+is_acknowledgement = _ack.is_acknowledgement
 
 
 def snippet_text(body: bytes, content_type: str, transfer_encoding: str = "") -> str:
-    """Best-effort text of the first text part from the first few hundred bytes of a body.
-
-    Handles a multipart body (finds the first part, skips its headers, nested once), quoted-
-    printable and base64 (a partial base64 tail is dropped). Never raises.
-    """
-    try:
-        ctype = content_type.lower()
-        enc = transfer_encoding.lower()
-        for _ in range(3):
-            m = re.search(r'boundary="?([^";\s]+)"?', content_type, re.IGNORECASE)
-            if not ctype.startswith("multipart/") or not m:
-                break
-            marker = b"--" + m.group(1).encode("latin-1", "replace")
-            start = body.find(marker)
-            if start < 0:
-                break
-            part = body[start + len(marker):].lstrip(b"\r\n")
-            head, sep, rest = part.partition(b"\r\n\r\n")
-            if not sep:
-                head, sep, rest = part.partition(b"\n\n")
-            headers = head.decode("latin-1", "replace")
-            cm = re.search(r"content-type:\s*([^\r\n]+(?:\r?\n[ \t][^\r\n]+)*)", headers, re.IGNORECASE)
-            em = re.search(r"content-transfer-encoding:\s*(\S+)", headers, re.IGNORECASE)
-            content_type = cm.group(1) if cm else "text/plain"
-            ctype = content_type.lower()
-            enc = em.group(1).lower() if em else ""
-            body = rest.split(marker, 1)[0]
-        if enc == "base64":
-            compact = re.sub(rb"[^A-Za-z0-9+/=]", b"", body)
-            compact = compact[: len(compact) // 4 * 4]
-            body = base64.b64decode(compact, validate=False)
-        elif enc == "quoted-printable":
-            body = quopri.decodestring(body)
-        cs = re.search(r'charset="?([\w.-]+)', content_type, re.IGNORECASE)
-        charset = cs.group(1) if cs else "utf-8"
-        try:
-            text = body.decode(charset, "replace")
-        except LookupError:
-            text = body.decode("utf-8", "replace")
-        if "html" in ctype:
-            text = re.sub(r"<(?:br|p|div)[^>]*>", "\n", text, flags=re.IGNORECASE)
-            text = re.sub(r"<[^>]*>", " ", text)
-        return text
-    except (binascii.Error, ValueError, TypeError):
-        return ""
-
-
-def is_acknowledgement(subject: str, text: str | None) -> bool:
-    """A short closing note that needs no reply: "thanks!", "got it, thank you".
-
-    Decided on the new text above any quoted reply, without greeting and sign-off lines: it
-    must be short, contain an acknowledging phrase and ask nothing.
-    """
-    lines: list[str] = []
-    for line in (text or "").splitlines():
-        s = line.strip()
-        if _QUOTE_START_RE.match(s):
-            break
-        if s:
-            lines.append(s)
-    # Drop a greeting at the top and the sign-off (plus the name under it) at the bottom.
-    if lines and _GREETING_RE.match(lines[0]) and not _ACK_RE.search(lines[0]):
-        lines = lines[1:]
-    if len(lines) >= 2 and _SIGNOFF_RE.match(lines[-2]) and len(_WORD_RE.findall(lines[-1])) <= 3:
-        # "Many thanks!\nEmma": when the sign-off is all there is, it is the message.
-        lines = lines[:-2] if len(lines) > 2 else lines[:-1]
-    elif lines and len(lines) >= 2 and len(_WORD_RE.findall(lines[-1])) <= 2 and not _ACK_RE.search(lines[-1]):
-        lines = lines[:-1]  # just a name
-    body = " ".join(lines)
-    if not body:
-        # No body text seen: judge by the subject alone ("Thanks!").
-        subj = re.sub(r"^\s*(?:re|aw|sv)\s*:\s*", "", subject, flags=re.IGNORECASE)
-        words = _WORD_RE.findall(subj)
-        return 0 < len(words) <= 4 and bool(_ACK_RE.search(subj)) and "?" not in subj
-    if "?" in body:
-        return False
-    words = _WORD_RE.findall(body)
-    return 0 < len(words) <= ACK_MAX_WORDS and bool(_ACK_RE.search(body))
+    """The readable text of the first text part of a body (or of its first bytes)."""
+    return body_text(body, content_type, transfer_encoding).text
 
 
 # --- direction and contacts -----------------------------------------------------------------

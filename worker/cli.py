@@ -419,6 +419,35 @@ def status(
 
 @app.command()
 @handled
+def explain(
+    message_id: Annotated[str, typer.Argument(help="The Message-ID of a stored message, with or without <>.")],
+    now: NowOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON.")] = False,
+) -> None:
+    """Why one stored message does or does not make anyone wait: its direction, client and
+    contact, whether it is automated (by which rule) or an acknowledgement (and why), its
+    thread and how it was joined, and the wait or reply it starts or ends in business minutes."""
+    from .explain import explain as explain_message
+
+    with opened_store() as (store, _):
+        e = explain_message(store, state.config(), message_id, parse_now(now))
+    if as_json:
+        sys.stdout.write(json.dumps(e.as_dict(), indent=2, ensure_ascii=False) + "\n")
+        return
+    rows = [("message", e.message_id), ("subject", e.subject), ("from", e.sender), ("sent", e.sent_at),
+            ("seen in", f"{e.mailbox}/{e.folder}"), ("direction", e.direction), ("client", e.client or "none"),
+            ("contacts", ", ".join(e.contacts) or "none"),
+            ("automated", f"yes, by the rule {e.automated_rule!r}" if e.automated else "no"),
+            ("acknowledgement", ("yes" if e.acknowledgement else "no")
+             + (f": {e.acknowledgement_why}" if e.acknowledgement_why else "")),
+            ("thread", f"{e.thread} ({e.thread_messages} message(s)), joined by {e.thread_joined_by}"),
+            ("effect", e.effect)]
+    for k, v in rows:
+        out.print(f"[bold]{k:>16}[/]  {escape(v)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handled
 def check(
     now: NowOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run",

@@ -9,6 +9,7 @@ tolerated: a malformed header is kept as well as it can be, with a note in `prob
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import re
 from collections.abc import Sequence
@@ -29,10 +30,11 @@ FETCH_FIELDS: tuple[str, ...] = (
     "X-Auto-Response", "Precedence", "X-Precedence", "List-Id", "List-Unsubscribe",
     "Return-Path", "Content-Type", "Content-Transfer-Encoding",
     "X-MS-Exchange-Inbox-Rules-Loop", "X-MS-Exchange-Generated-Message-Source", "X-Loop",
-    "X-Failed-Recipients", "X-Carewatch-Kind", "X-Carewatch-Token",
+    "X-Failed-Recipients", "X-Carewatch-Kind", "X-Carewatch-Token", "List-Post", "Mailing-List",
+    "Feedback-ID",
 )
-#: The same names lower-cased, for quick membership tests.
-AUTOMATION_FIELDS = frozenset(f.lower() for f in FETCH_FIELDS[9:])
+#: The fields the automated-mail rules read (lower-cased), kept in ParsedMessage.auto_headers.
+AUTOMATION_FIELDS = frozenset(f.lower() for f in FETCH_FIELDS[9:]) | {"sender"}
 
 _MSGID_RE = re.compile(r"<([^<>\s]{1,900})>")
 _WS_RE = re.compile(r"\s+")
@@ -101,11 +103,13 @@ def decode_words(value: str) -> str:
         if isinstance(chunk, str):
             out.append(chunk)
             continue
-        for cs in (charset, "utf-8", "latin-1"):
+        # The declared charset, then UTF-8, strictly; then the declared one with replacement
+        # characters; Latin-1 (which reads any byte) when the declared one is unknown.
+        for cs, errors in ((charset, "strict"), ("utf-8", "strict"), (charset, "replace")):
             if not cs:
                 continue
             try:
-                out.append(chunk.decode(cs, "replace"))
+                out.append(chunk.decode(cs, errors))
                 break
             except (LookupError, UnicodeDecodeError):
                 continue
@@ -267,15 +271,34 @@ _FIELD_RE = re.compile(r"^([^\s:]+)[ \t]*:(.*(?:\n[ \t].*)*)", re.M)
 _FOLD_RE = re.compile(r"[ \t]*\n[ \t]*")
 
 
+def _latin1_fallback(exc: UnicodeError) -> tuple[str, int]:
+    """A codec error handler: the bytes that are not UTF-8, each read as Latin-1."""
+    assert isinstance(exc, UnicodeDecodeError)
+    return exc.object[exc.start:exc.end].decode("latin-1"), exc.end
+
+
+_LATIN1_FALLBACK = "carewatch-latin1"
+codecs.register_error(_LATIN1_FALLBACK, _latin1_fallback)
+
+
+def valid_text(value: str) -> str:
+    """`value` with any surrogate escape replaced: text a database takes (exception messages
+    and reasons can carry the bytes of hostile mail)."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", _LATIN1_FALLBACK)
+
+
 def split_headers(raw: bytes, problems: list[str]) -> dict[str, list[str]]:
     """Split a header block into lower-cased name -> values, unfolding continuation lines.
 
     The block holds only the fields we asked for (HEADER.FIELDS), so this is all the parsing
-    it needs: several times faster than email.parser. 8-bit bytes become surrogate escapes,
-    as compat32 does, and decode_words() turns them into text. One regex reads a well-formed
+    it needs: several times faster than email.parser. Raw 8-bit bytes are decoded here, once:
+    as UTF-8 where they are valid UTF-8, else each byte as Latin-1, so that no surrogate
+    escape ever reaches the store (the database driver refuses them). One regex reads a well-formed
     block; a block with a line that is neither a field nor a continuation goes the careful
     way (_split_headers_by_line), which skips and counts such lines."""
-    text = raw.decode("ascii", "surrogateescape")
+    text = raw.decode("utf-8", _LATIN1_FALLBACK)
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     text = text.lstrip("\n")

@@ -25,7 +25,7 @@ from sqlmodel import col
 from sqlmodel import select as sm_select
 
 from . import defaults
-from .classify import ContactRef, Directory, classify
+from .classify import SENDER_SUBJECT_RULES, ContactRef, Directory, automated_reason, classify
 from .config import Config, MailboxConfig
 from .errors import FolderMissingError, MailboxError, StoreError
 from .fetchproc import FetchHelper
@@ -528,6 +528,44 @@ class Ingestor:
         rep.stored += inserted
         rep.duplicates += len(rows) - inserted
         rep.skipped += len(skipped)
+
+
+def reclassify_automation(store: Store, chunk: int = 5000) -> int:
+    """Judge stored messages again by the automated-mail rules that need only what is stored
+    (the sender's address and the subject), after those rules changed. A message known as
+    automated by a header (Auto-Submitted, List-Id, a bounce report...) stays so: its headers
+    are not stored. Acknowledgements cannot be judged again: bodies are never stored.
+    Returns how many messages changed."""
+    changed = 0
+    last_id = 0
+    while True:
+        with store.session() as db:
+            write_alone(store, db.connection())
+            rows = db.execute(
+                select(*columns(Message.id, Message.from_addr, Message.subject, Message.automated,
+                                Message.automated_reason, Message.thread_id))
+                .where(col(Message.id) > last_id).order_by(col(Message.id)).limit(chunk)).all()
+            if not rows:
+                return changed
+            threads: set[int] = set()
+            for r in rows:
+                if r.automated and r.automated_reason not in SENDER_SUBJECT_RULES:
+                    continue
+                pm = ParsedMessage(
+                    message_id="", synthetic_id=False, in_reply_to=None, references=[], subject=r.subject,
+                    from_addr=r.from_addr, from_name="", to=[], cc=[], date_header=None, internal_date=None,
+                    sent_at=datetime.min)
+                reason = automated_reason(pm)
+                if (reason is not None) != bool(r.automated) or (reason and reason != r.automated_reason):
+                    db.execute(update(Message).where(Message.id == r.id).values(
+                        automated=reason is not None, automated_reason=reason))
+                    changed += 1
+                    if r.thread_id is not None:
+                        threads.add(r.thread_id)
+            if threads:
+                refresh_replies(db.connection(), threads, merged=threads)
+            db.commit()
+            last_id = rows[-1].id
 
 
 def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:

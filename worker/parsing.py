@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import defaults
-from .classify import Classification, Directory, automated_reason, classify, is_acknowledgement, snippet_text
+from .classify import Classification, Directory, acknowledgement, automated_reason, body_text, classify
 from .commands import find_token, parse_command
-from .headers import ParsedMessage, is_subject_reply, normalise_subject, parse_header_block
+from .headers import ParsedMessage, is_subject_reply, normalise_subject, parse_header_block, valid_text
 from .mailbox.base import Item, MailboxSource, RawMessage
 
 
@@ -29,6 +29,8 @@ class PreparedMessage:
     auto: str | None
     command: bool
     ack: bool = False
+    #: Why it is or is not an acknowledgement (None: no body was read, as for automated mail).
+    ack_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -53,7 +55,7 @@ def classified(cl: Classification) -> dict[str, Any]:
 
 
 def message_row(pm: ParsedMessage, cl: Classification, auto: str | None, ack: bool, mailbox: str,
-                folder: str, uid: int | None, now: datetime) -> dict[str, Any]:
+                folder: str, uid: int | None, now: datetime, ack_reason: str | None = None) -> dict[str, Any]:
     refs = pm.references
     thread_key = refs[0] if refs else (pm.in_reply_to or pm.message_id)
     return {
@@ -65,7 +67,7 @@ def message_row(pm: ParsedMessage, cl: Classification, auto: str | None, ack: bo
         "to_addrs": ",".join(pm.to), "cc_addrs": ",".join(pm.cc),
         "date_header": pm.date_header, "internal_date": pm.internal_date, "sent_at": pm.sent_at,
         **classified(cl), "automated": auto is not None, "automated_reason": auto, "acknowledgement": ack,
-        "mailbox": mailbox, "folder": folder, "uid": uid, "ingested_at": now,
+        "ack_reason": ack_reason, "mailbox": mailbox, "folder": folder, "uid": uid, "ingested_at": now,
         "problems": "; ".join(pm.problems)[:2000] or None,
     }
 
@@ -184,7 +186,7 @@ def _finish(now: datetime, messages: list[PreparedMessage], skipped: list[tuple[
         if m.cl.discovered:
             discovered.append((len(rows), m.cl.discovered, m.pm))
         rows.append(message_row(m.pm, m.cl, m.auto, m.ack, mailbox, folder,
-                                item.cursor if isinstance(item.key, int) else None, now))
+                                item.cursor if isinstance(item.key, int) else None, now, m.ack_reason))
     return PreparedBatch(now, rows, discovered, commands, skipped)
 
 
@@ -208,7 +210,7 @@ def parse_batch(raws: list[RawMessage], now: datetime,
                 raise ValueError("empty header block")
             pm = parse_header_block(raw.header, raw.internal_date, now)
         except Exception as exc:  # never let one hostile message stop the scan
-            skipped.append((raw.item, f"{type(exc).__name__}: {exc}"[:500]))
+            skipped.append((raw.item, valid_text(f"{type(exc).__name__}: {exc}"[:500])))
             continue
         auto = automated_reason(pm)
         out.append(PreparedMessage(raw, pm, classify(pm, d), auto, auto is None and is_alert_reply(pm)))
@@ -230,8 +232,10 @@ def read_snippets(messages: list[PreparedMessage], snippets: dict[Hashable, byte
         if body is None:
             continue
         h = m.pm.auto_headers
-        text = snippet_text(body, h.get("content-type", "text/plain"), h.get("content-transfer-encoding", ""))
-        m.ack = is_acknowledgement(m.pm.subject, text)
+        seen = body_text(body, h.get("content-type", "text/plain"), h.get("content-transfer-encoding", ""),
+                         peek=defaults.SNIPPET_BYTES)
+        text = seen.text
+        m.ack, m.ack_reason = acknowledgement(m.pm.subject, seen)
         # Replies to our alert emails ("snooze 3d", "done") carry our reference.
         parsed = parse_command(text) if m.command else None
         if parsed is None:

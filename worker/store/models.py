@@ -126,6 +126,8 @@ class Message(SQLModel, table=True):
     automated: bool = False
     automated_reason: str | None = Field(default=None, max_length=100)
     acknowledgement: bool = False
+    #: Why the body peek was or was not taken for an acknowledgement (`carewatch explain`).
+    ack_reason: str | None = Field(default=None, max_length=200)
     firm_in_to: bool = False
     firm_in_cc: bool = False
     client_id: int | None = Field(default=None, foreign_key="client.id")
