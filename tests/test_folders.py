@@ -345,3 +345,25 @@ def test_the_worker_warns_once_when_a_pattern_stops_matching_and_says_when_it_ma
         assert "every folder pattern matches a folder on the server again" in caplog.text
     finally:
         w.store.dispose()
+
+
+def test_a_folder_name_imapclient_cannot_parse_is_read_and_never_stops_the_others(
+        tmp_path: Path, dovecot: Dovecot) -> None:
+    """Anyone who can make a folder in the shared mailbox can name it "Clients/a[b"; imapclient's
+    LIST parser refuses that name ("No closing ']'"). The folder list is then read line by line,
+    and every other folder is read as before."""
+    for folder in ("Clients/Acme", "Clients/a[b", "Clients/Jürgen & Söhne"):
+        dovecot.doveadm("mailbox", "create", "-u", dovecot.user, folder)
+    dovecot.append([mail("in")])
+    dovecot.append([mail("acme")], "Clients/Acme")
+    dovecot.append([mail("odd")], "Clients/a[b")
+    dovecot.append([mail("umlaut")], "Clients/Jürgen & Söhne")
+    cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot)
+    set_folders(cfg_path, "INBOX", "Clients/*")
+    cfg = load_config(cfg_path)
+    store, directory = prepare_store(cfg)
+    rep = run_scan(cfg, store, directory)
+    got = {f.folder for f in rep.folders}
+    assert {"INBOX", "Clients/Acme", "Clients/a[b", "Clients/Jürgen & Söhne"} <= got and rep.ok, rep.errors
+    assert {"<in@test>", "<acme@test>", "<umlaut@test>", "<odd@test>"} <= stored(store)
+    assert all("No closing" not in e for e in rep.errors), rep.errors

@@ -8,6 +8,7 @@ previous batch is stored, and a test can run them without either.
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Callable, Generator, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from .classify import Classification, Directory, acknowledgement, automated_reas
 from .commands import find_token, parse_command
 from .headers import ParsedMessage, is_subject_reply, normalise_subject, parse_header_block, valid_text
 from .mailbox.base import Item, MailboxSource, RawMessage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -133,10 +136,24 @@ def prepared_batches(source: MailboxSource, folder: str, batches: list[Sequence[
     for k in range(len(batches)):
         assert headers is not None
         raws = headers()
+        lost: list[tuple[Item, str]] = []
+        missing = _unanswered(batches[k], raws)
+        if missing:
+            # Asked again at once, alone: first the one fetch still in flight (the previous
+            # batch's snippets) is completed, as completions go in the order they were started.
+            if previous is not None:
+                got = previous[3]()
+                previous = (*previous[:3], lambda got=got: got)
+            again = source.start_fetch(folder, missing)()
+            raws = [*raws, *again]
+            lost = [(it, NO_ANSWER) for it in _unanswered(missing, again)]
+            log.warning("%s/%s: the server left %d message(s) out of a FETCH answer; %d answered when asked again",
+                        mailbox, folder, len(missing), len(missing) - len(lost))
         more = k + 1 < len(batches)
         if k > 0 and more:
             headers = source.start_fetch(folder, batches[k + 1], snippets=with_snippets)
         parsed = parse_and_ask(raws, directory, lambda want: source.start_fetch_snippets(folder, want))
+        parsed[2].extend(lost)  # recorded as skipped, so the cursor passes no message in silence
         messages = parsed[1]
         with_snippets = sum(map(wants_snippet, messages)) >= defaults.SNIPPETS_WITH_HEADERS_SHARE * len(messages) > 0
         if k == 0:
@@ -151,6 +168,18 @@ def prepared_batches(source: MailboxSource, folder: str, batches: list[Sequence[
         previous = parsed
     if previous is not None:
         yield _finish(*previous, mailbox, folder)
+
+
+#: The reason recorded for a message the server never answered for.
+NO_ANSWER = "the server sent no answer for this message, asked twice (expunged meanwhile, or unreadable)"
+
+
+def _unanswered(items: Sequence[Item], raws: list[RawMessage]) -> list[Item]:
+    """The items of a fetch that came back without an answer."""
+    if len(raws) >= len(items):
+        return []
+    answered = {r.item.key for r in raws}
+    return [it for it in items if it.key not in answered]
 
 
 def parse_and_ask(raws: list[RawMessage], directory: Directory,

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import imapclient
+import imapclient.imap_utf7
 from imapclient.datetime_util import parse_to_datetime
-from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.exceptions import IMAPClientError, LoginError, ProtocolError
 
 from .. import defaults
 from ..errors import FolderMissingError, MailboxAuthError, MailboxError, tls_failed
@@ -27,6 +28,9 @@ from ..headers import FETCH_FIELDS, MONTHS, zone_offset
 from .base import FolderInfo, FolderStatus, Item, MailboxSource, RawMessage, UidItems
 
 log = logging.getLogger(__name__)
+#: One line of a LIST answer, past "* LIST ": (flags) "delimiter" name.
+_LIST_LINE_RE = re.compile(rb'^\((?P<flags>[^)]*)\) (?P<delim>"(?:[^"\\]|\\.)*"|NIL) (?P<name>.+?)\s*(?:\{\d+\})?$',
+                           re.IGNORECASE)
 
 HEADER_ITEM = ("BODY.PEEK[HEADER.FIELDS (" + " ".join(f.upper() for f in FETCH_FIELDS) + ")]").encode()
 SNIPPET_ITEM = f"BODY.PEEK[TEXT]<0.{defaults.SNIPPET_BYTES}>".encode()
@@ -389,18 +393,45 @@ class ImapSource(MailboxSource):
             st = self.c.folder_status(folder, [b"UIDNEXT", b"UIDVALIDITY", b"MESSAGES"])
         except imaplib.IMAP4.abort:
             raise  # the connection is gone: not a missing folder
+        except ProtocolError:
+            # The answer echoes the name, and imapclient's parser refuses some names
+            # ("Clients/a[b"): read the three numbers ourselves.
+            return self._status_raw(folder)
         except IMAPClientError as exc:
             raise FolderMissingError(f"folder {folder!r} not found (the server says: {_reason(exc)})"
                                      f"{self.not_found_hint(folder)}", where=self._where()) from None
         return FolderStatus(uidvalidity=int(st[b"UIDVALIDITY"]), uidnext=int(st[b"UIDNEXT"]),
                             messages=int(st[b"MESSAGES"]))
 
+    def _status_raw(self, folder: str) -> FolderStatus:
+        quoted = b'"' + imapclient.imap_utf7.encode(folder).replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        try:
+            typ, data = self.c._imap.status(quoted.decode("ascii"), "(UIDNEXT UIDVALIDITY MESSAGES)")
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as exc:
+            raise FolderMissingError(f"folder {folder!r} not found (the server says: {_reason(exc)})",
+                                     where=self._where()) from None
+        text = b" ".join(d for d in data if isinstance(d, bytes)) if typ == "OK" else b""
+        found = {k.upper(): int(v) for k, v in re.findall(rb"(UIDNEXT|UIDVALIDITY|MESSAGES) (\d+)", text, re.I)}
+        if len(found) < 3:
+            raise FolderMissingError(f"folder {folder!r}: the server's STATUS answer cannot be read: {data!r}",
+                                     where=self._where())
+        return FolderStatus(uidvalidity=found[b"UIDVALIDITY"], uidnext=found[b"UIDNEXT"], messages=found[b"MESSAGES"])
+
     def list_folders(self) -> list[FolderInfo]:
         self._settle()
         try:
             listed = self.c.list_folders()
+        except imaplib.IMAP4.abort:
+            raise
         except IMAPClientError as exc:
-            raise MailboxError(f"cannot list folders: {_reason(exc)}", where=self._where()) from None
+            # imapclient's parser refuses some names anyone can give a folder ("Clients/a[b":
+            # "No closing ']'"): read the LIST lines ourselves, and leave out only what we
+            # cannot read, so one odd folder never stops the mailbox.
+            log.warning("%s: imapclient could not read the folder list (%s); reading it line by line",
+                        self._where(), _reason(exc))
+            listed = self._list_lines()
         out = []
         for flags, delimiter, name in listed:
             marks = {f.lower() for f in flags}  # attributes are case-insensitive (RFC 3501)
@@ -410,6 +441,38 @@ class ImapSource(MailboxSource):
             out.append(FolderInfo(name if isinstance(name, str) else name.decode(errors="replace"), special,
                                   delimiter.decode() if isinstance(delimiter, bytes) else delimiter or "/"))
         return sorted(out, key=lambda f: (f.name.upper() != "INBOX", f.name.casefold()))
+
+    def _list_lines(self) -> list[tuple[list[bytes], bytes, str]]:
+        """LIST "" "*" read one line at a time: (flags, delimiter, name) for each line that reads."""
+        try:
+            typ, lines = self.c._imap.list('""', "*")
+        except imaplib.IMAP4.error as exc:
+            raise MailboxError(f"cannot list folders: {_reason(exc)}", where=self._where()) from None
+        if typ != "OK":
+            raise MailboxError(f"cannot list folders: {lines!r}", where=self._where())
+        out: list[tuple[list[bytes], bytes, str]] = []
+        k = 0
+        while k < len(lines):
+            line = lines[k]
+            k += 1
+            literal = None
+            if isinstance(line, tuple):  # the name came as a literal: (b'(...) "/" {12}', b'name')
+                line, literal = line
+            m = _LIST_LINE_RE.match(line or b"")
+            if m is None:
+                log.warning("%s: a folder list line that cannot be read is left out: %r", self._where(), line[:200])
+                continue
+            name_raw = literal if literal is not None else m.group("name")
+            if name_raw.startswith(b'"') and name_raw.endswith(b'"') and len(name_raw) >= 2:
+                name_raw = re.sub(rb'\\(.)', rb"\1", name_raw[1:-1])
+            delim = m.group("delim")
+            delimiter = b"" if delim.upper() == b"NIL" else re.sub(rb'\\(.)', rb"\1", delim.strip(b'"'))
+            try:
+                name = imapclient.imap_utf7.decode(name_raw)
+            except (ValueError, UnicodeError):
+                name = name_raw.decode("utf-8", "replace")
+            out.append((m.group("flags").split(), delimiter, name))
+        return out
 
     def new_items(self, folder: str, after_cursor: int) -> UidItems:
         info = self._select(folder)

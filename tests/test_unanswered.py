@@ -1,0 +1,88 @@
+"""A message the server leaves out of a FETCH answer is asked for again, and if it stays
+unanswered it is recorded as skipped with the reason: the folder's cursor never passes a
+message that was neither stored nor recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import write_config
+from servers import Dovecot
+from sqlalchemy import select
+from sqlmodel import col
+
+from worker.app import prepare_store, run_scan
+from worker.config import load_config
+from worker.mailbox.base import Item, RawMessage
+from worker.mailbox.imap import ImapSource
+from worker.parsing import NO_ANSWER
+from worker.store.models import FolderState, Message, SkippedMessage
+from worker.synth import build_message
+
+T0 = datetime(2026, 11, 16, 9, 0)
+
+
+def question(i: int) -> bytes:
+    return build_message(sender="alice@acme.example", to=["shared@firm.example"], subject=f"Question {i}",
+                         date=T0 + timedelta(minutes=i), message_id=f"<q{i}@acme.example>")
+
+
+def leave_out(monkeypatch: pytest.MonkeyPatch, uid: int, times: int) -> list[list[int]]:
+    """Make the IMAP source drop `uid` from its first `times` FETCH answers that hold it, as a
+    server that skips a message does. Returns the UIDs each FETCH asked for."""
+    real = ImapSource.start_fetch
+    asked: list[list[int]] = []
+    left = [times]
+
+    def start_fetch(self: ImapSource, folder: str, items: Sequence[Item],
+                    snippets: bool = False) -> Callable[[], list[RawMessage]]:
+        asked.append([int(str(it.key)) for it in items])
+        done = real(self, folder, items, snippets)
+
+        def complete() -> list[RawMessage]:
+            raws = done()
+            if left[0] > 0 and any(r.item.key == uid for r in raws):
+                left[0] -= 1
+                return [r for r in raws if r.item.key != uid]
+            return raws
+
+        return complete
+
+    monkeypatch.setattr(ImapSource, "start_fetch", start_fetch)
+    return asked
+
+
+def scan(tmp_path: Path, dovecot: Dovecot, db_url: str) -> tuple[Any, Any]:
+    cfg = load_config(write_config(tmp_path, db_url, dovecot, batch_size=4))
+    store, directory = prepare_store(cfg)
+    return run_scan(cfg, store, directory), store
+
+
+def test_a_message_left_out_once_is_asked_for_again_and_stored(tmp_path: Path, dovecot: Dovecot, db_url: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    dovecot.append([question(i) for i in range(10)])
+    asked = leave_out(monkeypatch, uid=6, times=1)
+    rep, store = scan(tmp_path, dovecot, db_url)
+    inbox = next(f for f in rep.folders if f.folder == "INBOX")
+    assert rep.ok and inbox.stored == 10 and inbox.skipped == 0
+    assert [6] in asked  # asked again, alone
+    with store.session() as db:
+        assert len(db.execute(select(Message)).scalars().all()) == 10
+
+
+def test_a_message_never_answered_is_recorded_as_skipped_not_passed_in_silence(
+        tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    dovecot.append([question(i) for i in range(10)])
+    leave_out(monkeypatch, uid=6, times=2)
+    rep, store = scan(tmp_path, dovecot, db_url)
+    inbox = next(f for f in rep.folders if f.folder == "INBOX")
+    assert inbox.stored == 9 and inbox.skipped == 1
+    with store.session() as db:
+        skipped = db.execute(select(SkippedMessage)).scalars().all()
+        cursor = db.execute(select(col(FolderState.last_uid)).where(col(FolderState.folder) == "INBOX")).scalar_one()
+    assert [(s.folder, s.uid, s.reason) for s in skipped] == [("INBOX", 6, NO_ANSWER)]
+    assert cursor == 10  # past it, because it is on record
