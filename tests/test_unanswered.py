@@ -86,3 +86,31 @@ def test_a_message_never_answered_is_recorded_as_skipped_not_passed_in_silence(
         cursor = db.execute(select(col(FolderState.last_uid)).where(col(FolderState.folder) == "INBOX")).scalar_one()
     assert [(s.folder, s.uid, s.reason) for s in skipped] == [("INBOX", 6, NO_ANSWER)]
     assert cursor == 10  # past it, because it is on record
+
+
+def test_a_reused_message_id_hides_no_client_question(tmp_path: Path, dovecot: Dovecot, db_url: str) -> None:
+    """A promotion stored first under the Message-ID a client's question also carries: both are
+    kept (the question under an id of its own), a true copy is still stored once, and reading
+    the folder again adds nothing."""
+    promo = build_message(sender="news@shop.example", to=["shared@firm.example"], subject="Sale",
+                          date=T0, message_id="<same@acme.example>")
+    q = build_message(sender="alice@acme.example", to=["shared@firm.example"], subject="Signed contract?",
+                      date=T0 + timedelta(hours=1), message_id="<same@acme.example>")
+    dovecot.append([promo])
+    cfg = load_config(write_config(tmp_path, db_url, dovecot))
+    store, directory = prepare_store(cfg)
+    run_scan(cfg, store, directory)  # the promotion is stored first, alone
+    dovecot.append([q, q])  # the question, and a copy of it in the same batch
+    dovecot.append([q], "Sent")  # and another copy elsewhere
+    rep = run_scan(cfg, store, directory)
+    assert rep.ok, rep.errors
+    with store.session() as db:
+        got = {m.from_addr: m for m in db.execute(select(Message)).scalars()}
+    assert set(got) == {"news@shop.example", "alice@acme.example"}
+    question_ = got["alice@acme.example"]
+    assert question_.message_id.startswith("<same@acme.example#reused-") and question_.direction == "inbound"
+    assert question_.thread_id != got["news@shop.example"].thread_id
+    again = run_scan(cfg, store, directory)
+    assert sum(f.stored for f in again.folders) == 0
+    dovecot.append([q])
+    assert sum(f.stored for f in run_scan(cfg, store, directory).folders) == 0  # read again: found stored

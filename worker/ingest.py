@@ -486,7 +486,11 @@ class Ingestor:
             prepared.rows[i].update(classified(classify(pm, self.directory)))
         rows: dict[str, dict[str, Any]] = {}
         for row in prepared.rows:
-            if row["message_id"] in rows:
+            seen = rows.get(row["message_id"])
+            if seen is not None and not same_message(seen, row):
+                reuse_id(row)  # another message under a reused Message-ID: kept, not dropped
+                seen = rows.get(row["message_id"])
+            if seen is not None:
                 rep.duplicates += 1
                 continue
             rows[row["message_id"]] = row
@@ -499,9 +503,9 @@ class Ingestor:
             log.warning("%s/%s: skipped message %s: %s", mailbox, folder, item.cursor, reason)
         try:
             with self.store.session() as db:
-                batch_rows = list(rows.values())
                 conn = db.connection()
                 write_alone(self.store, conn)
+                batch_rows = distinct_from_stored(db, list(rows.values()))
                 merged = plan_threads(conn, batch_rows) if batch_rows else set()  # sets thread_id
                 inserted = self.store.insert_ignore(db, table_of(Message), batch_rows, ["message_id"])
                 if batch_rows:
@@ -528,6 +532,44 @@ class Ingestor:
         rep.stored += inserted
         rep.duplicates += len(rows) - inserted
         rep.skipped += len(skipped)
+
+
+def same_message(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two messages with one Message-ID are copies of one message (INBOX and Sent, Gmail
+    labels, a re-import): the same sender and subject. A promotion that reuses a client's
+    Message-ID (or a broken mailer that gives every message the same one) is not."""
+    return bool(a["from_addr"] == b["from_addr"] and a["norm_subject"] == b["norm_subject"])
+
+
+def reuse_id(row: dict[str, Any]) -> None:
+    """Give a message that reuses another's Message-ID an id of its own, derived from what it
+    is (so reading it again finds it stored), and stop it sharing the other's thread."""
+    original = row["message_id"]
+    mark = hashlib.sha256(f"{row['from_addr']}\n{row['norm_subject']}".encode()).hexdigest()[:12]
+    row["message_id"] = f"{original[:-1][:960]}#reused-{mark}>"
+    if row["thread_key"] == original:
+        row["thread_key"] = row["message_id"]
+    note = f"Message-ID {original} is also another message's: stored as {row['message_id']}"
+    row["problems"] = f"{row['problems']}; {note}" if row["problems"] else note
+
+
+def distinct_from_stored(db: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The batch's rows, those that reuse the Message-ID of a different stored message given
+    an id of their own (a copy of a stored message keeps its id and is then a duplicate)."""
+    if not rows:
+        return rows
+    stored = {r.message_id: r for r in db.execute(
+        select(*columns(Message.message_id, Message.from_addr, Message.norm_subject))
+        .where(col(Message.message_id).in_([r["message_id"] for r in rows]))).all()}
+    if not stored:
+        return rows
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        old = stored.get(row["message_id"])
+        if old is not None and not same_message(old._asdict(), row):
+            reuse_id(row)
+        out.setdefault(row["message_id"], row)
+    return list(out.values())
 
 
 def reclassify_automation(store: Store, chunk: int = 5000) -> int:
