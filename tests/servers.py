@@ -322,7 +322,7 @@ class SmtpSink:
     """A real SMTP server (aiosmtpd) that keeps what it receives; can refuse on demand."""
 
     def __init__(self, tls_cert: Path | None = None, tls_key: Path | None = None,
-                 login: tuple[str, str] | None = None) -> None:
+                 login: tuple[str, str] | None = None, port: int | None = None) -> None:
         import ssl
 
         from aiosmtpd.controller import Controller
@@ -331,10 +331,21 @@ class SmtpSink:
         self.refuse_code: str | None = None  # e.g. "451 try later" or "550 no such user"
         self.refuse_rcpt: dict[str, str] = {}  # one address's answer, e.g. "550 5.7.1 relaying denied"
         self.lock = threading.Lock()
-        self.port = free_port()
+        self.port = port or free_port()  # a port of its own, or the one a stopped server had
+        self.running = False
         sink = self
 
+        self.refuse_sender: str | None = None  # MAIL FROM's answer, e.g. "550 5.7.60 SendAs denied"
+
         class Handler:
+            async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
+                                  mail_options: list[str]) -> str:
+                if sink.refuse_sender:
+                    return sink.refuse_sender
+                envelope.mail_from = address
+                envelope.mail_options.extend(mail_options)
+                return "250 OK"
+
             async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
                                   rcpt_options: list[str]) -> str:
                 if sink.refuse_code:
@@ -369,10 +380,14 @@ class SmtpSink:
 
     def start(self) -> SmtpSink:
         self.controller.start()
+        self.running = True
         return self
 
     def stop(self) -> None:
-        self.controller.stop()
+        """Stop listening (once; a stopped server cannot start again: make a new one on its port)."""
+        if self.running:
+            self.controller.stop()
+            self.running = False
 
     def clear(self) -> None:
         with self.lock:

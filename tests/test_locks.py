@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from worker.locks import exclusive
 from worker.store.db import Store, open_store
@@ -64,3 +65,21 @@ def test_a_sqlite_lock_is_held_once_per_file(tmp_path: Path) -> None:
     finally:
         for s in (a, a_again, b):
             s.dispose()
+
+
+def test_a_pool_with_no_free_connection_is_a_clear_store_error(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import ExitStack
+
+    from worker import defaults
+    from worker.errors import StoreError
+
+    monkeypatch.setattr(defaults, "STORE_POOL_TIMEOUT_SECONDS", 0.5)
+    store = open_store(pg_url, pool_size=1)
+    try:
+        with ExitStack() as held:
+            for _ in range(1 + 5):  # the pool and its overflow, all busy
+                held.enter_context(store.connection())
+            with pytest.raises(StoreError, match="database connections .* stayed busy"), store.session() as db:
+                db.execute(text("SELECT 1"))
+    finally:
+        store.dispose()

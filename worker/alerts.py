@@ -22,6 +22,7 @@ from .care.clock import BusinessCalendar, from_ts, to_ts
 from .care.evaluate import CarePicture, Lapse, evaluate
 from .commands import find_token, parse_command
 from .config import Config, parse_duration_minutes
+from .locks import waited_for
 from .notify.outbox import DeliveryReport, enqueue
 from .notify.outbox import deliver as deliver_outbox
 from .notify.render import Renderer, build_email
@@ -345,8 +346,10 @@ class AlertDesk:
                 return report
             db.commit()
         if deliver:
-            report.delivery = deliver_outbox(self.store, transport or make_transport(self.config),
-                                      self.settings.notify.from_address, now, self.settings.notify.max_attempts)
+            with waited_for(self.store, "outbox"):
+                report.delivery = deliver_outbox(self.store, transport or make_transport(self.config),
+                                                 self.settings.notify.from_address, now,
+                                                 self.settings.notify.give_up_delta)
         return report
 
 

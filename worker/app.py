@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 def configured_store(config: Config) -> Store:
     """Open (and migrate) the store the config names, with its settings."""
     settings = config.settings.store
-    return open_store(settings.url, sqlite_cache_mib=settings.sqlite_cache_mib)
+    # Connections held at once by the worker: two per mailbox scan (its lock and its batches),
+    # three for a check, one each for delivery, the digest and /healthz.
+    pool_size = max(5, 2 * len(config.settings.mailboxes) + 6)
+    return open_store(settings.url, sqlite_cache_mib=settings.sqlite_cache_mib, pool_size=pool_size)
 
 
 def prepare_store(config: Config) -> tuple[Store, Directory]:

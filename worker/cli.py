@@ -458,10 +458,12 @@ def check(
     """Turn current lapses into alerts and deliver them: one email per owner per check with all
     their new or escalated lapses; never the same episode twice; quiet hours respected."""
     from .alerts import AlertDesk
+    from .locks import waited_for
 
     at = parse_now(now)
     with opened_store(scan=scan_first) as (store, _):
-        report = AlertDesk(store, state.config()).check(at, dry_run=dry_run)
+        with contextlib.nullcontext() if dry_run else waited_for(store, "check"):
+            report = AlertDesk(store, state.config()).check(at, dry_run=dry_run)
         _print_scan_notes(store, at)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
@@ -483,6 +485,13 @@ def check(
         out.print(f"delivery: {len(d.sent)} sent, {len(d.retrying)} to retry, {len(d.failed)} failed")
         for problem in d.errors:
             err.print(f"[yellow]delivery:[/] {escape(problem)}", highlight=False)
+        _delivery_outcome(d)
+
+
+def _delivery_outcome(rep: Any) -> None:
+    """Exit 6 (delivery) when an email failed for good, or none could be sent now."""
+    if not rep.ok:
+        raise typer.Exit(int(ExitCode.DELIVERY))
 
 
 alerts_app = typer.Typer(help="List, snooze and close alerts.", no_args_is_help=True)
@@ -617,14 +626,36 @@ def outbox_list(
 @handled
 def outbox_deliver(now: NowOpt = None) -> None:
     """Deliver what is due now (the worker does this after every check)."""
+    from .locks import waited_for
     from .notify.outbox import deliver
     from .notify.transport import make_transport
 
     cfg = state.config()
-    with opened_store(prepare=False) as (store, _):
+    with opened_store(prepare=False) as (store, _), waited_for(store, "outbox"):
         rep = deliver(store, make_transport(cfg), cfg.settings.notify.from_address, parse_now(now),
-                      cfg.settings.notify.max_attempts)
+                      cfg.settings.notify.give_up_delta)
     out.print(f"{len(rep.sent)} sent, {len(rep.retrying)} to retry, {len(rep.failed)} failed")
+    _delivery_outcome(rep)
+
+
+@outbox_app.command("retry")
+@handled
+def outbox_retry(
+    outbox_id: Annotated[int | None, typer.Argument(help="An email's id from `carewatch outbox list`.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Every failed email.")] = False,
+    now: NowOpt = None,
+) -> None:
+    """Put failed emails back in the queue (after fixing what failed them): they are delivered
+    at the next delivery, retried for notify.give_up_after again."""
+    from .notify.outbox import retry
+
+    if (outbox_id is None) == (not failed):
+        raise typer.BadParameter("give an email's id, or --failed for every failed email")
+    with opened_store(prepare=False) as (store, _):
+        n = retry(store, parse_now(now), outbox_id)
+    if outbox_id is not None and n == 0:
+        raise typer.BadParameter(f"no failed email has the id {outbox_id}")
+    out.print(f"{n} email(s) back in the queue")
 
 
 @app.command()
@@ -639,6 +670,7 @@ def digest(
     """The weekly partner digest: headline figures against last week, accounts at risk, every
     client's status with an 8-week trend, owner accountability and hygiene."""
     from .digest import preview_digests, queue_digests
+    from .locks import waited_for
     from .notify.outbox import deliver
     from .notify.transport import make_transport
 
@@ -651,11 +683,14 @@ def digest(
             for p in preview_digests(store, cfg, at, preview):
                 out.print(f"{p}  {p.with_suffix('.txt')}", highlight=False, markup=False)
         if send:
-            queued = queue_digests(store, cfg, at)
-            rep = deliver(store, make_transport(cfg), cfg.settings.notify.from_address, at,
-                          cfg.settings.notify.max_attempts)
+            with waited_for(store, "digest"):
+                queued = queue_digests(store, cfg, at)
+            with waited_for(store, "outbox"):
+                rep = deliver(store, make_transport(cfg), cfg.settings.notify.from_address, at,
+                              cfg.settings.notify.give_up_delta)
             out.print(f"{len(queued)} digest(s) queued; delivery: {len(rep.sent)} sent, {len(rep.retrying)} to retry, "
                       f"{len(rep.failed)} failed")
+            _delivery_outcome(rep)
 
 
 @app.command()

@@ -15,7 +15,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -336,9 +336,25 @@ class NotifyConfig(_Model):
     quiet_hours: bool = True
     #: Escalations are urgent: deliver them even in quiet hours.
     escalations_ignore_quiet_hours: bool = False
-    max_attempts: int = Field(default=defaults.OUTBOX_MAX_ATTEMPTS, ge=1)
+    #: How long an email is retried (with capped backoff) before it is given up as failed,
+    #: counted from when it was queued: an SMTP outage over a weekend loses nothing.
+    give_up_after: str = defaults.OUTBOX_GIVE_UP_AFTER
+    #: No longer used: retries are bounded by give_up_after. Accepted so old configs load.
+    max_attempts: int | None = Field(default=None, ge=1)
     #: The secret that signs snooze tokens; by default derived from the store URL.
     token_secret_env: str | None = None
+
+
+    @property
+    def give_up_delta(self) -> timedelta:
+        return timedelta(minutes=parse_duration_minutes(self.give_up_after, business=False))
+
+    @field_validator("give_up_after")
+    @classmethod
+    def _give_up_after(cls, v: str) -> str:
+        if parse_duration_minutes(v, business=False) < 1:
+            raise ValueError(f"{v!r}: give emails at least a minute")
+        return v
 
 
 class DigestConfig(_Model):

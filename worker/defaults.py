@@ -83,8 +83,12 @@ BUSINESS_HOURS = {
 # --- alerts and delivery ------------------------------------------------------------------
 #: Business minutes after notification before an alert escalates to the next level.
 ESCALATE_AFTER_MINUTES = 8 * 60
-#: Delivery attempts before an email is marked failed (kept, visible, never dropped).
-OUTBOX_MAX_ATTEMPTS = 8
+#: How long an email is retried before it is failed for good (notify.give_up_after): kept,
+#: visible, never dropped.
+OUTBOX_GIVE_UP_AFTER = "3d"
+#: Seconds a process holds an email it is sending: a process that dies mid-send leaves the
+#: email to be sent again (same Message-ID) once this has passed.
+OUTBOX_LEASE_SECONDS = 600
 #: Seconds of the first retry delay; doubled each attempt, capped below.
 OUTBOX_RETRY_BASE_SECONDS = 60
 OUTBOX_RETRY_CAP_SECONDS = 3600
@@ -99,3 +103,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30000
 SQLITE_CACHE_KIB = 65536
 #: WAL pages between automatic checkpoints (each checkpoint syncs the database file).
 SQLITE_WAL_CHECKPOINT_PAGES = 16384
+#: Seconds a command waits for a lock the worker holds (check, outbox, digest) before it
+#: says so and stops.
+LOCK_WAIT_SECONDS = 120.0
+#: Seconds a job waits for a free database connection before it fails with a store error.
+STORE_POOL_TIMEOUT_SECONDS = 30.0

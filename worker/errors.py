@@ -92,9 +92,12 @@ class DeliveryError(CarewatchError):
 
     exit_code = ExitCode.DELIVERY
 
-    def __init__(self, message: str, permanent: bool = False) -> None:
+    def __init__(self, message: str, permanent: bool = False, alarm: bool = False) -> None:
         super().__init__(message)
+        #: The server refused this email for good (its recipients or its content).
         self.permanent = permanent
+        #: A failure that waiting will not fix (login, TLS, the sender refused): say so loudly.
+        self.alarm = alarm
 
 
 def tls_failed(exc: ssl.SSLError, implicit: bool, setting: str, plain_ports: str, tls_port: int) -> str:

@@ -15,11 +15,14 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, text
 
+from . import defaults
+from .errors import StoreError
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,23 @@ def _file_lock(store: Store, name: str, wanted: bool) -> Iterator[bool]:
             if entry[1] == 0:
                 del _lock_files[path]
                 os.close(fd)
+
+
+@contextmanager
+def waited_for(store: Store, name: str, timeout: float = defaults.LOCK_WAIT_SECONDS) -> Iterator[None]:
+    """Hold the lock `name` as the worker's job of that name does, waiting for it up to
+    `timeout` seconds: a command run beside the worker (`carewatch check`, `outbox deliver`,
+    `digest --send`) takes its turn instead of doing the same work at the same time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with exclusive(store, name) as mine:
+            if mine:
+                yield
+                return
+        if time.monotonic() >= deadline:
+            raise StoreError(f"another Carewatch process has held the {name!r} lock for over {timeout:.0f}s "
+                             "(the worker, or another command): try again when it is done")
+        time.sleep(0.2)
 
 
 @contextmanager

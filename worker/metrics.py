@@ -35,6 +35,8 @@ class Metrics:
         self.outbox_failed = Gauge("carewatch_outbox_failed", "Emails that could not be delivered", registry=r)
         self.deliveries = Counter("carewatch_emails_sent_total", "Emails delivered", ["kind"], registry=r)
         self.delivery_errors = Counter("carewatch_delivery_errors_total", "Failed delivery attempts", registry=r)
+        self.delivery_alarm = Gauge("carewatch_delivery_alarm", "1 while delivery fails in a way retrying will not "
+                                    "fix (SMTP login, TLS, sender refused); emails are kept and retried", registry=r)
         self.last_digest = Gauge("carewatch_last_digest_timestamp_seconds", "When the digest was last queued",
                                  registry=r)
         self.job_errors = Counter("carewatch_job_errors_total", "Jobs that failed", ["job"], registry=r)

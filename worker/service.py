@@ -23,6 +23,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -89,6 +90,9 @@ class Worker:
         # replies_not_seen: when it was last asked and last logged (monotonic), and its answer.
         self.replies_checked_at = self.replies_logged_at = -86400.0
         self.replies_warning: str | None = None
+        #: A delivery failure no retry fixes by itself (login, TLS, sender refused), until a
+        #: delivery succeeds: on /healthz and as carewatch_delivery_alarm.
+        self.delivery_alarm: str | None = None
         self.not_before: dict[str, float] = {}
         #: Per mailbox, the folder patterns its last scan found matching no folder.
         self.unmatched: dict[str, list[str]] = {}
@@ -214,28 +218,71 @@ class Worker:
                 if not mine:
                     return
                 rep = deliver(self.store, make_transport(self.config), self.settings.notify.from_address, utcnow(),
-                              self.settings.notify.max_attempts)
+                              self.settings.notify.give_up_delta)
             for _ in rep.sent:
                 self.metrics.deliveries.labels("email").inc()
             if rep.errors:
                 self.metrics.delivery_errors.inc(len(rep.errors))
+            if rep.alarm:
+                self.delivery_alarm = f"delivery: {rep.alarm}"
+            elif rep.sent:
+                self.delivery_alarm = None
+            self.metrics.delivery_alarm.set(1 if self.delivery_alarm else 0)
+            self.refresh_gauges()
         except CarewatchError as exc:
             self.metrics.job_errors.labels("deliver").inc()
             log.error("delivery failed: %s", exc)
 
-    def digest_job(self) -> None:
+    def digest_job(self, at: datetime | None = None) -> None:
         from .digest import queue_digests
 
         try:
             with exclusive(self.store, "digest") as mine:
                 if mine:
-                    queued = queue_digests(self.store, self.config, utcnow())
+                    queued = queue_digests(self.store, self.config, at or utcnow())
                     log.info("digest: %d queued", len(queued))
                     self.metrics.last_digest.set(time.time())
             self.deliver_job()
         except CarewatchError as exc:
             self.metrics.job_errors.labels("digest").inc()
             log.error("digest failed: %s", exc)
+
+    def digest_trigger(self) -> CronTrigger:
+        d = self.settings.digest
+        return CronTrigger(day_of_week=d.day_of_week, hour=d.hour, minute=d.minute,
+                           timezone=self.settings.calendar.timezone)
+
+    def missed_digest(self, now: datetime) -> datetime | None:
+        """The latest digest time in the 7 days before `now` (naive UTC), as naive UTC."""
+        trigger = self.digest_trigger()
+        tz = ZoneInfo(self.settings.calendar.timezone)
+        local_now = now.replace(tzinfo=UTC).astimezone(tz)
+        fire = trigger.get_next_fire_time(None, local_now - timedelta(days=7))
+        last = None
+        while fire is not None and fire <= local_now:
+            last = fire
+            fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+        return last.astimezone(UTC).replace(tzinfo=None) if last else None
+
+    def catch_up_digest(self, now: datetime | None = None) -> bool:
+        """Jobs live in memory: a worker that was down at the digest's time would skip that
+        week's digest. At start, the latest digest time of the past week is caught up, as of
+        that time (the evaluation replays any moment), unless it went out already. Digests
+        are one per partner per week (their Message-ID), so this never sends one twice."""
+        from .digest import digest_message_id
+
+        at = self.missed_digest(now or utcnow())
+        if at is None or not self.settings.partners:
+            return False
+        ids = [digest_message_id(self.config, p, at) for p in self.settings.partners]
+        with self.store.session() as db:
+            queued = set(db.execute(select(col(OutboxEmail.message_id))
+                                    .where(col(OutboxEmail.message_id).in_(ids))).scalars())
+        if len(queued) == len(ids):
+            return False
+        log.info("digest of %s UTC was not sent (the worker was not running): sending it now", f"{at:%Y-%m-%d %H:%M}")
+        self.digest_job(at)
+        return True
 
     def refresh_gauges(self) -> None:
         with self.store.session() as db:
@@ -244,11 +291,10 @@ class Worker:
                                       .group_by(col(Alert.kind))).all():
                 self.metrics.open_alerts.labels(kind).set(n)
             by_status = select(col(OutboxEmail.status), func.count()).group_by(col(OutboxEmail.status))
-            for status, n in db.execute(by_status).all():
-                if status == "pending":
-                    self.metrics.outbox_backlog.set(n)
-                elif status == "failed":
-                    self.metrics.outbox_failed.set(n)
+            counts = dict(db.execute(by_status).all())
+        # Every time, zero included: a drained backlog shows 0, not its last non-zero value.
+        self.metrics.outbox_backlog.set(counts.get("pending", 0))
+        self.metrics.outbox_failed.set(counts.get("failed", 0))
 
     # --- IDLE -----------------------------------------------------------------------------------
     def idle_loop(self, mb: MailboxConfig) -> None:
@@ -320,8 +366,9 @@ class Worker:
                                             "stale_folders": stale,
                                             "unmatched_patterns": unmatched_patterns(mb, rows, listed)}
             ok = ok and fresh
-        if self.replies_warning:  # worth knowing, but the worker is doing its job: still ready
-            detail["warnings"] = [self.replies_warning]
+        warnings = [w for w in (self.replies_warning, self.delivery_alarm) if w]
+        if warnings:  # worth knowing, but the worker is doing its job: still ready
+            detail["warnings"] = warnings
         return ok, detail
 
     # --- running ----------------------------------------------------------------------------------
@@ -350,10 +397,8 @@ class Worker:
                                    misfire_grace_time=max(1, int(seconds)))
         self.scheduler.add_job(self.deliver_job, IntervalTrigger(seconds=DELIVERY_INTERVAL_SECONDS), id="deliver",
                                misfire_grace_time=int(DELIVERY_INTERVAL_SECONDS))
-        d = self.settings.digest
-        self.scheduler.add_job(self.digest_job, CronTrigger(day_of_week=d.day_of_week, hour=d.hour, minute=d.minute,
-                                                            timezone=self.settings.calendar.timezone),
-                               id="digest", misfire_grace_time=3600)
+        self.scheduler.add_job(self.digest_job, self.digest_trigger(), id="digest", misfire_grace_time=3600)
+        self.scheduler.add_job(self.catch_up_digest, id="digest-catch-up", next_run_time=now)
 
     def log_start(self) -> None:
         """What this worker will do, for the operator reading the log of a fresh start."""

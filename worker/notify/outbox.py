@@ -44,13 +44,27 @@ class DeliveryReport:
     retrying: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: A failure no retry will fix by itself (a refused login, a TLS failure, a refused sender):
+    #: shown loudly until a delivery succeeds.
+    alarm: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed for good, and nothing is waiting for a server that refused it now."""
+        return not self.failed and not (self.retrying and not self.sent)
 
 
 def deliver(store: Store, transport: Transport, mail_from: str, now: datetime,
-            max_attempts: int = defaults.OUTBOX_MAX_ATTEMPTS, limit: int = 200) -> DeliveryReport:
-    """Send what is due. Each email is marked sent right after the server accepted it; a
-    crash in between sends it again with the same Message-ID (recognisably the same)."""
+            give_up_after: timedelta = timedelta(days=3), limit: int = 200) -> DeliveryReport:
+    """Send what is due. Each email is first claimed (its next attempt moved a lease ahead, in
+    one conditional UPDATE), so two processes delivering at once never send it both; it is
+    marked sent right after the server accepted it. A crash in between sends it again once the
+    lease has passed, with the same Message-ID (recognisably the same: SMTP cannot be
+    exactly-once). A failed email is retried with capped backoff until `give_up_after` has
+    passed since it was queued, and only then marked failed; an answer that refuses this email
+    for good (5xx for its recipients or its content) fails it at once."""
     rep = DeliveryReport()
+    lease = timedelta(seconds=defaults.OUTBOX_LEASE_SECONDS)
     with store.session() as db:
         due = db.execute(select(col(OutboxEmail.id)).where(
             col(OutboxEmail.status) == "pending", col(OutboxEmail.next_attempt_at) <= now
@@ -58,28 +72,42 @@ def deliver(store: Store, transport: Transport, mail_from: str, now: datetime,
     try:
         for oid in due:
             with store.session() as db:
+                claimed = db.execute(update(OutboxEmail).where(
+                    col(OutboxEmail.id) == oid, col(OutboxEmail.status) == "pending",
+                    col(OutboxEmail.next_attempt_at) <= now).values(next_attempt_at=now + lease))
+                db.commit()
+                if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                    continue  # another process took it, or sent it
                 row = db.get(OutboxEmail, oid)
-                if row is None or row.status != "pending":
-                    continue  # another worker took it
+                assert row is not None
                 recipients = [r for r in row.recipients.split(",") if r]
                 try:
                     refused = transport.send(row.raw.encode("utf-8"), mail_from, recipients, row.message_id)
                 except DeliveryError as exc:
                     attempts = row.attempts + 1
-                    permanent = exc.permanent or attempts >= max_attempts
+                    gave_up = now - row.created_at >= give_up_after
+                    failed = exc.permanent or gave_up
                     values = {"attempts": attempts, "last_error": str(exc)[:2000],
-                              "status": "failed" if permanent else "pending",
+                              "status": "failed" if failed else "pending",
                               "next_attempt_at": now + backoff(attempts)}
-                    db.execute(update(OutboxEmail).where(OutboxEmail.id == oid).values(**values))
+                    db.execute(update(OutboxEmail).where(col(OutboxEmail.id) == oid).values(**values))
                     db.commit()
-                    (rep.failed if permanent else rep.retrying).append(row.message_id)
+                    (rep.failed if failed else rep.retrying).append(row.message_id)
                     rep.errors.append(str(exc))
-                    note = f"{exc}; kept as failed, see `carewatch outbox list`" if permanent else str(exc)
-                    log.warning("delivery of %s %s (attempt %d): %s", row.kind, row.message_id, attempts, note)
+                    if exc.alarm:
+                        rep.alarm = str(exc)
+                    if failed:
+                        why = ("refused for good" if exc.permanent
+                               else f"retried for {_span(give_up_after)} since queued")
+                        note = f"{exc}; {why}: kept as failed, see `carewatch outbox list`, `carewatch outbox retry`"
+                    else:
+                        note = f"{exc}; retried from {now + backoff(attempts):%Y-%m-%d %H:%M} UTC"
+                    log.log(logging.ERROR if exc.alarm or failed else logging.WARNING,
+                            "delivery of %s %s (attempt %d): %s", row.kind, row.message_id, attempts, note)
                     if not exc.permanent:
-                        break  # the server is unwell: leave the rest for the next run
+                        break  # the server is unwell, or refuses us: leave the rest for the next run
                     continue
-                db.execute(update(OutboxEmail).where(OutboxEmail.id == oid).values(
+                db.execute(update(OutboxEmail).where(col(OutboxEmail.id) == oid).values(
                     status="sent", sent_at=now, attempts=row.attempts + 1,
                     last_error=(f"refused: {refused}" if refused else None)))
                 db.commit()
@@ -89,3 +117,21 @@ def deliver(store: Store, transport: Transport, mail_from: str, now: datetime,
     finally:
         transport.close()
     return rep
+
+
+def _span(d: timedelta) -> str:
+    hours = d.total_seconds() / 3600
+    return f"{hours / 24:g} day(s)" if hours >= 24 else f"{hours:g} hour(s)"
+
+
+def retry(store: Store, now: datetime, outbox_id: int | None = None) -> int:
+    """Put failed emails back in the queue (one by id, or all failed ones): due now, with the
+    time they may be retried counted from now. Returns how many."""
+    with store.session() as db:
+        where = [col(OutboxEmail.status) == "failed"]
+        if outbox_id is not None:
+            where.append(col(OutboxEmail.id) == outbox_id)
+        n = db.execute(update(OutboxEmail).where(*where).values(
+            status="pending", next_attempt_at=now, created_at=now)).rowcount  # type: ignore[attr-defined]
+        db.commit()
+    return int(n)

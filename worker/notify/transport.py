@@ -89,12 +89,13 @@ class SmtpTransport:
                 conn.login(c.username, c.read_password())
         except ssl.SSLCertVerificationError as exc:
             raise DeliveryError(f"SMTP {c.host}:{port}: TLS certificate not trusted ({exc.verify_message}); set "
-                                "notify.smtp.ca_file for a private CA") from None
+                                "notify.smtp.ca_file for a private CA", alarm=True) from None
         except ssl.SSLError as exc:
             failed = tls_failed(exc, c.tls == "implicit", "notify.smtp.tls", "587 or 25", 465)
-            raise DeliveryError(f"SMTP {c.host}:{port}: {failed}") from None
+            raise DeliveryError(f"SMTP {c.host}:{port}: {failed}", alarm=True) from None
         except smtplib.SMTPAuthenticationError as exc:
-            raise DeliveryError(f"SMTP {c.host}:{port}: login refused ({exc.smtp_code})", permanent=False) from None
+            raise DeliveryError(f"SMTP {c.host}:{port}: login refused ({exc.smtp_code}); check notify.smtp.username "
+                                "and its password (emails are kept and retried)", alarm=True) from None
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(f"SMTP {c.host}:{port}: cannot connect: {exc}") from None
         return conn
@@ -131,6 +132,12 @@ class SmtpTransport:
             self.conn = self._connect()
         try:
             refused = self.conn.sendmail(mail_from, recipients, raw)
+        except smtplib.SMTPSenderRefused as exc:
+            # Every email would be refused the same way: the sender (notify.from_address) or the
+            # login's right to send as it, not this email. Retried, and said loudly.
+            self.close()
+            raise DeliveryError(f"SMTP refuses the sender {mail_from!r}: {exc.smtp_code} {exc.smtp_error!r}; check "
+                                "notify.from_address (Microsoft 365: SendAs for the login)", alarm=True) from None
         except smtplib.SMTPRecipientsRefused as exc:
             self.close()
             codes = [code for code, _ in exc.recipients.values()]

@@ -15,6 +15,7 @@ from sqlalchemy import Boolean, DateTime, Engine, Float, Integer, String, create
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, CursorResult, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import Session
 from sqlmodel.sql.sqltypes import AutoString
 
@@ -54,7 +55,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any, cache_kib: int = defaults.SQL
     cur.close()
 
 
-def make_engine(url: str, sqlite_cache_mib: int | None = None) -> Engine:
+def make_engine(url: str, sqlite_cache_mib: int | None = None, pool_size: int = 5) -> Engine:
     try:
         u = make_url(url)
     except ArgumentError:
@@ -68,14 +69,14 @@ def make_engine(url: str, sqlite_cache_mib: int | None = None) -> Engine:
         raise StoreError(f"store.url: Carewatch stores in SQLite or PostgreSQL, not {u.get_backend_name()!r} "
                          "(e.g. sqlite:///carewatch.db or postgresql://user@host/db)")
     try:
-        return _engine(u, sqlite_cache_mib)
+        return _engine(u, sqlite_cache_mib, pool_size)
     except ModuleNotFoundError as exc:
         extra = " (pip install 'carewatch[postgres]')" if u.get_driver_name() == "psycopg" else ""
         raise StoreError(f"store.url: the database driver {u.get_driver_name()!r} is not installed: "
                          f"{exc}{extra}") from None
 
 
-def _engine(u: URL, sqlite_cache_mib: int | None) -> Engine:
+def _engine(u: URL, sqlite_cache_mib: int | None, pool_size: int) -> Engine:
     if u.get_backend_name() == "sqlite":
         db = u.database
         if db and db != ":memory:":
@@ -88,7 +89,7 @@ def _engine(u: URL, sqlite_cache_mib: int | None) -> Engine:
                 os.close(fd)
         # A pool, not a connection per session: closing the last connection to a WAL database
         # checkpoints it (5 ms a batch at ingest), and the pragmas would run for every session.
-        engine = create_engine(u, pool_size=5, max_overflow=10, connect_args={"timeout": 30})
+        engine = create_engine(u, pool_size=pool_size, max_overflow=10, connect_args={"timeout": 30})
         cache_kib = defaults.SQLITE_CACHE_KIB if sqlite_cache_mib is None else sqlite_cache_mib * 1024
         event.listen(engine, "connect", lambda c, r: _sqlite_pragmas(c, r, cache_kib))
         return engine
@@ -99,7 +100,8 @@ def _engine(u: URL, sqlite_cache_mib: int | None) -> Engine:
         # ingest batch's lookups turned into table scans and the scan slowed with every batch.
         # Plan each statement for its own parameters instead.
         connect_args["prepare_threshold"] = None
-    return create_engine(u, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
+    return create_engine(u, pool_pre_ping=True, pool_size=pool_size, max_overflow=5, connect_args=connect_args,
+                         pool_timeout=defaults.STORE_POOL_TIMEOUT_SECONDS)
 
 
 def epoch_sql(dialect: str, col: str) -> str:
@@ -288,6 +290,12 @@ def insert_ignore(conn: Connection | Session, table: Any, rows: Sequence[dict[st
     return n
 
 
+def _pool_exhausted(engine: Engine) -> str:
+    return (f"every one of the {engine.pool.size()} database connections (plus overflow) stayed busy for "  # type: ignore[attr-defined]
+            f"{defaults.STORE_POOL_TIMEOUT_SECONDS:.0f}s: too many jobs at once for the pool, or a database "
+            "server that stopped answering")
+
+
 class Store:
     """The database: engine, sessions and the few operations that differ per dialect."""
 
@@ -323,6 +331,8 @@ class Store:
             except (OperationalError, DBAPIError) as exc:
                 s.rollback()
                 raise StoreError(describe_db_error(exc)) from exc
+            except PoolTimeoutError as exc:
+                raise StoreError(_pool_exhausted(self.engine)) from exc
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -334,6 +344,8 @@ class Store:
                 yield conn
         except (OperationalError, DBAPIError) as exc:
             raise StoreError(describe_db_error(exc)) from exc
+        except PoolTimeoutError as exc:
+            raise StoreError(_pool_exhausted(self.engine)) from exc
 
     def insert_ignore(self, conn: Connection | Session, table: Any, rows: Sequence[dict[str, Any]],
                       conflict: Sequence[str]) -> int:
@@ -344,8 +356,8 @@ class Store:
         self.engine.dispose()
 
 
-def open_store(url: str, migrate: bool = True, sqlite_cache_mib: int | None = None) -> Store:
-    engine = make_engine(url, sqlite_cache_mib)
+def open_store(url: str, migrate: bool = True, sqlite_cache_mib: int | None = None, pool_size: int = 5) -> Store:
+    engine = make_engine(url, sqlite_cache_mib, pool_size)
     try:
         if migrate:
             run_migrations(engine)
