@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from worker.locks import exclusive
+from worker.locks import exclusive, lock_key
 from worker.store.db import Store, open_store
 
 
@@ -83,3 +83,32 @@ def test_a_pool_with_no_free_connection_is_a_clear_store_error(pg_url: str, monk
                 db.execute(text("SELECT 1"))
     finally:
         store.dispose()
+
+
+def test_a_job_whose_lock_connection_dropped_stops_before_writing(pg_url: str) -> None:
+    """A session lock lives on its connection: when that connection drops (a database restart,
+    a network cut), the lock is gone without a word and a replica may take over. The next write
+    notices and stops, instead of working beside the replica."""
+    from worker.errors import StoreError
+    from worker.locks import assert_locks_held, write_alone
+
+    store, other = _stores(pg_url, pg_url)
+    try:
+        with exclusive(store, "scan:shared") as mine:
+            assert mine
+            assert_locks_held()  # alive: nothing to say
+            with other.connection() as c:  # the lock's connection is cut from the server's side
+                key = lock_key("scan:shared", store.lock_namespace) & 0xFFFFFFFFFFFFFFFF
+                pids = c.execute(text("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = :hi "
+                                      "AND objid = :lo"), {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).scalars().all()
+                assert len(pids) == 1
+                for pid in pids:
+                    c.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+                c.commit()
+            with exclusive(other, "scan:shared") as replica:
+                assert replica  # released with the connection
+            with pytest.raises(StoreError, match="lost the 'scan:shared' lock"), store.session() as db:
+                write_alone(store, db.connection())
+    finally:
+        store.dispose()
+        other.dispose()

@@ -22,7 +22,7 @@ from .care.clock import BusinessCalendar, from_ts, to_ts
 from .care.evaluate import CarePicture, Lapse, evaluate
 from .commands import find_token, parse_command
 from .config import Config, parse_duration_minutes
-from .locks import waited_for
+from .locks import assert_locks_held, waited_for
 from .notify.outbox import DeliveryReport, enqueue
 from .notify.outbox import deliver as deliver_outbox
 from .notify.render import Renderer, build_email
@@ -344,6 +344,7 @@ class AlertDesk:
             if dry_run:
                 db.rollback()
                 return report
+            assert_locks_held()  # a replica may have taken over if our lock's connection dropped
             db.commit()
         if deliver:
             with waited_for(self.store, "outbox"):

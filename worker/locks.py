@@ -9,6 +9,7 @@ threads, plus a byte-range lock on `<database>.locks` for other processes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from . import defaults
 from .errors import StoreError
@@ -53,12 +55,16 @@ def exclusive(store: Store, name: str) -> Iterator[bool]:
     with store.connection() as conn:
         got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
         conn.commit()
+        if got:
+            _held_here().append((name, conn))
         try:
             yield got
         finally:
             if got:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+                _held_here().remove((name, conn))
+                with contextlib.suppress(SQLAlchemyError):  # a lost connection took the lock with it
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
 
 
 #: Open `<database>.locks` files: path -> [descriptor, locks this process holds on it].
@@ -136,6 +142,31 @@ def held(store: Store, name: str) -> Iterator[None]:
             conn.commit()
 
 
+_thread = threading.local()
+
+
+def _held_here() -> list[tuple[str, Connection]]:
+    """The PostgreSQL locks this thread holds, with the connection that holds each."""
+    if not hasattr(_thread, "held"):
+        _thread.held = []
+    return _thread.held
+
+
+def assert_locks_held() -> None:
+    """Raise StoreError if a lock this thread took is gone: a session lock lives on its
+    connection, and a connection that dropped (a database restart, a network cut, a pooler)
+    released it without a word. Work done after that could run beside a replica's, so it
+    stops before it writes."""
+    for name, conn in _held_here():
+        try:
+            conn.execute(text("SELECT 1"))
+            conn.commit()
+        except SQLAlchemyError as exc:
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+            raise StoreError(f"lost the {name!r} lock (its database connection dropped: "
+                             f"{type(cause).__name__}); stopping before writing") from exc
+
+
 def write_alone(store: Store, conn: Connection) -> None:
     """Make the transaction just begun on `conn` the only one storing mail until it ends.
 
@@ -148,4 +179,5 @@ def write_alone(store: Store, conn: Connection) -> None:
     if store.dialect == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     elif store.dialect == "postgresql":
+        assert_locks_held()
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("store a batch", store.lock_namespace)})
