@@ -174,8 +174,15 @@ def test_health_is_not_ready_while_the_mailbox_cannot_be_scanned(
     dovecot.stop()
     w = Running(service_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot, smtp), smtp)
     try:
-        wait_for(lambda: w.get("/healthz")[0] == 503, what="healthz 503", logs=w.logs)
-        assert json.loads(w.get("/healthz")[1])["mailboxes"]["shared"]["ok"] is False
+        def named() -> bool:
+            code, body = w.get("/healthz")
+            return code == 503 and "last_error" in json.loads(body)["mailboxes"]["shared"]
+
+        wait_for(named, what="healthz naming the error", logs=w.logs)
+        code, body = w.get("/healthz")
+        shared = json.loads(body)["mailboxes"]["shared"]
+        assert code == 503 and shared["ok"] is False
+        assert "cannot connect" in shared["last_error"]["error"] and shared["last_error"]["at"].endswith("Z")
         assert w.stop() == 0
     finally:
         if w.proc.poll() is None:

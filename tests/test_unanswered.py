@@ -17,6 +17,7 @@ from sqlmodel import col
 
 from worker.app import prepare_store, run_scan
 from worker.config import load_config
+from worker.errors import StoreError
 from worker.mailbox.base import Item, RawMessage
 from worker.mailbox.imap import ImapSource
 from worker.parsing import NO_ANSWER
@@ -114,3 +115,51 @@ def test_a_reused_message_id_hides_no_client_question(tmp_path: Path, dovecot: D
     assert sum(f.stored for f in again.folders) == 0
     dovecot.append([q])
     assert sum(f.stored for f in run_scan(cfg, store, directory).folders) == 0  # read again: found stored
+
+
+def test_one_message_that_cannot_be_stored_is_isolated_and_the_folder_goes_on(
+        tmp_path: Path, dovecot: Dovecot, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message that trips a failure while its batch is stored (a value the database refuses,
+    or a bug of ours) is found by storing the batch in halves, recorded as skipped with the
+    error, and every other message is stored; the next scan goes on past it."""
+    from worker import ingest
+
+    dovecot.append([question(i) for i in range(12)])
+    real = ingest.link_contacts
+
+    def link_contacts(conn: Any, rows: list[dict[str, Any]]) -> None:
+        if any(r["message_id"] == "<q7@acme.example>" for r in rows):
+            raise ValueError("a value nobody expected")
+        real(conn, rows)
+
+    monkeypatch.setattr(ingest, "link_contacts", link_contacts)
+    rep, store = scan(tmp_path, dovecot, db_url)
+    inbox = next(f for f in rep.folders if f.folder == "INBOX")
+    assert rep.ok, rep.errors
+    assert inbox.stored == 11 and inbox.skipped == 1
+    with store.session() as db:
+        (skip,) = db.execute(select(SkippedMessage)).scalars().all()
+        cursor = db.execute(select(col(FolderState.last_uid)).where(col(FolderState.folder) == "INBOX")).scalar_one()
+        ids = set(db.execute(select(col(Message.message_id))).scalars())
+    assert skip.uid == 8 and "ValueError: a value nobody expected" in skip.reason
+    assert "<q7@acme.example>" not in ids and len(ids) == 11 and cursor == 12
+
+
+def test_a_database_that_goes_away_is_not_taken_for_a_poison_message(
+        tmp_path: Path, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from worker import ingest
+
+    dovecot.append([question(i) for i in range(4)])
+
+    def gone(conn: Any, rows: list[dict[str, Any]]) -> None:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(ingest, "link_contacts", gone)
+    cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot))
+    store, directory = prepare_store(cfg)
+    with pytest.raises(StoreError, match="locked"):
+        run_scan(cfg, store, directory)
+    with store.session() as db:
+        assert db.execute(select(SkippedMessage)).scalars().all() == []  # nothing given up: retried whole

@@ -29,7 +29,7 @@ from .classify import SENDER_SUBJECT_RULES, ContactRef, Directory, automated_rea
 from .config import Config, MailboxConfig
 from .errors import FolderMissingError, MailboxError, StoreError
 from .fetchproc import FetchHelper
-from .headers import ParsedMessage
+from .headers import ParsedMessage, valid_text
 from .locks import write_alone
 from .mailbox import MailboxSource, open_source
 from .mailbox.base import Item, folder_selected, is_pattern
@@ -412,7 +412,7 @@ class Ingestor:
                         log.info("%s/%s: stop requested; committed up to here, the next scan resumes",
                                  mailbox, folder)
                         break
-                    self._store_batch(next(prepared), mailbox, folder, plan.uidvalidity, batch, rep)
+                    self._store_isolating(next(prepared), mailbox, folder, plan.uidvalidity, batch, rep)
                     collect()
                     self.progress.advance(len(batch))
                     if self.on_batch:
@@ -467,8 +467,40 @@ class Ingestor:
                 if c.active and c.client_id in self.directory.domain_clients.values():
                     self.directory.contacts[c.email] = ContactRef(c.id, c.client_id, c.role)
 
+    def _store_isolating(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
+                         batch: Sequence[Item], rep: FolderReport) -> None:
+        """Store a batch; if that fails for a reason tied to what a message holds (not the
+        database being away), store it in halves until the message is found, record it as
+        skipped with the error, and go on: one poison message (or a bug of ours that it trips)
+        never stops the firm's mailbox. The cursor moves only once the whole batch is done."""
+        cursor = max(it.cursor for it in batch)
+        try:
+            self._store_batch(prepared, mailbox, folder, uidvalidity, cursor, rep)
+        except Exception as exc:  # noqa: BLE001 - sorted below: only a message's fault is isolated
+            if not _tied_to_a_message(exc) or len(prepared.rows) == 0:
+                raise
+            log.warning("%s/%s: a batch of %d could not be stored (%s); finding the message that fails",
+                        mailbox, folder, len(prepared.rows), exc)
+            for part in _isolate(prepared, lambda b: self._store_batch(b, mailbox, folder, uidvalidity, None, rep)):
+                log.warning("%s/%s: message %s skipped: %s", mailbox, folder, part[0], part[1])
+                rep.skipped += 1
+                self._record_skipped(mailbox, folder, uidvalidity, part, prepared.now)
+            self._store_batch(PreparedBatch(prepared.now, [], [], [], []), mailbox, folder, uidvalidity, cursor, rep)
+
+    def _record_skipped(self, mailbox: str, folder: str, uidvalidity: int, part: tuple[int, str],
+                        now: datetime) -> None:
+        with self.store.session() as db:
+            self.store.insert_ignore(db, table_of(SkippedMessage), [
+                {"mailbox": mailbox, "folder": folder, "uidvalidity": uidvalidity, "uid": part[0],
+                 "reason": valid_text(part[1])[:500], "seen_at": now}], ["mailbox", "folder", "uidvalidity", "uid"])
+            db.execute(update(FolderState).where(
+                col(FolderState.mailbox) == mailbox, col(FolderState.folder) == folder).values(
+                messages_skipped=FolderState.messages_skipped + 1))
+            db.commit()
+
     def _store_batch(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
-                     batch: Sequence[Item], rep: FolderReport) -> None:
+                     cursor: int | None, rep: FolderReport) -> None:
+        """`cursor`: where the folder's cursor moves once this is stored (None: it stays)."""
         """Stage two, on the scanning thread: discovered contacts, then one transaction that
         stores the batch, threads it and moves the folder's cursor."""
         now, command_rows, skipped = prepared.now, prepared.commands, prepared.skipped
@@ -519,9 +551,10 @@ class Ingestor:
                          "uid": skipped_uid(it),
                          "reason": reason, "seen_at": now} for it, reason in skipped
                     ], ["mailbox", "folder", "uidvalidity", "uid"])
+                moved = {} if cursor is None else {"last_uid": cursor}
                 db.execute(update(FolderState).where(
                     col(FolderState.mailbox) == mailbox, col(FolderState.folder) == folder).values(
-                    last_uid=max(it.cursor for it in batch), uidvalidity=uidvalidity,
+                    **moved, uidvalidity=uidvalidity,
                     messages_seen=FolderState.messages_seen + inserted,
                     messages_skipped=FolderState.messages_skipped + len(skipped),
                     last_scan_at=now))
@@ -532,6 +565,55 @@ class Ingestor:
         rep.stored += inserted
         rep.duplicates += len(rows) - inserted
         rep.skipped += len(skipped)
+
+
+def _tied_to_a_message(exc: BaseException) -> bool:
+    """Whether a failure to store a batch may come from what one message holds (a value the
+    database refuses, a bug of ours that a message trips), not from the database being away,
+    locked or full: those stop the scan, to be retried whole."""
+    if isinstance(exc, StoreError):
+        cause = exc.__cause__
+        if isinstance(cause, OperationalError) or cause is None:
+            return False
+        return isinstance(cause, DBAPIError) and not cause.connection_invalidated
+    return isinstance(exc, ValueError | TypeError | KeyError | IndexError | AttributeError | UnicodeError)
+
+
+def _isolate(prepared: PreparedBatch, store: Callable[[PreparedBatch], None]) -> list[tuple[int, str]]:
+    """Store `prepared` in halves, down to the single messages that fail; returns those as
+    (number recorded under, error). The batch's skipped messages and commands go with the
+    first part that holds their message."""
+    failed: list[tuple[int, str]] = []
+    todo = [prepared]
+    while todo:
+        part = todo.pop(0)
+        try:
+            store(part)
+            continue
+        except Exception as exc:  # noqa: BLE001 - the same sorting as the whole batch's
+            if not _tied_to_a_message(exc):
+                raise
+            if len(part.rows) <= 1:
+                row = part.rows[0] if part.rows else None
+                if row is None:
+                    raise
+                uid = row["uid"] if isinstance(row.get("uid"), int) else skipped_uid(Item(row["message_id"], 0))
+                failed.append((uid, f"could not be stored: {type(exc).__name__}: {exc}"))
+                continue
+            todo[:0] = list(_halves(part))
+    return failed
+
+
+def _halves(p: PreparedBatch) -> tuple[PreparedBatch, PreparedBatch]:
+    mid = len(p.rows) // 2
+    parts = []
+    for lo, hi in ((0, mid), (mid, len(p.rows))):
+        rows = p.rows[lo:hi]
+        ids = {r["message_id"] for r in rows}
+        parts.append(PreparedBatch(
+            p.now, rows, [(i - lo, people, pm) for i, people, pm in p.discovered if lo <= i < hi],
+            [c for c in p.commands if c["message_id"] in ids], p.skipped if lo == 0 else []))
+    return parts[0], parts[1]
 
 
 def same_message(a: dict[str, Any], b: dict[str, Any]) -> bool:

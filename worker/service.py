@@ -94,6 +94,8 @@ class Worker:
         #: delivery succeeds: on /healthz and as carewatch_delivery_alarm.
         self.delivery_alarm: str | None = None
         self.not_before: dict[str, float] = {}
+        #: Per mailbox, when its last scan failed and why, until a scan succeeds (/healthz).
+        self.scan_error: dict[str, tuple[str, str]] = {}
         #: Per mailbox, the folder patterns its last scan found matching no folder.
         self.unmatched: dict[str, list[str]] = {}
         self.signals = 0
@@ -134,9 +136,14 @@ class Worker:
         except CarewatchError as exc:
             self._scan_failed(mb, exc)
             return False
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: reported, counted, backed off, never a crash loop
+            log.exception("scan of %s failed on an unexpected error (a bug: please report it)", name)
+            self._scan_failed(mb, exc)
+            return False
         finally:
             self.metrics.scan_duration.labels(name).observe(time.perf_counter() - t0)
         self.failures[name] = 0
+        self.scan_error.pop(name, None)
         self.not_before.pop(name, None)
         self.metrics.last_scan_ok.labels(name).set(time.time())
         self._note_unmatched(mb)
@@ -186,6 +193,8 @@ class Worker:
     def _scan_failed(self, mb: MailboxConfig, exc: Exception) -> None:
         n = self.failures.get(mb.name, 0) + 1
         self.failures[mb.name] = n
+        self.scan_error[mb.name] = (f"{utcnow():%Y-%m-%dT%H:%M:%SZ}", str(exc) if isinstance(exc, CarewatchError)
+                                    else f"{type(exc).__name__}: {exc}")
         self.metrics.scan_errors.labels(mb.name).inc()
         wait = backoff_seconds(n)
         if isinstance(exc, MailboxAuthError):
@@ -365,6 +374,9 @@ class Worker:
             detail["mailboxes"][mb.name] = {"last_ok": seen.isoformat() + "Z" if seen else None, "ok": fresh,
                                             "stale_folders": stale,
                                             "unmatched_patterns": unmatched_patterns(mb, rows, listed)}
+            if mb.name in self.scan_error:  # why it is stale, without reading the log
+                at, error = self.scan_error[mb.name]
+                detail["mailboxes"][mb.name]["last_error"] = {"at": at, "error": error[:1000]}
             ok = ok and fresh
         warnings = [w for w in (self.replies_warning, self.delivery_alarm) if w]
         if warnings:  # worth knowing, but the worker is doing its job: still ready
