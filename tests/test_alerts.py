@@ -21,6 +21,7 @@ from worker.alerts import AlertDesk
 from worker.app import prepare_store, run_scan
 from worker.cli import app
 from worker.config import load_config
+from worker.notify.render import build_email
 from worker.notify.transport import make_transport
 from worker.store.models import Alert, AlertCommand, OutboxEmail
 
@@ -433,3 +434,45 @@ def test_the_check_command_counts_expired_alerts_apart(firm: Firm) -> None:
     assert r.exit_code == 0 and "3 new" in r.output, r.output
     r = runner.invoke(app, ["--config", str(firm.path), "check", "--now", "2026-12-17T12:00:00Z"], env=env)
     assert r.exit_code == 0 and "0 resolved, 3 expired unanswered" in r.output, r.output
+
+
+def test_a_snooze_is_capped_at_notify_max_snooze(firm: Firm) -> None:
+    firm.check(at(2026, 11, 17, 12, 0))
+    olivia_mail = next(m for m in firm.received() if m["To"] == OLIVIA)
+    _reply(firm, OLIVIA, "snooze 999w", olivia_mail, london(2026, 11, 17, 12, 15))
+    firm.check(at(2026, 11, 17, 12, 30))
+    acme = [a for a in firm.alerts().values() if a.client_name == "Acme Ltd"]
+    assert acme and all(a.snoozed_until == at(2026, 12, 15, 12, 15) for a in acme)  # four weeks, not 2046
+    one = acme[0].id
+    r = runner.invoke(app, ["--config", str(firm.path), "alerts", "snooze", str(one), "--for", "999w"])
+    assert r.exit_code == 2 and "longer than notify.max_snooze (4w)" in r.output
+
+
+def test_token_secret_env_signs_references_and_is_never_stored(firm: Firm, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.alerts import make_token, token_secret
+    from worker.store.models import Meta
+
+    monkeypatch.setenv("CW_TEST_TOKEN_SECRET", "a long secret from the vault")
+    firm.config.settings.notify.token_secret_env = "CW_TEST_TOKEN_SECRET"
+    firm.check(at(2026, 11, 17, 12, 0))
+    mail = next(m for m in firm.received() if m["To"] == OLIVIA)
+    with firm.store.session() as db:
+        secret = token_secret(firm.store, db, "CW_TEST_TOKEN_SECRET")
+        assert db.get(Meta, "token_secret") is None  # nothing in the store to steal
+    assert f"[cw:{make_token(secret, str(mail['Message-ID']))}]" in str(mail["Subject"])
+    monkeypatch.delenv("CW_TEST_TOKEN_SECRET")
+    with firm.store.session() as db, pytest.raises(Exception, match="CW_TEST_TOKEN_SECRET is not set"):
+        token_secret(firm.store, db, "CW_TEST_TOKEN_SECRET")
+
+
+def test_emails_written_to_files_are_private(tmp_path: Path) -> None:
+    from worker.notify.transport import FileTransport
+
+    raw = build_email(from_addr="c@firm.example", from_name="C", to=["o@firm.example"], subject="s", text="t",
+                      html="<p>h</p>", message_id="<p1@firm.example>").as_bytes()
+    t = FileTransport(tmp_path / "outbox")
+    t.send(raw, "c@firm.example", ["o@firm.example"], "<p1@firm.example>")
+    files = sorted((tmp_path / "outbox").iterdir())
+    assert [f.suffix for f in files] == [".eml", ".html"]
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    assert (tmp_path / "outbox").stat().st_mode & 0o777 == 0o700

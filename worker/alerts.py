@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from .care.clock import BusinessCalendar, from_ts, to_ts
 from .care.evaluate import CarePicture, Lapse, evaluate
 from .commands import find_token, parse_command
 from .config import Config, parse_duration_minutes
+from .errors import ConfigError
 from .locks import assert_locks_held, waited_for
 from .notify.outbox import DeliveryReport, enqueue
 from .notify.outbox import deliver as deliver_outbox
@@ -56,8 +58,15 @@ CLOSED = ("resolved", "expired")
 #: Replies to an alert email are accepted for this long after it was sent.
 TOKEN_VALID_DAYS = 30
 # --- tokens --------------------------------------------------------------------------------------
-def token_secret(store: Store, db: Session) -> bytes:
-    """A per-deployment secret kept in the store (shared by replicas), made on first use."""
+def token_secret(store: Store, db: Session, env_name: str | None = None) -> bytes:
+    """The secret that signs the references in alert emails. From the environment variable
+    `notify.token_secret_env` names, when set (never written anywhere); otherwise a
+    per-deployment secret kept in the store (shared by replicas), made on first use."""
+    if env_name:
+        value = os.environ.get(env_name, "")
+        if not value:
+            raise ConfigError([f"notify.token_secret_env: the environment variable {env_name} is not set or empty"])
+        return hashlib.sha256(value.encode()).digest()
     row = db.get(Meta, "token_secret")
     if row is None:
         store.insert_ignore(db, table_of(Meta), [{"key": "token_secret", "value": secrets.token_hex(32)}], ["key"])
@@ -120,6 +129,7 @@ class AlertDesk:
         self.names = {o.email: o.name for o in self.settings.owners} | {p.email: p.name for p in self.settings.partners}
         self.owner_backup = {o.email: o.backup for o in self.settings.owners}
         self.partners = [p.email for p in self.settings.partners]
+        self.max_snooze_minutes = parse_duration_minutes(self.settings.notify.max_snooze, business=False)
 
     # --- people ----------------------------------------------------------------------------------
     def backup_for(self, alert: Alert) -> list[str]:
@@ -141,7 +151,7 @@ class AlertDesk:
                              .order_by(col(AlertCommand.received_at), col(AlertCommand.id))).scalars().all()
         if not pending:
             return
-        secret = token_secret(self.store, db)
+        secret = token_secret(self.store, db, self.settings.notify.token_secret_env)
         for cmd in pending:
             result, ok = self._apply_one(db, cmd, secret, now)
             cmd.status = "applied" if ok else "refused"
@@ -182,7 +192,7 @@ class AlertDesk:
             if a.state in CLOSED:
                 continue
             if cmd.command == "snooze":
-                minutes = parse_duration_minutes(span or "1d", business=False)
+                minutes = min(parse_duration_minutes(span or "1d", business=False), self.max_snooze_minutes)
                 a.state = "snoozed"
                 a.snoozed_until = cmd.received_at + timedelta(minutes=minutes)
             else:
@@ -299,7 +309,7 @@ class AlertDesk:
             due = self.due(db, now, report)
             n = self.settings.notify
             is_open = self.calendar.is_open(to_ts(now))
-            secret = token_secret(self.store, db)
+            secret = token_secret(self.store, db, self.settings.notify.token_secret_env)
             people = {ct.email: (ct.name, ct.role) for c in picture.clients for ct in c.contacts}
             for recipient, entries in sorted(due.items()):
                 if n.quiet_hours and not is_open:

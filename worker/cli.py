@@ -564,7 +564,10 @@ def alerts_snooze(
     try:
         minutes = parse_duration_minutes(span, business=False)
     except ValueError as exc:
-        raise ConfigError([f"--for: {exc}"]) from None
+        raise typer.BadParameter(str(exc), param_hint="--for") from None
+    longest = state.config().settings.notify.max_snooze
+    if minutes > parse_duration_minutes(longest, business=False):
+        raise typer.BadParameter(f"{span!r} is longer than notify.max_snooze ({longest})", param_hint="--for")
     _set_alert(alert_id, state="snoozed", snoozed_until=parse_now(None) + timedelta(minutes=minutes))
 
 

@@ -341,13 +341,22 @@ class NotifyConfig(_Model):
     give_up_after: str = defaults.OUTBOX_GIVE_UP_AFTER
     #: No longer used: retries are bounded by give_up_after. Accepted so old configs load.
     max_attempts: int | None = Field(default=None, ge=1)
-    #: The secret that signs snooze tokens; by default derived from the store URL.
+    #: The environment variable holding the secret that signs the references in alert emails
+    #: (never stored); without it, a random secret is made and kept in the store.
     token_secret_env: str | None = None
+    #: The longest an alert can be snoozed for, by reply or by `alerts snooze`.
+    max_snooze: str = "4w"
 
 
     @property
     def give_up_delta(self) -> timedelta:
         return timedelta(minutes=parse_duration_minutes(self.give_up_after, business=False))
+
+    @field_validator("max_snooze")
+    @classmethod
+    def _max_snooze(cls, v: str) -> str:
+        parse_duration_minutes(v, business=False)
+        return v
 
     @field_validator("give_up_after")
     @classmethod

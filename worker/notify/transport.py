@@ -38,7 +38,7 @@ class FileTransport:
 
     def send(self, raw: bytes, mail_from: str, recipients: list[str], message_id: str) -> dict[str, str]:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # who was told what, about whom
             target = self.path_for(message_id)
             fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
             with os.fdopen(fd, "wb") as fh:
@@ -47,8 +47,11 @@ class FileTransport:
                 os.fsync(fh.fileno())
             os.replace(tmp, target)  # a crash leaves either no file or the whole file
             html = _html_part(raw)
-            if html is not None:  # beside it, the HTML to open in a browser
-                target.with_suffix(".html").write_text(html, encoding="utf-8")
+            if html is not None:  # beside it, the HTML to open in a browser, private as the .eml
+                fd = os.open(target.with_suffix(".html"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.fchmod(fd, 0o600)  # one written by an older version was 0644
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(html)
         except OSError as exc:
             raise DeliveryError(f"cannot write {self.dir}: {exc.strerror}") from exc
         return {}
