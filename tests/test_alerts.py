@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import write_config
 from servers import SmtpSink
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlmodel import col
 from test_care import ALICE, BOB, GINA, OLIVIA, OSCAR, SHARED, Mail
 from typer.testing import CliRunner
@@ -476,3 +476,38 @@ def test_emails_written_to_files_are_private(tmp_path: Path) -> None:
     assert [f.suffix for f in files] == [".eml", ".html"]
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
     assert (tmp_path / "outbox").stat().st_mode & 0o777 == 0o700
+
+
+def test_an_alert_told_again_after_a_snooze_escalates_only_escalate_after_that_notice(
+        tmp_path: Path, smtp: SmtpSink) -> None:
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}", extra="\n[policy]\nescalation_levels = 2\n")
+    f.mail.add(ALICE, [SHARED], "Budget 2027", london(2026, 11, 16, 10, 0))
+    f.check(at(2026, 11, 17, 10, 0))  # told Olivia
+    rep = f.check(at(2026, 11, 18, 10, 0))  # 8 business hours on: escalated to Paul
+    (a,) = f.alerts().values()
+    assert rep.escalated == [a.key] and a.level == 1
+    with f.store.session() as db:  # snoozed by Olivia until the next morning
+        db.execute(update(Alert).where(col(Alert.id) == a.id).values(
+            state="snoozed", snoozed_until=at(2026, 11, 19, 9, 0)))
+        db.commit()
+    rep = f.check(at(2026, 11, 19, 9, 5))
+    assert rep.new == [a.key] and rep.escalated == []  # told again when the snooze ends
+    # Five minutes later is not eight business hours after that notice: no escalation yet.
+    assert f.check(at(2026, 11, 19, 9, 10)).escalated == []
+    assert f.check(at(2026, 11, 19, 17, 0)).escalated == []
+    assert f.check(at(2026, 11, 20, 9, 10)).escalated == [a.key]
+
+
+def test_a_postscript_minutes_later_is_no_chaser(tmp_path: Path, smtp: SmtpSink) -> None:
+    """"Forgot the attachment" three minutes later: the client did not have to chase. A further
+    message an hour of business time or more after the last one did."""
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}")
+    q = f.mail.add(ALICE, [SHARED], "Budget 2027", london(2026, 11, 16, 10, 0))
+    f.mail.add(ALICE, [SHARED], "Re: Budget 2027", london(2026, 11, 16, 10, 3), reply_to=q,
+               body="Forgot the attachment, here it is.")
+    rep = f.check(at(2026, 11, 17, 12, 0))
+    assert [k.split(":")[0] for k in rep.new] == ["unanswered"]
+    assert "follow up" not in part(f.received()[0], "plain")
+    f.mail.add(ALICE, [SHARED], "Re: Budget 2027", london(2026, 11, 17, 9, 30), reply_to=q, body="Any news?")
+    rep = f.check(at(2026, 11, 17, 12, 5))
+    assert [k.split(":")[0] for k in rep.new] == ["chased"]

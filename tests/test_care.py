@@ -200,19 +200,28 @@ def test_a_thread_unanswered_for_longer_than_the_expiry_waits_no_more(tmp_path: 
     """A first start on years of mail found every question never answered by email (a phone
     call, a reply from a mailbox not scanned) waiting, and the first check alerted every owner
     about each. A thread stops waiting 30 days after the client's last word on it; a chaser
-    within that keeps the whole thread waiting, from its first message."""
+    within that keeps the whole thread waiting, from its first message. A message after the
+    thread stopped waiting is a new question, measured from itself: it revives nothing."""
     mail.add(ALICE, [SHARED], "Question from 2023", london(2023, 3, 2, 10, 0))
     mail.add(ALICE, [SHARED], "Question of October", london(2026, 10, 12, 10, 0))  # 37 days before
     old = mail.add(BOB, [SHARED], "Engagement terms", london(2026, 9, 1, 10, 0))
-    mail.add(BOB, [SHARED], "Re: Engagement terms", london(2026, 11, 10, 10, 0), reply_to=old, body="Any news?")
+    late = mail.add(BOB, [SHARED], "Re: Engagement terms", london(2026, 11, 10, 10, 0), reply_to=old,
+                    body="Any news?")  # 70 days on: the first question had stopped waiting
+    q = mail.add(GINA, [SHARED], "Board pack", london(2026, 10, 26, 10, 0))
+    mail.add(GINA, [SHARED], "Re: Board pack", london(2026, 11, 10, 10, 0), reply_to=q, body="Any news?")
     recent = mail.add(ALICE, [SHARED], "Question of November", london(2026, 11, 2, 10, 0))  # 16 days before
     now = london(2026, 11, 18, 12, 0)
 
     doc = status(tmp_path, mail, now)
     assert [w["message_id"] for w in contact(doc, ALICE)["waiting"]] == [recent]
     bob = contact(doc, BOB)
-    assert [(w["message_id"], w["chased"]) for w in bob["waiting"]][0] == (old, True)
-    assert "chased" in kinds(bob)
+    assert [(w["message_id"], w["chased"]) for w in bob["waiting"]] == [(late, False)]
+    assert "chased" not in kinds(bob) and "unanswered" in kinds(bob)
+    unanswered = next(lp for lp in bob["lapses"] if lp["kind"] == "unanswered")
+    assert unanswered["since"] == "2026-11-10T10:00:00Z" and unanswered["facts"]["chasers"] == 0
+    gina = contact(doc, GINA)
+    assert [(w["message_id"], w["chased"]) for w in gina["waiting"]][0] == (q, True)
+    assert "chased" in kinds(gina)
 
     # 0 keeps every unanswered thread waiting, as before.
     (tmp_path / "never").mkdir()

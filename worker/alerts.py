@@ -222,10 +222,12 @@ class AlertDesk:
                           created_at=now, updated_at=now)
             else:
                 if a.state in CLOSED:  # the lapse is back (a new chaser, a changed policy)
-                    a.state, a.level, a.resolved_at, a.notified_at = "open", 0, None, None
+                    a.state, a.level, a.resolved_at, a.notified_at, a.escalated_at = "open", 0, None, None, None
                     report.reopened.append(key)
                 elif a.state == "snoozed" and a.snoozed_until and a.snoozed_until <= now:
-                    a.state = "open"  # the owner asked to hear about it again now
+                    # The owner asked to hear about it again now: told again, and the escalation
+                    # clock starts again from that notice.
+                    a.state, a.notified_at, a.escalated_at = "open", None, None
                 # The picture moves on (waits grow longer): keep the latest words.
                 a.detail, a.expected, a.facts = lp.detail, lp.expected, json.dumps(lp.facts, sort_keys=True)
                 if c is not None:
@@ -254,7 +256,9 @@ class AlertDesk:
                 for r in self.first_recipients(a):
                     out.setdefault(r, []).append((a, False))
                 continue
-            last = a.escalated_at or a.notified_at or a.created_at
+            # The latest notice of any kind: never an escalation sooner than escalate_after
+            # after the owner was told (again).
+            last = max(t for t in (a.escalated_at, a.notified_at, a.created_at) if t is not None)
             if (a.level < self.levels
                     and self.calendar.minutes_between(to_ts(last), now_ts) >= self.escalate_after):
                 for r in dict.fromkeys(self.first_recipients(a) + self.backup_for(a)):

@@ -281,8 +281,11 @@ class PolicyConfig(_Model):
     #: Calendar time after the client's last word on an unanswered thread before it stops
     #: waiting (0 = never).
     waits_expire_after: str | float = f"{defaults.WAITS_EXPIRE_AFTER_DAYS}d"
+    #: Business time after the client's previous unanswered message before another one on the
+    #: thread counts as a chaser ("any news?"), not a postscript ("forgot the attachment").
+    chaser_after: str | float = f"{defaults.CHASER_AFTER_MINUTES}m"
 
-    @field_validator("reply_within", "escalate_after", "slowing_floor")
+    @field_validator("reply_within", "escalate_after", "slowing_floor", "chaser_after")
     @classmethod
     def _biz(cls, v: str | float) -> str | float:
         parse_duration_minutes(v, business=True)

@@ -81,6 +81,9 @@ BUSINESS_HOURS = {
 }
 
 # --- alerts and delivery ------------------------------------------------------------------
+#: Business minutes after the client's previous unanswered message before a further one on the
+#: thread is a chaser (policy.chaser_after).
+CHASER_AFTER_MINUTES = 60
 #: Business minutes after notification before an alert escalates to the next level.
 ESCALATE_AFTER_MINUTES = 8 * 60
 #: How long an email is retried before it is failed for good (notify.give_up_after): kept,

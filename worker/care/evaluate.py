@@ -364,7 +364,7 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
         # unanswered mail on a first start (183k keys, 28 MiB, in benchmarks/evaluate.py at 1M).
         recently_expired = 2 * expired_before - now_ts if expired_before is not None else 0.0
         prev_thread = None
-        first = 0
+        first = start = 0
         live = False
         for i, (pk, since, thread, client_id, contact_ids, mid, subject) in enumerate(open_rows):
             if thread != prev_thread:
@@ -372,15 +372,29 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
                 n = 1
                 while first + n < len(open_rows) and open_rows[first + n][2] == thread:
                     n += 1
-                live = client_id in clients and (expired_before is None
-                                                 or open_rows[first + n - 1][1] >= expired_before)
+                last = first + n - 1
+                # A client message after the thread had stopped waiting (a gap longer than the
+                # expiry) starts an episode of its own, measured from itself: the old question
+                # expired, it is not revived.
+                start = first
+                if expired_before is not None:
+                    for k in range(first + 1, last + 1):
+                        if open_rows[k][1] - open_rows[k - 1][1] > book.waits_expire_seconds:
+                            start = k
+                live = client_id in clients and (expired_before is None or open_rows[last][1] >= expired_before)
+                ended = last if not live else start - 1  # the last message of an episode that expired
+                if ended >= first and client_id in clients and open_rows[ended][1] >= recently_expired:
+                    who, old_mid = open_rows[first][4].partition(",")[0], open_rows[first][5]
+                    expired.update((f"unanswered:{who}:{old_mid}", f"chased:{who}:{old_mid}"))
                 if live:
-                    episode_chasers[pk] = n - 1
-                elif client_id in clients and open_rows[first + n - 1][1] >= recently_expired:
-                    who = contact_ids.partition(",")[0]
-                    expired.update((f"unanswered:{who}:{mid}", f"chased:{who}:{mid}"))
-            if live:
-                waits[int(contact_ids.split(",")[0])].append((pk, since, i - first < n - 1, mid, subject))
+                    # Chasers: later messages sent after a real gap (policy.chaser_after), not a
+                    # postscript a minute later.
+                    gap = minutes_of.get(client_id)
+                    episode_chasers[open_rows[start][0]] = sum(
+                        1 for k in range(start + 1, last + 1)
+                        if gap is not None and gap(open_rows[k - 1][1], open_rows[k][1]) >= book.chaser_after_minutes)
+            if live and i >= start:
+                waits[int(contact_ids.split(",")[0])].append((pk, since, i < last, mid, subject))
         # The last message each way per contact: one index seek each (ix_message_contact_covering).
         last_in: dict[int, float] = {}
         last_out: dict[int, float] = {}

@@ -36,6 +36,8 @@ class PolicyBook:
         self.stats_window_days = self.policy.stats_window_days
         #: Seconds after the client's last word before an unanswered thread stops waiting (0: never).
         self.waits_expire_seconds = parse_duration_minutes(self.policy.waits_expire_after, business=False) * 60
+        #: Business minutes between two unanswered messages for the later to be a chaser.
+        self.chaser_after_minutes = parse_duration_minutes(self.policy.chaser_after, business=True)
 
     def calendar(self, client_name: str | None) -> BusinessCalendar:
         c = self.clients.get(client_name or "")
