@@ -511,3 +511,34 @@ def test_a_postscript_minutes_later_is_no_chaser(tmp_path: Path, smtp: SmtpSink)
     f.mail.add(ALICE, [SHARED], "Re: Budget 2027", london(2026, 11, 17, 9, 30), reply_to=q, body="Any news?")
     rep = f.check(at(2026, 11, 17, 12, 5))
     assert [k.split(":")[0] for k in rep.new] == ["chased"]
+
+
+def test_one_email_counts_clients_leads_with_the_most_urgent_and_tells_each_thread_once(
+        tmp_path: Path, smtp: SmtpSink) -> None:
+    extra = ('\n[[clients]]\nname = "Initech"\ndomains = ["initech.example"]\nowner = "olivia@firm.example"\n'
+             'contacts = [{ name = "Ian Principal", email = "ian@initech.example", role = "principal" }]\n'
+             '\n[[clients]]\nname = "Hooli"\ndomains = ["hooli.example"]\nowner = "olivia@firm.example"\n')
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}", extra=extra)
+    q = f.mail.add(ALICE, [SHARED], "Budget 2027", london(2026, 11, 16, 10, 0))
+    f.mail.add(ALICE, [SHARED], "Re: Budget 2027", london(2026, 11, 17, 9, 30), reply_to=q, body="Any news?")
+    f.mail.add(BOB, [SHARED], "Access to the portal", london(2026, 11, 16, 11, 0))
+    f.mail.add("ian@initech.example", [SHARED], "Payroll run", london(2026, 11, 16, 12, 0))
+    rep = f.check(at(2026, 11, 17, 12, 0))
+    assert any(k.startswith("chased:") for k in rep.new) and any(k.startswith("unanswered:") for k in rep.new)
+    mail = next(m for m in f.received() if m["To"] == OLIVIA)
+    text = part(mail, "plain")
+    # Three clients (Acme, Initech, and Hooli with no principal), not one per alert.
+    assert text.startswith("3 clients need you")
+    # The chased thread leads, once (not again as "waiting"), with how often the client asked.
+    assert str(mail["Subject"]).startswith("Acme Ltd: client had to chase (+3 more)")
+    assert text.count("Thread: \"Budget 2027\"") == 1 and "has followed up once" in text, text
+    # Hygiene says what the recipient can do, not "edit the configuration".
+    assert "ask Hooli who is accountable for the relationship on their side" in text
+    assert "in the Carewatch configuration" not in text
+    # "done 1" acts on the whole first item: the thread's chased and unanswered alerts both.
+    _reply(f, OLIVIA, "done 1", mail, london(2026, 11, 17, 12, 20))
+    rep = f.check(at(2026, 11, 17, 12, 30))
+    assert any("closed 2" in c for c in rep.commands), rep.commands
+    alice = [a for a in f.alerts().values() if a.contact_email == ALICE]
+    assert len(alice) == 2 and all(a.state == "acknowledged" for a in alice)
+    assert all(a.state != "acknowledged" for a in f.alerts().values() if a.contact_email != ALICE)

@@ -44,12 +44,18 @@ LABELS = {
 }
 ACTIONS = {
     "unanswered": "reply to {contact} today, or hand the thread to a colleague and say so",
-    "chased": "reply today and acknowledge the wait; the client has already asked twice",
+    "chased": "reply today and acknowledge the wait: {contact} has followed up {chasers}",
     "silent": "send {contact} a short personal note or suggest a call",
     "going_quiet": "check in with {contact}: ask how things are going",
     "slowing": "look at the team's workload on {client}; replies are taking much longer than usual",
-    "unowned": "name the missing owner or principal for {client} in the Carewatch configuration",
+    "unowned:owner": "decide who owns {client}, and ask whoever keeps the Carewatch configuration to name "
+                     "them as its owner",
+    "unowned:principal": "ask {client} who is accountable for the relationship on their side, and pass the "
+                         "name to whoever keeps the Carewatch configuration",
 }
+#: Most urgent first, in an email and in its subject: a client who had to chase, then one
+#: waiting, then hygiene, then the slower signals.
+URGENCY = ("chased", "unanswered", "unowned", "silent", "going_quiet", "slowing")
 ACTIVE = ("open", "notified", "escalated", "snoozed", "acknowledged")
 #: An alert ends "resolved" when its lapse cleared (the reply was sent, the firm wrote), or
 #: "expired" when its thread stopped waiting without ever being answered
@@ -174,15 +180,15 @@ class AlertDesk:
             return "refused: the reference does not match the email it answers", False
         if cmd.received_at < email.created_at or cmd.received_at > email.created_at + timedelta(days=TOKEN_VALID_DAYS):
             return "refused: the reference has expired", False
-        ids = [int(x) for x in email.alert_ids.split(",") if x]
-        alerts = [a for a in (db.get(Alert, i) for i in ids) if a is not None]
+        groups = [[int(x) for x in g.split("+") if x] for g in email.alert_ids.split(",") if g]
         # argument: "3d" (snooze span), optionally "#N" for one item of the email.
         span, _, item_s = (cmd.argument or "").partition("#")
         if item_s:
             item = int(item_s)
-            if not 1 <= item <= len(alerts):
+            if not 1 <= item <= len(groups):
                 return f"refused: the email has no item {item}", False
-            alerts = [alerts[item - 1]]
+            groups = [groups[item - 1]]
+        alerts = [a for a in (db.get(Alert, i) for g in groups for i in g) if a is not None]
         sender = cmd.from_addr.lower()
         allowed = [a for a in alerts if sender in {a.owner_email, *self.backup_for(a)}]
         if not allowed:
@@ -275,24 +281,29 @@ class AlertDesk:
         message_id = f"<cw.{digest}@{domain}>"
         token = make_token(secret, message_id)
         items = []
-        for a, esc in entries:
+        for a, esc, ids in _one_per_thread_and_contact(entries):
             facts = json.loads(a.facts or "{}")
             name, role = (people or {}).get(a.contact_email or "", (a.contact_email, None))
             contact_name = f"{name} <{a.contact_email}>" if a.contact_email and name != a.contact_email else name
+            chasers = int(facts.get("chasers") or 0)
+            action_key = f"unowned:{facts.get('missing', 'owner')}" if a.kind == "unowned" else a.kind
             items.append({
                 "key": a.key, "kind": a.kind, "label": LABELS.get(a.kind, a.kind), "client": a.client_name,
                 "contact": contact_name, "role": role, "detail": a.detail, "expected": a.expected,
                 "subject": facts.get("subject"), "since_local": self.local(a.since), "escalated": esc,
-                "owner_name": self.names.get(a.owner_email or "", a.owner_email),
-                "action": ACTIONS.get(a.kind, "look into it").format(contact=name or "the contact",
-                                                                       client=a.client_name),
+                "owner_name": self.names.get(a.owner_email or "", a.owner_email), "chasers": chasers,
+                "alert_ids": ids,
+                "action": ACTIONS.get(action_key, "look into it").format(
+                    contact=name or "the contact", client=a.client_name,
+                    chasers="once" if chasers == 1 else f"{chasers} times"),
             })
         escalated = any(esc for _, esc in entries)
         first = items[0]
         more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
-        subject = (f"{'Escalated: ' if escalated else ''}{first['client']}: {first['label'].lower()}{more} "
-                   f"[cw:{token}]")
-        ctx = {"subject": subject, "items": items, "escalated": escalated, "recipient": recipient,
+        what = first["label"].lower() + (f" ({first['chasers']}x)" if first["chasers"] > 1 else "")
+        subject = f"{'Escalated: ' if escalated else ''}{first['client']}: {what}{more} [cw:{token}]"
+        clients = len({it["client"] for it in items})
+        ctx = {"subject": subject, "items": items, "escalated": escalated, "recipient": recipient, "clients": clients,
                "recipient_name": self.names.get(recipient, recipient), "token": token,
                "now_local": self.local(now), "timezone": self.settings.calendar.timezone}
         text, html = renderer.render("alert", ctx)
@@ -330,8 +341,10 @@ class AlertDesk:
                                   subject=planned.subject, text=planned.text, html=planned.html,
                                   message_id=planned.message_id, reply_to=n.reply_to, date=from_naive(now),
                                   headers={"X-Carewatch-Kind": "alert", "X-Carewatch-Token": token})
+                # Item by item, as the email numbers them: "12+15" is one item telling two
+                # alerts (a thread that waits and was chased).
                 enqueue(self.store, db, msg, kind="alert", now=now, token=token,
-                        alert_ids=[a.id for a, _ in entries if a.id is not None])
+                        alert_ids=["+".join(map(str, it["alert_ids"])) for it in planned.items])
                 for a, esc in entries:
                     if esc:
                         if a.key not in report.escalated:
@@ -366,6 +379,35 @@ class AlertDesk:
                                                  self.settings.notify.from_address, now,
                                                  self.settings.notify.give_up_delta)
         return report
+
+
+def _urgency(entry: tuple[Alert, bool]) -> tuple[bool, int, datetime, int]:
+    a, escalated = entry
+    rank = URGENCY.index(a.kind) if a.kind in URGENCY else len(URGENCY)
+    return (not escalated, rank, a.since, a.id or 0)
+
+
+def _one_per_thread_and_contact(entries: list[tuple[Alert, bool]]) -> list[tuple[Alert, bool, list[int]]]:
+    """The items of one email, most urgent first: one per thread (a thread that waits and was
+    chased is told once, as chased, the number of chasers inside it) and one per contact for the
+    contact-wide lapses (silent, going quiet). Each item carries the ids of every alert it
+    tells (the ones folded into it too), for replies that name the item ("done 2")."""
+    out: list[tuple[Alert, bool, list[int]]] = []
+    where: dict[tuple[str, str], list[int]] = {}
+    for a, esc in sorted(entries, key=_urgency):
+        facts = json.loads(a.facts or "{}")
+        if a.kind in ("chased", "unanswered"):
+            about = ("thread", f"{a.contact_email}|{facts.get('message_id') or a.key}")
+        elif a.kind in ("silent", "going_quiet"):
+            about = ("contact", a.contact_email or a.key)
+        else:
+            about = ("alert", a.key)
+        if about in where:
+            where[about].append(a.id or 0)
+            continue
+        where[about] = [a.id or 0]
+        out.append((a, esc, where[about]))
+    return out
 
 
 def from_naive(dt: datetime) -> datetime:

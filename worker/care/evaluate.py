@@ -476,7 +476,8 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
                 if chasers:
                     cc.lapses.append(Lapse(
                         "chased", f"chased:{cc.id}:{mid}", cl.name, cc.email, w.since,
-                        f"{cc.name} had to follow up {chasers} time(s) on \u201c{subj}\u201d, still unanswered",
+                        f"{cc.name} had to follow up {'once' if chasers == 1 else f'{chasers} times'} on "
+                        f"\u201c{subj}\u201d, still unanswered",
                         expected, {"message_id": mid, "subject": subj, "chasers": chasers,
                                    "business_minutes": biz}))
             if th.silence_after_days is not None and obs is not None:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def enqueue(store: Store, db: Session, msg: EmailMessage, *, kind: str, now: datetime, token: str | None = None,
-            alert_ids: list[int] | None = None, not_before: datetime | None = None) -> bool:
+            alert_ids: list[int] | list[str] | None = None, not_before: datetime | None = None) -> bool:
     """Add an email to the outbox (in the caller's transaction). False if it is already there."""
     recipients = [a for _, a in getaddresses([str(msg["To"] or ""), str(msg["Cc"] or "")]) if a]
     row = {"message_id": str(msg["Message-ID"]), "kind": kind, "recipients": ",".join(recipients),

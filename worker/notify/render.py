@@ -37,7 +37,7 @@ TEMPLATE_NAMES = ("base.html", "alert.txt", "alert.html", "digest.txt", "digest.
 #: Renderer.render() holds every context to this list, so it cannot drift from the code.
 CONTEXT = {
     "alert": frozenset({"firm_name", "subject", "items", "escalated", "recipient", "recipient_name", "token",
-                        "now_local", "timezone"}),
+                        "now_local", "timezone", "clients"}),
     "digest": frozenset({"firm_name", "subject", "partner_name", "timezone", "week_from", "week_to", "figures",
                          "rag", "rag_pct", "at_risk", "clients", "owners", "unowned", "no_principal", "discovered",
                          "undelivered", "undelivered_total", "never_answered", "waits_expire_after"}),
