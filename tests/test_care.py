@@ -489,3 +489,31 @@ def test_a_question_dated_after_its_delivery_is_answered_by_a_reply_sent_in_betw
     a = contact(status(tmp_path, mail, london(2026, 6, 16, 9, 0)), ALICE)
     assert a["waiting"] == [] and a["response_time"]["median_business_minutes"] == 30
     assert a["last_inbound_at"] == "2026-06-15T09:00:00Z"
+
+
+def test_a_silence_never_broken_keeps_its_key_when_older_mail_is_stored(tmp_path: Path, mail: Mail) -> None:
+    """A principal nobody at the firm ever wrote to is silent since their own first message;
+    storing older mail later (a new folder, an import) moves neither that nor the alert's key,
+    so the alert is not resolved and raised again."""
+    mail.add(ALICE, [SHARED], "Hello", london(2026, 9, 1, 10, 0))
+    mail.add(BOB, [SHARED], "Portal", london(2026, 10, 20, 10, 0))
+    now = london(2026, 11, 16, 12, 0)
+    doc = status(tmp_path, mail, now)
+    before = next(lp for lp in contact(doc, ALICE)["lapses"] if lp["kind"] == "silent")
+    assert before["since"] == "2026-09-01T09:00:00Z" and before["facts"]["never"]
+    mail.add(BOB, [SHARED], "An old message, imported", london(2025, 3, 3, 10, 0))  # older than anything
+    doc = status(tmp_path, mail, now)
+    after = next(lp for lp in contact(doc, ALICE)["lapses"] if lp["kind"] == "silent")
+    assert after["key"] == before["key"] and after["since"] == before["since"]
+
+
+def test_going_quiet_counts_from_the_last_message_itself(tmp_path: Path, mail: Mail) -> None:
+    """'Since Tue 20 Oct 01:00' for someone who last wrote at 10:00 came from UTC day numbers."""
+    for day in range(1, 41, 4):  # every four days through September and into October
+        mail.add(GINA, [SHARED], f"Note {day}", london(2026, 9, 1, 10, 0) + timedelta(days=day))
+    last = london(2026, 9, 1, 10, 0) + timedelta(days=37)
+    doc = status(tmp_path, mail, london(2026, 11, 20, 10, 0))
+    quiet = next(lp for lp in contact(doc, GINA)["lapses"] if lp["kind"] == "going_quiet")
+    assert quiet["since"] == last.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    days = (london(2026, 11, 20, 10, 0) - last).total_seconds() / 86400
+    assert quiet["facts"]["current_gap_days"] == round(days, 1)

@@ -416,6 +416,18 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
         observation_start: float | None = obs_row[0]  # epoch seconds of the first client message
         considered = int(obs_row[1])
 
+        # A contact the firm never wrote to is silent since their first message (or, with none,
+        # since records began): one grouped query for those contacts only.
+        first_seen: dict[int, float] = {}
+        never_written = [c for c in contacts if c not in last_out]
+        cond_c, ids_c = among(store.dialect, "contact_id", "INTEGER")
+        first_sql = text(
+            f"SELECT contact_id, {epoch('MIN(sent_at)')} FROM message_contact WHERE {cond_c} "
+            "AND automated = :f AND sent_at <= :now GROUP BY contact_id").bindparams(now_param, flags[1], ids_c)
+        for k in range(0, len(never_written), 500):
+            for contact, first_ts in conn.execute(first_sql, {"now": now, "ids": never_written[k:k + 500]}).all():
+                if first_ts is not None:
+                    first_seen[contact] = first_ts
         # Going quiet needs each contact's active days, but only for contacts silent longer
         # than the floor: the rest cannot be going quiet.
         active_days: dict[int, list[int]] = defaultdict(list)
@@ -481,12 +493,15 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
                         expected, {"message_id": mid, "subject": subj, "chasers": chasers,
                                    "business_minutes": biz}))
             if th.silence_after_days is not None and obs is not None:
-                since_ts = last_out.get(cc.id, obs)
+                never = cc.id not in last_out
+                since_ts = last_out[cc.id] if not never else max(first_seen.get(cc.id, obs), obs)
                 silent_days = (now_ts - since_ts) / DAY
                 if silent_days > th.silence_after_days and not cc.discovered:
-                    never = cc.id not in last_out
+                    # The key of a silence never broken does not move when older mail is stored
+                    # (a new folder, an import): the alert is the same one until the firm writes.
+                    key = f"silent:{cc.id}:never" if never else f"silent:{cc.id}:{int(since_ts)}"
                     cc.lapses.append(Lapse(
-                        "silent", f"silent:{cc.id}:{int(since_ts)}", cl.name, cc.email, from_ts(since_ts),
+                        "silent", key, cl.name, cc.email, from_ts(since_ts),
                         (f"nobody at the firm has written to {cc.name} ({cc.role}) "
                          + ("since records began" if never else f"for {silent_days:.0f} days")),
                         f"a word at least every {th.silence_after_days:.0f} days",
@@ -496,10 +511,13 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
             if th.going_quiet and len(days) >= book.going_quiet_min:
                 gaps = [b - a for a, b in zip(days, days[1:], strict=False)]
                 usual = median(gaps)
-                current = now_ts / DAY - days[-1]
+                # Counted from their last message itself (not the UTC day it fell on), as the
+                # silence is: the email's "since" and the digest's days agree to the minute.
+                last_word = last_in.get(cc.id, days[-1] * DAY)
+                current = (now_ts - last_word) / DAY
                 if current > book.going_quiet_factor * usual and current * DAY > book.going_quiet_floor_seconds:
                     cc.lapses.append(Lapse(
-                        "going_quiet", f"going_quiet:{cc.id}:{days[-1]}", cl.name, cc.email, from_ts(days[-1] * DAY),
+                        "going_quiet", f"going_quiet:{cc.id}:{days[-1]}", cl.name, cc.email, from_ts(last_word),
                         f"{cc.name} usually writes every {usual:.0f} day(s) but has been quiet for {current:.0f} days",
                         f"regular contact (about every {usual:.0f} day(s))",
                         {"usual_gap_days": usual, "current_gap_days": round(current, 1), "active_days": len(days)}))
