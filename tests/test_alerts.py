@@ -542,3 +542,27 @@ def test_one_email_counts_clients_leads_with_the_most_urgent_and_tells_each_thre
     alice = [a for a in f.alerts().values() if a.contact_email == ALICE]
     assert len(alice) == 2 and all(a.state == "acknowledged" for a in alice)
     assert all(a.state != "acknowledged" for a in f.alerts().values() if a.contact_email != ALICE)
+
+
+def test_a_reply_due_soon_is_warned_once_before_the_promise_breaks(tmp_path: Path, smtp: SmtpSink) -> None:
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}")
+    f.mail.add(ALICE, [SHARED], "Budget 2027", london(2026, 11, 16, 10, 0))  # reply within 8 business hours
+    assert f.check(at(2026, 11, 16, 15, 0)).new == []  # 5 h: nothing yet
+    rep = f.check(at(2026, 11, 16, 16, 30))  # 6.5 h: past 75 % of the window
+    assert [k.split(":")[0] for k in rep.new] == ["due_soon"]
+    (mail,) = f.received()
+    text = part(mail, "plain")
+    assert str(mail["Subject"]).startswith("Acme Ltd: reply due soon")
+    assert "1.5 h left" in text and "before Tue 17 Nov 2026 09:30" in text  # 17:30 close, 09:00 open
+    assert f.check(at(2026, 11, 16, 17, 0)).new == []  # once per wait
+    rep = f.check(at(2026, 11, 17, 9, 45))  # the promise broke: now the lapse itself
+    assert [k.split(":")[0] for k in rep.new] == ["unanswered"]
+    # The warning is never escalated: only the lapse is, eight business hours after its notice.
+    rep = f.check(at(2026, 11, 18, 9, 50))
+    assert [k.split(":")[0] for k in rep.escalated] == ["unanswered"]
+
+
+def test_the_due_soon_warning_can_be_turned_off(tmp_path: Path, smtp: SmtpSink) -> None:
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}", extra="\n[policy]\nwarn_at = 0\n")
+    f.mail.add(ALICE, [SHARED], "Budget 2027", london(2026, 11, 16, 10, 0))
+    assert f.check(at(2026, 11, 16, 16, 30)).new == [] and f.received() == []

@@ -41,6 +41,7 @@ LABELS = {
     "going_quiet": "Client going quiet",
     "slowing": "Replies slowing down",
     "unowned": "Nobody accountable",
+    "due_soon": "Reply due soon",
 }
 ACTIONS = {
     "unanswered": "reply to {contact} today, or hand the thread to a colleague and say so",
@@ -48,6 +49,7 @@ ACTIONS = {
     "silent": "send {contact} a short personal note or suggest a call",
     "going_quiet": "check in with {contact}: ask how things are going",
     "slowing": "look at the team's workload on {client}; replies are taking much longer than usual",
+    "due_soon": "reply to {contact} before {due}, or hand the thread to a colleague and say so",
     "unowned:owner": "decide who owns {client}, and ask whoever keeps the Carewatch configuration to name "
                      "them as its owner",
     "unowned:principal": "ask {client} who is accountable for the relationship on their side, and pass the "
@@ -55,7 +57,7 @@ ACTIONS = {
 }
 #: Most urgent first, in an email and in its subject: a client who had to chase, then one
 #: waiting, then hygiene, then the slower signals.
-URGENCY = ("chased", "unanswered", "unowned", "silent", "going_quiet", "slowing")
+URGENCY = ("chased", "unanswered", "due_soon", "unowned", "silent", "going_quiet", "slowing")
 ACTIVE = ("open", "notified", "escalated", "snoozed", "acknowledged")
 #: An alert ends "resolved" when its lapse cleared (the reply was sent, the firm wrote), or
 #: "expired" when its thread stopped waiting without ever being answered
@@ -213,7 +215,7 @@ class AlertDesk:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def sync(self, db: Session, picture: CarePicture, now: datetime, report: CheckReport) -> None:
-        lapses = {lp.key: lp for lp in picture.lapses}
+        lapses = {lp.key: lp for lp in picture.lapses + picture.warnings}
         clients = {c.name: c for c in picture.clients}
         existing = {a.key: a for a in db.execute(select(Alert).where(col(Alert.key).in_(list(lapses)))).scalars()} \
             if lapses else {}
@@ -262,6 +264,8 @@ class AlertDesk:
                 for r in self.first_recipients(a):
                     out.setdefault(r, []).append((a, False))
                 continue
+            if a.kind == "due_soon":
+                continue  # a warning, told once: the lapse it warns of escalates if it comes
             # The latest notice of any kind: never an escalation sooner than escalate_after
             # after the owner was told (again).
             last = max(t for t in (a.escalated_at, a.notified_at, a.created_at) if t is not None)
@@ -295,7 +299,9 @@ class AlertDesk:
                 "alert_ids": ids,
                 "action": ACTIONS.get(action_key, "look into it").format(
                     contact=name or "the contact", client=a.client_name,
-                    chasers="once" if chasers == 1 else f"{chasers} times"),
+                    chasers="once" if chasers == 1 else f"{chasers} times",
+                    due=self.local(datetime.fromisoformat(facts["due_at"].replace("Z", "+00:00")))
+                    if facts.get("due_at") else "the end of the reply window"),
             })
         escalated = any(esc for _, esc in entries)
         first = items[0]
@@ -396,7 +402,7 @@ def _one_per_thread_and_contact(entries: list[tuple[Alert, bool]]) -> list[tuple
     where: dict[tuple[str, str], list[int]] = {}
     for a, esc in sorted(entries, key=_urgency):
         facts = json.loads(a.facts or "{}")
-        if a.kind in ("chased", "unanswered"):
+        if a.kind in ("chased", "unanswered", "due_soon"):
             about = ("thread", f"{a.contact_email}|{facts.get('message_id') or a.key}")
         elif a.kind in ("silent", "going_quiet"):
             about = ("contact", a.contact_email or a.key)

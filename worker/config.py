@@ -281,6 +281,9 @@ class PolicyConfig(_Model):
     #: Calendar time after the client's last word on an unanswered thread before it stops
     #: waiting (0 = never).
     waits_expire_after: str | float = f"{defaults.WAITS_EXPIRE_AFTER_DAYS}d"
+    #: Warn the owner once when a wait has used this share of its reply window ("reply due
+    #: soon"), so the reply goes out in time; 0 turns the warning off.
+    warn_at: float = Field(default=defaults.WARN_AT_SHARE, ge=0, lt=1)
     #: Business time after the client's previous unanswered message before another one on the
     #: thread counts as a chaser ("any news?"), not a postscript ("forgot the attachment").
     chaser_after: str | float = f"{defaults.CHASER_AFTER_MINUTES}m"

@@ -81,6 +81,8 @@ BUSINESS_HOURS = {
 }
 
 # --- alerts and delivery ------------------------------------------------------------------
+#: Share of a wait's reply window after which its owner hears "reply due soon" (policy.warn_at).
+WARN_AT_SHARE = 0.75
 #: Business minutes after the client's previous unanswered message before a further one on the
 #: thread is a chaser (policy.chaser_after).
 CHASER_AFTER_MINUTES = 60

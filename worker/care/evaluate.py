@@ -120,6 +120,8 @@ class ContactCare:
     waiting: list[Wait] = field(default_factory=list)
     stats: ResponseStats | None = None
     lapses: list[Lapse] = field(default_factory=list)
+    #: Waits close to their reply window (policy.warn_at): not lapses yet, a warning to the owner.
+    due_soon: list[Lapse] = field(default_factory=list)
 
     def to_json(self, now: datetime, d: DateOut = iso) -> dict[str, Any]:
         return {
@@ -133,6 +135,7 @@ class ContactCare:
                          "chased": w.chased} for w in self.waiting],
             "response_time": self.stats.to_json() if self.stats else None,
             "lapses": [lp.to_json(d) for lp in self.lapses],
+            "due_soon": [lp.to_json(d) for lp in self.due_soon],
         }
 
 
@@ -194,6 +197,11 @@ class CarePicture:
     @property
     def lapses(self) -> list[Lapse]:
         return [lp for c in self.clients for lp in c.all_lapses]
+
+    @property
+    def warnings(self) -> list[Lapse]:
+        """Waits that will lapse soon (policy.warn_at): the owner is warned once, never escalated."""
+        return [lp for c in self.clients for ct in c.contacts for lp in ct.due_soon]
 
     def _head(self) -> dict[str, Any]:
         from .. import __version__
@@ -478,6 +486,14 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
                 if chasers is None:
                     continue  # a later message of an episode: the first one carries the lapse
                 biz = round(w.business_minutes, 1)
+                if book.warn_at and not chasers and book.warn_at * reply_within <= w.business_minutes <= reply_within:
+                    due = from_ts(book.calendar(cl.name).add_minutes(since, reply_within))
+                    cc.due_soon.append(Lapse(
+                        "due_soon", f"due_soon:{cc.id}:{mid}", cl.name, cc.email, w.since,
+                        f"{cc.name} has waited {fmt_minutes(w.business_minutes)} of business time for a reply to "
+                        f"\u201c{subj}\u201d: {fmt_minutes(reply_within - w.business_minutes)} left", expected,
+                        {"message_id": mid, "subject": subj, "business_minutes": biz,
+                         "reply_within_minutes": reply_within, "due_at": iso(due)}))
                 if w.business_minutes > reply_within:
                     cc.lapses.append(Lapse(
                         "unanswered", f"unanswered:{cc.id}:{mid}", cl.name, cc.email, w.since,

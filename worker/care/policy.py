@@ -36,6 +36,8 @@ class PolicyBook:
         self.stats_window_days = self.policy.stats_window_days
         #: Seconds after the client's last word before an unanswered thread stops waiting (0: never).
         self.waits_expire_seconds = parse_duration_minutes(self.policy.waits_expire_after, business=False) * 60
+        #: Share of the reply window after which the owner is warned (0: never).
+        self.warn_at = self.policy.warn_at
         #: Business minutes between two unanswered messages for the later to be a chaser.
         self.chaser_after_minutes = parse_duration_minutes(self.policy.chaser_after, business=True)
 
