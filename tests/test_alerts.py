@@ -566,3 +566,14 @@ def test_the_due_soon_warning_can_be_turned_off(tmp_path: Path, smtp: SmtpSink) 
     f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}", extra="\n[policy]\nwarn_at = 0\n")
     f.mail.add(ALICE, [SHARED], "Budget 2027", london(2026, 11, 16, 10, 0))
     assert f.check(at(2026, 11, 16, 16, 30)).new == [] and f.received() == []
+
+
+def test_a_dry_run_at_night_shows_every_email_the_morning_will_send(firm: Firm) -> None:
+    r = runner.invoke(
+        app, ["--config", str(firm.path), "check", "--dry-run", "--scan", "--now", "2026-11-17T22:00:00Z"],
+        env={"CAREWATCH__NOTIFY__TRANSPORT": '"smtp"', "COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "quiet hours: 3 alert(s) held until 2026-11-18 09:00 UTC" in r.output
+    assert r.output.count("Held for quiet hours: goes at 2026-11-18 09:00 UTC") == 2  # Olivia's and Oscar's
+    assert "To: olivia@firm.example" in r.output and "Budget 2027" in r.output
+    assert firm.smtp.messages == [] and firm.outbox() == [] and firm.alerts() == {}

@@ -97,6 +97,8 @@ class PlannedEmail:
     items: list[dict[str, Any]]
     text: str
     html: str
+    #: Held for quiet hours: the email as it would go at the next opening (dry runs show it).
+    held_until: datetime | None = None
 
 
 @dataclass
@@ -120,7 +122,9 @@ class CheckReport:
                 "snoozed": self.snoozed, "commands": self.commands,
                 "hold_until": self.hold_until.isoformat() + "Z" if self.hold_until else None,
                 "emails": [{"to": e.recipients, "subject": e.subject, "message_id": e.message_id,
-                            "items": [i["key"] for i in e.items]} for e in self.emails],
+                            "items": [i["key"] for i in e.items],
+                            "held_until": e.held_until.isoformat() + "Z" if e.held_until else None}
+                           for e in self.emails],
                 "delivery": None if self.delivery is None else {
                     "sent": self.delivery.sent, "retrying": self.delivery.retrying, "failed": self.delivery.failed}}
 
@@ -336,8 +340,14 @@ class AlertDesk:
                 if n.quiet_hours and not is_open:
                     urgent: list[tuple[Alert, bool]] = [
                         (a, e) for a, e in entries if e and n.escalations_ignore_quiet_hours]
-                    held = [a.key for a, e in entries if (a, e) not in urgent]
-                    report.held += held
+                    held = [(a, e) for a, e in entries if (a, e) not in urgent]
+                    report.held += [a.key for a, _ in held]
+                    if dry_run and held:
+                        # A dry run at night shows what the morning will send, and when.
+                        opening = from_ts(self.calendar.next_open(to_ts(now)))
+                        later, _ = self.compose(renderer, secret, recipient, held, opening, people)
+                        later.held_until = opening
+                        report.emails.append(later)
                     entries = urgent
                     if not entries:
                         continue

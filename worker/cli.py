@@ -477,7 +477,8 @@ def check(
     for c in report.commands:
         out.print(f"reply: {c}", highlight=False, markup=False)
     for e in report.emails:
-        out.print(f"\nTo: {', '.join(e.recipients)}\nSubject: {e.subject}", highlight=False, markup=False)
+        when = f"\nHeld for quiet hours: goes at {e.held_until:%Y-%m-%d %H:%M} UTC" if e.held_until else ""
+        out.print(f"\nTo: {', '.join(e.recipients)}\nSubject: {e.subject}{when}", highlight=False, markup=False)
         if dry_run:
             out.print(e.text, highlight=False, markup=False)
     if report.delivery:

@@ -211,6 +211,9 @@ class Worker:
             with exclusive(self.store, "check") as mine:
                 if mine:
                     rep = AlertDesk(self.store, self.config).check(utcnow(), deliver=False)
+                    if rep.held:
+                        log.info("quiet hours: %d alert(s) held until %s UTC", len(rep.held),
+                                 f"{rep.hold_until:%Y-%m-%d %H:%M}" if rep.hold_until else "the next opening")
                     if rep.new or rep.escalated or rep.resolved or rep.expired:
                         log.info("alerts: %d new, %d escalated, %d resolved, %d expired unanswered; "
                                  "%d email(s) queued", len(rep.new), len(rep.escalated), len(rep.resolved),
