@@ -272,3 +272,18 @@ def test_the_digest_names_the_questions_that_stopped_waiting_unanswered(tmp_path
     figure = next(x for x in context(later, f.config)["figures"] if x["label"] == "Never answered")
     assert (figure["value"], figure["before"], figure["delta"]["good"]) == ("0", "2", True)
     assert "NEVER ANSWERED" not in render_digest(later, f.config)[1]
+
+
+def test_every_amber_or_red_client_says_why(tmp_path: Path, smtp) -> None:  # type: ignore[no-untyped-def]
+    """A client with a message still within policy is amber: the digest says that is why."""
+    f = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}")
+    f.mail.add(ALICE, [SHARED], "Budget 2027", london(2026, 11, 16, 10, 0))
+    f.scan()
+    d = build_digest(f.store, f.config, f.config.settings.partners[0], at(2026, 11, 16, 12, 0))
+    rows = {c["name"]: c for c in context(d, f.config)["clients"]}
+    assert rows["Acme Ltd"]["rag"] == "amber"
+    assert rows["Acme Ltd"]["why"] == "1 message waiting for a reply, still within policy (the longest for 2.0 h " \
+                                      "of business time)"
+    assert all(c["why"] for c in rows.values() if c["rag"] != "green")
+    _, text, html = render_digest(d, f.config)
+    assert "why: 1 message waiting for a reply, still within policy" in text and "still within policy" in html

@@ -215,6 +215,11 @@ def build_digest(
             continue
         lapses = c.all_lapses
         reasons = [lp.detail for lp in sorted(lapses, key=lambda lp: (-SEVERITY.get(lp.kind, 0), lp.since))]
+        if not reasons and c.open_waits:
+            # Amber without a lapse: say so, rather than show a colour with no reason.
+            longest = max(w.business_minutes for ct in c.contacts for w in ct.waiting)
+            reasons = [f"{c.open_waits} message{'' if c.open_waits == 1 else 's'} waiting for a reply, still within "
+                       f"policy (the longest for {fmt_minutes(longest)} of business time)"]
         p = c.principal
         rows.append(
             ClientRow(
@@ -425,6 +430,8 @@ def context(d: Digest, config: Config) -> dict[str, Any]:
             "spark": spark_text(r.trend),
             "principal_days": "–" if r.days_since_principal is None else f"{r.days_since_principal:.0f}",
             "open_alerts": r.open_alerts,
+            # Why it is amber or red, in a few words: every colour has its reason.
+            "why": _sentence(r.reasons[0]) if r.rag != "green" and r.reasons else "",
         }
         for r in d.clients
     ]
