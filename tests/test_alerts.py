@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import re
 import os
 from datetime import UTC, datetime
 from email import policy
@@ -577,3 +578,8 @@ def test_a_dry_run_at_night_shows_every_email_the_morning_will_send(firm: Firm) 
     assert r.output.count("Held for quiet hours: goes at 2026-11-18 09:00 UTC") == 2  # Olivia's and Oscar's
     assert "To: olivia@firm.example" in r.output and "Budget 2027" in r.output
     assert firm.smtp.messages == [] and firm.outbox() == [] and firm.alerts() == {}
+    # The reference shown is the one the morning's real send uses.
+    shown = set(re.findall(r"\[cw:([0-9a-f]+)\]", r.output))
+    firm.check(at(2026, 11, 18, 9, 7))
+    sent = {str(m["Subject"]).rsplit("[cw:", 1)[1].rstrip("]") for m in firm.received()}
+    assert shown == sent and len(sent) == 2

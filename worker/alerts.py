@@ -84,6 +84,16 @@ def token_secret(store: Store, db: Session, env_name: str | None = None) -> byte
     return bytes.fromhex(row.value)
 
 
+def ensure_token_secret(store: Store) -> None:
+    """Make the stored secret, in a transaction of its own, before a check begins: a dry run
+    (rolled back) must sign with the secret the real send will use."""
+    with store.session() as db:
+        if db.get(Meta, "token_secret") is None:
+            store.insert_ignore(db, table_of(Meta), [{"key": "token_secret", "value": secrets.token_hex(32)}],
+                                ["key"])
+            db.commit()
+
+
 def make_token(secret: bytes, message_id: str) -> str:
     return hmac.new(secret, message_id.encode(), hashlib.sha256).hexdigest()[:20]
 
@@ -234,7 +244,8 @@ class AlertDesk:
                           created_at=now, updated_at=now)
             else:
                 if a.state in CLOSED:  # the lapse is back (a new chaser, a changed policy)
-                    a.state, a.level, a.resolved_at, a.notified_at, a.escalated_at = "open", 0, None, None, None
+                    # (resolved_at stays: it tells this notice from the first one.)
+                    a.state, a.level, a.notified_at, a.escalated_at = "open", 0, None, None
                     report.reopened.append(key)
                 elif a.state == "snoozed" and a.snoozed_until and a.snoozed_until <= now:
                     # The owner asked to hear about it again now: told again, and the escalation
@@ -283,8 +294,14 @@ class AlertDesk:
     def compose(self, renderer: Renderer, secret: bytes, recipient: str, entries: list[tuple[Alert, bool]],
                 now: datetime, people: dict[str, tuple[str, str]] | None = None) -> tuple[PlannedEmail, str]:
         n = self.settings.notify
-        keys = "|".join(f"{a.key}#{a.level + (1 if esc else 0)}" for a, esc in entries)
-        digest = hashlib.sha256(f"{recipient}|{now.isoformat()}|{keys}".encode()).hexdigest()[:24]
+        # The id (and so the reference owners reply with) depends on what is told, not on the
+        # minute the check ran: the same alerts at the same level, on the same business day, are
+        # the same email, so a dry run at night shows the reference the morning's send will use.
+        # A notice after a snooze or a reopening differs by those (snoozed_until, resolved_at).
+        keys = "|".join(sorted(f"{a.key}#{a.level + (1 if esc else 0)}#{a.snoozed_until}#{a.resolved_at}"
+                               for a, esc in entries))
+        day = from_naive(now).astimezone(self.tz).date().isoformat()
+        digest = hashlib.sha256(f"{recipient}|{day}|{keys}".encode()).hexdigest()[:24]
         domain = n.from_address.rpartition("@")[2] or "carewatch.local"
         message_id = f"<cw.{digest}@{domain}>"
         token = make_token(secret, message_id)
@@ -325,6 +342,8 @@ class AlertDesk:
         `deliver` is False: the worker delivers under its own lock) deliver them."""
         report = CheckReport(now=now)
         renderer = Renderer(self.config)
+        if not self.settings.notify.token_secret_env:
+            ensure_token_secret(self.store)
         with self.store.session() as db:
             self.apply_commands(db, now, report)
             db.flush()

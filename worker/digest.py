@@ -428,7 +428,8 @@ def context(d: Digest, config: Config) -> dict[str, Any]:
             "median": hours(r.median_response_minutes),
             "bars": spark_bars(r.trend),
             "spark": spark_text(r.trend),
-            "principal_days": "–" if r.days_since_principal is None else f"{r.days_since_principal:.0f}",
+            # Whole days completed, as the emails and the reasons count them.
+            "principal_days": "–" if r.days_since_principal is None else f"{int(r.days_since_principal)}",
             "open_alerts": r.open_alerts,
             # Why it is amber or red, in a few words: every colour has its reason.
             "why": _sentence(r.reasons[0]) if r.rag != "green" and r.reasons else "",

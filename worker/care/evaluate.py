@@ -235,6 +235,12 @@ def rnd(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
 
 
+def _whole_days(days: float, one: str = "1 day") -> str:
+    """Days as everywhere in Carewatch (emails, status, digest): whole days completed."""
+    n = int(days)
+    return one if n == 1 else f"{n} days"
+
+
 def days_between(a: datetime | None, b: datetime) -> float | None:
     return None if a is None else round((b - a).total_seconds() / DAY, 1)
 
@@ -519,7 +525,7 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
                     cc.lapses.append(Lapse(
                         "silent", key, cl.name, cc.email, from_ts(since_ts),
                         (f"nobody at the firm has written to {cc.name} ({cc.role}) "
-                         + ("since records began" if never else f"for {silent_days:.0f} days")),
+                         + ("since records began" if never else f"for {_whole_days(silent_days)}")),
                         f"a word at least every {th.silence_after_days:.0f} days",
                         {"days": round(silent_days, 1), "silence_after_days": th.silence_after_days,
                          "never": never}))
@@ -534,8 +540,9 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
                 if current > book.going_quiet_factor * usual and current * DAY > book.going_quiet_floor_seconds:
                     cc.lapses.append(Lapse(
                         "going_quiet", f"going_quiet:{cc.id}:{days[-1]}", cl.name, cc.email, from_ts(last_word),
-                        f"{cc.name} usually writes every {usual:.0f} day(s) but has been quiet for {current:.0f} days",
-                        f"regular contact (about every {usual:.0f} day(s))",
+                        f"{cc.name} usually writes every {_whole_days(usual, 'day')} but has been quiet for "
+                        f"{_whole_days(current)}",
+                        f"regular contact (about every {_whole_days(usual, 'day')})",
                         {"usual_gap_days": usual, "current_gap_days": round(current, 1), "active_days": len(days)}))
         recent = [r.business_minutes for r in care.responses if now_ts - WEEK < r.replied_at <= now_ts]
         base = [r.business_minutes for r in care.responses
