@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import email
-import re
 import os
+import re
 from datetime import UTC, datetime
 from email import policy
 from pathlib import Path

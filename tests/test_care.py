@@ -517,3 +517,21 @@ def test_going_quiet_counts_from_the_last_message_itself(tmp_path: Path, mail: M
     assert quiet["since"] == last.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     days = (london(2026, 11, 20, 10, 0) - last).total_seconds() / 86400
     assert quiet["facts"]["current_gap_days"] == round(days, 1)
+
+
+def test_a_principal_listed_today_is_not_silent_since_records_began(tmp_path: Path, mail: Mail) -> None:
+    """Silence toward a contact nobody wrote to counts from the later of their first message and
+    the day Carewatch first listed them: a client added to the config today is not 'silent
+    for 70 days' today."""
+    import sqlite3
+
+    mail.add(ALICE, [SHARED], "Hello", london(2026, 9, 1, 10, 0))
+    doc = status(tmp_path, mail, london(2026, 11, 16, 12, 0))
+    assert "silent" in kinds(contact(doc, ALICE))  # listed before (unknown to this store): as before
+    with sqlite3.connect(tmp_path / "cw.db") as db:  # as if the client had been listed on 10 November
+        db.execute("UPDATE contact SET first_seen_at = '2026-11-10 09:00:00.000000' WHERE email = ?", (ALICE,))
+    doc = status(tmp_path, mail, london(2026, 11, 16, 12, 0))
+    assert "silent" not in kinds(contact(doc, ALICE))
+    doc = status(tmp_path, mail, london(2026, 12, 14, 12, 0))  # 34 days after the listing
+    silent = next(lp for lp in contact(doc, ALICE)["lapses"] if lp["kind"] == "silent")
+    assert silent["since"] == "2026-11-10T09:00:00Z" and silent["key"].endswith(":never")

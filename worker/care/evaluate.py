@@ -308,7 +308,8 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
             *columns(Client.id, Client.name, Client.internal, Client.owner_email, Client.backup_email))
             .where(col(Client.active)))}
         contacts = {c.id: c for c in db.execute(select(
-            *columns(Contact.id, Contact.email, Contact.name, Contact.role, Contact.client_id, Contact.discovered))
+            *columns(Contact.id, Contact.email, Contact.name, Contact.role, Contact.client_id, Contact.discovered,
+                     Contact.first_seen_at))
             .where(col(Contact.active))) if c.client_id in clients}
     if client_filter:
         clients = {k: v for k, v in clients.items() if v.name.lower() == client_filter.lower()}
@@ -517,6 +518,11 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
             if th.silence_after_days is not None and obs is not None:
                 never = cc.id not in last_out
                 since_ts = last_out[cc.id] if not never else max(first_seen.get(cc.id, obs), obs)
+                listed = contacts[cc.id].first_seen_at if cc.id in contacts else None
+                if never and listed is not None and obs <= to_ts(listed) <= now_ts:
+                    # Not silent since before Carewatch knew of them (the day the client was
+                    # listed); a replay of a time before that counts as it always did.
+                    since_ts = max(since_ts, to_ts(listed))
                 silent_days = (now_ts - since_ts) / DAY
                 if silent_days > th.silence_after_days and not cc.discovered:
                     # The key of a silence never broken does not move when older mail is stored

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import UTC, datetime
 
 from sqlmodel import select
 
@@ -95,6 +96,10 @@ def sync_directory(store: Store, config: Config) -> bool:
             assert client_id is not None
             for ct in cc.contacts:
                 contact = contacts.get(ct.email) or Contact(email=ct.email, client_id=client_id)
+                if contact.first_seen_at is None:
+                    # When Carewatch first heard of this person: a silence never broken is not
+                    # counted from before the client was listed (care/evaluate.py).
+                    contact.first_seen_at = datetime.now(UTC).replace(tzinfo=None)
                 contact.name, contact.role, contact.client_id = ct.name, ct.role, client_id
                 contact.discovered, contact.active = False, True
                 db.add(contact)
