@@ -33,6 +33,9 @@ SNIPPET_BYTES = 2048
 #: their own. On the 118k demo, snippets of all of INBOX in a FETCH of their own cost Dovecot
 #: 18-38 µs a message (it reads each message file again); asked for with the headers, 0-12.
 SNIPPETS_WITH_HEADERS_SHARE = 0.25
+#: Seconds a FETCH's answers may take per message asked for, on top of IMAP_TIMEOUT_SECONDS:
+#: a server that trickles bytes is given up then (Dovecot sends thousands a second).
+IMAP_SECONDS_PER_MESSAGE = 0.05
 #: Seconds before an IMAP socket operation times out.
 IMAP_TIMEOUT_SECONDS = 60.0
 #: Longest header value we keep, in characters; hostile mail has 100k-character headers.

@@ -251,6 +251,8 @@ class Ingestor:
                 break
             try:
                 with open_source(mb) as source:
+                    if hasattr(source, "stop"):
+                        source.stop = self.stop  # a stop request ends a FETCH still being answered
                     report.folders += self.scan_mailbox(mb, source, report.errors)
             except MailboxError as exc:
                 log.error("%s", exc)

@@ -9,6 +9,8 @@ import logging
 import re
 import socket
 import ssl
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -272,6 +274,38 @@ def _lookup(data: dict[bytes, Any], prefix: bytes) -> Any:
     return None
 
 
+class _Watchdog:
+    """Ends an IMAP connection (shutting its socket, so a blocked read returns at once) when a
+    deadline passes or a stop event is set; `fired` and `reason` say which."""
+
+    def __init__(self, imap: Any, seconds: float, stop: threading.Event | None) -> None:
+        self.imap, self.seconds, self.stop = imap, seconds, stop
+        self.done = threading.Event()
+        self.fired = False
+        self.reason = ""
+
+    def __enter__(self) -> _Watchdog:
+        self.thread = threading.Thread(target=self._watch, name="imap-watchdog", daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while not self.done.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
+            stopping = self.stop is not None and self.stop.is_set()
+            if stopping or time.monotonic() >= deadline:
+                self.fired = True
+                self.reason = ("stopped while the server was still answering" if stopping else
+                               f"the server sent its answer too slowly: not complete within {self.seconds:.0f}s")
+                with contextlib.suppress(OSError):
+                    self.imap.sock.shutdown(socket.SHUT_RDWR)
+                return
+
+
 @dataclass(eq=False)
 class _InFlight:
     """Pipelined FETCH commands (one item, some UIDs) whose answers may not be read yet.
@@ -303,6 +337,8 @@ class ImapSource(MailboxSource):
         self._oauth_token = oauth_token
         self.ca_file = ca_file
         self.timeout = timeout
+        #: Set by the scan: a stop request ends a FETCH still being answered (see _Watchdog).
+        self.stop: threading.Event | None = None
         self.max_command_bytes = max_command_bytes
         self.client: imapclient.IMAPClient | None = None
         self._selected: str | None = None
@@ -526,13 +562,29 @@ class ImapSource(MailboxSource):
         Untagged answers are filed by item and UID, not by position: commands running side
         by side may interleave their answers."""
         wanted = set(upto.tags) if upto is not None else {t for f in self._inflight for t in f.tags}
-        imap = self.c._imap if wanted - self._completed.keys() else None
+        if not wanted - self._completed.keys():
+            return
+        imap = self.c._imap
+        # A server that trickles (a few bytes every few seconds, never silent for the socket's
+        # timeout) would hold the scan for ever: the answers have a deadline, in proportion to
+        # what was asked, and the watchdog ends the connection when it passes, or when the scan
+        # is told to stop (Ctrl-C, SIGTERM), whatever the server does.
+        messages = sum(len(f.uids) for f in self._inflight)
+        budget = self.timeout + messages * defaults.IMAP_SECONDS_PER_MESSAGE
+        with _Watchdog(imap, budget, self.stop) as watchdog:
+            self._read_answers(imap, wanted, watchdog)
+
+    def _read_answers(self, imap: Any, wanted: set[bytes], watchdog: _Watchdog) -> None:
         while wanted - self._completed.keys():
             try:
                 answers, data, tag, status, text = read_until_tagged(imap)
-            except imaplib.IMAP4.abort:  # the connection is gone, and every answer with it
+            except (imaplib.IMAP4.abort, OSError, ValueError) as exc:  # the connection is gone, every answer with it
                 self._inflight.clear()
-                raise
+                if watchdog.fired:
+                    raise MailboxError(watchdog.reason, where=self._where()) from None
+                if isinstance(exc, imaplib.IMAP4.abort):
+                    raise
+                raise imaplib.IMAP4.abort(f"connection lost: {exc}") from exc
             self._completed[tag] = None if status == b"OK" else (
                 f"FETCH {status.decode(errors='replace')}: {text.decode(errors='replace')}"[:500])
             others = fetch_answers(data) if data else []
