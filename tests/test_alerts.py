@@ -583,3 +583,55 @@ def test_a_dry_run_at_night_shows_every_email_the_morning_will_send(firm: Firm) 
     firm.check(at(2026, 11, 18, 9, 7))
     sent = {str(m["Subject"]).rsplit("[cw:", 1)[1].rstrip("]") for m in firm.received()}
     assert shown == sent and len(sent) == 2
+
+
+def test_replies_that_cannot_be_trusted_are_refused(firm: Firm) -> None:
+    """Through the mailbox: a From that fails DMARC, a reference copied into a new message (no
+    In-Reply-To or References to the alert email), and an old email's reference once its alerts
+    were told again; a reply that passes DKIM for the owner's domain, or that Exchange marks as
+    sent inside the organisation, is applied."""
+    firm.check(at(2026, 11, 17, 12, 0))
+    mail = next(m for m in firm.received() if m["To"] == OLIVIA)
+    subject = "Re: " + str(mail["Subject"])
+    forged = {"Authentication-Results": "mx.firm.example; spf=fail smtp.mailfrom=evil.example; dkim=none; "
+                                        "dmarc=fail (p=reject) header.from=firm.example"}
+    firm.mail.add(OLIVIA, [SHARED], subject, london(2026, 11, 17, 12, 5), reply_to=str(mail["Message-ID"]),
+                  body="done", extra_headers=forged)
+    firm.mail.add(OLIVIA, [SHARED], subject, london(2026, 11, 17, 12, 6), refs=[], body="done")  # no quote
+    rep = firm.check(at(2026, 11, 17, 12, 10))
+    # (The forged one was refused as it was read; the unquoted one when applied.)
+    assert rep.commands == [f"done from {OLIVIA}: refused: the reply does not answer the alert email (no "
+                            "In-Reply-To or References to it)"]
+    results = {c.message_id: c.result for c in _commands(firm)}
+    assert any("is not authenticated" in (r or "") for r in results.values())
+    assert any("does not answer the alert email" in (r or "") for r in results.values())
+    assert all(a.state == "notified" for a in firm.alerts().values())
+    # Signed by the owner's domain: applied.
+    signed = {"Authentication-Results": "mx.firm.example; dkim=pass header.d=firm.example; dmarc=none"}
+    firm.mail.add(OLIVIA, [SHARED], subject, london(2026, 11, 17, 12, 15), reply_to=str(mail["Message-ID"]),
+                  body="snooze 4h", extra_headers=signed)
+    rep = firm.check(at(2026, 11, 17, 12, 20))
+    assert any("snoozed 2" in c for c in rep.commands), rep.commands
+
+
+def test_an_old_alert_emails_reference_stops_working_once_its_alerts_were_told_again(firm: Firm) -> None:
+    firm.check(at(2026, 11, 17, 12, 0))
+    old = next(m for m in firm.received() if m["To"] == OLIVIA)
+    firm.check(at(2026, 11, 18, 12, 5))  # eight business hours on: escalated, a new email
+    internal = {"X-MS-Exchange-Organization-AuthAs": "Internal",
+                "Authentication-Results": "dkim=none (message not signed) header.d=none;dmarc=none"}
+    firm.mail.add(OLIVIA, [SHARED], "Re: " + str(old["Subject"]), london(2026, 11, 18, 12, 10),
+                  reply_to=str(old["Message-ID"]), body="done", extra_headers=internal)
+    rep = firm.check(at(2026, 11, 18, 12, 15))
+    assert rep.commands and all("a newer alert email about these alerts replaces this one" in c
+                                for c in rep.commands), rep.commands
+    newest = [m for m in firm.received() if m["To"] == OLIVIA][-1]
+    firm.mail.add(OLIVIA, [SHARED], "Re: " + str(newest["Subject"]), london(2026, 11, 18, 12, 20),
+                  reply_to=str(newest["Message-ID"]), body="done", extra_headers=internal)
+    rep = firm.check(at(2026, 11, 18, 12, 25))
+    assert any("closed" in c for c in rep.commands), rep.commands
+
+
+def _commands(firm: Firm) -> list[AlertCommand]:
+    with firm.store.session() as db:
+        return list(db.execute(select(AlertCommand)).scalars())

@@ -194,6 +194,10 @@ class AlertDesk:
         # The token must be the one we signed for that very email (altered tokens fail here).
         if not cmd.token or not hmac.compare_digest(cmd.token, make_token(secret, email.message_id)):
             return "refused: the reference does not match the email it answers", False
+        if cmd.in_reply_to != email.message_id:
+            # A reply quotes the email it answers: a reference copied into a new message (from an
+            # owner's earlier reply, say) is not enough.
+            return "refused: the reply does not answer the alert email (no In-Reply-To or References to it)", False
         if cmd.received_at < email.created_at or cmd.received_at > email.created_at + timedelta(days=TOKEN_VALID_DAYS):
             return "refused: the reference has expired", False
         groups = [[int(x) for x in g.split("+") if x] for g in email.alert_ids.split(",") if g]
@@ -205,6 +209,11 @@ class AlertDesk:
                 return f"refused: the email has no item {item}", False
             groups = [groups[item - 1]]
         alerts = [a for a in (db.get(Alert, i) for g in groups for i in g) if a is not None]
+        if any((a.notified_at or email.created_at) > email.created_at or (a.escalated_at or email.created_at)
+               > email.created_at for a in alerts):
+            # Its alerts were told again since (escalated, reopened): that newer email's reference
+            # is the one that acts on them.
+            return "refused: a newer alert email about these alerts replaces this one", False
         sender = cmd.from_addr.lower()
         allowed = [a for a in alerts if sender in {a.owner_email, *self.backup_for(a)}]
         if not allowed:

@@ -31,7 +31,7 @@ FETCH_FIELDS: tuple[str, ...] = (
     "Return-Path", "Content-Type", "Content-Transfer-Encoding",
     "X-MS-Exchange-Inbox-Rules-Loop", "X-MS-Exchange-Generated-Message-Source", "X-Loop",
     "X-Failed-Recipients", "X-Carewatch-Kind", "X-Carewatch-Token", "List-Post", "Mailing-List",
-    "Feedback-ID",
+    "Feedback-ID", "Authentication-Results", "X-MS-Exchange-Organization-AuthAs",
 )
 #: The fields the automated-mail rules read (lower-cased), kept in ParsedMessage.auto_headers.
 AUTOMATION_FIELDS = frozenset(f.lower() for f in FETCH_FIELDS[9:]) | {"sender"}

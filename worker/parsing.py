@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 from collections.abc import Callable, Generator, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -252,6 +253,33 @@ def wants_snippet(m: PreparedMessage) -> bool:
     return (m.cl.direction == "inbound" and m.auto is None) or m.command
 
 
+_AUTH_RESULT_RE = re.compile(r"\b(dmarc|dkim)\s*=\s*(\w+)([^;]*)", re.IGNORECASE)
+_AUTH_DOMAIN_RE = re.compile(r"\bheader\.(?:d|i)\s*=\s*@?([\w.-]+)", re.IGNORECASE)
+
+
+def sender_not_authenticated(pm: ParsedMessage) -> str | None:
+    """Why a reply's From cannot be trusted, or None. Where the receiving server added
+    Authentication-Results (the topmost, its own), the reply must pass DMARC, or DKIM signed by
+    the sender's domain; mail the firm's Exchange marks as sent inside the organisation passes.
+    Without the header there is nothing to check (the sender and the signed reference still are)."""
+    h = pm.auto_headers
+    if h.get("x-ms-exchange-organization-authas", "").strip().lower() == "internal":
+        return None
+    results = h.get("authentication-results")
+    if not results:
+        return None
+    domain = pm.from_addr.rpartition("@")[2].lower()
+    for method, verdict, rest in _AUTH_RESULT_RE.findall(results):
+        if verdict.lower() != "pass":
+            continue
+        if method.lower() == "dmarc":
+            return None
+        signer = _AUTH_DOMAIN_RE.search(rest)
+        if signer and (signer.group(1).lower() == domain or domain.endswith("." + signer.group(1).lower())):
+            return None
+    return f"the sender {pm.from_addr} is not authenticated (Authentication-Results: {results[:120]})"
+
+
 def read_snippets(messages: list[PreparedMessage], snippets: dict[Hashable, bytes]) -> list[dict[str, Any]]:
     """Set each message's acknowledgement flag from its snippet, and return the alert-reply
     commands found in the snippets."""
@@ -271,9 +299,14 @@ def read_snippets(messages: list[PreparedMessage], snippets: dict[Hashable, byte
             continue
         verb, span, item = parsed
         pm = m.pm
+        # The alert email it answers: In-Reply-To, or failing that the latest of ours in References.
+        answers = pm.in_reply_to if pm.in_reply_to and pm.in_reply_to.startswith("<cw.") else next(
+            (r for r in reversed(pm.references) if r.startswith("<cw.")), pm.in_reply_to)
+        forged = sender_not_authenticated(pm)
         commands.append({
             "message_id": pm.message_id, "from_addr": pm.from_addr, "token": find_token(pm.subject),
-            "in_reply_to": pm.in_reply_to, "command": verb,
+            "in_reply_to": answers, "command": verb,
             "argument": (span or "") + (f"#{item}" if item else "") or None,
-            "received_at": pm.sent_at, "status": "pending"})
+            "received_at": pm.sent_at, "status": "refused" if forged else "pending",
+            "result": f"refused: {forged}" if forged else None})
     return commands
