@@ -63,6 +63,40 @@ ACTIVE = ("open", "notified", "escalated", "snoozed", "acknowledged")
 #: "expired" when its thread stopped waiting without ever being answered
 #: (policy.waits_expire_after): a failure of care, not a success, so the two are kept apart.
 CLOSED = ("resolved", "expired")
+
+
+def transition(a: Alert, event: str, now: datetime, *, until: datetime | None = None, by: str | None = None,
+               ended: str = "resolved") -> None:
+    """Every state change of an alert, in one place, each resetting what it must:
+
+    - "told":      open -> notified (the owner was emailed);
+    - "escalated": notified/escalated -> escalated, one level up (the backup was emailed too);
+    - "snoozed":   active -> snoozed until `until` (by reply or `alerts snooze`);
+    - "done":      active -> acknowledged (by reply or `alerts ack`; `by` who);
+    - "wake":      snoozed -> open when the snooze is over: told again, and the escalation
+                   clock starts again from that notice;
+    - "reopen":    resolved/expired -> open, level 0, when its lapse is back (a chaser, a
+                   policy change); resolved_at stays, telling this notice from the first;
+    - "end":       active -> `ended` ("resolved" when the lapse cleared, "expired" when its
+                   thread stopped waiting unanswered).
+    """
+    if event == "told":
+        a.state, a.notified_at = "notified", now
+    elif event == "escalated":
+        a.state, a.level, a.escalated_at = "escalated", a.level + 1, now
+    elif event == "snoozed":
+        a.state, a.snoozed_until = "snoozed", until
+    elif event == "done":
+        a.state, a.acknowledged_at, a.acknowledged_by = "acknowledged", now, by
+    elif event == "wake":
+        a.state, a.notified_at, a.escalated_at = "open", None, None
+    elif event == "reopen":
+        a.state, a.level, a.notified_at, a.escalated_at = "open", 0, None, None
+    elif event == "end":
+        a.state, a.resolved_at = ended, now
+    else:
+        raise ValueError(f"no such alert transition: {event!r}")
+    a.updated_at = now
 #: Replies to an alert email are accepted for this long after it was sent.
 TOKEN_VALID_DAYS = 30
 # --- tokens --------------------------------------------------------------------------------------
@@ -224,13 +258,10 @@ class AlertDesk:
                 continue
             if cmd.command == "snooze":
                 minutes = min(parse_duration_minutes(span or "1d", business=False), self.max_snooze_minutes)
-                a.state = "snoozed"
-                a.snoozed_until = cmd.received_at + timedelta(minutes=minutes)
+                transition(a, "snoozed", now, until=cmd.received_at + timedelta(minutes=minutes))
             else:
-                a.state = "acknowledged"
-                a.acknowledged_at = cmd.received_at
-                a.acknowledged_by = sender
-            a.updated_at = now
+                transition(a, "done", now, by=sender)
+                a.acknowledged_at = cmd.received_at  # when the owner said so, not when it was read
             db.add(a)
             done.append(a.key)
         verb = "snoozed" if cmd.command == "snooze" else "closed"
@@ -253,13 +284,10 @@ class AlertDesk:
                           created_at=now, updated_at=now)
             else:
                 if a.state in CLOSED:  # the lapse is back (a new chaser, a changed policy)
-                    # (resolved_at stays: it tells this notice from the first one.)
-                    a.state, a.level, a.notified_at, a.escalated_at = "open", 0, None, None
+                    transition(a, "reopen", now)
                     report.reopened.append(key)
                 elif a.state == "snoozed" and a.snoozed_until and a.snoozed_until <= now:
-                    # The owner asked to hear about it again now: told again, and the escalation
-                    # clock starts again from that notice.
-                    a.state, a.notified_at, a.escalated_at = "open", None, None
+                    transition(a, "wake", now)  # the owner asked to hear about it again now
                 # The picture moves on (waits grow longer): keep the latest words.
                 a.detail, a.expected, a.facts = lp.detail, lp.expected, json.dumps(lp.facts, sort_keys=True)
                 if c is not None:
@@ -271,7 +299,7 @@ class AlertDesk:
             if a.key not in lapses:
                 # An alert its owner closed ("done") was handled, by phone perhaps: resolved.
                 ended = "expired" if a.key in picture.expired and a.state != "acknowledged" else "resolved"
-                a.state, a.resolved_at, a.updated_at = ended, now, now
+                transition(a, "end", now, ended=ended)
                 db.add(a)
                 (report.expired if ended == "expired" else report.resolved).append(a.key)
 
@@ -403,12 +431,7 @@ class AlertDesk:
                     if a.key not in report.held and a.id is not None:
                         told[a.id] = (a, esc)
             for a, esc in told.values():
-                if esc:
-                    a.level += 1
-                    a.state, a.escalated_at = "escalated", now
-                else:
-                    a.state, a.notified_at = "notified", now
-                a.updated_at = now
+                transition(a, "escalated" if esc else "told", now)
                 db.add(a)
             if report.held:
                 report.hold_until = from_ts(self.calendar.next_open(to_ts(now)))
@@ -459,4 +482,4 @@ def from_naive(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
 
 
-__all__ = ["AlertDesk", "CheckReport", "Lapse", "find_token", "parse_command", "make_token"]
+__all__ = ["AlertDesk", "CheckReport", "Lapse", "find_token", "parse_command", "make_token", "transition"]

@@ -533,8 +533,8 @@ def alerts_list(
     out.print(t)
 
 
-def _set_alert(alert_id: int, **values: Any) -> None:
-    from .alerts import CLOSED
+def _set_alert(alert_id: int, event: str, **kw: Any) -> None:
+    from .alerts import CLOSED, transition
     from .store.models import Alert
 
     with opened_store(prepare=False) as (store, _), store.session() as db:
@@ -543,9 +543,7 @@ def _set_alert(alert_id: int, **values: Any) -> None:
             raise ConfigError([f"no alert with id {alert_id} (see `carewatch alerts list`)"])
         if a.state in CLOSED:
             raise ConfigError([f"alert {alert_id} is already {a.state}"])
-        for k, v in values.items():
-            setattr(a, k, v)
-        a.updated_at = parse_now(None)
+        transition(a, event, parse_now(None), **kw)
         db.add(a)
         db.commit()
         out.print(f"alert {alert_id} ({a.kind}, {a.client_name}): {a.state}", markup=False)
@@ -569,14 +567,14 @@ def alerts_snooze(
     longest = state.config().settings.notify.max_snooze
     if minutes > parse_duration_minutes(longest, business=False):
         raise typer.BadParameter(f"{span!r} is longer than notify.max_snooze ({longest})", param_hint="--for")
-    _set_alert(alert_id, state="snoozed", snoozed_until=parse_now(None) + timedelta(minutes=minutes))
+    _set_alert(alert_id, "snoozed", until=parse_now(None) + timedelta(minutes=minutes))
 
 
 @alerts_app.command("ack")
 @handled
 def alerts_ack(alert_id: Annotated[int, typer.Argument(help="Alert id from `carewatch alerts list`.")]) -> None:
     """Close an alert: it has been dealt with; no more reminders or escalations for this episode."""
-    _set_alert(alert_id, state="acknowledged", acknowledged_at=parse_now(None), acknowledged_by="cli")
+    _set_alert(alert_id, "done", by="cli")
 
 
 class OutboxStatus(enum.StrEnum):
