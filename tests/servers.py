@@ -411,8 +411,12 @@ class TcpProxy:
     connection is closed and new ones are dropped at once, as when a database server
     restarts or a network path fails) and restore."""
 
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", rate: int | None = None,
+                 fast: int = 0) -> None:
+        """`rate`: pass what the server sends at that many bytes a second (after its first
+        `fast` bytes), as a server that trickles does; None relays at full speed."""
         self.target = (target_host, target_port)
+        self.rate, self.fast = rate, fast
         self.port = free_port()
         self.down = threading.Event()
         self.lock = threading.Lock()
@@ -437,14 +441,22 @@ class TcpProxy:
                 continue
             with self.lock:
                 self.open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, rate in ((client, upstream, None), (upstream, client, self.rate)):
+                threading.Thread(target=self._pump, args=(a, b, rate), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, rate: int | None = None) -> None:
+        sent = 0
+        deadline = time.monotonic() + 300  # a trickle is bounded: tests end long before
         try:
-            while data := src.recv(65536):
-                dst.sendall(data)
+            while (data := src.recv(65536)) and time.monotonic() < deadline:
+                if rate is None:
+                    dst.sendall(data)
+                    continue
+                for k in range(0, len(data), 20):
+                    dst.sendall(data[k:k + 20])
+                    sent += 20
+                    if sent > self.fast:
+                        time.sleep(20 / rate)
         except OSError:
             pass
         finally:

@@ -5,15 +5,13 @@ request (Ctrl-C, SIGTERM) ends a scan within seconds whatever the server does.""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from conftest import write_config
-from servers import Dovecot, free_port
+from servers import Dovecot, TcpProxy
 
 from worker.app import prepare_store, run_scan
 from worker.config import load_config
@@ -22,47 +20,10 @@ from worker.synth import build_message
 T0 = datetime(2026, 11, 16, 9, 0)
 
 
-class TrickleProxy:
-    """A TCP relay to `target` that passes what the server sends at `rate` bytes a second,
-    after the first `fast` bytes (login and SELECT go at full speed)."""
-
-    def __init__(self, target_port: int, rate: int = 400, fast: int = 2000) -> None:
-        self.target, self.rate, self.fast = ("127.0.0.1", target_port), rate, fast
-        self.port = free_port()
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target, timeout=5)
-            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, self.rate), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, rate: int | None) -> None:
-        sent = 0
-        deadline = time.monotonic() + 120  # bounded: the test ends long before
-        try:
-            while (data := src.recv(65536)) and time.monotonic() < deadline:
-                for k in range(0, len(data), 20):
-                    dst.sendall(data[k:k + 20])
-                    sent += 20
-                    if rate is not None and sent > self.fast:
-                        time.sleep(20 / rate)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.closed = True
-        self.listener.close()
+def TrickleProxy(target_port: int, rate: int = 400, fast: int = 2000) -> TcpProxy:  # noqa: N802
+    """A relay that passes what the server sends at `rate` bytes a second, after the first
+    `fast` bytes (login and SELECT go at full speed)."""
+    return TcpProxy(target_port, rate=rate, fast=fast)
 
 
 def _config(tmp_path: Path, dovecot: Dovecot, port: int, db_url: str) -> Path:
