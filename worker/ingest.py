@@ -251,8 +251,7 @@ class Ingestor:
                 break
             try:
                 with open_source(mb) as source:
-                    if hasattr(source, "stop"):
-                        source.stop = self.stop  # a stop request ends a FETCH still being answered
+                    source.stop = self.stop  # a stop request ends a FETCH still being answered
                     report.folders += self.scan_mailbox(mb, source, report.errors)
             except MailboxError as exc:
                 log.error("%s", exc)
@@ -483,28 +482,16 @@ class Ingestor:
                 raise
             log.warning("%s/%s: a batch of %d could not be stored (%s); finding the message that fails",
                         mailbox, folder, len(prepared.rows), exc)
-            for part in _isolate(prepared, lambda b: self._store_batch(b, mailbox, folder, uidvalidity, None, rep)):
-                log.warning("%s/%s: message %s skipped: %s", mailbox, folder, part[0], part[1])
-                rep.skipped += 1
-                self._record_skipped(mailbox, folder, uidvalidity, part, prepared.now)
-            self._store_batch(PreparedBatch(prepared.now, [], [], [], []), mailbox, folder, uidvalidity, cursor, rep)
-
-    def _record_skipped(self, mailbox: str, folder: str, uidvalidity: int, part: tuple[int, str],
-                        now: datetime) -> None:
-        with self.store.session() as db:
-            self.store.insert_ignore(db, table_of(SkippedMessage), [
-                {"mailbox": mailbox, "folder": folder, "uidvalidity": uidvalidity, "uid": part[0],
-                 "reason": valid_text(part[1])[:500], "seen_at": now}], ["mailbox", "folder", "uidvalidity", "uid"])
-            db.execute(update(FolderState).where(
-                col(FolderState.mailbox) == mailbox, col(FolderState.folder) == folder).values(
-                messages_skipped=FolderState.messages_skipped + 1))
-            db.commit()
+            failed = _isolate(prepared, lambda b: self._store_batch(b, mailbox, folder, uidvalidity, None, rep))
+            # The messages that fail are recorded as skipped, as any unreadable one is, and the
+            # cursor moves past the batch with them.
+            self._store_batch(PreparedBatch(prepared.now, [], [], [], failed), mailbox, folder, uidvalidity, cursor,
+                              rep)
 
     def _store_batch(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
                      cursor: int | None, rep: FolderReport) -> None:
-        """`cursor`: where the folder's cursor moves once this is stored (None: it stays)."""
         """Stage two, on the scanning thread: discovered contacts, then one transaction that
-        stores the batch, threads it and moves the folder's cursor."""
+        stores the batch, threads it and moves the folder's cursor to `cursor` (None: it stays)."""
         now, command_rows, skipped = prepared.now, prepared.commands, prepared.skipped
         # People, not newsletters or bounces, become discovered contacts.
         found: dict[str, tuple[str, int]] = {}
@@ -581,11 +568,11 @@ def _tied_to_a_message(exc: BaseException) -> bool:
     return isinstance(exc, ValueError | TypeError | KeyError | IndexError | AttributeError | UnicodeError)
 
 
-def _isolate(prepared: PreparedBatch, store: Callable[[PreparedBatch], None]) -> list[tuple[int, str]]:
-    """Store `prepared` in halves, down to the single messages that fail; returns those as
-    (number recorded under, error). The batch's skipped messages and commands go with the
-    first part that holds their message."""
-    failed: list[tuple[int, str]] = []
+def _isolate(prepared: PreparedBatch, store: Callable[[PreparedBatch], None]) -> list[tuple[Item, str]]:
+    """Store `prepared` in halves, down to the single messages that fail; returns those, with
+    the error, as skipped messages are kept. The batch's skipped messages and commands go with
+    the first part that holds their message."""
+    failed: list[tuple[Item, str]] = []
     todo = [prepared]
     while todo:
         part = todo.pop(0)
@@ -599,8 +586,11 @@ def _isolate(prepared: PreparedBatch, store: Callable[[PreparedBatch], None]) ->
                 row = part.rows[0] if part.rows else None
                 if row is None:
                     raise
-                uid = row["uid"] if isinstance(row.get("uid"), int) else skipped_uid(Item(row["message_id"], 0))
-                failed.append((uid, f"could not be stored: {type(exc).__name__}: {exc}"))
+                # An IMAP message by its UID; a Maildir one (no UID) by its Message-ID, digested
+                # as skipped_uid() digests a file name.
+                uid = row.get("uid")
+                item = Item(uid, uid) if isinstance(uid, int) else Item(row["message_id"], 0)
+                failed.append((item, valid_text(f"could not be stored: {type(exc).__name__}: {exc}")[:500]))
                 continue
             todo[:0] = list(_halves(part))
     return failed

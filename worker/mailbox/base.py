@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import threading
 from abc import ABC, abstractmethod
 from array import array
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -169,6 +170,8 @@ class MailboxSource(ABC):
     name: str
     #: The folders the config names for this mailbox (a "not found" hint leaves them out).
     configured: Sequence[str] = ()
+    #: Set by the scan: a source that waits on a server ends the wait when it is set.
+    stop: threading.Event | None = None
 
     def folders_to_scan(self, configured: Sequence[str]) -> list[str]:
         """The configured folders, each pattern ("Clients/*") replaced by the folders it

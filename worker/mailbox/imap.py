@@ -337,8 +337,6 @@ class ImapSource(MailboxSource):
         self._oauth_token = oauth_token
         self.ca_file = ca_file
         self.timeout = timeout
-        #: Set by the scan: a stop request ends a FETCH still being answered (see _Watchdog).
-        self.stop: threading.Event | None = None
         self.max_command_bytes = max_command_bytes
         self.client: imapclient.IMAPClient | None = None
         self._selected: str | None = None
@@ -487,10 +485,7 @@ class ImapSource(MailboxSource):
         if typ != "OK":
             raise MailboxError(f"cannot list folders: {lines!r}", where=self._where())
         out: list[tuple[list[bytes], bytes, str]] = []
-        k = 0
-        while k < len(lines):
-            line = lines[k]
-            k += 1
+        for line in lines:
             literal = None
             if isinstance(line, tuple):  # the name came as a literal: (b'(...) "/" {12}', b'name')
                 line, literal = line
