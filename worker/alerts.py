@@ -66,13 +66,14 @@ CLOSED = ("resolved", "expired")
 
 
 def transition(a: Alert, event: str, now: datetime, *, until: datetime | None = None, by: str | None = None,
-               ended: str = "resolved") -> None:
+               at: datetime | None = None, ended: str = "resolved") -> None:
     """Every state change of an alert, in one place, each resetting what it must:
 
     - "told":      open -> notified (the owner was emailed);
     - "escalated": notified/escalated -> escalated, one level up (the backup was emailed too);
     - "snoozed":   active -> snoozed until `until` (by reply or `alerts snooze`);
-    - "done":      active -> acknowledged (by reply or `alerts ack`; `by` who);
+    - "done":      active -> acknowledged (by reply or `alerts ack`; `by` who, `at` when they
+                   said so, if not now);
     - "wake":      snoozed -> open when the snooze is over: told again, and the escalation
                    clock starts again from that notice;
     - "reopen":    resolved/expired -> open, level 0, when its lapse is back (a chaser, a
@@ -87,7 +88,7 @@ def transition(a: Alert, event: str, now: datetime, *, until: datetime | None = 
     elif event == "snoozed":
         a.state, a.snoozed_until = "snoozed", until
     elif event == "done":
-        a.state, a.acknowledged_at, a.acknowledged_by = "acknowledged", now, by
+        a.state, a.acknowledged_at, a.acknowledged_by = "acknowledged", at or now, by
     elif event == "wake":
         a.state, a.notified_at, a.escalated_at = "open", None, None
     elif event == "reopen":
@@ -97,6 +98,13 @@ def transition(a: Alert, event: str, now: datetime, *, until: datetime | None = 
     else:
         raise ValueError(f"no such alert transition: {event!r}")
     a.updated_at = now
+
+
+def last_notice(a: Alert) -> datetime | None:
+    """When the alert was last in an email (told or escalated), if ever."""
+    return max((t for t in (a.notified_at, a.escalated_at) if t is not None), default=None)
+
+
 #: Replies to an alert email are accepted for this long after it was sent.
 TOKEN_VALID_DAYS = 30
 # --- tokens --------------------------------------------------------------------------------------
@@ -109,23 +117,26 @@ def token_secret(store: Store, db: Session, env_name: str | None = None) -> byte
         if not value:
             raise ConfigError([f"notify.token_secret_env: the environment variable {env_name} is not set or empty"])
         return hashlib.sha256(value.encode()).digest()
+    return bytes.fromhex(_stored_secret(store, db))
+
+
+def _stored_secret(store: Store, db: Session) -> str:
+    """The stored secret (hex), made on first use (in the caller's transaction)."""
     row = db.get(Meta, "token_secret")
     if row is None:
         store.insert_ignore(db, table_of(Meta), [{"key": "token_secret", "value": secrets.token_hex(32)}], ["key"])
         db.flush()
         row = db.get(Meta, "token_secret")
     assert row is not None
-    return bytes.fromhex(row.value)
+    return row.value
 
 
 def ensure_token_secret(store: Store) -> None:
     """Make the stored secret, in a transaction of its own, before a check begins: a dry run
     (rolled back) must sign with the secret the real send will use."""
     with store.session() as db:
-        if db.get(Meta, "token_secret") is None:
-            store.insert_ignore(db, table_of(Meta), [{"key": "token_secret", "value": secrets.token_hex(32)}],
-                                ["key"])
-            db.commit()
+        _stored_secret(store, db)
+        db.commit()
 
 
 def make_token(secret: bytes, message_id: str) -> str:
@@ -243,8 +254,7 @@ class AlertDesk:
                 return f"refused: the email has no item {item}", False
             groups = [groups[item - 1]]
         alerts = [a for a in (db.get(Alert, i) for g in groups for i in g) if a is not None]
-        if any((a.notified_at or email.created_at) > email.created_at or (a.escalated_at or email.created_at)
-               > email.created_at for a in alerts):
+        if any((last_notice(a) or email.created_at) > email.created_at for a in alerts):
             # Its alerts were told again since (escalated, reopened): that newer email's reference
             # is the one that acts on them.
             return "refused: a newer alert email about these alerts replaces this one", False
@@ -260,8 +270,7 @@ class AlertDesk:
                 minutes = min(parse_duration_minutes(span or "1d", business=False), self.max_snooze_minutes)
                 transition(a, "snoozed", now, until=cmd.received_at + timedelta(minutes=minutes))
             else:
-                transition(a, "done", now, by=sender)
-                a.acknowledged_at = cmd.received_at  # when the owner said so, not when it was read
+                transition(a, "done", now, by=sender, at=cmd.received_at)  # when said, not when read
             db.add(a)
             done.append(a.key)
         verb = "snoozed" if cmd.command == "snooze" else "closed"
@@ -320,7 +329,7 @@ class AlertDesk:
                 continue  # a warning, told once: the lapse it warns of escalates if it comes
             # The latest notice of any kind: never an escalation sooner than escalate_after
             # after the owner was told (again).
-            last = max(t for t in (a.escalated_at, a.notified_at, a.created_at) if t is not None)
+            last = last_notice(a) or a.created_at
             if (a.level < self.levels
                     and self.calendar.minutes_between(to_ts(last), now_ts) >= self.escalate_after):
                 for r in dict.fromkeys(self.first_recipients(a) + self.backup_for(a)):
@@ -482,4 +491,5 @@ def from_naive(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
 
 
-__all__ = ["AlertDesk", "CheckReport", "Lapse", "find_token", "parse_command", "make_token", "transition"]
+__all__ = ["AlertDesk", "CheckReport", "Lapse", "find_token", "last_notice", "parse_command", "make_token",
+           "transition"]

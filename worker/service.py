@@ -218,8 +218,7 @@ class Worker:
                         log.info("alerts: %d new, %d escalated, %d resolved, %d expired unanswered; "
                                  "%d email(s) queued", len(rep.new), len(rep.escalated), len(rep.resolved),
                                  len(rep.expired), len(rep.emails))
-            self.deliver_job()
-            self.refresh_gauges()
+            self.deliver_job()  # which sets the gauges, the open alerts' included
         except CarewatchError as exc:
             self.metrics.job_errors.labels("check").inc()
             log.error("check failed: %s", exc)
@@ -227,19 +226,18 @@ class Worker:
     def deliver_job(self) -> None:
         try:
             with exclusive(self.store, "outbox") as mine:
-                if not mine:
-                    return
                 rep = deliver(self.store, make_transport(self.config), self.settings.notify.from_address, utcnow(),
-                              self.settings.notify.give_up_delta)
-            for _ in rep.sent:
-                self.metrics.deliveries.labels("email").inc()
-            if rep.errors:
-                self.metrics.delivery_errors.inc(len(rep.errors))
-            if rep.alarm:
-                self.delivery_alarm = f"delivery: {rep.alarm}"
-            elif rep.sent:
-                self.delivery_alarm = None
-            self.metrics.delivery_alarm.set(1 if self.delivery_alarm else 0)
+                              self.settings.notify.give_up_delta) if mine else None
+            if rep is not None:  # (None: another replica or command is delivering)
+                for _ in rep.sent:
+                    self.metrics.deliveries.labels("email").inc()
+                if rep.errors:
+                    self.metrics.delivery_errors.inc(len(rep.errors))
+                if rep.alarm:
+                    self.delivery_alarm = f"delivery: {rep.alarm}"
+                elif rep.sent:
+                    self.delivery_alarm = None
+                self.metrics.delivery_alarm.set(1 if self.delivery_alarm else 0)
             self.refresh_gauges()
         except CarewatchError as exc:
             self.metrics.job_errors.labels("deliver").inc()
