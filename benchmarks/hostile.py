@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker.classify import Directory, automated_reason, classify, is_acknowledgement, snippet_text  # noqa: E402
+from worker.acknowledgement import is_acknowledgement, snippet_text  # noqa: E402
+from worker.classify import Directory, automated_reason, classify  # noqa: E402
 from worker.headers import parse_header_block  # noqa: E402
 
 

@@ -10,8 +10,9 @@ from conftest import write_config
 from servers import Dovecot
 from sqlalchemy import select
 
+from worker.acknowledgement import is_acknowledgement, snippet_text
 from worker.app import prepare_store, run_scan
-from worker.classify import automated_reason, is_acknowledgement, snippet_text
+from worker.classify import automated_reason
 from worker.config import load_config
 from worker.headers import normalise_subject, parse_header_block
 from worker.store.models import Message, SkippedMessage

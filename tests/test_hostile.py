@@ -17,8 +17,9 @@ from sqlmodel import col
 from typer.testing import CliRunner
 
 from worker import defaults
+from worker.acknowledgement import is_acknowledgement, snippet_text
 from worker.app import prepare_store, run_scan
-from worker.classify import Directory, automated_reason, classify, is_acknowledgement, snippet_text
+from worker.classify import Directory, automated_reason, classify
 from worker.cli import app
 from worker.config import load_config
 from worker.headers import ParsedMessage, normalise_subject, parse_header_block

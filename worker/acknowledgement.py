@@ -94,6 +94,11 @@ def _body_text(body: bytes, content_type: str, transfer_encoding: str, peek: int
     return BodyText(text, complete)
 
 
+def snippet_text(body: bytes, content_type: str, transfer_encoding: str = "") -> str:
+    """The readable text of the first text part of a body (or of its first bytes)."""
+    return body_text(body, content_type, transfer_encoding).text
+
+
 class _HtmlText(HTMLParser):
     """Visible text of an HTML body, a line per block; text inside <blockquote> comes out as
     "> " lines and <hr> as a divider, so the plain-text rules below see where quotes are."""
@@ -217,8 +222,8 @@ class Typed:
 def typed_text(text: str, complete: bool = True) -> Typed:
     """The sender's own lines: quoted lines ('>'), attributions, the quoted original of a
     top-posted reply and the signature are left out; text between quoted blocks is kept
-    (inline answers). When the text was cut off inside a quoted block, what follows it is
-    unknown, so the result is incomplete."""
+    (inline answers). Text cut off by the peek is incomplete (the sender may have typed more
+    below), unless the quoted original had begun: nothing typed follows that."""
     out: list[str] = []
     raw = [line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
     in_signature = False
@@ -289,8 +294,6 @@ _ACK_RE = re.compile(
     r"|dank u|ontvangen|prima|tack|mottaget|obrigad[oa]|recebido|dziękuję|dzięki|kiitos|tak)\b",
     re.IGNORECASE,
 )
-#: Words that ask for something, put a condition, raise a problem or point at more text: any of
-#: them means the message may need a reply. Per language; when unsure, a word is listed.
 #: Words (and phrases) that ask for something, put a condition, raise a problem or point at
 #: more text: any of them means the message may need a reply. Per language; when unsure, a word
 #: is listed. Written as alternatives ("comments?", "don'?t"), looked up as a set of words.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from . import acknowledgement as _ack
 from .headers import ParsedMessage
 
 DIRECTIONS = ("inbound", "outbound", "internal", "other")
@@ -128,20 +127,6 @@ def automated_reason(pm: ParsedMessage) -> str | None:
     # Note: X-Auto-Response-Suppress is a request by the sender, not proof of automation
     # (Outlook sets it on ordinary mail to groups), so it is deliberately not a rule.
     return None
-
-
-# --- acknowledgements -------------------------------------------------------------------------
-# The rule and the body reading live in acknowledgement.py; these names are the classifier's API.
-ACK_MAX_WORDS = _ack.ACK_MAX_WORDS
-BodyText = _ack.BodyText
-acknowledgement = _ack.acknowledgement
-body_text = _ack.body_text
-is_acknowledgement = _ack.is_acknowledgement
-
-
-def snippet_text(body: bytes, content_type: str, transfer_encoding: str = "") -> str:
-    """The readable text of the first text part of a body (or of its first bytes)."""
-    return body_text(body, content_type, transfer_encoding).text
 
 
 # --- direction and contacts -----------------------------------------------------------------

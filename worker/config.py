@@ -48,6 +48,14 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNOREC
 _HOURS_RE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 
 
+def duration_words(minutes: float) -> str:
+    """Calendar time in words, the inverse of parse_duration_minutes: "30 days", "36 hours"."""
+    days, hours = minutes / 1440, minutes / 60
+    if days >= 2:
+        return f"{days:g} days"
+    return f"{hours:g} hours" if hours >= 2 else f"{minutes:g} minutes"
+
+
 def parse_duration_minutes(value: str | int | float, *, business: bool) -> float:
     """Parse "30m", "4h", "2d", "1w" into minutes.
 

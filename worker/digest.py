@@ -22,7 +22,7 @@ from sqlmodel import col
 from .alerts import CLOSED
 from .care.clock import to_ts
 from .care.evaluate import DAY, WEEK, CarePicture, ClientCare, evaluate, fmt_minutes, p90
-from .config import Config, PartnerConfig, parse_duration_minutes
+from .config import Config, PartnerConfig, duration_words, parse_duration_minutes
 from .notify.outbox import enqueue
 from .notify.render import Renderer, build_email
 from .store import Store
@@ -317,14 +317,6 @@ def _h(minutes: float | None) -> float | None:
     return None if minutes is None else minutes / 60
 
 
-def _span(minutes: float) -> str:
-    """Calendar time in words: "30 days", "36 hours"."""
-    days, hours = minutes / 1440, minutes / 60
-    if days >= 2:
-        return f"{days:g} days"
-    return f"{hours:g} hours" if hours >= 2 else f"{minutes:g} minutes"
-
-
 def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -479,7 +471,8 @@ def context(d: Digest, config: Config) -> dict[str, Any]:
              "since": n.since.replace(tzinfo=ZoneInfo("UTC")).astimezone(tz).strftime("%d %b %Y")}
             for n in d.never_answered
         ],
-        "waits_expire_after": _span(parse_duration_minutes(config.settings.policy.waits_expire_after, business=False)),
+        "waits_expire_after": duration_words(
+            parse_duration_minutes(config.settings.policy.waits_expire_after, business=False)),
     }
 
 

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import defaults
-from .classify import Classification, Directory, acknowledgement, automated_reason, body_text, classify
+from .acknowledgement import acknowledgement, body_text
+from .classify import Classification, Directory, automated_reason, classify
 from .commands import find_token, parse_command
 from .headers import ParsedMessage, is_subject_reply, normalise_subject, parse_header_block, valid_text
 from .mailbox.base import Item, MailboxSource, RawMessage

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from worker import defaults
-from worker.classify import acknowledgement, automated_reason, body_text
+from worker.acknowledgement import acknowledgement, body_text
+from worker.classify import automated_reason
 from worker.headers import parse_header_block
 
 LABELLED = Path(__file__).parent / "labelled"

@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlmodel import Session, col
 
 from .. import defaults
+from ..config import duration_words
 from ..errors import DeliveryError
 from ..store import Store
 from ..store.models import OutboxEmail, table_of
@@ -98,7 +99,7 @@ def deliver(store: Store, transport: Transport, mail_from: str, now: datetime,
                         rep.alarm = str(exc)
                     if failed:
                         why = ("refused for good" if exc.permanent
-                               else f"retried for {_span(give_up_after)} since queued")
+                               else f"retried for {duration_words(give_up_after.total_seconds() / 60)} since queued")
                         note = f"{exc}; {why}: kept as failed, see `carewatch outbox list`, `carewatch outbox retry`"
                     else:
                         note = f"{exc}; retried from {now + backoff(attempts):%Y-%m-%d %H:%M} UTC"
@@ -117,11 +118,6 @@ def deliver(store: Store, transport: Transport, mail_from: str, now: datetime,
     finally:
         transport.close()
     return rep
-
-
-def _span(d: timedelta) -> str:
-    hours = d.total_seconds() / 3600
-    return f"{hours / 24:g} day(s)" if hours >= 24 else f"{hours:g} hour(s)"
 
 
 def retry(store: Store, now: datetime, outbox_id: int | None = None) -> int:
