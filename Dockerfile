@@ -1,5 +1,8 @@
 # Carewatch worker image: multi-stage, slim, non-root. Build: docker build -t carewatch .
-FROM python:3.12-slim-bookworm AS build
+# BASE_IMAGE: any Debian-like image with python3 (3.11+) and its venv module, for machines that
+# reach no registry (scripts/container-check builds on one made from Debian's packages).
+ARG BASE_IMAGE=python:3.12-slim-bookworm
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/carewatch
@@ -8,7 +11,7 @@ COPY worker ./worker
 COPY templates ./templates
 RUN /opt/carewatch/bin/pip install --no-cache-dir ".[postgres,google]"
 
-FROM python:3.12-slim-bookworm
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="carewatch" \
       org.opencontainers.image.description="Watches a firm's shared mailboxes and tells owners when client care lapses"
 RUN groupadd --system --gid 10001 carewatch \
@@ -16,8 +19,8 @@ RUN groupadd --system --gid 10001 carewatch \
  && mkdir -p /data /config \
  && chown carewatch:carewatch /data
 COPY --from=build /opt/carewatch /opt/carewatch
-# Mount your own config read-only over this example: -v ./carewatch.toml:/config/carewatch.toml:ro
-COPY config/carewatch.example.toml config/clients.example.csv /config/
+# For reference only: mount your own config read-only at /config/carewatch.toml (README, Deploy).
+COPY config/carewatch.example.toml /config/
 ENV PATH=/opt/carewatch/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CAREWATCH_CONFIG=/config/carewatch.toml \
@@ -27,8 +30,9 @@ USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 9108
+# /healthz on the port the config names (service.metrics_port or CAREWATCH__SERVICE__METRICS_PORT).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=4).status != 200)"]
+  CMD ["python", "-m", "worker.healthcheck"]
 # The first SIGTERM finishes the batch in hand; give it time (docker stop -t 30, or stop_grace_period).
 STOPSIGNAL SIGTERM
 # `docker run IMAGE` runs the worker; `docker run IMAGE validate --connect` (or any other

@@ -93,11 +93,11 @@ namespace inbox {{
 }}
 service imap-login {{
   inet_listener imap {{
-    address = 127.0.0.1
+    address = {listen}
     port = {imap_port}
   }}
   inet_listener imaps {{
-    address = 127.0.0.1
+    address = {listen}
     port = {imaps_port}
   }}
 }}
@@ -127,6 +127,8 @@ class Dovecot:
     extra: dict[str, str] = field(default_factory=dict)
     #: A mailbox user of a Dovecot that others share: it may not stop or restart the server.
     shared: bool = False
+    #: The address to listen on ("0.0.0.0": also reachable from a container on this host).
+    listen: str = "127.0.0.1"
 
     @property
     def home(self) -> Path:
@@ -160,6 +162,7 @@ class Dovecot:
         self.conf.write_text(
             CONF.format(
                 root=self.root,
+                listen=self.listen,
                 port=self.port,
                 uid=MAIL_UID,
                 gid=MAIL_GID,
@@ -322,7 +325,8 @@ class SmtpSink:
     """A real SMTP server (aiosmtpd) that keeps what it receives; can refuse on demand."""
 
     def __init__(self, tls_cert: Path | None = None, tls_key: Path | None = None,
-                 login: tuple[str, str] | None = None, port: int | None = None) -> None:
+                 login: tuple[str, str] | None = None, port: int | None = None,
+                 hostname: str = "127.0.0.1") -> None:
         import ssl
 
         from aiosmtpd.controller import Controller
@@ -376,7 +380,7 @@ class SmtpSink:
             # PLAIN only: aiosmtpd's LOGIN exchange stalls after a failed attempt (a test-server quirk).
             kwargs.update(authenticator=authenticator, auth_require_tls=False, auth_required=True,
                           auth_exclude_mechanism=["LOGIN"])
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, **kwargs)
+        self.controller = Controller(Handler(), hostname=hostname, port=self.port, **kwargs)
 
     def start(self) -> SmtpSink:
         self.controller.start()
@@ -394,12 +398,13 @@ class SmtpSink:
             self.messages.clear()
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throwaway self-signed certificate for 127.0.0.1/localhost (openssl)."""
+def self_signed(directory: Path, names: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for 127.0.0.1/localhost and `names` (openssl)."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                    "-days", "2", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost" + "".join(f",DNS:{n}" for n in names)],
                    check=True, capture_output=True)
     os.chmod(directory, 0o755)
     os.chmod(key, 0o644)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tomllib
 import typing
 from collections.abc import Iterator
@@ -25,15 +26,25 @@ def run(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyp
     return runner.invoke(app, list(args), env=env)
 
 
-def test_the_example_config_validates_and_loads_the_csv() -> None:
-    cfg = load_config(ROOT / "config" / "carewatch.example.toml", environ={})
+def test_the_example_config_validates_as_copied_and_takes_a_crm_csv(tmp_path: Path) -> None:
+    # The README's Deploy section copies the example as it is: it validates with no file beside it.
+    shutil.copy(ROOT / "config" / "carewatch.example.toml", tmp_path / "carewatch.toml")
+    cfg = load_config(tmp_path / "carewatch.toml", environ={})
+    assert [c.name for c in cfg.clients] == ["Acme Ltd", "Tax Division"]
+    assert cfg.settings.store.url == f"sqlite:///{tmp_path.resolve()}/carewatch.db"
+    assert cfg.settings.mailboxes[0].password_file == Path("/run/secrets/imap_password")
+    # Its CRM line, uncommented, adds the clients of a CSV shaped like clients.example.csv.
+    text = (tmp_path / "carewatch.toml").read_text()
+    assert '# clients_csv = "clients.csv"' in text
+    (tmp_path / "carewatch.toml").write_text(text.replace("# clients_csv =", "clients_csv ="))
+    shutil.copy(ROOT / "config" / "clients.example.csv", tmp_path / "clients.csv")
+    cfg = load_config(tmp_path / "carewatch.toml", environ={})
     names = [c.name for c in cfg.clients]
     assert "Globex Corporation" in names and "People Team" in names
     globex = next(c for c in cfg.clients if c.name == "Globex Corporation")
     assert globex.domains == ["globex.example", "globex.co.uk"] and len(globex.contacts) == 2
     people = next(c for c in cfg.clients if c.name == "People Team")
     assert people.internal
-    assert cfg.settings.store.url.endswith("/config/carewatch.db")
 
 
 def _keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
@@ -84,7 +95,7 @@ def test_the_example_config_shows_every_key_and_its_commented_lines_are_valid(tm
             optional.add((t, k))
     lines = [out for _, _, _, out in tables(optional)]
     # Beside the files it names: the CSV, and a templates_dir with a copy of one template.
-    (tmp_path / "clients.example.csv").write_bytes((ROOT / "config" / "clients.example.csv").read_bytes())
+    (tmp_path / "clients.csv").write_bytes((ROOT / "config" / "clients.example.csv").read_bytes())
     (tmp_path / "my-templates").mkdir()
     (tmp_path / "my-templates" / "alert.txt").write_bytes((ROOT / "templates" / "alert.txt").read_bytes())
     cfg = validate_data(tomllib.loads("\n".join(lines)), tmp_path / "carewatch.example.toml", environ={})
@@ -450,7 +461,7 @@ def test_scanning_a_mailbox_that_is_not_configured_is_refused(tmp_path: Path) ->
 
     firm = generate(tmp_path / "demo")
     r = run("--config", str(firm.config), "scan", "--mailbox", "client", env={"COLUMNS": "200"})
-    assert r.exit_code == ExitCode.CONFIG
+    assert r.exit_code == ExitCode.USAGE
     assert "--mailbox 'client': no such mailbox; the configured ones are 'clients'" in r.output
     assert not (tmp_path / "demo" / "carewatch.db").exists()  # refused before anything was read
     r = run("--config", str(firm.config), "scan", "--mailbox", "clients", "--json")
@@ -501,3 +512,51 @@ def test_the_sqlite_page_cache_is_set_from_the_config(tmp_path: Path) -> None:
     p.write_text('[firm]\ndomains = ["firm.example"]\n[store]\nsqlite_cache_mib = 0\n')
     with pytest.raises(ConfigError, match="store.sqlite_cache_mib"):
         load_config(p)
+
+
+def test_the_database_password_comes_from_a_file_or_the_environment_not_the_url(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "secrets").mkdir()
+    p = tmp_path / "c.toml"
+    p.write_text('[firm]\ndomains = ["firm.example"]\n[store]\nurl = "postgresql://carewatch@db.example:5432/cw"\n'
+                 'password_file = "secrets/db_password"\n')
+    # Missing: said by --check-secrets, by key, before any connection is tried.
+    r = run("--config", str(p), "validate", "--check-secrets", env={"COLUMNS": "300"})
+    assert r.exit_code == ExitCode.CONFIG and "store.password: cannot read secret file" in r.output, r.output
+    (tmp_path / "secrets" / "db_password").write_text("p@ss/word:1\n")
+    cfg = load_config(p, environ={})
+    assert cfg.settings.store.password_file == tmp_path / "secrets" / "db_password"  # beside the config
+    url = cfg.settings.store.connect_url()
+    from sqlalchemy.engine import make_url
+
+    assert make_url(url).password == "p@ss/word:1" and make_url(url).host == "db.example"  # quoted in the URL
+    assert "p@ss" not in cfg.settings.store.url  # the URL shown in logs and /healthz has none
+    r = run("--config", str(p), "validate", "--check-secrets")
+    assert r.exit_code == 0, r.output
+    # From the environment, the file set there as the compose file does.
+    p.write_text('[firm]\ndomains = ["firm.example"]\n[store]\nurl = "postgresql://carewatch@db.example/cw"\n')
+    monkeypatch.setenv("DB_PW", "env-pw")
+    cfg = load_config(p, environ={"CAREWATCH__STORE__PASSWORD_ENV": "DB_PW"})
+    assert make_url(cfg.settings.store.connect_url()).password == "env-pw"
+    cfg = load_config(p, environ={"CAREWATCH__STORE__PASSWORD_FILE": str(tmp_path / "secrets" / "db_password")})
+    assert make_url(cfg.settings.store.connect_url()).password == "p@ss/word:1"
+
+
+@pytest.mark.postgres
+def test_the_store_opens_with_a_password_file(tmp_path: Path, pg_url: str) -> None:
+    from worker.app import configured_store
+
+    (tmp_path / "pw").write_text("unused-with-trust-auth\n")
+    cfg = load_config(write_min(tmp_path, pg_url, tmp_path / "pw"), environ={})
+    store = configured_store(cfg)  # connects and migrates
+    try:
+        assert store.engine.url.password == "unused-with-trust-auth"
+        assert "unused-with-trust-auth" not in store.url  # never shown
+    finally:
+        store.dispose()
+
+
+def write_min(tmp_path: Path, url: str, password_file: Path) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(f'[firm]\ndomains = ["firm.example"]\n[store]\nurl = "{url}"\npassword_file = "{password_file}"\n')
+    return p

@@ -53,6 +53,7 @@ def alerts(smtp: SmtpSink) -> list[tuple[str, list[str], bytes]]:
 
 class Running:
     def __init__(self, config: Path, smtp: SmtpSink, name: str = "w") -> None:
+        self.config = config
         self.port = free_port()
         self.log = config.parent / f"{name}.log"
         self.proc = subprocess.Popen(
@@ -183,6 +184,14 @@ def test_health_is_not_ready_while_the_mailbox_cannot_be_scanned(
         shared = json.loads(body)["mailboxes"]["shared"]
         assert code == 503 and shared["ok"] is False
         assert "cannot connect" in shared["last_error"]["error"] and shared["last_error"]["at"].endswith("Z")
+        # Each stale folder says why, from the store (what any replica's /healthz reads), even
+        # though no scan of it ever succeeded.
+        assert sorted(shared["folder_errors"]) == shared["stale_folders"] == ["INBOX", "Sent"]
+        assert all("cannot connect" in e for e in shared["folder_errors"].values())
+        # The container's HEALTHCHECK reads the same answer on the port the config names.
+        env = {**os.environ, "CAREWATCH_CONFIG": str(w.config), "CAREWATCH__SERVICE__METRICS_PORT": str(w.port)}
+        hc = subprocess.run([sys.executable, "-m", "worker.healthcheck"], env=env, capture_output=True, text=True)
+        assert hc.returncode == 1 and "cannot connect" in hc.stdout
         assert w.stop() == 0
     finally:
         if w.proc.poll() is None:

@@ -33,7 +33,7 @@ def configured_store(config: Config) -> Store:
     # Connections held at once by the worker: two per mailbox scan (its lock and its batches),
     # three for a check, one each for delivery, the digest and /healthz.
     pool_size = max(5, 2 * len(config.settings.mailboxes) + 6)
-    return open_store(settings.url, sqlite_cache_mib=settings.sqlite_cache_mib, pool_size=pool_size)
+    return open_store(settings.connect_url(), sqlite_cache_mib=settings.sqlite_cache_mib, pool_size=pool_size)
 
 
 def prepare_store(config: Config) -> tuple[Store, Directory]:

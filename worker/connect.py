@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .config import Config, MailboxConfig
-from .errors import CarewatchError, ExitCode, FolderMissingError, MailboxError, StoreError
+from .errors import CarewatchError, ConfigError, ExitCode, FolderMissingError, MailboxError, StoreError
 from .mailbox.base import first_entry, folder_hint, folders_to_scan, is_pattern
 
 
@@ -128,7 +128,12 @@ def check_store(config: Config) -> Check:
     yet is not created: its folder must be writable."""
     from .store.db import SCHEMA_HEAD, describe_db_error, make_engine, schema_revision
 
-    url = config.settings.store.url
+    try:
+        url = config.settings.store.connect_url()
+    except ConfigError as exc:
+        check = Check("store")
+        check.fail("; ".join(exc.problems), ExitCode.CONFIG)
+        return check
     try:
         u = make_url(url)
     except ArgumentError:  # make_engine says what is wrong with it, below

@@ -116,3 +116,7 @@ SQLITE_WAL_CHECKPOINT_PAGES = 16384
 LOCK_WAIT_SECONDS = 120.0
 #: Seconds a job waits for a free database connection before it fails with a store error.
 STORE_POOL_TIMEOUT_SECONDS = 30.0
+
+# --- service ----------------------------------------------------------------------------
+#: The port of /healthz and /metrics (service.metrics_port).
+METRICS_PORT = 9108

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlmodel import col
+from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
 from . import defaults
@@ -171,6 +171,14 @@ def folder_states(store: Store, mailbox: str | None = None) -> list[tuple[str, s
         return [(m, f, t) for m, f, t in db.execute(q).all()]
 
 
+def folder_errors(store: Store) -> dict[tuple[str, str], str]:
+    """(mailbox, folder) -> the error of its last failed scan, for folders whose last scan failed."""
+    q = select(col(FolderState.mailbox), col(FolderState.folder), col(FolderState.last_error)).where(
+        col(FolderState.last_error).is_not(None))
+    with store.session() as db:
+        return {(m, f): e for m, f, e in db.execute(q).all()}
+
+
 def listed_key(mailbox: str) -> str:
     """The meta key that says a scan has listed a mailbox's folders for its patterns (its value:
     when it first did)."""
@@ -218,23 +226,31 @@ class Ingestor:
         self.on_batch = on_batch
 
     # --- state -------------------------------------------------------------------------------
+    def _add_states(self, db: Session, mailbox: str, folders: list[str]) -> None:
+        """A scan state for each folder that has none yet (insert-or-ignore: another replica may
+        create the same row at the same moment)."""
+        self.store.insert_ignore(db, table_of(FolderState), [
+            {"mailbox": mailbox, "folder": f, "last_uid": 0, "messages_seen": 0, "messages_skipped": 0}
+            for f in folders], ["mailbox", "folder"])
+
     def _state(self, mailbox: str, folder: str) -> FolderState:
         where = (FolderState.mailbox == mailbox, FolderState.folder == folder)
         with self.store.session() as db:
             st = db.exec(sm_select(FolderState).where(*where)).first()
             if st is None:
                 # insert-or-ignore: another replica may create the same row at the same moment
-                self.store.insert_ignore(db, table_of(FolderState),
-                                         [{"mailbox": mailbox, "folder": folder, "last_uid": 0,
-                                           "messages_seen": 0, "messages_skipped": 0}],
-                                         ["mailbox", "folder"])
+                self._add_states(db, mailbox, [folder])
                 db.commit()
                 st = db.exec(sm_select(FolderState).where(*where)).one()
             return st
 
     def record_error(self, mailbox: str, folders: Iterable[str], error: str) -> None:
+        """Note why these folders were not read (for /healthz, whichever replica asks). A folder
+        never read yet gets its state row here: a first start that cannot log in says why too."""
+        folders = list(folders)
         try:
             with self.store.session() as db:
+                self._add_states(db, mailbox, folders)
                 db.execute(update(FolderState).where(
                     col(FolderState.mailbox) == mailbox, col(FolderState.folder).in_(list(folders))
                 ).values(last_error=error[:2000], last_scan_at=utcnow()))
@@ -286,9 +302,7 @@ class Ingestor:
             if gone:
                 db.execute(delete(FolderState).where(col(FolderState.mailbox) == mb.name,
                                                      col(FolderState.folder).in_(gone)))
-            self.store.insert_ignore(db, table_of(FolderState), [
-                {"mailbox": mb.name, "folder": f, "last_uid": 0, "messages_seen": 0, "messages_skipped": 0}
-                for f in folders if f not in names and f not in mb.folders], ["mailbox", "folder"])
+            self._add_states(db, mb.name, [f for f in folders if f not in names and f not in mb.folders])
             self.store.insert_ignore(db, table_of(Meta), [{"key": listed_key(mb.name),
                                                            "value": utcnow().isoformat()}], ["key"])
             db.commit()

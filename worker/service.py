@@ -40,6 +40,7 @@ from .errors import CarewatchError, MailboxAuthError, StoreError
 from .ingest import (
     Ingestor,
     configured_folders,
+    folder_errors,
     folder_states,
     mailboxes_listed,
     matches_no_folder,
@@ -355,6 +356,7 @@ class Worker:
         detail: dict[str, Any] = {"mailboxes": {}}
         try:
             rows, listed = folder_states(self.store), mailboxes_listed(self.store)
+            errors = folder_errors(self.store)
         except StoreError as exc:
             return False, {"store": f"unreachable: {exc}"}
         except Exception as exc:  # noqa: BLE001 - /healthz answers, whatever went wrong
@@ -374,6 +376,9 @@ class Worker:
             # the mailbox is never fresh, and this says why.
             detail["mailboxes"][mb.name] = {"last_ok": seen.isoformat() + "Z" if seen else None, "ok": fresh,
                                             "stale_folders": stale,
+                                            # why each is stale, as the last scan of it (by any replica) failed
+                                            "folder_errors": {f: errors[mb.name, f][:1000] for f in stale
+                                                              if (mb.name, f) in errors},
                                             "unmatched_patterns": unmatched_patterns(mb, rows, listed)}
             if mb.name in self.scan_error:  # why it is stale, without reading the log
                 at, error = self.scan_error[mb.name]
