@@ -293,7 +293,7 @@ def test_check_and_alerts_commands_from_the_cli(firm: Firm) -> None:
     r = runner.invoke(app, ["--config", str(firm.path), "alerts", "snooze", str(first.id), "--for", "2d"], env=env)
     assert r.exit_code == 0 and "snoozed" in r.output
     r = runner.invoke(app, ["--config", str(firm.path), "alerts", "ack", "999"], env=env)
-    assert r.exit_code == 3 and "no alert with id 999" in r.output
+    assert r.exit_code == 2 and "no alert with id 999" in r.output
 
 
 def test_file_outbox_is_the_embedded_default(tmp_path: Path) -> None:
@@ -415,7 +415,7 @@ def test_an_alert_whose_thread_expires_unanswered_ends_expired_not_resolved(firm
     r = runner.invoke(app, ["--config", str(firm.path), "alerts", "list", "--all"], env={"COLUMNS": "250"})
     assert r.exit_code == 0 and "expired" in r.output and "Budget 2027" in r.output, r.output
     r = runner.invoke(app, ["--config", str(firm.path), "alerts", "snooze", str(a.id)])
-    assert r.exit_code == 3 and f"alert {a.id} is already expired" in r.output, r.output
+    assert r.exit_code == 2 and f"alert {a.id} is already expired" in r.output, r.output
     r = runner.invoke(app, ["--config", str(firm.path), "check", "--now", "2026-12-17T12:05:00Z"])
     assert r.exit_code == 0 and "expired unanswered" not in r.output, r.output  # told once
 

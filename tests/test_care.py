@@ -330,7 +330,7 @@ def test_status_table_and_client_filter(tmp_path: Path, mail: Mail) -> None:
     assert r.exit_code == 0 and "Alice Principal" in r.output and "Globex" not in r.output
     assert "unanswered" in r.output and "1 client(s)" in r.output
     r = runner.invoke(app, ["--config", str(cfg), "status", "--client", "Nope"])
-    assert r.exit_code == 3 and "no such client" in r.output
+    assert r.exit_code == 2 and "no such client" in r.output
 
 
 def test_a_client_calendar_and_ics_holidays_change_business_time(tmp_path: Path, mail: Mail) -> None:

@@ -234,7 +234,7 @@ def test_digest_command_previews_and_sends_once_per_week(tmp_path: Path, smtp) -
     assert [to for _, to, _ in smtp.messages] == [["paul@firm.example"]]
     r = runner.invoke(app, ["--config", str(f.path), "digest", "--send", "--now", "2026-11-23T07:00:00Z"], env=env)
     assert len(smtp.messages) == 2
-    assert runner.invoke(app, ["--config", str(f.path), "digest"], env=env).exit_code == 3
+    assert runner.invoke(app, ["--config", str(f.path), "digest"], env=env).exit_code == 2
     assert os.environ.get("CAREWATCH__NOTIFY__TRANSPORT") is None
 
 

@@ -29,7 +29,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from .config import ENV_CONFIG, Config, load_config
-from .errors import CarewatchError, ConfigError, ExitCode
+from .errors import CarewatchError, ConfigError, ExitCode, UsageError
 from .logs import setup_logging, stderr_console
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+class _Stdout(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader went away (`carewatch status | head`): exit as a shell pipeline expects
+        (141, SIGPIPE), not 1 (rich's default), which would read as a failure."""
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141)
+
+
+out = _Stdout()
 err = stderr_console()  # shared with text logs, so a log line never crosses a live progress bar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,9 +80,7 @@ def handled(fn: F) -> F:
             raise typer.Exit(int(exc.exit_code)) from None
         except BrokenPipeError:
             # The reader went away (`carewatch status --json | head`): nothing left to say.
-            # Point stdout at /dev/null so the final flush at exit does not fail again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(141) from None
+            out.on_broken_pipe()
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
                 where = f" {exc.filename}" if exc.filename else " the output"
@@ -117,7 +124,7 @@ def parse_now(value: str | None) -> datetime:
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ConfigError([f"--now {value!r} is not an ISO 8601 time, e.g. 2026-11-20T10:00:00Z"]) from None
+        raise UsageError(f"--now {value!r} is not an ISO 8601 time, e.g. 2026-11-20T10:00:00Z") from None
     return dt.astimezone(UTC).replace(tzinfo=None) if dt.tzinfo else dt
 
 
@@ -193,6 +200,10 @@ def validate(
                 s.notify.smtp.read_password()
             except ConfigError as exc:
                 problems += exc.problems
+        try:
+            s.store.connect_url()
+        except ConfigError as exc:
+            problems += exc.problems
         if problems:
             raise ConfigError(problems, str(cfg.path))
     contacts = sum(len(c.contacts) for c in s.clients)
@@ -300,8 +311,8 @@ def scan(
     names = [mb.name for mb in cfg.settings.mailboxes]
     unknown = [m for m in mailbox or [] if m not in names]
     if unknown:  # else a typo scans nothing and says all is well
-        raise ConfigError([f"--mailbox {m!r}: no such mailbox; the configured ones are "
-                           f"{', '.join(map(repr, names)) or 'none'}" for m in unknown])
+        raise UsageError("; ".join(f"--mailbox {m!r}: no such mailbox; the configured ones are "
+                           f"{', '.join(map(repr, names)) or 'none'}" for m in unknown))
     with opened_store() as (store, directory), stopped_by_ctrl_c() as stop:
         width = max((len(f"{mb.name}/{f}") for mb in cfg.settings.mailboxes for f in mb.folders), default=0)
         progress = RichFolderProgress(err, width) if err.is_terminal and not as_json else None
@@ -405,7 +416,7 @@ def status(
         picture = evaluate(store, state.config(), at, client_filter=client)
         _print_scan_notes(store, at)
     if client and not picture.clients:
-        raise ConfigError([f"--client {client!r}: no such client in the configuration"])
+        raise UsageError(f"--client {client!r}: no such client in the configuration")
     if as_json:
         # orjson, one client at a time: the stdlib's encoder falls back to pure Python with
         # indent, which took longer than the evaluation itself for a million-message store.
@@ -540,9 +551,9 @@ def _set_alert(alert_id: int, event: str, **kw: Any) -> None:
     with opened_store(prepare=False) as (store, _), store.session() as db:
         a = db.get(Alert, alert_id)
         if a is None:
-            raise ConfigError([f"no alert with id {alert_id} (see `carewatch alerts list`)"])
+            raise UsageError(f"no alert with id {alert_id} (see `carewatch alerts list`)")
         if a.state in CLOSED:
-            raise ConfigError([f"alert {alert_id} is already {a.state}"])
+            raise UsageError(f"alert {alert_id} is already {a.state}")
         transition(a, event, parse_now(None), **kw)
         db.add(a)
         db.commit()
@@ -677,7 +688,7 @@ def digest(
     from .notify.transport import make_transport
 
     if not preview and not send:
-        raise ConfigError(["say what to do: --preview DIR to look at the digests, --send to send them"])
+        raise UsageError("say what to do: --preview DIR to look at the digests, --send to send them")
     cfg = state.config()
     at = parse_now(now)
     with opened_store() as (store, _):
@@ -717,6 +728,9 @@ def demo(
                                                           "it holds an earlier demo).")] = Path("carewatch-demo"),
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same firm and mail.")] = 7,
     now: NowOpt = None,
+    run: Annotated[bool, typer.Option("--run", help="Then run the worker on it (its mail up to this moment "
+                                                    "unless --now), serving /healthz and /metrics, until Ctrl-C.")]
+    = False,
 ) -> None:
     """Generate a realistic firm (a dozen clients, months of mail in a local Maildir) and run the
     real pipeline on it: scan, status, check (alerts as .eml/.html files) and the partner digest.
@@ -733,9 +747,11 @@ def demo(
     marker = directory / ".carewatch-demo"
     if directory.exists() and any(directory.iterdir()):
         if not marker.exists():
-            raise ConfigError([f"--dir {directory} exists and is not an earlier demo; choose an empty or new folder"])
+            raise UsageError(f"--dir {directory} exists and is not an earlier demo; choose an empty or new folder")
         shutil.rmtree(directory)
     t0 = time.perf_counter()
+    if run and not now:  # the worker runs on the clock: the firm's mail leads up to this hour
+        now = f"{datetime.now(UTC):%Y-%m-%dT%H:00:00}Z"
     at = parse_now(now) if now else demo_now(None)
     firm = generate(directory.resolve(), seed=seed, now=at.replace(tzinfo=UTC) if now else DEFAULT_NOW)
     marker.touch()
@@ -766,9 +782,36 @@ def demo(
         out.print("\n[bold]Partner digest[/] (open in a browser):")
         for p in digest_paths:
             out.print(f"  {p}", highlight=False, markup=False)
-    out.print(f"\nConfig: {firm.config}\nTry: carewatch --config {firm.config} status --client \"Cobalt Systems\" "
-              f"--now {at.isoformat()}Z\nDone in {time.perf_counter() - t0:.1f}s.", highlight=False,
-              markup=False, soft_wrap=True)  # the command stays one line, to copy and paste
+    me = _invoked_as()
+    out.print(f"\nConfig: {firm.config}\nTry:\n"
+              f"  {me} --config {firm.config} status --client \"Cobalt Systems\" --now {at.isoformat()}Z\n"
+              f"  {me} --config {firm.config} alerts list\n"
+              f"  {me} --config {firm.config} digest --preview digest-preview --now {at.isoformat()}Z\n"
+              f"  {me} demo --run          # the worker on a demo firm of today, with /healthz"
+              f"\nDone in {time.perf_counter() - t0:.1f}s.", highlight=False,
+              markup=False, soft_wrap=True)  # each command stays one line, to copy and paste
+    if run:
+        from .service import Worker
+
+        port = cfg.settings.service.metrics_port
+        out.print(f"\nThe worker on the demo firm: http://127.0.0.1:{port}/healthz and /metrics; "
+                  "Ctrl-C stops it.", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(Worker(cfg).run())
+
+
+def _invoked_as() -> str:
+    """How to type this program again: `carewatch` when that is what the shell finds, else the
+    path it was started by (`.venv/bin/carewatch` when the venv is not activated)."""
+    import shlex
+    import shutil
+
+    argv0 = sys.argv[0]
+    found = shutil.which("carewatch")
+    if found and os.path.realpath(found) == os.path.realpath(argv0):
+        return "carewatch"
+    if os.path.basename(argv0) == "carewatch" and os.path.exists(argv0):
+        return shlex.quote(os.path.relpath(argv0) if not argv0.startswith("/") else argv0)
+    return f"{shlex.quote(sys.executable)} -m worker.cli"
 
 
 def _flowing_help(*apps: typer.Typer) -> None:

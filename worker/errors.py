@@ -33,6 +33,13 @@ class CarewatchError(Exception):
     exit_code = ExitCode.INTERNAL
 
 
+class UsageError(CarewatchError):
+    """The command line asked for something that cannot be: a value in the wrong form, a
+    mailbox, client or alert that does not exist. Exit 2, as for a wrong option."""
+
+    exit_code = ExitCode.USAGE
+
+
 class ConfigError(CarewatchError):
     """Raised when the configuration is invalid; carries every problem found, not just the first."""
 
