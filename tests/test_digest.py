@@ -189,7 +189,8 @@ def _chromium(args: list[str]) -> subprocess.CompletedProcess[str]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_digest_renders_in_chromium_within_a_600px_column(portfolio, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("width", [360, 414, 600])
+def test_digest_fits_a_phone_and_a_600px_column_in_chromium(portfolio, tmp_path: Path, width: int) -> None:  # type: ignore[no-untyped-def]
     if CHROMIUM is None:
         if IN_CI:
             pytest.fail("chromium is required in CI (apt-get install chromium)")
@@ -197,22 +198,33 @@ def test_digest_renders_in_chromium_within_a_600px_column(portfolio, tmp_path: P
     cfg, store, _ = portfolio
     d = build_digest(store, cfg, cfg.settings.partners[0], NOW)
     _, _, html = render_digest(d, cfg)
-    page = tmp_path / "digest.html"
-    # Measure after layout: the widest element's right edge and the document's scroll width.
+    (tmp_path / "digest.html").write_text(html)
+    # The digest inside a frame of the phone's width, measured after layout from the page
+    # around it: the frame's document may not scroll sideways, and no element (the client
+    # table's last column included) may end beyond its right edge.
     probe = (
-        "<script>var w=0;document.querySelectorAll('*').forEach(function(e){var r=e.getBoundingClientRect();"
-        "w=Math.max(w,r.right)});document.body.setAttribute('data-sw',document.documentElement.scrollWidth);"
-        "document.body.setAttribute('data-right',Math.ceil(w));</script>"
+        f"<iframe id=f src='digest.html' style='width:{width}px;height:3000px;border:0'></iframe>"
+        "<script>document.getElementById('f').onload=function(){var d=this.contentWindow.document,w=0,who='';"
+        "d.querySelectorAll('*').forEach(function(e){var r=e.getBoundingClientRect();"
+        "if(r.right>w){w=r.right;who=e.tagName+':'+(e.textContent||'').slice(0,40)}});"
+        "document.body.setAttribute('data-sw',d.documentElement.scrollWidth);"
+        "document.body.setAttribute('data-iw',this.contentWindow.innerWidth);"
+        "document.body.setAttribute('data-right',Math.ceil(w));document.body.setAttribute('data-who',who);"
+        "document.title='measured'}</script>"
     )
-    page.write_text(html.replace("</body>", probe + "</body>"))
-    r = _chromium(["--window-size=600,900", "--dump-dom", page.as_uri()])
-    sw = re.search(r'data-sw="(\d+)"', r.stdout)
-    right = re.search(r'data-right="(\d+)"', r.stdout)
-    assert sw and right, r.stderr[-2000:]
-    assert int(sw.group(1)) <= 600 and int(right.group(1)) <= 600
+    (tmp_path / "frame.html").write_text(f"<!DOCTYPE html><html><body style='margin:0'>{probe}</body></html>")
+    r = _chromium([f"--window-size={width + 40},900", "--virtual-time-budget=5000", "--allow-file-access-from-files",
+                   "--dump-dom", (tmp_path / "frame.html").as_uri()])
+    sw, iw, right = (re.search(rf'data-{k}="(\d+)"', r.stdout) for k in ("sw", "iw", "right"))
+    assert sw and iw and right, r.stderr[-2000:]
+    who = re.search(r'data-who="([^"]*)"', r.stdout)
+    assert int(iw.group(1)) == width
+    assert int(sw.group(1)) <= width and int(right.group(1)) <= width, (sw.group(1), right.group(1), who)
+    # Every client's RAG is in words as well as in colour.
+    for c in d.clients:
+        assert re.search(rf">{c.rag.capitalize()}<", html), c.rag
     shot = tmp_path / "digest.png"
-    (tmp_path / "plain.html").write_text(html)
-    _chromium(["--window-size=600,2400", f"--screenshot={shot}", (tmp_path / "plain.html").as_uri()])
+    _chromium([f"--window-size={width},2400", f"--screenshot={shot}", (tmp_path / "digest.html").as_uri()])
     assert shot.exists() and shot.stat().st_size > 20_000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -287,3 +299,35 @@ def test_every_amber_or_red_client_says_why(tmp_path: Path, smtp) -> None:  # ty
     assert all(c["why"] for c in rows.values() if c["rag"] != "green")
     _, text, html = render_digest(d, f.config)
     assert "why: 1 message waiting for a reply, still within policy" in text and "still within policy" in html
+
+
+def test_the_digest_names_its_seven_days_and_keeps_one_unit_per_column() -> None:
+    from datetime import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from worker.digest import column_unit, in_unit, principal_words, week_days, week_span
+
+    london = ZoneInfo("Europe/London")
+    # Sent Monday 07:00: the week that ended on Sunday, seven days.
+    first, last = week_days(dt(2026, 11, 16, 7, 0), london)
+    assert (last - first).days == 6 and week_span(first, last) == "9–15 Nov 2026"
+    assert week_span(*week_days(dt(2026, 11, 2, 7, 0), london)) == "26 Oct – 1 Nov 2026"
+    assert week_span(*week_days(dt(2027, 1, 4, 7, 0), london)) == "28 Dec 2026 – 3 Jan 2027"
+    # Sent late on a Friday: that Friday is the last day.
+    assert week_span(*week_days(dt(2026, 11, 20, 18, 0), london)) == "14–20 Nov 2026"
+    # One unit per column: 88 minutes beside 1.7 hours reads as 1.5 h beside 1.7 h.
+    assert column_unit([88, 102, None]) == "h" and [in_unit(m, "h") for m in (88, 102, None)] == ["1.5", "1.7", "–"]
+    assert column_unit([12, 45]) == "min" and in_unit(45, "min") == "45"
+    assert principal_words(None) == "principal: never written to"
+    assert principal_words(0.4) == "principal: written to today"
+    assert principal_words(1.9) == "principal: 1 day since we wrote"
+    assert principal_words(5) == "principal: 5 days since we wrote"
+
+
+def test_the_digest_text_has_no_parenthesised_plurals(portfolio) -> None:  # type: ignore[no-untyped-def]
+    cfg, store, _ = portfolio
+    d = build_digest(store, cfg, cfg.settings.partners[0], NOW)
+    _, text, html = render_digest(d, cfg)
+    for body in (text, html):
+        assert "(s)" not in body and "d ago" not in body
+        assert not re.search(r"\b1 days\b|\b1 emails\b", body)

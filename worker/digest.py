@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -24,7 +24,7 @@ from .care.clock import to_ts
 from .care.evaluate import DAY, WEEK, CarePicture, ClientCare, evaluate, fmt_minutes, p90
 from .config import Config, PartnerConfig, duration_words, parse_duration_minutes
 from .notify.outbox import enqueue
-from .notify.render import Renderer, build_email
+from .notify.render import Renderer, build_email, plural
 from .store import Store
 from .store.models import Alert, Contact, OutboxEmail, columns
 
@@ -343,12 +343,52 @@ def spark_bars(values: list[float | None], height: int = 18) -> list[dict[str, A
     ]
 
 
+def column_unit(minutes: list[float | None]) -> str:
+    """One unit for a column of reply times, so that values compare at a glance: hours when
+    any value is 90 minutes or more (as fmt_minutes switches), else minutes."""
+    return "h" if any(m is not None and m >= 90 for m in minutes) else "min"
+
+
+def in_unit(m: float | None, unit: str) -> str:
+    """A reply time as a bare number in the column's unit ("1.5", "45"); "–" for none."""
+    if m is None:
+        return "–"
+    return f"{m / 60:.1f}" if unit == "h" else f"{m:.0f}"
+
+
+def week_days(now: datetime, tz: ZoneInfo) -> tuple[date, date]:
+    """The first and last of the seven days a digest covers. A digest sent on Monday morning
+    covers the week that ended on Sunday: the last day is the one that ended most recently."""
+    last = (now.replace(tzinfo=UTC).astimezone(tz) - timedelta(hours=12)).date()
+    return last - timedelta(days=6), last
+
+
+def week_span(first: date, last: date) -> str:
+    """Seven days as people write them: "9–15 Nov 2026", "26 Oct – 1 Nov 2026",
+    "29 Dec 2026 – 4 Jan 2027"."""
+    if first.year != last.year:
+        return f"{first.day} {first:%b %Y} – {last.day} {last:%b %Y}"
+    if first.month != last.month:
+        return f"{first.day} {first:%b} – {last.day} {last:%b %Y}"
+    return f"{first.day}–{last.day} {last:%b %Y}"
+
+
+def principal_words(days: float | None) -> str:
+    """When the firm last wrote to a client's principal, in whole days completed."""
+    if days is None:
+        return "principal: never written to"
+    n = int(days)
+    return "principal: written to today" if n == 0 else f"principal: {plural(n, 'day')} since we wrote"
+
+
 def context(d: Digest, config: Config) -> dict[str, Any]:
     tz = ZoneInfo(config.settings.calendar.timezone)
     tw, lw = d.this_week, d.last_week
 
-    def hours(m: float | None) -> str:
-        return "–" if m is None else fmt_minutes(m)
+    def same_unit(now: float | None, before: float | None) -> dict[str, str]:
+        """This week's and the week before's reply times in one unit, side by side."""
+        unit = column_unit([now, before])
+        return {k: "–" if m is None else f"{in_unit(m, unit)} {unit}" for k, m in (("value", now), ("before", before))}
 
     def share(x: float | None) -> str:
         return "–" if x is None else f"{x * 100:.0f}%"
@@ -356,14 +396,12 @@ def context(d: Digest, config: Config) -> dict[str, Any]:
     figures = [
         {
             "label": "Median first response",
-            "value": hours(tw.median_response_minutes),
-            "before": hours(lw.median_response_minutes),
+            **same_unit(tw.median_response_minutes, lw.median_response_minutes),
             "delta": _delta(_h(tw.median_response_minutes), _h(lw.median_response_minutes), unit=" h", places=1),
         },
         {
             "label": "p90 first response",
-            "value": hours(tw.p90_response_minutes),
-            "before": hours(lw.p90_response_minutes),
+            **same_unit(tw.p90_response_minutes, lw.p90_response_minutes),
             "delta": _delta(_h(tw.p90_response_minutes), _h(lw.p90_response_minutes), unit=" h", places=1),
         },
         {
@@ -411,17 +449,21 @@ def context(d: Digest, config: Config) -> dict[str, Any]:
     ]
     rag_count = {k: sum(1 for r in d.clients if r.rag == k) for k in ("red", "amber", "green")}
     total = max(1, len(d.clients))
+    first, last = week_days(d.now, tz)
+    reply_unit = column_unit([r.median_response_minutes for r in d.clients])
+    owner_unit = column_unit([o.median_response_minutes for o in d.owners])
     clients = [
         {
             "name": r.name,
             "internal": r.internal,
             "rag": r.rag,
             "owner": r.owner_name,
-            "median": hours(r.median_response_minutes),
+            "median": in_unit(r.median_response_minutes, reply_unit),
             "bars": spark_bars(r.trend),
             "spark": spark_text(r.trend),
             # Whole days completed, as the emails and the reasons count them.
             "principal_days": "–" if r.days_since_principal is None else f"{int(r.days_since_principal)}",
+            "principal": principal_words(r.days_since_principal),
             "open_alerts": r.open_alerts,
             # Why it is amber or red, in a few words: every colour has its reason.
             "why": _sentence(r.reasons[0]) if r.rag != "green" and r.reasons else "",
@@ -432,8 +474,12 @@ def context(d: Digest, config: Config) -> dict[str, Any]:
         "subject": f"Client care this week: {rag_count['red']} red, {rag_count['amber']} amber, "
         f"{rag_count['green']} green",
         "partner_name": d.partner.name,
-        "week_from": d.week_start.replace(tzinfo=ZoneInfo("UTC")).astimezone(tz).strftime("%d %b"),
-        "week_to": d.now.replace(tzinfo=ZoneInfo("UTC")).astimezone(tz).strftime("%d %b %Y"),
+        "week": week_span(first, last),
+        # For templates of one's own that name the first and last day themselves.
+        "week_from": f"{first.day} {first:%b}",
+        "week_to": f"{last.day} {last:%b %Y}",
+        "reply_unit": reply_unit,
+        "owner_unit": owner_unit,
         "timezone": config.settings.calendar.timezone,
         "figures": figures,
         "rag": rag_count,
@@ -457,7 +503,7 @@ def context(d: Digest, config: Config) -> dict[str, Any]:
                 "client_names": ", ".join(o.clients),
                 "open": o.open_alerts,
                 "escalated": o.escalated_alerts,
-                "median": hours(o.median_response_minutes),
+                "median": in_unit(o.median_response_minutes, owner_unit),
             }
             for o in d.owners
         ],

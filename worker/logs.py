@@ -73,7 +73,8 @@ def setup_logging(level: str = "INFO", json_logs: bool | None = None) -> None:
         # stderr, as the JSON lines: stdout is the command's output (`status --json | jq`). And
         # the console the CLI's progress bars use: a log line from another console would be
         # written across a live bar.
-        handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False, markup=False)
+        handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False, markup=False,
+                              log_time_format="[%Y-%m-%d %H:%M:%S]")  # ISO dates, not rich's US ones
         handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()
     for h in list(root.handlers):

@@ -38,7 +38,8 @@ TEMPLATE_NAMES = ("base.html", "alert.txt", "alert.html", "digest.txt", "digest.
 CONTEXT = {
     "alert": frozenset({"firm_name", "subject", "items", "escalated", "recipient", "recipient_name", "token",
                         "now_local", "timezone", "clients"}),
-    "digest": frozenset({"firm_name", "subject", "partner_name", "timezone", "week_from", "week_to", "figures",
+    "digest": frozenset({"firm_name", "subject", "partner_name", "timezone", "week", "week_from", "week_to",
+                         "reply_unit", "owner_unit", "figures",
                          "rag", "rag_pct", "at_risk", "clients", "owners", "unowned", "no_principal", "discovered",
                          "undelivered", "undelivered_total", "never_answered", "waits_expire_after"}),
 }
@@ -99,6 +100,11 @@ def safe_header(value: str, limit: int = 200) -> str:
     return v if len(v) <= limit else v[: limit - 1] + "\u2026"
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """`{{ n|plural('day') }}`: "1 day", "5 days" (`words` for an irregular plural)."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
 class Renderer:
     def __init__(self, config: Config) -> None:
         dirs = []
@@ -109,6 +115,8 @@ class Renderer:
         self.html = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
         self.text = jinja2.Environment(loader=loader, autoescape=False, undefined=jinja2.StrictUndefined,
                                        keep_trailing_newline=True)
+        for env in (self.html, self.text):
+            env.filters["plural"] = plural
         self.inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
         self.firm_name = config.settings.firm.name
 
