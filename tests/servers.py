@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -417,10 +418,13 @@ class TcpProxy:
     restarts or a network path fails) and restore."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1", rate: int | None = None,
-                 fast: int = 0) -> None:
+                 fast: int = 0, on_server: Callable[[], Callable[[bytes], bytes | None]] | None = None) -> None:
         """`rate`: pass what the server sends at that many bytes a second (after its first
-        `fast` bytes), as a server that trickles does; None relays at full speed."""
+        `fast` bytes), as a server that trickles does; None relays at full speed.
+        `on_server`: makes, for each connection, a filter that each chunk the server sends goes
+        through (ImapAnswers, say): what it returns is passed on; None cuts the connection."""
         self.target = (target_host, target_port)
+        self.on_server = on_server
         self.rate, self.fast = rate, fast
         #: Bytes passed at `rate` so far (past the first `fast`): a test waits on it, not on a clock.
         self.trickled = 0
@@ -448,14 +452,21 @@ class TcpProxy:
                 continue
             with self.lock:
                 self.open += [client, upstream]
-            for a, b, rate in ((client, upstream, None), (upstream, client, self.rate)):
-                threading.Thread(target=self._pump, args=(a, b, rate), daemon=True).start()
+            server_filter = self.on_server() if self.on_server else None
+            for a, b, rate, f in ((client, upstream, None, None), (upstream, client, self.rate, server_filter)):
+                threading.Thread(target=self._pump, args=(a, b, rate, f), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, rate: int | None = None) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, rate: int | None = None,
+              on_data: Callable[[bytes], bytes | None] | None = None) -> None:
         sent = 0
         deadline = time.monotonic() + 300  # a trickle is bounded: tests end long before
         try:
             while (data := src.recv(65536)) and time.monotonic() < deadline:
+                if on_data is not None:
+                    passed = on_data(data)
+                    if passed is None:
+                        break  # cut: both ends are shut below
+                    data = passed
                 if rate is None:
                     dst.sendall(data)
                     continue
@@ -488,6 +499,44 @@ class TcpProxy:
         self.closed = True
         self.cut()
         self.listener.close()
+
+
+class ImapAnswers:
+    """What a proxy's `on_server` is given: the server's IMAP stream, cut into whole responses
+    (a line, with its literals), each passed to `change(response)`: return it as it is, other
+    bytes in its place (b"" leaves it out), or None to cut the connection there. Bytes stay
+    held only until their response is complete."""
+
+    def __init__(self, change: Callable[[bytes], bytes | None]) -> None:
+        self.change = change
+        self.buffer = b""
+        self.lock = threading.Lock()
+
+    def __call__(self, data: bytes) -> bytes | None:
+        with self.lock:
+            self.buffer += data
+            out = b""
+            while (response := self._take()) is not None:
+                changed = self.change(response)
+                if changed is None:
+                    return None
+                out += changed
+            return out
+
+    def _take(self) -> bytes | None:
+        """The first whole response in the buffer, removed from it; None if it is not all here."""
+        at = 0
+        while True:
+            end = self.buffer.find(b"\r\n", at)
+            if end < 0:
+                return None
+            m = re.search(rb"\{(\d+)\}$", self.buffer[at:end])
+            if m is None:
+                response, self.buffer = self.buffer[:end + 2], self.buffer[end + 2:]
+                return response
+            at = end + 2 + int(m.group(1))  # the literal, then the rest of the line
+            if at > len(self.buffer):
+                return None
 
 
 def replayed_imap(wire: bytes, tags: list[bytes], folder: str) -> tuple[Any, Any]:

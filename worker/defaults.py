@@ -36,6 +36,12 @@ SNIPPETS_WITH_HEADERS_SHARE = 0.25
 #: Seconds a FETCH's answers may take per message asked for, on top of IMAP_TIMEOUT_SECONDS:
 #: a server that trickles bytes is given up then (Dovecot sends thousands a second).
 IMAP_SECONDS_PER_MESSAGE = 0.05
+#: Times a scan looks for a message the server cannot send (one that drops the connection
+#: whenever it is fetched) before it gives the mailbox up until the next scan.
+UNREADABLE_SEARCHES_PER_SCAN = 3
+#: Times a single message is fetched on a new connection, each one lost, before it is
+#: recorded as unreadable: a connection that drops by chance is not taken for the message.
+UNREADABLE_ATTEMPTS = 3
 #: Seconds before an IMAP socket operation times out.
 IMAP_TIMEOUT_SECONDS = 60.0
 #: Longest header value we keep, in characters; hostile mail has 100k-character headers.

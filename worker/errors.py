@@ -115,3 +115,13 @@ def tls_failed(exc: ssl.SSLError, implicit: bool, setting: str, plain_ports: str
         hint = (f"; the server answered without TLS: is this a STARTTLS port ({plain_ports})? Then set "
                 f"{setting} = \"starttls\", or use the implicit TLS port ({tls_port})")
     return f"TLS failed: {exc.reason or exc}{hint}"
+
+
+class ReadInterrupted(MailboxError):
+    """The connection was lost while a folder's messages were being read: the server went
+    away, or one message makes it drop the connection (the scan then looks for that one)."""
+
+    def __init__(self, detail: str, where: str = "", folder: str = "") -> None:
+        super().__init__(detail, where)
+        self.args = (detail, where, folder)  # pickled across the fetch helper like the others
+        self.folder = folder

@@ -27,7 +27,7 @@ from sqlmodel import select as sm_select
 from . import defaults
 from .classify import SENDER_SUBJECT_RULES, ContactRef, Directory, automated_reason, classify
 from .config import Config, MailboxConfig
-from .errors import FolderMissingError, MailboxError, StoreError
+from .errors import FolderMissingError, MailboxError, ReadInterrupted, StoreError
 from .fetchproc import FetchHelper
 from .headers import ParsedMessage, valid_text
 from .locks import write_alone
@@ -47,6 +47,7 @@ from .store.models import (
     table_of,
 )
 from .store.threads import among, finish_threads, link_contacts, plan_threads, refresh_replies
+from .unreadable import find_unreadable
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,25 @@ def matches_no_folder(patterns: Sequence[str]) -> str:
             "server's folders)")
 
 
+def merge_reports(reports: list[FolderReport], extra: list[FolderReport]) -> list[FolderReport]:
+    """`reports` with the counts of `extra` (read meanwhile, for the same folders) added in."""
+    by_folder = {r.folder: r for r in reports}
+    for e in extra:
+        r = by_folder.get(e.folder)
+        if r is None:
+            reports.append(e)
+            by_folder[e.folder] = e
+            continue
+        r.new = max(r.new, e.new)  # each read counts what was new when it began
+        r.stored += e.stored
+        r.duplicates += e.duplicates
+        r.skipped += e.skipped
+        r.automated += e.automated
+        r.seconds += e.seconds
+        r.unchanged = r.unchanged and e.new == 0
+    return reports
+
+
 class Ingestor:
     def __init__(self, store: Store, config: Config, directory: Directory,
                  stop: threading.Event | None = None, progress: Progress | None = None,
@@ -224,6 +244,9 @@ class Ingestor:
         self.progress = progress or LogProgress()
         #: Test and metrics hook, called after each committed batch.
         self.on_batch = on_batch
+        #: What a scan of a mailbox read before it was interrupted, and what find_unreadable
+        #: read, added to that mailbox's folder reports when its scan ends.
+        self.carried_reports: dict[str, list[FolderReport]] = {}
 
     # --- state -------------------------------------------------------------------------------
     def _add_states(self, db: Session, mailbox: str, folders: list[str]) -> None:
@@ -265,15 +288,39 @@ class Ingestor:
         for mb in mailboxes if mailboxes is not None else self.config.settings.mailboxes:
             if self.stop.is_set():
                 break
-            try:
-                with open_source(mb) as source:
-                    source.stop = self.stop  # a stop request ends a FETCH still being answered
-                    report.folders += self.scan_mailbox(mb, source, report.errors)
-            except MailboxError as exc:
-                log.error("%s", exc)
-                report.errors.append(str(exc))
-                self.record_error(mb.name, self._known_folders(mb), str(exc))
+            searches = 0
+            while True:
+                try:
+                    with open_source(mb) as source:
+                        source.stop = self.stop  # a stop request ends a FETCH still being answered
+                        report.folders += merge_reports(self.scan_mailbox(mb, source, report.errors),
+                                                        self.carried_reports.pop(mb.name, []))
+                except ReadInterrupted as exc:
+                    # Lost mid-folder. If one message makes the server drop the connection, every
+                    # scan would stop at it for ever: look for it, record it, and scan again.
+                    failed: MailboxError = exc
+                    if searches < defaults.UNREADABLE_SEARCHES_PER_SCAN and not self.stop.is_set():
+                        searches += 1
+                        log.warning("%s; reading the folder's next messages in halves, each on a new connection, "
+                                    "in case one message is what the server cannot send", exc)
+                        try:
+                            self.carried_reports.setdefault(mb.name, []).append(
+                                find_unreadable(self, mb, exc.folder))
+                            continue
+                        except MailboxError as again:
+                            failed = MailboxError(f"{exc.detail}; then, looking for a message the server cannot "
+                                                  f"send: {again.detail}", where=exc.where)
+                    self._mailbox_failed(mb, failed, report)
+                except MailboxError as exc:
+                    self._mailbox_failed(mb, exc, report)
+                break
         return report
+
+    def _mailbox_failed(self, mb: MailboxConfig, exc: MailboxError, report: ScanReport) -> None:
+        log.error("%s", exc)
+        report.errors.append(str(exc))
+        self.record_error(mb.name, self._known_folders(mb), str(exc))
+        self.carried_reports.pop(mb.name, None)
 
     def _known_folders(self, mb: MailboxConfig) -> list[str]:
         """The folders of `mb` the config asks for (see configured_folders)."""
@@ -345,9 +392,16 @@ class Ingestor:
                     raise
                 errors.append(str(exc))
             except (OSError, EOFError, imaplib.IMAP4.error) as exc:
-                raise MailboxError(f"connection lost while reading "
-                                   f"{folder!r}: {exc or type(exc).__name__}; committed batches "
-                                   "are kept, the next scan resumes", where=f"mailbox {mb.name!r}") from exc
+                if source.gave_up:  # we ended the connection: a deadline or a stop, not a lost server
+                    raise MailboxError(source.gave_up, where=f"mailbox {mb.name!r}") from exc
+                lost = ReadInterrupted(f"connection lost while reading "
+                                       f"{folder!r}: {exc or type(exc).__name__}; committed batches "
+                                       "are kept, the next scan resumes", where=f"mailbox {mb.name!r}",
+                                       folder=folder)
+                # What was stored before the loss still counts in this scan's report.
+                self.carried_reports.setdefault(mb.name, []).extend(
+                    [*out, *([] if isinstance(plan, BaseException) else [plan.report])])
+                raise lost from exc
         return out
 
     def _plan_or_error(self, source: MailboxSource, mailbox: str, folder: str, batch_size: int,

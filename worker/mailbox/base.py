@@ -172,6 +172,9 @@ class MailboxSource(ABC):
     configured: Sequence[str] = ()
     #: Set by the scan: a source that waits on a server ends the wait when it is set.
     stop: threading.Event | None = None
+    #: Why this source ended its own connection (a deadline passed, a stop was asked for), if
+    #: it did: a read that fails afterwards failed for that reason, not for a lost server.
+    gave_up: str | None = None
 
     def folders_to_scan(self, configured: Sequence[str]) -> list[str]:
         """The configured folders, each pattern ("Clients/*") replaced by the folders it

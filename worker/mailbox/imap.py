@@ -567,7 +567,11 @@ class ImapSource(MailboxSource):
         messages = sum(len(f.uids) for f in self._inflight)
         budget = self.timeout + messages * defaults.IMAP_SECONDS_PER_MESSAGE
         with _Watchdog(imap, budget, self.stop) as watchdog:
-            self._read_answers(imap, wanted, watchdog)
+            try:
+                self._read_answers(imap, wanted, watchdog)
+            finally:
+                if watchdog.fired:
+                    self.gave_up = watchdog.reason
 
     def _read_answers(self, imap: Any, wanted: set[bytes], watchdog: _Watchdog) -> None:
         while wanted - self._completed.keys():
