@@ -184,3 +184,25 @@ def test_the_backlog_gauge_follows_every_delivery_down_to_zero(tmp_path: Path, s
         assert w.metrics.outbox_backlog._value.get() == 0
     finally:
         w.store.dispose()
+
+
+def test_a_relay_that_trickles_is_given_up_at_the_deadline_and_retried(tmp_path: Path, smtp: SmtpSink) -> None:
+    from types import SimpleNamespace
+
+    from servers import TcpProxy
+
+    # Replies at 40 bytes a second, in 20-byte pieces: never silent for the 1 s timeout, so
+    # only an overall deadline (4 round trips x 1 s for the login) ends the conversation.
+    proxy = TcpProxy(smtp.port, rate=40)
+    try:
+        firm = Firm(tmp_path, SimpleNamespace(port=proxy.port, messages=[]),  # type: ignore[arg-type]
+                    f"sqlite:///{tmp_path / 'cw.db'}", extra="timeout_seconds = 1\n")  # in [notify.smtp]
+        assert firm.config.settings.notify.smtp is not None and firm.config.settings.notify.smtp.timeout_seconds == 1
+        firm.mail.add(ALICE, [SHARED], "Budget 2027", london(2026, 11, 16, 10, 0))
+        rep = firm.check(at(2026, 11, 17, 12, 0))
+        assert rep.delivery is not None and rep.delivery.sent == [] and rep.delivery.retrying
+        [row] = firm.outbox()
+        assert row.status == "pending" and "too slowly" in (row.last_error or ""), row.last_error
+    finally:
+        proxy.close()
+    assert proxy.trickled > 0 and smtp.messages == []

@@ -123,6 +123,14 @@ LOCK_WAIT_SECONDS = 120.0
 #: Seconds a job waits for a free database connection before it fails with a store error.
 STORE_POOL_TIMEOUT_SECONDS = 30.0
 
+# --- delivery -----------------------------------------------------------------------------
+#: An SMTP login (greeting, EHLO, STARTTLS, EHLO, AUTH) may take this many timeouts in all.
+SMTP_LOGIN_ROUND_TRIPS = 4
+#: Sending an email may take the timeout, plus its size at this rate (a slow link), plus
+#: this much a recipient; a relay slower than that is treated as failed and retried later.
+SMTP_MIN_BYTES_PER_SECOND = 20_000
+SMTP_SECONDS_PER_RECIPIENT = 2.0
+
 # --- service ----------------------------------------------------------------------------
 #: The port of /healthz and /metrics (service.metrics_port).
 METRICS_PORT = 9108

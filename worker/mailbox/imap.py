@@ -9,8 +9,6 @@ import logging
 import re
 import socket
 import ssl
-import threading
-import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from imapclient.datetime_util import parse_to_datetime
 from imapclient.exceptions import IMAPClientError, LoginError, ProtocolError
 
 from .. import defaults
+from ..deadline import Watchdog
 from ..errors import FolderMissingError, MailboxAuthError, MailboxError, tls_failed
 from ..headers import FETCH_FIELDS, MONTHS, zone_offset
 from .base import FolderInfo, FolderStatus, Item, MailboxSource, RawMessage, UidItems
@@ -272,38 +271,6 @@ def _lookup(data: dict[bytes, Any], prefix: bytes) -> Any:
         if isinstance(k, bytes) and k.startswith(prefix):
             return v
     return None
-
-
-class _Watchdog:
-    """Ends an IMAP connection (shutting its socket, so a blocked read returns at once) when a
-    deadline passes or a stop event is set; `fired` and `reason` say which."""
-
-    def __init__(self, imap: Any, seconds: float, stop: threading.Event | None) -> None:
-        self.imap, self.seconds, self.stop = imap, seconds, stop
-        self.done = threading.Event()
-        self.fired = False
-        self.reason = ""
-
-    def __enter__(self) -> _Watchdog:
-        self.thread = threading.Thread(target=self._watch, name="imap-watchdog", daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.thread.join()
-
-    def _watch(self) -> None:
-        deadline = time.monotonic() + self.seconds
-        while not self.done.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
-            stopping = self.stop is not None and self.stop.is_set()
-            if stopping or time.monotonic() >= deadline:
-                self.fired = True
-                self.reason = ("stopped while the server was still answering" if stopping else
-                               f"the server sent its answer too slowly: not complete within {self.seconds:.0f}s")
-                with contextlib.suppress(OSError):
-                    self.imap.sock.shutdown(socket.SHUT_RDWR)
-                return
 
 
 @dataclass(eq=False)
@@ -566,14 +533,14 @@ class ImapSource(MailboxSource):
         # is told to stop (Ctrl-C, SIGTERM), whatever the server does.
         messages = sum(len(f.uids) for f in self._inflight)
         budget = self.timeout + messages * defaults.IMAP_SECONDS_PER_MESSAGE
-        with _Watchdog(imap, budget, self.stop) as watchdog:
+        with Watchdog(lambda: imap.sock, budget, self.stop) as watchdog:
             try:
                 self._read_answers(imap, wanted, watchdog)
             finally:
                 if watchdog.fired:
                     self.gave_up = watchdog.reason
 
-    def _read_answers(self, imap: Any, wanted: set[bytes], watchdog: _Watchdog) -> None:
+    def _read_answers(self, imap: Any, wanted: set[bytes], watchdog: Watchdog) -> None:
         while wanted - self._completed.keys():
             try:
                 answers, data, tag, status, text = read_until_tagged(imap)

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from .. import defaults
 from ..config import Config, SmtpConfig
+from ..deadline import Watchdog
 from ..errors import DeliveryError, tls_failed
 
 
@@ -80,16 +82,18 @@ class SmtpTransport:
         c = self.cfg
         ctx = ssl.create_default_context(cafile=str(c.ca_file) if c.ca_file else None)
         port = c.server_port
+        conn: smtplib.SMTP = (smtplib.SMTP_SSL(timeout=c.timeout_seconds, context=ctx) if c.tls == "implicit"
+                              else smtplib.SMTP(timeout=c.timeout_seconds))
+        # The greeting, EHLO, STARTTLS and login: a few round trips, each allowed the timeout.
+        watchdog = Watchdog(lambda: getattr(conn, "sock", None), defaults.SMTP_LOGIN_ROUND_TRIPS * c.timeout_seconds,
+                            what="its replies")
         try:
-            conn: smtplib.SMTP
-            if c.tls == "implicit":
-                conn = smtplib.SMTP_SSL(c.host, port, timeout=c.timeout_seconds, context=ctx)
-            else:
-                conn = smtplib.SMTP(c.host, port, timeout=c.timeout_seconds)
+            with watchdog:
+                conn.connect(c.host, port)
                 if c.tls == "starttls":
                     conn.starttls(context=ctx)
-            if c.username:
-                conn.login(c.username, c.read_password())
+                if c.username:
+                    conn.login(c.username, c.read_password())
         except ssl.SSLCertVerificationError as exc:
             raise DeliveryError(f"SMTP {c.host}:{port}: TLS certificate not trusted ({exc.verify_message}); set "
                                 "notify.smtp.ca_file for a private CA", alarm=True) from None
@@ -100,7 +104,9 @@ class SmtpTransport:
             raise DeliveryError(f"SMTP {c.host}:{port}: login refused ({exc.smtp_code}); check notify.smtp.username "
                                 "and its password (emails are kept and retried)", alarm=True) from None
         except (OSError, smtplib.SMTPException) as exc:
-            raise DeliveryError(f"SMTP {c.host}:{port}: cannot connect: {exc}") from None
+            _close_quietly(conn)
+            why = watchdog.reason if watchdog.fired else f"cannot connect: {exc}"
+            raise DeliveryError(f"SMTP {c.host}:{port}: {why}") from None
         return conn
 
     def probe(self, mail_from: str, recipients: Sequence[str]) -> dict[str, str]:
@@ -133,8 +139,15 @@ class SmtpTransport:
     def send(self, raw: bytes, mail_from: str, recipients: list[str], message_id: str) -> dict[str, str]:
         if self.conn is None:
             self.conn = self._connect()
+        conn = self.conn
+        # The whole conversation has a deadline in proportion to what it sends: a relay that
+        # trickles its replies must not hold delivery (and every alert behind it) for ever.
+        budget = (self.cfg.timeout_seconds + len(raw) / defaults.SMTP_MIN_BYTES_PER_SECOND
+                  + len(recipients) * defaults.SMTP_SECONDS_PER_RECIPIENT)
+        watchdog = Watchdog(lambda: conn.sock, budget, what="its replies")
         try:
-            refused = self.conn.sendmail(mail_from, recipients, raw)
+            with watchdog:
+                refused = conn.sendmail(mail_from, recipients, raw)
         except smtplib.SMTPSenderRefused as exc:
             # Every email would be refused the same way: the sender (notify.from_address) or the
             # login's right to send as it, not this email. Retried, and said loudly.
@@ -150,18 +163,26 @@ class SmtpTransport:
             self.close()
             raise DeliveryError(f"SMTP said {exc.smtp_code} {exc.smtp_error!r}",
                                 permanent=500 <= exc.smtp_code < 600) from None
-        except (OSError, smtplib.SMTPException) as exc:
+        except OSError as exc:  # smtplib's own errors included: they are OSErrors
             self.close()
-            raise DeliveryError(f"SMTP delivery failed: {exc}") from None
+            # After DATA the email may have arrived: retried, it may arrive twice (at least once).
+            raise DeliveryError(f"SMTP delivery failed: {watchdog.reason if watchdog.fired else exc}") from None
         # Some recipients may have been refused while others accepted: the email is delivered.
         return {addr: f"{code} {msg.decode(errors='replace') if isinstance(msg, bytes) else msg}"
                 for addr, (code, msg) in refused.items()}
 
     def close(self) -> None:
         if self.conn is not None:
-            with contextlib.suppress(OSError, smtplib.SMTPException):
-                self.conn.quit()
+            _close_quietly(self.conn)
             self.conn = None
+
+
+def _close_quietly(conn: smtplib.SMTP) -> None:
+    """QUIT if the server still listens, and close the socket whatever it says."""
+    with contextlib.suppress(OSError, smtplib.SMTPException):
+        conn.quit()
+    with contextlib.suppress(OSError):
+        conn.close()
 
 
 def make_transport(config: Config) -> Transport:
