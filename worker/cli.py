@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial, wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,9 +28,12 @@ from rich.progress import Progress as RichProgress
 from rich.table import Column, Table
 from rich.text import Text
 
-from .config import ENV_CONFIG, Config, load_config
+from .defaults import ENV_CONFIG
 from .errors import CarewatchError, ConfigError, ExitCode, UsageError
 from .logs import setup_logging, stderr_console
+
+if TYPE_CHECKING:  # the config's models take a tenth of a second to build: not for --help
+    from .config import Config
 
 log = logging.getLogger(__name__)
 app = typer.Typer(
@@ -61,6 +64,8 @@ class State:
 
     def config(self) -> Config:
         if self._config is None:
+            from .config import load_config
+
             self._config = load_config(self.config_path)
         return self._config
 
@@ -757,6 +762,8 @@ def demo(
     marker.touch()
     out.print(f"[bold]Carewatch demo[/]: {len(firm.clients)} clients, {firm.messages} messages in "
               f"{escape(str(firm.maildir))}")
+    from .config import load_config
+
     cfg = load_config(firm.config)
     state._config = cfg
     with opened_store() as (store, directory_):

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from . import defaults
 from .errors import ConfigError
 
-ENV_CONFIG = "CAREWATCH_CONFIG"
+ENV_CONFIG = defaults.ENV_CONFIG
 #: Keys that would hold a secret, and how each is given instead (never in the file).
 SECRET_KEYS = {
     "password": "set password_env to the name of an environment variable, or password_file to a file "

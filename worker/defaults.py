@@ -131,6 +131,10 @@ SMTP_LOGIN_ROUND_TRIPS = 4
 SMTP_MIN_BYTES_PER_SECOND = 20_000
 SMTP_SECONDS_PER_RECIPIENT = 2.0
 
+# --- configuration ------------------------------------------------------------------------
+#: The environment variable naming the config file.
+ENV_CONFIG = "CAREWATCH_CONFIG"
+
 # --- service ----------------------------------------------------------------------------
 #: The port of /healthz and /metrics (service.metrics_port).
 METRICS_PORT = 9108

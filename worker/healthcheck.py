@@ -16,9 +16,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from .defaults import METRICS_PORT
+from .defaults import ENV_CONFIG, METRICS_PORT
 
-ENV_CONFIG = "CAREWATCH_CONFIG"
 ENV_SERVICE = "CAREWATCH__SERVICE__"
 
 

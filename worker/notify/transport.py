@@ -84,6 +84,9 @@ class SmtpTransport:
         port = c.server_port
         conn: smtplib.SMTP = (smtplib.SMTP_SSL(timeout=c.timeout_seconds, context=ctx) if c.tls == "implicit"
                               else smtplib.SMTP(timeout=c.timeout_seconds))
+        # Made without a host so that connecting happens under the watchdog; TLS checks the
+        # certificate against the host the constructor would have kept.
+        conn._host = c.host  # type: ignore[attr-defined]  # noqa: SLF001
         # The greeting, EHLO, STARTTLS and login: a few round trips, each allowed the timeout.
         watchdog = Watchdog(lambda: getattr(conn, "sock", None), defaults.SMTP_LOGIN_ROUND_TRIPS * c.timeout_seconds,
                             what="its replies")
