@@ -535,3 +535,44 @@ def test_a_principal_listed_today_is_not_silent_since_records_began(tmp_path: Pa
     doc = status(tmp_path, mail, london(2026, 12, 14, 12, 0))  # 34 days after the listing
     silent = next(lp for lp in contact(doc, ALICE)["lapses"] if lp["kind"] == "silent")
     assert silent["since"] == "2026-11-10T09:00:00Z" and silent["key"].endswith(":never")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_subject_replies_read_together_thread_as_when_each_looks_back_alone(
+        tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of new mail's subject replies (no references) look back through one query; the
+    threads must be exactly those of one query each, whatever the order and the mix."""
+    import random
+
+    from sqlalchemy import create_engine, text
+
+    from worker.store import threads
+
+    rng = random.Random(seed)
+    people = [ALICE, BOB, GINA]
+    subjects = ["Budget 2027", "Invoice 4411", "Board pack", "Access"]
+    mail = Mail(tmp_path / "Maildir")
+    for k in range(60):
+        who, subject = rng.choice(people), rng.choice(subjects)
+        when = london(2026, 11, 2) + timedelta(hours=rng.randrange(0, 20 * 24))
+        if rng.random() < 0.5:
+            mail.add(who, [SHARED], subject if rng.random() < 0.5 else f"Re: {subject}", when)
+        else:
+            mail.add(rng.choice([OLIVIA, OSCAR]), [who], f"RE: {subject}", when, folder="Sent", refs=[])
+
+    def partition(db: Path, batched: bool) -> set[frozenset[str]]:
+        with monkeypatch.context() as m:
+            if not batched:
+                m.setattr(threads._EarlierBySubject, "usable", staticmethod(lambda replies, window: False))
+            cfg = write_config(tmp_path, f"sqlite:///{db}", maildir=mail.root)
+            assert runner.invoke(app, ["--config", str(cfg), "scan"]).exit_code == 0
+        with create_engine(f"sqlite:///{db}").connect() as c:
+            groups: dict[int, set[str]] = {}
+            for mid, thread in c.execute(text("SELECT message_id, thread_id FROM message")):
+                groups.setdefault(thread, set()).add(mid)
+        return {frozenset(g) for g in groups.values()}
+
+    together = partition(tmp_path / "together.db", batched=True)
+    alone = partition(tmp_path / "alone.db", batched=False)
+    assert together == alone
+    assert any(len(g) > 2 for g in together)  # subject replies did join threads

@@ -16,6 +16,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
@@ -267,6 +268,54 @@ def _latest_before(conn: Connection, r: dict[str, Any], window: timedelta, *, no
     return conn.execute(q.order_by(col(Message.sent_at).desc()).limit(1)).first()
 
 
+class _EarlierBySubject:
+    """_latest_before for a batch's subject replies, from one query instead of one each.
+
+    Used when the replies were sent within one window of each other (new mail, as a running
+    worker reads it): the messages any of them may look back to are then the touched clients'
+    messages from a window before the first reply to the last, few enough to read at once. A
+    first scan's batches span years: there each reply asks on its own."""
+
+    def __init__(self, conn: Connection, replies: Sequence[dict[str, Any]], window: timedelta) -> None:
+        self.window = window
+        #: (client, subject) -> [sent_at, message_id, thread_id, contact_ids] of each candidate.
+        self.by_key: dict[tuple[int, str], list[list[Any]]] = {}
+        wanted = {(r["client_id"], r["norm_subject"]) for r in replies}
+        cond, ids_param = among(conn.dialect.name, "client_id", "INTEGER")
+        sql = (text(f"SELECT sent_at, message_id, thread_id, contact_ids, client_id, norm_subject FROM message "
+                    f"WHERE {cond} AND sent_at >= :lo AND sent_at <= :hi AND thread_id IS NOT NULL")
+               .bindparams(ids_param, bindparam("lo", type_=DateTime), bindparam("hi", type_=DateTime))
+               .columns(column("sent_at", DateTime), column("message_id", String), column("thread_id", Integer),
+                        column("contact_ids", String), column("client_id", Integer),
+                        column("norm_subject", String)))
+        span = {"lo": min(r["sent_at"] for r in replies) - window, "hi": max(r["sent_at"] for r in replies)}
+        for chunk in _chunks(sorted({client for client, _ in wanted})):
+            for sent_at, mid, thread, contacts, client, subject in conn.execute(sql, {"ids": list(chunk), **span}):
+                if (client, subject) in wanted:
+                    self.by_key.setdefault((client, subject), []).append([sent_at, mid, thread, contacts])
+
+    @staticmethod
+    def usable(replies: Sequence[dict[str, Any]], window: timedelta) -> bool:
+        return len(replies) > 1 and (max(r["sent_at"] for r in replies) - min(r["sent_at"] for r in replies)
+                                     <= window)
+
+    def latest_before(self, r: dict[str, Any], not_thread: int | None) -> Any:
+        """As _latest_before(conn, r, window, not_thread=...) would answer now."""
+        best: list[Any] | None = None
+        lo, hi = r["sent_at"] - self.window, r["sent_at"]
+        for c in self.by_key.get((r["client_id"], r["norm_subject"]), ()):
+            if lo <= c[0] <= hi and c[2] != not_thread and (best is None or c[0] > best[0]):
+                best = c
+        return None if best is None else SimpleNamespace(message_id=best[1], thread_id=best[2], contact_ids=best[3])
+
+    def merged(self, threads: set[int], target: int) -> None:
+        """Threads joined into `target` since the candidates were read (as _merge does in the store)."""
+        for candidates in self.by_key.values():
+            for c in candidates:
+                if c[2] in threads:
+                    c[2] = target
+
+
 def _share_people(a: str | None, b: str | None) -> bool:
     """Whether two messages with one subject may be one conversation: they share a contact,
     or one of them names none. (Same subject, other people: another conversation.)"""
@@ -328,6 +377,8 @@ def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
     merged = set(merged or ())
     window = timedelta(days=defaults.SUBJECT_THREAD_WINDOW_DAYS)
 
+    earlier: _EarlierBySubject | None = None
+
     def join(a: int, b: int) -> None:
         target = min(a, b)
         _merge(conn, target, {a, b}, episodes=refresh)
@@ -335,13 +386,17 @@ def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
         for other in rows:
             if other["thread_id"] in (a, b):
                 other["thread_id"] = target
+        if earlier is not None:
+            earlier.merged({a, b}, target)
 
-    for r in sorted(rows, key=lambda r: r["sent_at"]):
-        if not r.get("norm_subject") or r.get("client_id") is None:
-            continue
-        if not is_subject_reply(r.get("in_reply_to"), (r.get("references") or "").split(), r.get("subject") or ""):
-            continue
-        prev = _latest_before(conn, r, window, not_thread=r["thread_id"])
+    replies = [r for r in sorted(rows, key=lambda r: r["sent_at"])
+               if r.get("norm_subject") and r.get("client_id") is not None
+               and is_subject_reply(r.get("in_reply_to"), (r.get("references") or "").split(), r.get("subject") or "")]
+    if _EarlierBySubject.usable(replies, window):
+        earlier = _EarlierBySubject(conn, replies, window)
+    for r in replies:
+        prev = (earlier.latest_before(r, r["thread_id"]) if earlier is not None
+                else _latest_before(conn, r, window, not_thread=r["thread_id"]))
         if prev is not None and _share_people(r.get("contact_ids"), prev.contact_ids):
             join(r["thread_id"], prev.thread_id)
     # (Not in migration 0003, before subject_reply existed: 0006 joins what it left apart.)
