@@ -5,7 +5,7 @@ from __future__ import annotations
 import email
 import os
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import policy
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -635,3 +635,21 @@ def test_an_old_alert_emails_reference_stops_working_once_its_alerts_were_told_a
 def _commands(firm: Firm) -> list[AlertCommand]:
     with firm.store.session() as db:
         return list(db.execute(select(AlertCommand)).scalars())
+
+
+def test_a_check_names_the_next_moment_time_alone_changes_its_outcome(firm: Firm) -> None:
+    """The worker evaluates after new mail and at the moment the last check named: that
+    moment must be exactly when a wait, an escalation or a snooze falls due."""
+    dry = {"dry_run": True}
+    # Mon 10:30: the three questions are young. The next change is the first warning.
+    rep = firm.check(at(2026, 11, 16, 10, 30), **dry)
+    nxt = rep.next_check
+    assert nxt is not None and rep.new == [] and not firm.check(nxt - timedelta(minutes=1), **dry).emails
+    assert firm.check(nxt, **dry).emails or firm.check(nxt + timedelta(seconds=1), **dry).emails
+    # After the alerts are told (Tue 12:00), the next change is the escalation (Wed 11:30, see
+    # the escalation test) unless a wait is due sooner.
+    told = firm.check(at(2026, 11, 17, 12, 0))
+    assert told.new and told.next_check is not None and told.next_check <= at(2026, 11, 18, 11, 30)
+    assert firm.check(told.next_check - timedelta(minutes=1)).emails == []
+    later = firm.check(told.next_check + timedelta(seconds=1))
+    assert later.escalated or later.new or later.emails

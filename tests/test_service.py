@@ -320,3 +320,40 @@ def test_metrics_can_be_turned_off_in_the_config(tmp_path: Path) -> None:
         assert w.health_server is None
     finally:
         w.store.dispose()
+
+
+def test_the_worker_evaluates_after_new_mail_and_when_time_is_due_not_after_every_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import maildir_config
+
+    from worker.alerts import AlertDesk
+    from worker.config import load_config
+    from worker.service import Worker, utcnow
+
+    raw = build_message(sender="alice@acme.example", to=["shared@firm.example"], subject="Question",
+                        date=datetime.now(UTC) - timedelta(minutes=5), message_id="<w1@acme.example>")
+    cfg = load_config(maildir_config(tmp_path, [raw]))
+    checks: list[datetime] = []
+    real = AlertDesk.check
+
+    def counted(self: AlertDesk, now: datetime, *a: object, **kw: object):  # type: ignore[no-untyped-def]
+        checks.append(now)
+        return real(self, now, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AlertDesk, "check", counted)
+    w = Worker(cfg, metrics_port=-1)
+    try:
+        name = cfg.settings.mailboxes[0].name
+        w.scan_job(name)  # new mail: checked, and the next check is when the question's wait turns
+        assert len(checks) == 1 and w.check_due > utcnow()
+        w.scan_job(name)  # nothing new, nothing due: no evaluation
+        w.check_if_due()
+        assert len(checks) == 1
+        (Path(tmp_path / "md" / "cur") / "2.host:2,").write_bytes(raw.replace(b"<w1@", b"<w2@"))
+        w.scan_job(name)  # new mail: checked at once
+        assert len(checks) == 2
+        w.check_due = utcnow() - timedelta(seconds=1)  # time has come: the poll checks
+        w.check_if_due()
+        assert len(checks) == 3 and w.check_due > utcnow()
+    finally:
+        w.store.dispose()

@@ -170,6 +170,16 @@ class CheckReport:
     emails: list[PlannedEmail] = field(default_factory=list)
     delivery: DeliveryReport | None = None
     hold_until: datetime | None = None
+    #: The next moment this check's outcome can change by time alone (a wait crossing its
+    #: window, a snooze ending, an escalation falling due, quiet hours ending): the worker
+    #: checks again then, and after new mail, rather than evaluating everything after every
+    #: scan. None: nothing is due by time.
+    next_check: datetime | None = None
+
+    def due_by(self, when: datetime | None) -> None:
+        """Note a moment the outcome changes by time alone."""
+        if when is not None and when > self.now and (self.next_check is None or when < self.next_check):
+            self.next_check = when
 
     def to_json(self) -> dict[str, Any]:
         return {"now": self.now.isoformat() + "Z", "new": self.new, "escalated": self.escalated,
@@ -320,20 +330,26 @@ class AlertDesk:
                             .order_by(col(Alert.client_name), col(Alert.since), col(Alert.id))).scalars():
             if a.state == "snoozed":
                 report.snoozed.append(a.key)
+                report.due_by(a.snoozed_until)
                 continue
             if a.state == "open":
                 for r in self.first_recipients(a):
                     out.setdefault(r, []).append((a, False))
+                if a.kind != "due_soon" and a.level < self.levels:  # told now: escalates from now on
+                    report.due_by(from_ts(self.calendar.add_minutes(now_ts, self.escalate_after)))
                 continue
             if a.kind == "due_soon":
                 continue  # a warning, told once: the lapse it warns of escalates if it comes
             # The latest notice of any kind: never an escalation sooner than escalate_after
             # after the owner was told (again).
             last = last_notice(a) or a.created_at
-            if (a.level < self.levels
-                    and self.calendar.minutes_between(to_ts(last), now_ts) >= self.escalate_after):
+            if a.level >= self.levels:
+                continue
+            if self.calendar.minutes_between(to_ts(last), now_ts) >= self.escalate_after:
                 for r in dict.fromkeys(self.first_recipients(a) + self.backup_for(a)):
                     out.setdefault(r, []).append((a, True))
+            else:
+                report.due_by(from_ts(self.calendar.add_minutes(to_ts(last), self.escalate_after)))
         return out
 
     # --- emails ------------------------------------------------------------------------------------
@@ -394,6 +410,7 @@ class AlertDesk:
             self.apply_commands(db, now, report)
             db.flush()
             picture = picture or evaluate(self.store, self.config, now)
+            report.due_by(picture.next_change)
             self.sync(db, picture, now, report)
             db.flush()
             due = self.due(db, now, report)
@@ -444,6 +461,7 @@ class AlertDesk:
                 db.add(a)
             if report.held:
                 report.hold_until = from_ts(self.calendar.next_open(to_ts(now)))
+                report.due_by(report.hold_until)
             if dry_run:
                 db.rollback()
                 return report

@@ -39,6 +39,7 @@ from .config import Config, MailboxConfig
 from .errors import CarewatchError, MailboxAuthError, StoreError
 from .ingest import (
     Ingestor,
+    ScanReport,
     configured_folders,
     folder_errors,
     folder_states,
@@ -65,6 +66,13 @@ IDLE_RENEW_SECONDS = 540.0
 #: How often an IDLE loop looks at the stop flag.
 IDLE_POLL_SECONDS = 1.0
 DELIVERY_INTERVAL_SECONDS = 60.0
+#: How often the worker asks whether a check (an evaluation of every client) is due.
+CHECK_POLL_SECONDS = 60.0
+#: A check runs after a scan that stored mail, when the last one said something changes by
+#: time alone (a wait crossing its window, an escalation or a snooze falling due), and at least
+#: this often for what it does not foresee to the minute (silence, going quiet, expiry), which
+#: counts in days.
+CHECK_MAX_INTERVAL = timedelta(minutes=10)
 
 
 def utcnow() -> datetime:
@@ -95,6 +103,8 @@ class Worker:
         #: delivery succeeds: on /healthz and as carewatch_delivery_alarm.
         self.delivery_alarm: str | None = None
         self.not_before: dict[str, float] = {}
+        #: When the next check is due without new mail (UTC); at once on start.
+        self.check_due = utcnow()
         #: Per mailbox, when its last scan failed and why, until a scan succeeds (/healthz).
         self.scan_error: dict[str, tuple[str, str]] = {}
         #: Per mailbox, the folder patterns its last scan found matching no folder.
@@ -110,7 +120,7 @@ class Worker:
         mb = next(m for m in self.settings.mailboxes if m.name == name)
         if self.stop.is_set() or time.monotonic() < self.not_before.get(name, 0.0):
             return
-        scanned: bool | None = None  # None: not tried; False: failed and reported
+        scanned: ScanReport | bool | None = None  # None: not tried; False: failed and reported
         try:
             with exclusive(self.store, f"scan:{name}") as mine:
                 if not mine:
@@ -121,13 +131,19 @@ class Worker:
             if scanned is not False:  # (a scan that failed on it was reported once already)
                 self._scan_failed(mb, exc)
             return
-        if not scanned:
+        if not isinstance(scanned, ScanReport):
             return
-        if not self.stop.is_set():
+        if not self.stop.is_set() and (scanned.stored or utcnow() >= self.check_due):
             self.check_job()
 
-    def _scan(self, mb: MailboxConfig) -> bool:
-        """One scan of `mb`, with its metrics and notes; False if it failed (and was reported)."""
+    def check_if_due(self) -> None:
+        """The check, when time alone may have changed its outcome since the last one."""
+        if not self.stop.is_set() and utcnow() >= self.check_due:
+            self.check_job()
+
+    def _scan(self, mb: MailboxConfig) -> ScanReport | bool:
+        """One scan of `mb`, with its metrics and notes; its report, or False if it failed (and
+        was reported)."""
         name = mb.name
         t0 = time.perf_counter()
         try:
@@ -154,7 +170,7 @@ class Worker:
         if stored:
             log.info("mailbox %s: %d new message(s)", name, stored)
             self._warn_if_replies_not_seen()
-        return True
+        return rep
 
     def _note_unmatched(self, mb: MailboxConfig) -> None:
         """Warn when a folder pattern comes to match no folder on the server (at the first scan
@@ -211,7 +227,9 @@ class Worker:
         try:
             with exclusive(self.store, "check") as mine:
                 if mine:
-                    rep = AlertDesk(self.store, self.config).check(utcnow(), deliver=False)
+                    now = utcnow()
+                    rep = AlertDesk(self.store, self.config).check(now, deliver=False)
+                    self.check_due = min(rep.next_check or now + CHECK_MAX_INTERVAL, now + CHECK_MAX_INTERVAL)
                     if rep.held:
                         log.info("quiet hours: %d alert(s) held until %s UTC", len(rep.held),
                                  f"{rep.hold_until:%Y-%m-%d %H:%M}" if rep.hold_until else "the next opening")
@@ -219,6 +237,8 @@ class Worker:
                         log.info("alerts: %d new, %d escalated, %d resolved, %d expired unanswered; "
                                  "%d email(s) queued", len(rep.new), len(rep.escalated), len(rep.resolved),
                                  len(rep.expired), len(rep.emails))
+                else:  # another replica (or a `carewatch check`) is checking: it keeps the time
+                    self.check_due = utcnow() + CHECK_MAX_INTERVAL
             self.deliver_job()  # which sets the gauges, the open alerts' included
         except CarewatchError as exc:
             self.metrics.job_errors.labels("check").inc()
@@ -415,6 +435,8 @@ class Worker:
                                    misfire_grace_time=max(1, int(seconds)))
         self.scheduler.add_job(self.deliver_job, IntervalTrigger(seconds=DELIVERY_INTERVAL_SECONDS), id="deliver",
                                misfire_grace_time=int(DELIVERY_INTERVAL_SECONDS))
+        self.scheduler.add_job(self.check_if_due, IntervalTrigger(seconds=CHECK_POLL_SECONDS), id="check",
+                               misfire_grace_time=int(CHECK_POLL_SECONDS))
         self.scheduler.add_job(self.digest_job, self.digest_trigger(), id="digest", misfire_grace_time=3600)
         self.scheduler.add_job(self.catch_up_digest, id="digest-catch-up", next_run_time=now)
 

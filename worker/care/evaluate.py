@@ -190,6 +190,9 @@ class CarePicture:
     #: (policy.waits_expire_after) within the last such span would have: their alerts end as
     #: "expired", not "resolved".
     expired: set[str] = field(default_factory=set)
+    #: The next moment a wait crosses its warning or its reply window by time alone (no mail
+    #: needed): when the worker must look again. None: no wait is about to.
+    next_change: datetime | None = None
 
     def client(self, name: str) -> ClientCare:
         return next(c for c in self.clients if c.name == name)
@@ -471,6 +474,7 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
         by_client_contacts[ct.client_id].append(cc)
 
     out_clients: list[ClientCare] = []
+    next_change: float | None = None
     obs = observation_start
     for cid, cl in sorted(clients.items(), key=lambda kv: kv[1].name.lower()):
         waited = book.calendar(cl.name).minutes_until(now_ts)
@@ -492,6 +496,11 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
                 chasers = episode_chasers.get(db_id)
                 if chasers is None:
                     continue  # a later message of an episode: the first one carries the lapse
+                for mark in (book.warn_at * reply_within if book.warn_at else None, reply_within):
+                    if mark is not None and w.business_minutes < mark:
+                        crossing = book.calendar(cl.name).add_minutes(since, mark)
+                        next_change = crossing if next_change is None else min(next_change, crossing)
+                        break
                 biz = round(w.business_minutes, 1)
                 if book.warn_at and not chasers and book.warn_at * reply_within <= w.business_minutes <= reply_within:
                     due = from_ts(book.calendar(cl.name).add_minutes(since, reply_within))
@@ -575,4 +584,5 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
                                      {"missing": "principal"}))
         out_clients.append(care)
     return CarePicture(now=now, clients=out_clients, observation_start=from_ts(obs) if obs else None,
-                       messages_considered=considered, expired=expired)
+                       messages_considered=considered, expired=expired,
+                       next_change=from_ts(next_change) if next_change is not None else None)
