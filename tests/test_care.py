@@ -552,7 +552,7 @@ def test_subject_replies_read_together_thread_as_when_each_looks_back_alone(
     people = [ALICE, BOB, GINA]
     subjects = ["Budget 2027", "Invoice 4411", "Board pack", "Access"]
     mail = Mail(tmp_path / "Maildir")
-    for k in range(60):
+    for _ in range(60):
         who, subject = rng.choice(people), rng.choice(subjects)
         when = london(2026, 11, 2) + timedelta(hours=rng.randrange(0, 20 * 24))
         if rng.random() < 0.5:
