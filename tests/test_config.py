@@ -94,6 +94,10 @@ def test_the_example_config_shows_every_key_and_its_commented_lines_are_valid(tm
                 continue  # prose that happens to start like a key
             optional.add((t, k))
     lines = [out for _, _, _, out in tables(optional)]
+    # The files it names, beside it: the holidays calendar, and a CA file where it says.
+    (tmp_path / "holidays.ics").write_text(ICS)
+    (tmp_path / "ca.pem").write_text("(a certificate)")
+    lines = [line.replace("/etc/ssl/private-ca.pem", str(tmp_path / "ca.pem")) for line in lines]
     # Beside the files it names: the CSV, and a templates_dir with a copy of one template.
     (tmp_path / "clients.csv").write_bytes((ROOT / "config" / "clients.example.csv").read_bytes())
     (tmp_path / "my-templates").mkdir()
@@ -319,6 +323,7 @@ def test_validate_exits_with_the_config_code_and_lists_problems(tmp_path: Path) 
 
 
 def test_findings_name_clients_without_owner_or_principal(tmp_path: Path) -> None:
+    (tmp_path / "md").mkdir()
     p = tmp_path / "c.toml"
     p.write_text("""\
 [firm]
@@ -560,3 +565,82 @@ def write_min(tmp_path: Path, url: str, password_file: Path) -> Path:
     p = tmp_path / "c.toml"
     p.write_text(f'[firm]\ndomains = ["firm.example"]\n[store]\nurl = "{url}"\npassword_file = "{password_file}"\n')
     return p
+
+
+ICS = """BEGIN:VCALENDAR\r
+VERSION:2.0\r
+PRODID:-//Example//Holidays//EN\r
+BEGIN:VEVENT\r
+UID:xmas@example\r
+SUMMARY:Christmas Day\r
+DTSTART;VALUE=DATE:20241225\r
+DTEND;VALUE=DATE:20241226\r
+RRULE:FREQ=YEARLY\r
+EXDATE;VALUE=DATE:20251225\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:closure@example\r
+SUMMARY:Office closed (two days)\r
+DTSTART;VALUE=DATE:20261228\r
+DTEND;VALUE=DATE:20261230\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:meeting@example\r
+SUMMARY:Partners' meeting (a timed event, not a day off)\r
+DTSTART:20261201T090000Z\r
+DTEND:20261201T170000Z\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:cancelled@example\r
+SUMMARY:Away day (cancelled)\r
+STATUS:CANCELLED\r
+DTSTART;VALUE=DATE:20261204\r
+DTEND;VALUE=DATE:20261205\r
+END:VEVENT\r
+END:VCALENDAR\r
+"""
+
+
+def test_ics_holidays_expand_rules_and_leave_out_timed_and_cancelled_events(tmp_path: Path) -> None:
+    from datetime import date
+
+    from worker.care.clock import load_ics_holidays
+
+    ics = tmp_path / "holidays.ics"
+    ics.write_text(ICS)
+    days = load_ics_holidays(ics, today=date(2026, 12, 5))
+    assert {date(2024, 12, 25), date(2026, 12, 25), date(2027, 12, 25)} <= days  # every year
+    assert date(2025, 12, 25) not in days  # EXDATE
+    assert {date(2026, 12, 28), date(2026, 12, 29)} <= days and date(2026, 12, 30) not in days  # DTEND exclusive
+    assert date(2026, 12, 1) not in days  # a timed meeting is not a holiday
+    assert date(2026, 12, 4) not in days  # cancelled
+
+
+def test_hours_and_calendar_files_are_checked_by_validate(tmp_path: Path) -> None:
+    base = '[firm]\ndomains = ["firm.example"]\n'
+    cfg = tmp_path / "c.toml"
+
+    def problems(text: str) -> str:
+        cfg.write_text(base + text)
+        r = run("--config", str(cfg), "validate", env={"COLUMNS": "300"})
+        return " ".join(r.output.split()) if r.exit_code == ExitCode.CONFIG else ""
+
+    assert "'09:00-13:00' and '12:00-17:30' overlap" in problems(
+        '[calendar]\nhours = { mon = ["09:00-13:00", "12:00-17:30"] }\n')
+    assert "'monkey' is not a weekday" in problems('[calendar]\nhours = { monkey = "09:00-17:00" }\n')
+    assert "mon is given twice" in problems('[calendar]\nhours = { mon = "09:00-17:00", Monday = "10:00-12:00" }\n')
+    assert problems('[calendar]\nhours = { Monday = "09:00-12:00", tue = ["09:00-12:00", "13:00-17:00"] }\n') == ""
+    # The calendar file, where the config is (a client's too), read and parsed by validate.
+    assert f"calendar.holidays_ics: cannot read {tmp_path / 'nope.ics'}" in problems(
+        '[calendar]\nholidays_ics = "nope.ics"\n')
+    (tmp_path / "broken.ics").write_text("this is not a calendar")
+    assert "calendar.holidays_ics:" in problems('[calendar]\nholidays_ics = "broken.ics"\n')
+    (tmp_path / "ok.ics").write_text(ICS)
+    client = ('[[owners]]\nname = "O"\nemail = "o@firm.example"\n[[clients]]\nname = "Acme"\n'
+              'domains = ["acme.example"]\nowner = "o@firm.example"\n'
+              'contacts = [{ name = "A", email = "a@acme.example", role = "principal" }]\n')
+    assert problems(client + 'calendar = { timezone = "America/New_York", holidays_ics = "ok.ics" }\n') == ""
+    assert 'clients ("Acme").calendar.holidays_ics: cannot read' in problems(
+        client + 'calendar = { timezone = "America/New_York", holidays_ics = "gone.ics" }\n')
+    assert "ca_file:" in problems('[[mailboxes]]\nname = "m"\nhost = "h"\nusername = "u"\npassword_env = "X"\n'
+                                  'ca_file = "missing-ca.pem"\n')

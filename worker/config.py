@@ -42,6 +42,10 @@ PASSWORD_SOURCE = ("password_env (an environment variable name) or password_file
 ENV_PREFIX = "CAREWATCH__"
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: The names a weekday may be given by in `hours`: its three letters or its full English name.
+WEEKDAY_NAMES = {**{d: d for d in WEEKDAYS},
+                 **{full: full[:3] for full in ("monday", "tuesday", "wednesday", "thursday", "friday",
+                                                "saturday", "sunday")}}
 KNOWN_ROLES = ("principal", "sponsor", "user", "finance", "legal", "other")
 _EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
@@ -137,9 +141,15 @@ class CalendarConfig(_Model):
     @field_validator("hours")
     @classmethod
     def _hours(cls, v: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        out: dict[str, str | list[str]] = {}
         for day, ranges in v.items():
-            if day.lower()[:3] not in WEEKDAYS:
-                raise ValueError(f"{day!r} is not a weekday: use mon, tue, wed, thu, fri, sat, sun")
+            key = WEEKDAY_NAMES.get(day.strip().lower())
+            if key is None:  # "monkey" is not Monday
+                raise ValueError(f"{day!r} is not a weekday: use mon, tue, wed, thu, fri, sat, sun "
+                                 "(or the full names)")
+            if key in out:
+                raise ValueError(f"{day!r}: {key} is given twice")
+            spans = []
             for r in [ranges] if isinstance(ranges, str) else ranges:
                 m = _HOURS_RE.match(r.replace(" ", ""))
                 if not m:
@@ -147,7 +157,13 @@ class CalendarConfig(_Model):
                 h1, m1, h2, m2 = map(int, m.groups())
                 if not (h1 * 60 + m1 < h2 * 60 + m2 <= 24 * 60) or m1 > 59 or m2 > 59:
                     raise ValueError(f"{day}: {r!r} must start before it ends, within one day")
-        return {k.lower()[:3]: val for k, val in v.items()}
+                spans.append((h1 * 60 + m1, h2 * 60 + m2, r))
+            spans.sort()
+            for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+                if start < end:  # 540 business minutes in a 480-minute day otherwise
+                    raise ValueError(f"{day}: {a!r} and {b!r} overlap")
+            out[key] = ranges
+        return out
 
 
 class MailboxConfig(_Model):
@@ -728,6 +744,9 @@ def _resolve_paths(s: Settings, base: Path) -> None:
     s.clients_csv = _resolve(base, s.clients_csv)
     s.templates_dir = _resolve(base, s.templates_dir)
     s.calendar.holidays_ics = _resolve(base, s.calendar.holidays_ics)
+    for c in s.clients:
+        if c.calendar is not None:
+            c.calendar.holidays_ics = _resolve(base, c.calendar.holidays_ics)
     s.notify.dir = _resolve(base, s.notify.dir) or s.notify.dir
     if s.store.url.startswith("sqlite:///") and not s.store.url.startswith("sqlite:////"):
         rel = s.store.url.removeprefix("sqlite:///")
@@ -829,6 +848,32 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
         from .notify.render import template_problems  # (jinja2 only for a config that has its own)
 
         problems += template_problems(s.templates_dir)
+    return problems + _path_problems(s)
+
+
+def _path_problems(s: Settings) -> list[str]:
+    """Every file and folder the config names that must be there when the worker starts
+    (secret files aside: they may be mounted only where it runs; --check-secrets reads them)."""
+    from .care.clock import load_ics_holidays
+
+    problems: list[str] = []
+    calendars = [("calendar", s.calendar)] + [(f'clients ("{c.name}").calendar', c.calendar)
+                                              for c in s.clients if c.calendar is not None]
+    for where, cal in calendars:
+        if cal.holidays_ics is None:
+            continue
+        try:
+            load_ics_holidays(cal.holidays_ics)
+        except OSError as exc:
+            problems.append(f"{where}.holidays_ics: cannot read {cal.holidays_ics}: {exc.strerror}")
+        except ValueError as exc:
+            problems.append(f"{where}.holidays_ics: {exc}")
+    files = [(f'mailboxes[{i}] ("{mb.name}").ca_file', mb.ca_file) for i, mb in enumerate(s.mailboxes)]
+    if s.notify.smtp is not None:
+        files.append(("notify.smtp.ca_file", s.notify.smtp.ca_file))
+    problems += [f"{where}: {path} is not a file" for where, path in files if path is not None and not path.is_file()]
+    problems += [f'mailboxes[{i}] ("{mb.name}").path: {mb.path} is not a folder'
+                 for i, mb in enumerate(s.mailboxes) if mb.kind == "maildir" and mb.path and not mb.path.is_dir()]
     return problems
 
 

@@ -7,7 +7,6 @@ few additions however long the span: evaluation computes it for every response.
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
@@ -16,22 +15,36 @@ from zoneinfo import ZoneInfo
 
 from ..config import WEEKDAYS, CalendarConfig
 
-_ICS_DATE_RE = re.compile(r"^(DTSTART|DTEND)[^:]*:(\d{8})", re.MULTILINE)
+#: Recurring holidays are expanded over these years around today: a scan of old mail and a
+#: schedule years ahead both see them, and a rule with no end stays finite.
+ICS_YEARS_BACK, ICS_YEARS_AHEAD = 15, 5
 
 
-def load_ics_holidays(path: Path) -> set[date]:
-    """All-day events of an iCalendar file (DTSTART/DTEND with dates; DTEND is exclusive)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+def load_ics_holidays(path: Path, today: date | None = None) -> set[date]:
+    """The days of an iCalendar file's all-day events: repeated ones (RRULE, RDATE) expanded,
+    excluded dates (EXDATE) and cancelled events or occurrences left out, DTEND exclusive.
+    A timed event (a meeting, a half-day) is not a holiday. ValueError if it does not parse."""
+    import icalendar
+    import recurring_ical_events
+
+    try:
+        cal = icalendar.Calendar.from_ical(path.read_bytes())
+    except (ValueError, IndexError, KeyError) as exc:
+        raise ValueError(f"{path} is not an iCalendar file: {exc}") from None
+    today = today or date.today()
+    window = (date(today.year - ICS_YEARS_BACK, 1, 1), date(today.year + ICS_YEARS_AHEAD, 12, 31))
     out: set[date] = set()
-    for block in text.split("BEGIN:VEVENT")[1:]:
-        block = block.replace("\r\n ", "").replace("\n ", "")
-        found = dict((k, v) for k, v in _ICS_DATE_RE.findall(block))
-        if "DTSTART" not in found:
+    for event in recurring_ical_events.of(cal).between(*window):
+        if str(event.get("STATUS", "")).upper() == "CANCELLED":
             continue
-        start = datetime.strptime(found["DTSTART"], "%Y%m%d").date()
-        end = datetime.strptime(found["DTEND"], "%Y%m%d").date() if "DTEND" in found else start + timedelta(days=1)
-        d = start
-        while d < max(end, start + timedelta(days=1)):
+        start = event.get("DTSTART")
+        if start is None or isinstance(start.dt, datetime):  # timed: not a day off
+            continue
+        end = event.get("DTEND")
+        first: date = start.dt
+        last = end.dt if end is not None and not isinstance(end.dt, datetime) else first + timedelta(days=1)
+        d = first
+        while d < max(last, first + timedelta(days=1)):
             out.add(d)
             d += timedelta(days=1)
     return out
