@@ -182,11 +182,11 @@ def populate(cfg_path: Path, n: int) -> None:
 
 def _flush(db: sqlite3.Connection, rows: list[tuple], links: list[tuple]) -> None:
     db.executemany(
-        'INSERT INTO message (message_id, thread_key, in_reply_to, "references", subject, norm_subject, from_addr, '
+        'INSERT INTO message (message_id, in_reply_to, "references", subject, norm_subject, from_addr, '
         "from_name, to_addrs, cc_addrs, sent_at, direction, automated, acknowledgement, firm_in_to, firm_in_cc, "
         "client_id, contact_ids, mailbox, folder, ingested_at, thread_id, synthetic_id) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
-        rows,
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
+        [r[:1] + r[2:] for r in rows],  # (the second field, the thread's first message, is not stored)
     )
     db.executemany(
         "INSERT INTO message_contact (message_pk, contact_id, inbound, automated, sent_at, day) "

@@ -323,7 +323,6 @@ def test_validate_exits_with_the_config_code_and_lists_problems(tmp_path: Path) 
 
 
 def test_findings_name_clients_without_owner_or_principal(tmp_path: Path) -> None:
-    (tmp_path / "md").mkdir()
     p = tmp_path / "c.toml"
     p.write_text("""\
 [firm]

@@ -516,7 +516,6 @@ def test_a_late_message_linking_two_threads_merges_them(tmp_path: Path, db_url: 
         row = {
             **base,
             "message_id": mid,
-            "thread_key": mid,
             "references": refs,
             "direction": direction,
             "sent_at": now + timedelta(minutes=minutes),
@@ -551,7 +550,7 @@ def test_one_batch_linking_three_stored_threads_in_two_places_leaves_one_thread(
     def row(mid: str, refs: str, minutes: int) -> dict[str, object]:
         return {"subject": "s", "norm_subject": "s", "client_id": None, "contact_ids": "",
                 "from_addr": "a@x.example", "direction": "other", "ingested_at": now, "in_reply_to": None,
-                "message_id": mid, "thread_key": mid, "references": refs,
+                "message_id": mid, "references": refs,
                 "sent_at": now + timedelta(minutes=minutes)}
 
     def add(rows: list[dict[str, object]]) -> None:
@@ -658,7 +657,7 @@ def test_the_direct_inserts_store_exactly_what_sqlalchemy_would(tmp_path: Path, 
 
     cfg = load_config(write_config(tmp_path, db_url, maildir=tmp_path / "md"))
     store, _ = prepare_store(cfg)
-    row = {"message_id": "<a@b>", "synthetic_id": True, "thread_key": "<a@b>", "in_reply_to": None,
+    row = {"message_id": "<a@b>", "synthetic_id": True, "in_reply_to": None,
            "references": "<x@y> <z@y>", "subject": "Re: caf\u00e9 \"q\" 50%", "norm_subject": "caf\u00e9",
            "from_addr": "a@b", "from_name": "A", "to_addrs": "f@firm", "cc_addrs": "",
            "date_header": datetime(2026, 11, 16, 9, 0, 5, 123), "internal_date": None,
@@ -691,7 +690,7 @@ def test_the_direct_inserts_read_each_row_by_its_keys(tmp_path: Path, db_url: st
 
     cfg = load_config(write_config(tmp_path, db_url, maildir=tmp_path / "md"))
     store, _ = prepare_store(cfg)
-    base = {"message_id": "<a@b>", "thread_key": "<a@b>", "sent_at": datetime(2026, 11, 16, 9, 0),
+    base = {"message_id": "<a@b>", "sent_at": datetime(2026, 11, 16, 9, 0),
             "direction": "inbound", "ingested_at": datetime(2026, 11, 16, 10, 0), "thread_id": 1, "uid": 7}
     reordered = dict(reversed({**base, "message_id": "<b@b>", "uid": 8}.items()))
     other_key = {k: v for k, v in base.items() if k != "uid"} | {"message_id": "<c@b>", "problems": "bad date"}

@@ -872,8 +872,8 @@ def _path_problems(s: Settings) -> list[str]:
     if s.notify.smtp is not None:
         files.append(("notify.smtp.ca_file", s.notify.smtp.ca_file))
     problems += [f"{where}: {path} is not a file" for where, path in files if path is not None and not path.is_file()]
-    problems += [f'mailboxes[{i}] ("{mb.name}").path: {mb.path} is not a folder'
-                 for i, mb in enumerate(s.mailboxes) if mb.kind == "maildir" and mb.path and not mb.path.is_dir()]
+    # (A Maildir may be filled only later, by another program: `validate --connect` and the scan
+    # say when it is not there.)
     return problems
 
 

@@ -65,10 +65,6 @@ class ParsedMessage:
     auto_headers: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
-    @property
-    def is_reply(self) -> bool:
-        return bool(self.in_reply_to or self.references) or has_reply_prefix(self.subject)
-
 
 def clean(value: str, limit: int = defaults.MAX_HEADER_CHARS) -> str:
     """Collapse folding/whitespace, drop control characters and NULs, bound the length."""

@@ -689,8 +689,6 @@ def reuse_id(row: dict[str, Any]) -> None:
     original = row["message_id"]
     mark = hashlib.sha256(f"{row['from_addr']}\n{row['norm_subject']}".encode()).hexdigest()[:12]
     row["message_id"] = f"{original[:-1][:960]}#reused-{mark}>"
-    if row["thread_key"] == original:
-        row["thread_key"] = row["message_id"]
     note = f"Message-ID {original} is also another message's: stored as {row['message_id']}"
     row["problems"] = f"{row['problems']}; {note}" if row["problems"] else note
 

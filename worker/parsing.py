@@ -62,9 +62,8 @@ def classified(cl: Classification) -> dict[str, Any]:
 def message_row(pm: ParsedMessage, cl: Classification, auto: str | None, ack: bool, mailbox: str,
                 folder: str, uid: int | None, now: datetime, ack_reason: str | None = None) -> dict[str, Any]:
     refs = pm.references
-    thread_key = refs[0] if refs else (pm.in_reply_to or pm.message_id)
     return {
-        "message_id": pm.message_id, "synthetic_id": pm.synthetic_id, "thread_key": thread_key,
+        "message_id": pm.message_id, "synthetic_id": pm.synthetic_id,
         "in_reply_to": pm.in_reply_to, "references": " ".join(refs)[:20000],
         "subject": pm.subject, "norm_subject": normalise_subject(pm.subject),
         "subject_reply": is_subject_reply(pm.in_reply_to, refs, pm.subject),

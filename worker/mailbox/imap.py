@@ -660,14 +660,3 @@ class ImapSource(MailboxSource):
     # --- IDLE (push) -------------------------------------------------------------------------
     def supports_idle(self) -> bool:
         return b"IDLE" in self.capabilities
-
-    def idle_wait(self, folder: str, seconds: float) -> bool:
-        """Wait up to `seconds` for the server to announce a change. True if something happened.
-        IDLE is only a wake-up signal: the scan that follows finds what is new."""
-        self._select(folder)  # (settles pipelined FETCHes first)
-        self.c.idle()
-        try:
-            responses = self.c.idle_check(timeout=seconds)
-        finally:
-            self.c.idle_done()
-        return bool(responses)

@@ -113,7 +113,7 @@ def epoch_sql(dialect: str, col: str) -> str:
 
 #: The newest migration. Checked against alembic's own head by the tests; when the store is
 #: already there, alembic (which imports every migration script) is not loaded at all.
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 
 
 def schema_revision(engine: Engine) -> str | None:

@@ -95,9 +95,6 @@ class Message(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(unique=True, max_length=1000)
     synthetic_id: bool = False
-    #: A first guess at the thread (the oldest reference, or the message itself); evaluation
-    #: joins threads properly from in_reply_to, references and subjects.
-    thread_key: str = Field(max_length=1000)
     #: The conversation, joined at ingest from References/In-Reply-To (and a subject fallback);
     #: threads merge when a late parent links them. See worker/store/threads.py.
     thread_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
