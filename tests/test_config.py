@@ -643,3 +643,29 @@ def test_hours_and_calendar_files_are_checked_by_validate(tmp_path: Path) -> Non
         client + 'calendar = { timezone = "America/New_York", holidays_ics = "gone.ics" }\n')
     assert "ca_file:" in problems('[[mailboxes]]\nname = "m"\nhost = "h"\nusername = "u"\npassword_env = "X"\n'
                                   'ca_file = "missing-ca.pem"\n')
+
+
+def test_json_logs_keep_structured_fields_and_backoff_is_one_rule() -> None:
+    import io
+    import logging
+
+    from worker.logs import JsonFormatter
+    from worker.notify.outbox import backoff
+    from worker.retry import capped_backoff
+    from worker.service import backoff_seconds
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("carewatch.test.json")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("scan of %s failed", "clients", extra={"mailbox": "clients", "failures": 3})
+    finally:
+        log.removeHandler(handler)
+    doc = json.loads(out.getvalue())
+    assert doc["msg"] == "scan of clients failed" and doc["mailbox"] == "clients" and doc["failures"] == 3
+    assert "args" not in doc and "levelno" not in doc  # the record's own fields stay out
+    assert [capped_backoff(n, 5, 600) for n in (1, 2, 3, 8, 9, 20)] == [5, 10, 20, 600, 600, 600]
+    assert backoff_seconds(3) == 20 and backoff(2).total_seconds() == 120

@@ -53,6 +53,7 @@ from .mailbox.base import is_pattern
 from .metrics import HealthServer, Metrics
 from .notify.outbox import deliver
 from .notify.transport import make_transport
+from .retry import capped_backoff
 from .store.db import describe_db_error
 from .store.models import Alert, OutboxEmail
 
@@ -80,7 +81,7 @@ def utcnow() -> datetime:
 
 
 def backoff_seconds(failures: int) -> float:
-    return min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, failures - 1))
+    return capped_backoff(failures, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)
 
 
 class Worker:

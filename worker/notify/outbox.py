@@ -16,6 +16,7 @@ from sqlmodel import Session, col
 from .. import defaults
 from ..config import duration_words
 from ..errors import DeliveryError
+from ..retry import capped_backoff
 from ..store import Store
 from ..store.models import OutboxEmail, table_of
 from .transport import Transport
@@ -35,8 +36,8 @@ def enqueue(store: Store, db: Session, msg: EmailMessage, *, kind: str, now: dat
 
 
 def backoff(attempts: int) -> timedelta:
-    return timedelta(seconds=min(defaults.OUTBOX_RETRY_CAP_SECONDS,
-                                 defaults.OUTBOX_RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1)))
+    return timedelta(seconds=capped_backoff(attempts, defaults.OUTBOX_RETRY_BASE_SECONDS,
+                                            defaults.OUTBOX_RETRY_CAP_SECONDS))
 
 
 @dataclass
