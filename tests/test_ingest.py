@@ -22,6 +22,7 @@ from worker.config import load_config
 from worker.ingest import Ingestor
 from worker.mailbox import open_source
 from worker.mailbox.imap import ImapSource
+from worker.mailbox.imap_wire import Wire
 from worker.store.models import Contact, FolderState, Message, ThreadLink, table_of
 from worker.synth import build_message
 
@@ -445,7 +446,7 @@ def test_the_socket_reader_gives_the_same_answers_in_one_pass_or_the_generic_way
     ])
     file = io.BufferedReader(io.BytesIO(wire))
     imap = SimpleNamespace(file=file, tagged_commands={b"A12": None})
-    fast, data, tag, status, _ = read_until_tagged(imap)
+    fast, data, tag, status, _ = read_until_tagged(Wire(imap))
     assert (tag, status, imap.tagged_commands) == (b"A12", b"OK", {})
     assert file.read() == b"* 10 EXISTS\r\n"
     assert [uid for uid, _, _ in fast] == [7, 8]  # the usual shape, in one pass

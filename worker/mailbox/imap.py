@@ -27,6 +27,7 @@ from ..deadline import Watchdog
 from ..errors import FolderMissingError, MailboxAuthError, MailboxError, tls_failed
 from ..headers import FETCH_FIELDS, MONTHS, zone_offset
 from .base import FolderInfo, FolderStatus, Item, MailboxSource, RawMessage, UidItems
+from .imap_wire import Wire, imaplib_of, wire_of
 
 log = logging.getLogger(__name__)
 #: One line of a LIST answer, past "* LIST ": (flags) "delimiter" name.
@@ -133,7 +134,7 @@ def _literal(read: Callable[[int], bytes], size: int) -> bytes:
     return literal
 
 
-def read_until_tagged(imap: Any) -> tuple[list[Answer], list[Any], bytes, bytes, bytes]:
+def read_until_tagged(wire: Wire) -> tuple[list[Answer], list[Any], bytes, bytes, bytes]:
     """Read untagged FETCH responses straight off imaplib's socket file up to the next tagged
     completion line, whichever command it completes (pipelined commands may run side by side
     and finish in any order: Dovecot does).
@@ -146,7 +147,7 @@ def read_until_tagged(imap: Any) -> tuple[list[Answer], list[Any], bytes, bytes,
     with readline/read (C) is several times faster. Other untagged responses (EXISTS,
     EXPUNGE...) are skipped. An answer that starts in the usual shape and then turns out
     otherwise (a FLAGS item, an empty body sent as "") goes to the other data, whole."""
-    readline, read = imap.file.readline, imap.file.read
+    readline, read = wire.readline, wire.read
     fast_answer, next_section = _FAST_ANSWER_RE.match, _NEXT_SECTION_RE.match
     answers: list[Answer] = []
     data: list[Any] = []
@@ -180,7 +181,7 @@ def read_until_tagged(imap: Any) -> tuple[list[Answer], list[Any], bytes, bytes,
             if not line.startswith((b"* ", b"+")):
                 tag, _, rest = line.partition(b" ")
                 status, _, text = rest.partition(b" ")
-                imap.tagged_commands.pop(tag, None)
+                wire.completed(tag)
                 return answers, data, tag, status, text
             prefix = _imaplib_prefix(line)
             keep = prefix is not None
@@ -306,6 +307,8 @@ class ImapSource(MailboxSource):
         self.timeout = timeout
         self.max_command_bytes = max_command_bytes
         self.client: imapclient.IMAPClient | None = None
+        self._wire_of: Any = None  # the client self._wire was made for
+        self._wire: Wire | None = None
         self._selected: str | None = None
         self._inflight: deque[_InFlight] = deque()
         #: Answers read for pipelined FETCHes: (section, uid) -> (the answer's metadata, the
@@ -370,6 +373,20 @@ class ImapSource(MailboxSource):
             raise MailboxError("not connected", where=self._where())
         return self.client
 
+    @property
+    def wire(self) -> Wire | None:
+        """The fast FETCH path's door into the connection; None: imapclient's fetch is used."""
+        if self._wire_of is not self.client:
+            self._wire_of, self._wire = self.client, wire_of(self.client) if self.client is not None else None
+            if self.client is not None and self._wire is None:
+                log.info("%s: this Python's imaplib or this imapclient is not the one the fast reader knows; "
+                         "using imapclient's fetch (slower, the same results)", self._where())
+        return self._wire
+
+    def _socket(self) -> Any:
+        """The connection's socket, for a watchdog to shut (None if there is none)."""
+        return getattr(imaplib_of(self.client), "sock", None)
+
     def _select(self, folder: str) -> dict[bytes, Any]:
         self._settle()
         # FETCHes still in flight were abandoned (a scan stopped early): forget their answers.
@@ -407,7 +424,7 @@ class ImapSource(MailboxSource):
     def _status_raw(self, folder: str) -> FolderStatus:
         quoted = b'"' + imapclient.imap_utf7.encode(folder).replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
         try:
-            typ, data = self.c._imap.status(quoted.decode("ascii"), "(UIDNEXT UIDVALIDITY MESSAGES)")
+            typ, data = imaplib_of(self.c).status(quoted.decode("ascii"), "(UIDNEXT UIDVALIDITY MESSAGES)")
         except imaplib.IMAP4.abort:
             raise
         except imaplib.IMAP4.error as exc:
@@ -446,7 +463,7 @@ class ImapSource(MailboxSource):
     def _list_lines(self) -> list[tuple[list[bytes], bytes, str]]:
         """LIST "" "*" read one line at a time: (flags, delimiter, name) for each line that reads."""
         try:
-            typ, lines = self.c._imap.list('""', "*")
+            typ, lines = imaplib_of(self.c).list('""', "*")
         except imaplib.IMAP4.error as exc:
             raise MailboxError(f"cannot list folders: {_reason(exc)}", where=self._where()) from None
         if typ != "OK":
@@ -500,7 +517,16 @@ class ImapSource(MailboxSource):
             self._select(folder)
         out: dict[int, dict[bytes, Any]] = {}
         for part in chunk_by_command_length(uids, defaults.FETCH_UIDS_PER_COMMAND, self.max_command_bytes):
-            out.update(self.c.fetch(part, what))
+            # The same deadline as the fast path's: a trickling server fails either way.
+            budget = self.timeout + len(part) * defaults.IMAP_SECONDS_PER_MESSAGE
+            with Watchdog(self._socket, budget, self.stop) as watchdog:
+                try:
+                    out.update(self.c.fetch(part, what))
+                except (imaplib.IMAP4.abort, OSError):
+                    if watchdog.fired:
+                        self.gave_up = watchdog.reason
+                        raise MailboxError(watchdog.reason, where=self._where()) from None
+                    raise
         return out
 
     def _send_fetch(self, folder: str, uids: list[int], item: bytes) -> _InFlight:
@@ -508,13 +534,12 @@ class ImapSource(MailboxSource):
         the server prepares the next batch while this one is parsed."""
         if self._selected != folder:
             self._select(folder)
-        imap = self.c._imap
+        wire = self.wire
+        assert wire is not None, "the fast path only where wire_of found what it needs"
         f = _InFlight(item, uids, [])
         for part in chunk_by_command_length(uids, defaults.FETCH_UIDS_PER_COMMAND, self.max_command_bytes):
-            tag = imap._new_tag()
-            imap.send(tag + b" UID FETCH " + ",".join(map(str, part)).encode() + b" (UID INTERNALDATE " + item
-                      + b")\r\n")
-            f.tags.append(tag)
+            f.tags.append(wire.send_command(b"UID FETCH " + ",".join(map(str, part)).encode()
+                                            + b" (UID INTERNALDATE " + item + b")"))
         self._inflight.append(f)
         return f
 
@@ -526,24 +551,25 @@ class ImapSource(MailboxSource):
         wanted = set(upto.tags) if upto is not None else {t for f in self._inflight for t in f.tags}
         if not wanted - self._completed.keys():
             return
-        imap = self.c._imap
+        wire = self.wire
+        assert wire is not None
         # A server that trickles (a few bytes every few seconds, never silent for the socket's
         # timeout) would hold the scan for ever: the answers have a deadline, in proportion to
         # what was asked, and the watchdog ends the connection when it passes, or when the scan
         # is told to stop (Ctrl-C, SIGTERM), whatever the server does.
         messages = sum(len(f.uids) for f in self._inflight)
         budget = self.timeout + messages * defaults.IMAP_SECONDS_PER_MESSAGE
-        with Watchdog(lambda: imap.sock, budget, self.stop) as watchdog:
+        with Watchdog(self._socket, budget, self.stop) as watchdog:
             try:
-                self._read_answers(imap, wanted, watchdog)
+                self._read_answers(wire, wanted, watchdog)
             finally:
                 if watchdog.fired:
                     self.gave_up = watchdog.reason
 
-    def _read_answers(self, imap: Any, wanted: set[bytes], watchdog: Watchdog) -> None:
+    def _read_answers(self, wire: Wire, wanted: set[bytes], watchdog: Watchdog) -> None:
         while wanted - self._completed.keys():
             try:
-                answers, data, tag, status, text = read_until_tagged(imap)
+                answers, data, tag, status, text = read_until_tagged(wire)
             except (imaplib.IMAP4.abort, OSError, ValueError) as exc:  # the connection is gone, every answer with it
                 self._inflight.clear()
                 if watchdog.fired:
@@ -605,11 +631,12 @@ class ImapSource(MailboxSource):
         by_uid = {int(i.key): i for i in items}  # type: ignore[call-overload]
         # With snippets, one FETCH asks for both: the server reads each message once, not
         # twice (defaults.SNIPPETS_WITH_HEADERS_SHARE).
-        pending = self._send_fetch(folder, list(by_uid), HEADER_AND_SNIPPET_ITEM if snippets else HEADER_ITEM)
+        pending = (self._send_fetch(folder, list(by_uid), HEADER_AND_SNIPPET_ITEM if snippets else HEADER_ITEM)
+                   if self.wire is not None else None)
 
         def complete() -> list[RawMessage]:
             out = []
-            fast = self._fetch_fast(pending)
+            fast = self._fetch_fast(pending) if pending is not None else None
             if fast is not None:
                 for uid, (meta, parts) in fast.items():
                     item = by_uid.get(uid)
@@ -620,7 +647,8 @@ class ImapSource(MailboxSource):
                     idate = parse_internaldate(m.group(1)) if m else None
                     out.append(RawMessage(item, header, idate, parts.get(TEXT)))
             else:
-                log.debug("%s: unexpected FETCH response shape; using imapclient's parser", self._where())
+                if pending is not None:
+                    log.debug("%s: unexpected FETCH response shape; using imapclient's parser", self._where())
                 what = [HEADER_ITEM, SNIPPET_ITEM, b"INTERNALDATE"] if snippets else [HEADER_ITEM, b"INTERNALDATE"]
                 data = self._fetch(folder, list(by_uid), what)
                 for uid, d in data.items():
@@ -643,10 +671,10 @@ class ImapSource(MailboxSource):
         if not items:
             return dict
         uids = [int(i.key) for i in items]  # type: ignore[call-overload]
-        pending = self._send_fetch(folder, uids, SNIPPET_ITEM)
+        pending = self._send_fetch(folder, uids, SNIPPET_ITEM) if self.wire is not None else None
 
         def complete() -> dict[Hashable, bytes]:
-            fast = self._fetch_fast(pending)
+            fast = self._fetch_fast(pending) if pending is not None else None
             if fast is not None:
                 return {uid: parts[TEXT] for uid, (_, parts) in fast.items()}
             data = self._fetch(folder, uids, [SNIPPET_ITEM])
