@@ -32,7 +32,7 @@ VOLUME ["/data"]
 EXPOSE 9108
 # /healthz on the port the config names (service.metrics_port or CAREWATCH__SERVICE__METRICS_PORT).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
-  CMD ["python", "-m", "worker.healthcheck"]
+  CMD ["python", "-m", "worker.service.healthcheck"]
 # The first SIGTERM finishes the batch in hand; give it time (docker stop -t 30, or stop_grace_period).
 STOPSIGNAL SIGTERM
 # `docker run IMAGE` runs the worker; `docker run IMAGE validate --connect` (or any other

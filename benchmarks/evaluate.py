@@ -53,8 +53,8 @@ def write_config(d: Path) -> Path:
 
 
 def populate(cfg_path: Path, n: int) -> None:
-    from worker.app import prepare_store
-    from worker.config import load_config
+    from worker.config.settings import load_config
+    from worker.ingest.run import prepare_store
 
     cfg = load_config(cfg_path)
     store, _ = prepare_store(cfg)  # migrate and sync the 10k contacts
@@ -200,7 +200,7 @@ def _flush(db: sqlite3.Connection, rows: list[tuple], links: list[tuple]) -> Non
 def child(cfg_path: str) -> None:
     """Runs in its own process: the real `carewatch status --json`, output to a file."""
     t = time.perf_counter()
-    from worker.cli import app
+    from worker.cli.main import app
 
     out_path = Path(cfg_path).with_name("status.json")
     prof = None

@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker.acknowledgement import is_acknowledgement, snippet_text  # noqa: E402
-from worker.classify import Directory, automated_reason, classify  # noqa: E402
-from worker.headers import parse_header_block  # noqa: E402
+from worker.ingest.acknowledgement import is_acknowledgement, snippet_text  # noqa: E402
+from worker.ingest.classify import Directory, automated_reason, classify  # noqa: E402
+from worker.ingest.headers import parse_header_block  # noqa: E402
 
 
 def handle(raw: bytes, d: Directory) -> None:

@@ -40,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 if TYPE_CHECKING:
     from servers import Dovecot
 
-    from worker.config import Config
+    from worker.config.settings import Config
     from worker.demo import DemoFirm
 
 
@@ -54,7 +54,8 @@ def time_phases(clock: Callable[[], float] = time.perf_counter) -> None:
 
     from sqlalchemy.orm import Session
 
-    from worker import ingest, parsing
+    from worker.ingest import prepare as parsing
+    from worker.ingest import scan as ingest
     from worker.store.db import Store
 
     def wrap(owner: object, name: str, label: str) -> None:
@@ -260,7 +261,7 @@ def bench_config(firm: DemoFirm, d: Dovecot, store_url: str) -> Config:
     goes in BENCH_PW, which the config names)."""
     import tomllib
 
-    from worker.config import validate_data
+    from worker.config.settings import validate_data
 
     os.environ["BENCH_PW"] = d.password
     data = tomllib.loads(firm.config.read_text())
@@ -298,8 +299,8 @@ def measure(n: int, root: Path, d: Dovecot, firm: DemoFirm, load_s: float) -> No
     """The bare fetch, the server alone and the scan of the n messages in d; prints the figures."""
     import imapclient
 
-    from worker.app import prepare_store, run_scan
-    from worker.headers import FETCH_FIELDS
+    from worker.ingest.headers import FETCH_FIELDS
+    from worker.ingest.run import prepare_store, run_scan
     from worker.mailbox.imap import HEADER_ITEM, chunk_by_command_length
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -40,9 +40,9 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 from ingest import FOLDERS, PHASES, bench_config, demo_dovecot, time_phases  # noqa: E402
 
-from worker import parsing  # noqa: E402
-from worker.app import prepare_store  # noqa: E402
-from worker.ingest import FolderReport, Ingestor, scan_batches  # noqa: E402
+from worker.ingest import prepare as parsing  # noqa: E402
+from worker.ingest.run import prepare_store  # noqa: E402
+from worker.ingest.scan import FolderReport, Ingestor, scan_batches  # noqa: E402
 from worker.mailbox import open_source  # noqa: E402
 from worker.mailbox.base import RawMessage  # noqa: E402
 from worker.mailbox.imap import ImapSource  # noqa: E402

@@ -18,10 +18,10 @@ from sqlmodel import col
 from test_care import ALICE, BOB, GINA, OLIVIA, OSCAR, SHARED, Mail
 from typer.testing import CliRunner
 
-from worker.alerts import AlertDesk
-from worker.app import prepare_store, run_scan
-from worker.cli import app
-from worker.config import load_config
+from worker.alerts.desk import AlertDesk
+from worker.cli.main import app
+from worker.config.settings import load_config
+from worker.ingest.run import prepare_store, run_scan
 from worker.notify.render import build_email
 from worker.notify.transport import make_transport
 from worker.store.models import Alert, AlertCommand, OutboxEmail
@@ -320,9 +320,9 @@ def test_a_replayed_or_expired_reply_is_not_applied_again(firm: Firm, monkeypatc
         cmds = db.execute(select(AlertCommand)).scalars().all()
     assert len(cmds) == 1 and cmds[0].status == "applied"
     # A reference used long after the email was sent is refused (the window is 30 days; 2 here).
-    import worker.alerts
+    import worker.alerts.desk
 
-    monkeypatch.setattr(worker.alerts, "TOKEN_VALID_DAYS", 2)
+    monkeypatch.setattr(worker.alerts.desk, "TOKEN_VALID_DAYS", 2)
     _reply(firm, OLIVIA, "snooze 1w", olivia_mail, london(2026, 11, 20, 10, 0))
     firm.scan()
     rep = AlertDesk(firm.store, firm.config).check(at(2026, 11, 20, 10, 5), deliver=False)
@@ -450,7 +450,7 @@ def test_a_snooze_is_capped_at_notify_max_snooze(firm: Firm) -> None:
 
 
 def test_token_secret_env_signs_references_and_is_never_stored(firm: Firm, monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.alerts import make_token, token_secret
+    from worker.alerts.desk import make_token, token_secret
     from worker.store.models import Meta
 
     monkeypatch.setenv("CW_TEST_TOKEN_SECRET", "a long secret from the vault")

@@ -14,7 +14,7 @@ from conftest import set_folders, write_config
 from servers import Dovecot
 from typer.testing import CliRunner
 
-from worker.cli import app
+from worker.cli.main import app
 from worker.synth import build_message
 
 LONDON = ZoneInfo("Europe/London")
@@ -334,9 +334,9 @@ def test_status_table_and_client_filter(tmp_path: Path, mail: Mail) -> None:
 
 
 def test_a_client_calendar_and_ics_holidays_change_business_time(tmp_path: Path, mail: Mail) -> None:
-    from worker.app import prepare_store, run_scan
     from worker.care.evaluate import evaluate
-    from worker.config import load_config
+    from worker.config.settings import load_config
+    from worker.ingest.run import prepare_store, run_scan
 
     ics = tmp_path / "holidays.ics"
     ics.write_text("BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nDTSTART;VALUE=DATE:20261116\r\nDTEND;VALUE=DATE:20261117\r\n"
@@ -371,9 +371,9 @@ def test_status_json_is_streamed_byte_for_byte_as_one_document(tmp_path: Path, m
 
     import orjson
 
-    from worker.app import prepare_store
     from worker.care.evaluate import evaluate
-    from worker.config import load_config
+    from worker.config.settings import load_config
+    from worker.ingest.run import prepare_store
 
     q = mail.add(ALICE, [SHARED], "Budget \u201cQ4\u201d \\ \"draft\"\nline", london(2026, 11, 16, 10, 0))
     mail.add(ALICE, [SHARED], "Re: Budget", london(2026, 11, 17, 10, 0), reply_to=q)
@@ -426,6 +426,7 @@ def test_upgrading_joins_a_subject_reply_that_an_older_version_left_alone(tmp_pa
         db.execute("DROP INDEX ix_message_subject_reply")
         db.execute("ALTER TABLE message DROP COLUMN subject_reply")
         db.execute("ALTER TABLE message DROP COLUMN ack_reason")  # schema 0007
+        db.execute("ALTER TABLE message ADD COLUMN thread_key VARCHAR(1000) NOT NULL DEFAULT ''")  # until 0008
         db.execute("UPDATE message SET thread_id = 1 WHERE from_addr = ?", (OLIVIA,))
         db.execute("UPDATE message SET reply_at = NULL")
         db.execute("DELETE FROM episode")
@@ -454,8 +455,8 @@ def test_a_client_added_to_the_config_gets_its_subject_replies_joined(
     subject needs a client, so Olivia's reply without references was not joined to Hana's
     question then. Once Initech is in the config, the next start classifies the stored mail
     again and joins it as ingest would have: the question is answered, not waiting."""
-    from worker import app as application
-    from worker import ingest
+    from worker.ingest import run as application
+    from worker.ingest import scan as ingest
 
     hana = "hana@initech.example"
     q = mail.add(hana, [SHARED], "Audit dates", london(2026, 11, 16, 9, 0))

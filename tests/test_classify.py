@@ -10,11 +10,11 @@ from conftest import write_config
 from servers import Dovecot
 from sqlalchemy import select
 
-from worker.acknowledgement import is_acknowledgement, snippet_text
-from worker.app import prepare_store, run_scan
-from worker.classify import automated_reason
-from worker.config import load_config
-from worker.headers import normalise_subject, parse_header_block
+from worker.config.settings import load_config
+from worker.ingest.acknowledgement import is_acknowledgement, snippet_text
+from worker.ingest.classify import automated_reason
+from worker.ingest.headers import normalise_subject, parse_header_block
+from worker.ingest.run import prepare_store, run_scan
 from worker.store.models import Message, SkippedMessage
 from worker.synth import build_message
 
@@ -273,7 +273,7 @@ def test_date_headers_parse_to_utc_the_same_on_the_fast_path_and_the_stdlib(valu
                                                                              expected: datetime | None) -> None:
     from email.utils import parsedate_to_datetime
 
-    from worker.headers import parse_date
+    from worker.ingest.headers import parse_date
 
     assert parse_date(value) == expected
     try:  # whatever our own regex accepts must agree with the stdlib's reading
@@ -353,7 +353,7 @@ def test_header_blocks_split_the_same_on_the_fast_path_and_line_by_line(desc: st
     it falls back to), and agree with the stdlib on well-formed blocks."""
     from email import message_from_bytes, policy
 
-    from worker.headers import _split_headers_by_line, split_headers
+    from worker.ingest.headers import _split_headers_by_line, split_headers
 
     fast_problems: list[str] = []
     slow_problems: list[str] = []
@@ -383,7 +383,7 @@ def test_stored_mail_is_judged_again_when_the_sender_and_subject_rules_change(tm
 
     from conftest import maildir_config
 
-    from worker.classify import AUTOMATION_RULES_VERSION
+    from worker.ingest.classify import AUTOMATION_RULES_VERSION
 
     person = build_message(sender=("Gina", "gina@globex.example"), to=["shared@firm.example"],
                            subject="Out of office cover over Christmas", date=NOW, message_id="<g@globex.example>")

@@ -14,8 +14,8 @@ import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from worker.cli import app
-from worker.config import Settings, load_config, parse_duration_minutes, validate_data
+from worker.cli.main import app
+from worker.config.settings import Settings, load_config, parse_duration_minutes, validate_data
 from worker.errors import ConfigError, ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -502,7 +502,7 @@ def test_a_missing_config_says_how_to_give_one() -> None:
 
 def test_the_sqlite_page_cache_is_set_from_the_config(tmp_path: Path) -> None:
     """The page cache is most of a scan's memory; a small container lowers it."""
-    from worker.app import prepare_store
+    from worker.ingest.run import prepare_store
 
     p = tmp_path / "c.toml"
     p.write_text(f'[firm]\ndomains = ["firm.example"]\n[store]\nurl = "sqlite:///{tmp_path / "cw.db"}"\n'
@@ -548,7 +548,7 @@ def test_the_database_password_comes_from_a_file_or_the_environment_not_the_url(
 
 @pytest.mark.postgres
 def test_the_store_opens_with_a_password_file(tmp_path: Path, pg_url: str) -> None:
-    from worker.app import configured_store
+    from worker.ingest.run import configured_store
 
     (tmp_path / "pw").write_text("unused-with-trust-auth\n")
     cfg = load_config(write_min(tmp_path, pg_url, tmp_path / "pw"), environ={})
@@ -652,7 +652,7 @@ def test_json_logs_keep_structured_fields_and_backoff_is_one_rule() -> None:
     from worker.logs import JsonFormatter
     from worker.notify.outbox import backoff
     from worker.retry import capped_backoff
-    from worker.service import backoff_seconds
+    from worker.service.worker import backoff_seconds
 
     out = io.StringIO()
     handler = logging.StreamHandler(out)

@@ -13,7 +13,7 @@ from servers import Dovecot, SmtpSink, free_port
 from test_failures import mails
 from typer.testing import CliRunner
 
-from worker.cli import app
+from worker.cli.main import app
 from worker.mailbox.base import FolderInfo, FolderStatus, folder_hint
 from worker.mailbox.imap import ImapSource
 
@@ -152,12 +152,12 @@ def test_an_existing_sqlite_store_reports_its_schema_and_a_read_only_one_fails(t
     cfg = maildir_config(tmp_path)
     assert runner.invoke(app, ["--config", str(cfg), "scan"]).exit_code == 0
     code, out = connect(cfg)
-    assert code == 0 and "connected; schema 0007, the current one" in out, out
+    assert code == 0 and "connected; schema 0008, the current one" in out, out
     # An older store is reported as one the first start migrates.
     with sqlite3.connect(tmp_path / "cw.db") as db:
         db.execute("UPDATE alembic_version SET version_num = '0005'")
     code, out = connect(cfg)
-    assert code == 0 and "schema 0005: the first start migrates it to 0007" in out, out
+    assert code == 0 and "schema 0005: the first start migrates it to 0008" in out, out
     if os.getuid() == 0:
         return  # root writes anyway
     (tmp_path / "cw.db").chmod(0o400)

@@ -141,8 +141,8 @@ def test_deliveries_racing_each_other_send_every_email_exactly_once(tmp_path: Pa
 
 def test_a_worker_down_over_the_digest_hour_sends_that_digest_once_when_it_starts(tmp_path: Path,
                                                                                   smtp: SmtpSink) -> None:
-    from worker.digest import digest_message_id
-    from worker.service import Worker
+    from worker.digest.build import digest_message_id
+    from worker.service.worker import Worker
 
     firm = waiting_firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}")
     firm.scan()
@@ -164,7 +164,7 @@ def test_a_worker_down_over_the_digest_hour_sends_that_digest_once_when_it_start
 
 
 def test_the_backlog_gauge_follows_every_delivery_down_to_zero(tmp_path: Path, smtp: SmtpSink) -> None:
-    from worker.service import Worker, utcnow
+    from worker.service.worker import Worker, utcnow
 
     firm = Firm(tmp_path, smtp, f"sqlite:///{tmp_path / 'cw.db'}")
     w = Worker(firm.config, metrics_port=-1)

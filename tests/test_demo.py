@@ -17,7 +17,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from worker.cli import app
+from worker.cli.main import app
 from worker.demo import generate
 
 runner = CliRunner()

@@ -18,11 +18,11 @@ from test_alerts import Firm, at, london
 from test_care import ALICE, OLIVIA, SHARED
 from typer.testing import CliRunner
 
-from worker.app import prepare_store, run_scan
-from worker.cli import app
-from worker.config import load_config
+from worker.cli.main import app
+from worker.config.settings import load_config
 from worker.demo import generate
-from worker.digest import build_digest, context, render_digest
+from worker.digest.build import build_digest, context, render_digest
+from worker.ingest.run import prepare_store, run_scan
 
 runner = CliRunner()
 NOW = datetime(2026, 11, 16, 11, 0)
@@ -305,7 +305,7 @@ def test_the_digest_names_its_seven_days_and_keeps_one_unit_per_column() -> None
     from datetime import datetime as dt
     from zoneinfo import ZoneInfo
 
-    from worker.digest import column_unit, in_unit, principal_words, week_days, week_span
+    from worker.digest.build import column_unit, in_unit, principal_words, week_days, week_span
 
     london = ZoneInfo("Europe/London")
     # Sent Monday 07:00: the week that ended on Sunday, seven days.

@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import maildir_config
 from typer.testing import CliRunner
 
-from worker.cli import app
+from worker.cli.main import app
 from worker.synth import build_message
 
 runner = CliRunner()

@@ -25,11 +25,11 @@ from sqlmodel import col
 from typer.testing import CliRunner
 
 from worker import defaults
-from worker.app import prepare_store, run_scan
-from worker.cli import app
-from worker.config import load_config, validate_data
+from worker.cli.main import app
+from worker.config.settings import load_config, validate_data
 from worker.errors import ExitCode, MailboxError, StoreError
-from worker.ingest import Ingestor
+from worker.ingest.run import prepare_store, run_scan
+from worker.ingest.scan import Ingestor
 from worker.mailbox import open_source
 from worker.notify.outbox import deliver
 from worker.notify.transport import SmtpTransport
@@ -278,7 +278,7 @@ def test_smtp_that_times_out_is_retried_not_lost(tmp_path: Path) -> None:
     silent.bind(("127.0.0.1", 0))
     silent.listen(5)  # accepts connections, never says a word
     port = silent.getsockname()[1]
-    from worker.config import SmtpConfig
+    from worker.config.settings import SmtpConfig
 
     store_cfg = validate_data({"firm": {"domains": ["firm.example"]},
                                "store": {"url": f"sqlite:///{tmp_path / 'cw.db'}"}}, None, {})
@@ -302,7 +302,7 @@ def test_tls_certificates_are_verified_for_smtp(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path / "tls")
     sink = SmtpSink(tls_cert=cert, tls_key=key).start()
     try:
-        from worker.config import SmtpConfig
+        from worker.config.settings import SmtpConfig
         from worker.errors import DeliveryError
 
         raw = b"From: a@firm.example\r\nTo: o@firm.example\r\nSubject: s\r\n\r\nbody\r\n"
@@ -376,7 +376,7 @@ def test_secrets_never_reach_logs_errors_or_the_database(tmp_path: Path, dovecot
 
 
 def test_smtp_login_is_used_and_a_refused_login_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.config import SmtpConfig
+    from worker.config.settings import SmtpConfig
     from worker.errors import DeliveryError
 
     sink = SmtpSink(login=("carewatch", "Sm7p-Pass")).start()
@@ -450,8 +450,8 @@ def create_table(self, *a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(self, *a, **k)
 Operations.create_table = create_table
-from worker.app import prepare_store
-from worker.config import validate_data
+from worker.ingest.run import prepare_store
+from worker.config.settings import validate_data
 prepare_store(validate_data({{"firm": {{"domains": ["firm.example"]}},
                               "store": {{"url": "sqlite:///{db}"}}}}, None, {{}}))
 """
@@ -495,9 +495,9 @@ def test_a_scan_beside_a_running_one_leaves_the_mailbox_to_it(tmp_path: Path) ->
     cfg = maildir_config(tmp_path, mails(5))
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
-from worker.app import prepare_store
-from worker.config import load_config
-from worker.locks import exclusive
+from worker.ingest.run import prepare_store
+from worker.config.settings import load_config
+from worker.store.locks import exclusive
 store, _ = prepare_store(load_config({str(cfg)!r}))
 with exclusive(store, "scan:shared") as mine:
     print("held" if mine else "not held", flush=True)
@@ -530,7 +530,7 @@ def test_the_worker_rides_out_a_database_that_goes_away(
     from servers import TcpProxy
     from sqlalchemy.engine import make_url
 
-    from worker.service import Worker
+    from worker.service.worker import Worker
 
     u = make_url(pg_url)
     proxy = TcpProxy(u.port or 5432, u.host or "127.0.0.1")
@@ -546,7 +546,7 @@ def test_the_worker_rides_out_a_database_that_goes_away(
             w.scan_job("shared")  # none of these raises
             w.check_job()
             w.deliver_job()
-        said = [r.getMessage() for r in caplog.records if r.name == "worker.service"]
+        said = [r.getMessage() for r in caplog.records if r.name == "worker.service.worker"]
         for lead in ("scan of shared failed (1 in a row): cannot reach the database server",
                      "check failed: cannot reach the database server",
                      "delivery failed: cannot reach the database server"):
@@ -572,8 +572,8 @@ def test_a_database_lost_during_a_scan_is_one_failure_not_two(
     from servers import TcpProxy
     from sqlalchemy.engine import make_url
 
-    from worker.ingest import Ingestor
-    from worker.service import Worker
+    from worker.ingest.scan import Ingestor
+    from worker.service.worker import Worker
 
     u = make_url(pg_url)
     proxy = TcpProxy(u.port or 5432, u.host or "127.0.0.1")

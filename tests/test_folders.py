@@ -14,8 +14,8 @@ from servers import Dovecot
 from sqlalchemy import select, update
 from sqlmodel import col
 
-from worker.app import prepare_store, run_scan
-from worker.config import load_config
+from worker.config.settings import load_config
+from worker.ingest.run import prepare_store, run_scan
 from worker.mailbox.base import FolderInfo, folder_selected, folders_to_scan
 from worker.store.models import FolderState, Message
 from worker.synth import build_message
@@ -136,7 +136,7 @@ def health_with(cfg_path: Path, *folders: str, scan: bool = False, sent_read: ti
                 ) -> tuple[bool, dict]:
     """/healthz's answer for the config with these folders, after a scan and with Sent last
     read that long ago, if asked."""
-    from worker.service import Worker
+    from worker.service.worker import Worker
 
     w = Worker(load_config(set_folders(cfg_path, *folders)), metrics_port=-1)
     try:
@@ -170,7 +170,7 @@ def test_health_looks_only_at_the_folders_the_config_asks_for(tmp_path: Path) ->
 def test_validate_connect_expands_patterns(tmp_path: Path, dovecot: Dovecot) -> None:
     from typer.testing import CliRunner
 
-    from worker.cli import app
+    from worker.cli.main import app
 
     for name in ("Acme", "Globex"):
         dovecot.doveadm("mailbox", "create", "-u", dovecot.user, f"Clients/{name}")
@@ -190,7 +190,7 @@ def test_validate_connect_expands_patterns(tmp_path: Path, dovecot: Dovecot) -> 
 def test_status_and_check_say_when_the_mail_they_count_is_not_read_or_out_of_date(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from worker.cli import app
+    from worker.cli.main import app
 
     runner = CliRunner()
     cfg = maildir_config(tmp_path, [mail("in")])
@@ -217,8 +217,8 @@ def test_contacts_writing_and_the_firm_never_seen_replying_is_called_out(
     Every contact then looks unanswered, and the first check alerts every owner."""
     from typer.testing import CliRunner
 
-    from worker.cli import app
-    from worker.service import Worker
+    from worker.cli.main import app
+    from worker.service.worker import Worker
 
     now = datetime.now(UTC).replace(microsecond=0)
     questions = [build_message(sender="alice@acme.example", to=["shared@firm.example"], subject=f"Question {k}",
@@ -271,7 +271,7 @@ def test_a_pattern_that_matches_no_folder_is_named_by_scan_status_and_healthz(tm
     says nothing before anything was listed (nobody knows yet)."""
     from typer.testing import CliRunner
 
-    from worker.cli import app
+    from worker.cli.main import app
 
     runner = CliRunner()
     cfg = set_folders(maildir_config(tmp_path, [mail("in")]), "Clients/*")
@@ -313,7 +313,7 @@ def test_a_scan_stopped_before_a_matched_folder_does_not_call_its_pattern_unmatc
     it is read: a scan stopped early leaves it unread (stale), not unknown."""
     import threading
 
-    from worker.ingest import Ingestor
+    from worker.ingest.scan import Ingestor
 
     cfg_path = set_folders(maildir_config(tmp_path, [mail("in")]), "INBOX", "Clients/*")
     maildir_folder(cfg_path, "Clients/Acme", mail("acme"))
@@ -329,7 +329,7 @@ def test_a_scan_stopped_before_a_matched_folder_does_not_call_its_pattern_unmatc
 
 def test_the_worker_warns_once_when_a_pattern_stops_matching_and_says_when_it_matches_again(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from worker.service import Worker
+    from worker.service.worker import Worker
 
     cfg_path = set_folders(maildir_config(tmp_path, [mail("in")]), "INBOX", "Clients/*")
     w = Worker(load_config(cfg_path), metrics_port=-1)

@@ -10,7 +10,7 @@ from typing import Any
 import typer.main
 from typer.testing import CliRunner
 
-from worker.cli import app
+from worker.cli.main import app
 
 runner = CliRunner()
 

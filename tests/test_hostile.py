@@ -17,12 +17,12 @@ from sqlmodel import col
 from typer.testing import CliRunner
 
 from worker import defaults
-from worker.acknowledgement import is_acknowledgement, snippet_text
-from worker.app import prepare_store, run_scan
-from worker.classify import Directory, automated_reason, classify
-from worker.cli import app
-from worker.config import load_config
-from worker.headers import ParsedMessage, normalise_subject, parse_header_block
+from worker.cli.main import app
+from worker.config.settings import load_config
+from worker.ingest.acknowledgement import is_acknowledgement, snippet_text
+from worker.ingest.classify import Directory, automated_reason, classify
+from worker.ingest.headers import ParsedMessage, normalise_subject, parse_header_block
+from worker.ingest.run import prepare_store, run_scan
 from worker.store.models import Message, SkippedMessage
 
 CORPUS = sorted((Path(__file__).parent / "corpus").glob("*.eml"))

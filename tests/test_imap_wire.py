@@ -13,9 +13,9 @@ from conftest import write_config
 from servers import Dovecot
 from sqlalchemy import select
 
-from worker.app import prepare_store, run_scan
-from worker.config import load_config
+from worker.config.settings import load_config
 from worker.demo import generate
+from worker.ingest.run import prepare_store, run_scan
 from worker.mailbox import imap as imap_module
 from worker.mailbox import imap_wire
 from worker.store.models import Message, SkippedMessage

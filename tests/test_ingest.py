@@ -17,9 +17,9 @@ from servers import Dovecot
 from sqlalchemy import func, select
 from sqlmodel import col
 
-from worker.app import prepare_store, run_scan
-from worker.config import load_config
-from worker.ingest import Ingestor
+from worker.config.settings import load_config
+from worker.ingest.run import prepare_store, run_scan
+from worker.ingest.scan import Ingestor
 from worker.mailbox import open_source
 from worker.mailbox.imap import ImapSource
 from worker.mailbox.imap_wire import Wire
@@ -255,9 +255,9 @@ def test_reclassifying_refreshes_exactly_the_threads_whose_replies_could_change(
     full recomputation afterwards finds nothing left to change."""
     from sqlalchemy import text
 
-    from worker import app as application
-    from worker import ingest
     from worker.demo import generate
+    from worker.ingest import run as application
+    from worker.ingest import scan as ingest
     from worker.store.threads import refresh_replies
 
     firm = generate(dovecot.home, seed=11)
@@ -726,7 +726,7 @@ def demo_config(path: Path, dovecot: Dovecot, db_url: str, batch_size: int,  # t
     import os
     import tomllib
 
-    from worker.config import validate_data
+    from worker.config.settings import validate_data
 
     data = tomllib.loads(path.read_text())
     if edit is not None:
@@ -785,7 +785,7 @@ def test_a_big_backlog_is_read_by_a_helper_process_with_the_same_result(
 
     cfg, cfg2 = demo_over_imap(dovecot, [db_url, f"sqlite:///{tmp_path / 'threaded.db'}"], batch_size=150)
     store, directory = prepare_store(cfg)
-    from worker.fetchproc import FetchHelper
+    from worker.ingest.helper import FetchHelper
 
     starts = []
     real_start = FetchHelper._start
@@ -869,7 +869,7 @@ def test_the_helper_reads_the_next_big_folder_while_this_one_is_stored(
     import multiprocessing
 
     from worker import defaults
-    from worker.fetchproc import FetchHelper
+    from worker.ingest.helper import FetchHelper
 
     md = tmp_path / "md"
     for sub in ("cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"):
@@ -925,7 +925,7 @@ def test_a_folder_queued_behind_one_that_fails_is_still_read(
     ends; the folder queued behind it is read by a new helper, and the error is the
     vanished folder's alone."""
     from worker import defaults
-    from worker.fetchproc import FetchHelper
+    from worker.ingest.helper import FetchHelper
 
     with imapclient.IMAPClient("127.0.0.1", port=dovecot.port, ssl=False) as c:
         c.login(dovecot.user, dovecot.password)
@@ -1043,8 +1043,8 @@ def test_a_sigterm_to_the_whole_process_group_leaves_the_helper_to_the_scan(
     import signal
     import time
 
-    from worker.fetchproc import FetchHelper
-    from worker.ingest import scan_batches
+    from worker.ingest.helper import FetchHelper
+    from worker.ingest.scan import scan_batches
 
     dovecot.deliver_files([inbound(i) for i in range(3000)])
     cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", dovecot))
@@ -1266,7 +1266,7 @@ def test_a_skipped_maildir_message_is_recorded_under_the_same_number_in_every_pr
     import subprocess
     import sys
 
-    code = ("from worker.ingest import skipped_uid; from worker.mailbox.base import Item; "
+    code = ("from worker.ingest.scan import skipped_uid; from worker.mailbox.base import Item; "
             "print(skipped_uid(Item('cur/1700000000.M1P2.host:2,S', 5)), skipped_uid(Item(42, 42)))")
     seen = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
                            capture_output=True, text=True, check=True).stdout for seed in ("1", "2", "3")}
@@ -1298,7 +1298,7 @@ def test_the_helper_process_logs_as_the_worker_does(tmp_path: Path, dovecot: Dov
         root.setLevel(saved[1])
         logs.current = saved[2]
     lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
-    started = [d for d in lines if d["logger"] == "worker.fetchproc"]
+    started = [d for d in lines if d["logger"] == "worker.ingest.helper"]
     assert started and started[0]["level"] == "debug" and "fetch helper for mailbox" in started[0]["msg"]
 
 

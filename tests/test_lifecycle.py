@@ -23,11 +23,11 @@ from sqlalchemy import select, update
 from sqlmodel import col
 from test_care import ALICE, BOB, GINA, SHARED, Mail
 
-from worker.alerts import ACTIVE, AlertDesk
-from worker.app import prepare_store, run_scan
+from worker.alerts.desk import ACTIVE, AlertDesk
 from worker.care.clock import BusinessCalendar, to_ts
 from worker.care.evaluate import evaluate
-from worker.config import load_config, parse_duration_minutes
+from worker.config.settings import load_config, parse_duration_minutes
+from worker.ingest.run import prepare_store, run_scan
 from worker.store.models import Alert
 
 START = datetime(2026, 11, 16, 8, 0, tzinfo=UTC)  # a Monday morning

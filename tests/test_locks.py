@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from worker.locks import exclusive, lock_key
 from worker.store.db import Store, open_store
+from worker.store.locks import exclusive, lock_key
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_a_job_whose_lock_connection_dropped_stops_before_writing(pg_url: str) -
     a network cut), the lock is gone without a word and a replica may take over. The next write
     notices and stops, instead of working beside the replica."""
     from worker.errors import StoreError
-    from worker.locks import assert_locks_held, write_alone
+    from worker.store.locks import assert_locks_held, write_alone
 
     store, other = _stores(pg_url, pg_url)
     try:

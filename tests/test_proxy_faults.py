@@ -17,10 +17,10 @@ from servers import Dovecot, ImapAnswers, TcpProxy
 from sqlalchemy import select
 from sqlmodel import col
 
-from worker.app import prepare_store
-from worker.config import load_config
-from worker.ingest import Ingestor, ScanReport
-from worker.parsing import NO_ANSWER
+from worker.config.settings import load_config
+from worker.ingest.prepare import NO_ANSWER
+from worker.ingest.run import prepare_store
+from worker.ingest.scan import Ingestor, ScanReport
 from worker.store.models import FolderState, Message, SkippedMessage
 from worker.synth import build_message
 

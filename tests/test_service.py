@@ -190,7 +190,8 @@ def test_health_is_not_ready_while_the_mailbox_cannot_be_scanned(
         assert all("cannot connect" in e for e in shared["folder_errors"].values())
         # The container's HEALTHCHECK reads the same answer on the port the config names.
         env = {**os.environ, "CAREWATCH_CONFIG": str(w.config), "CAREWATCH__SERVICE__METRICS_PORT": str(w.port)}
-        hc = subprocess.run([sys.executable, "-m", "worker.healthcheck"], env=env, capture_output=True, text=True)
+        hc = subprocess.run([sys.executable, "-m", "worker.service.healthcheck"], env=env, capture_output=True,
+                            text=True)
         assert hc.returncode == 1 and "cannot connect" in hc.stdout
         assert w.stop() == 0
     finally:
@@ -273,8 +274,8 @@ def test_idle_sees_new_mail_long_before_the_scan_interval(tmp_path: Path, doveco
 
 
 def test_the_digest_is_scheduled_weekly_in_the_firms_time_zone(tmp_path: Path) -> None:
-    from worker.config import load_config
-    from worker.service import Worker
+    from worker.config.settings import load_config
+    from worker.service.worker import Worker
 
     cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=tmp_path / "md"))
     w = Worker(cfg, metrics_port=-1)
@@ -309,8 +310,8 @@ def test_a_metrics_port_that_is_taken_is_a_clear_configuration_error(tmp_path: P
 
 def test_metrics_can_be_turned_off_in_the_config(tmp_path: Path) -> None:
     # -1 turned them off on the command line only; the config refused it (ge=0).
-    from worker.config import load_config
-    from worker.service import Worker
+    from worker.config.settings import load_config
+    from worker.service.worker import Worker
 
     cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=tmp_path / "md")
     cfg_path.write_text(cfg_path.read_text() + "\n[service]\nmetrics_port = -1\n")
@@ -326,9 +327,9 @@ def test_the_worker_evaluates_after_new_mail_and_when_time_is_due_not_after_ever
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import maildir_config
 
-    from worker.alerts import AlertDesk
-    from worker.config import load_config
-    from worker.service import Worker, utcnow
+    from worker.alerts.desk import AlertDesk
+    from worker.config.settings import load_config
+    from worker.service.worker import Worker, utcnow
 
     raw = build_message(sender="alice@acme.example", to=["shared@firm.example"], subject="Question",
                         date=datetime.now(UTC) - timedelta(minutes=5), message_id="<w1@acme.example>")

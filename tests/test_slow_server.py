@@ -13,8 +13,8 @@ from pathlib import Path
 from conftest import write_config
 from servers import Dovecot, TcpProxy
 
-from worker.app import prepare_store, run_scan
-from worker.config import load_config
+from worker.config.settings import load_config
+from worker.ingest.run import prepare_store, run_scan
 from worker.synth import build_message
 
 T0 = datetime(2026, 11, 16, 9, 0)
@@ -66,7 +66,7 @@ def test_a_stop_request_ends_a_scan_within_seconds_whatever_the_server_does(tmp_
         cfg.settings.mailboxes[0].timeout_seconds = 600  # a generous deadline: only the stop ends it
         store, directory = prepare_store(cfg)
         stop = threading.Event()
-        from worker.ingest import Ingestor
+        from worker.ingest.scan import Ingestor
 
         done: list[tuple[float, list[str]]] = []
 

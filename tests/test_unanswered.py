@@ -15,12 +15,12 @@ from servers import Dovecot
 from sqlalchemy import select
 from sqlmodel import col
 
-from worker.app import prepare_store, run_scan
-from worker.config import load_config
+from worker.config.settings import load_config
 from worker.errors import StoreError
+from worker.ingest.prepare import NO_ANSWER
+from worker.ingest.run import prepare_store, run_scan
 from worker.mailbox.base import Item, RawMessage
 from worker.mailbox.imap import ImapSource
-from worker.parsing import NO_ANSWER
 from worker.store.models import FolderState, Message, SkippedMessage
 from worker.synth import build_message
 
@@ -122,7 +122,7 @@ def test_one_message_that_cannot_be_stored_is_isolated_and_the_folder_goes_on(
     """A message that trips a failure while its batch is stored (a value the database refuses,
     or a bug of ours) is found by storing the batch in halves, recorded as skipped with the
     error, and every other message is stored; the next scan goes on past it."""
-    from worker import ingest
+    from worker.ingest import scan as ingest
 
     dovecot.append([question(i) for i in range(12)])
     real = ingest.link_contacts
@@ -149,7 +149,7 @@ def test_a_database_that_goes_away_is_not_taken_for_a_poison_message(
         tmp_path: Path, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy.exc import OperationalError
 
-    from worker import ingest
+    from worker.ingest import scan as ingest
 
     dovecot.append([question(i) for i in range(4)])
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from worker import defaults
-from worker.acknowledgement import acknowledgement, body_text
-from worker.classify import automated_reason
-from worker.headers import parse_header_block
+from worker.ingest.acknowledgement import acknowledgement, body_text
+from worker.ingest.classify import automated_reason
+from worker.ingest.headers import parse_header_block
 
 LABELLED = Path(__file__).parent / "labelled"
 

@@ -25,7 +25,7 @@ from imapclient.exceptions import IMAPClientError, LoginError, ProtocolError
 from .. import defaults
 from ..deadline import Watchdog
 from ..errors import FolderMissingError, MailboxAuthError, MailboxError, tls_failed
-from ..headers import FETCH_FIELDS, MONTHS, zone_offset
+from ..ingest.headers import FETCH_FIELDS, MONTHS, zone_offset
 from .base import FolderInfo, FolderStatus, Item, MailboxSource, RawMessage, UidItems
 from .imap_wire import Wire, imaplib_of, wire_of
 

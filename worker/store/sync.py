@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 
 from sqlmodel import select
 
-from ..classify import ContactRef, Directory
-from ..config import Config
+from ..config.settings import Config
+from ..ingest.classify import ContactRef, Directory
 from .db import Store
 from .models import Client, Contact, Meta, Person
 

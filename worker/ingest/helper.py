@@ -26,13 +26,13 @@ from collections.abc import Generator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import logs
+from .. import logs
+from ..config.settings import MailboxConfig
+from ..errors import MailboxError
+from ..mailbox import open_source
+from ..mailbox.base import Item
 from .classify import Directory
-from .config import MailboxConfig
-from .errors import MailboxError
-from .mailbox import open_source
-from .mailbox.base import Item
-from .parsing import PreparedBatch, collected_per_batch, prepared_batches
+from .prepare import PreparedBatch, collected_per_batch, prepared_batches
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,18 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlmodel import Session, col
 
-from .care.clock import BusinessCalendar, from_ts, to_ts
-from .care.evaluate import CarePicture, Lapse, evaluate
-from .commands import find_token, parse_command
-from .config import Config, parse_duration_minutes
-from .errors import ConfigError
-from .locks import assert_locks_held, waited_for
-from .notify.outbox import DeliveryReport, enqueue
-from .notify.outbox import deliver as deliver_outbox
-from .notify.render import Renderer, build_email
-from .notify.transport import Transport, make_transport
-from .store import Store
-from .store.models import Alert, AlertCommand, Meta, OutboxEmail, table_of
+from ..care.clock import BusinessCalendar, from_ts, to_ts
+from ..care.evaluate import CarePicture, Lapse, evaluate
+from ..config.settings import Config, parse_duration_minutes
+from ..errors import ConfigError
+from ..ingest.reply_commands import find_token, parse_command
+from ..notify.outbox import DeliveryReport, enqueue
+from ..notify.outbox import deliver as deliver_outbox
+from ..notify.render import Renderer, build_email
+from ..notify.transport import Transport, make_transport
+from ..store import Store
+from ..store.locks import assert_locks_held, waited_for
+from ..store.models import Alert, AlertCommand, Meta, OutboxEmail, table_of
 
 log = logging.getLogger(__name__)
 

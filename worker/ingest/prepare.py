@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import defaults
+from .. import defaults
+from ..mailbox.base import Item, MailboxSource, RawMessage
 from .acknowledgement import acknowledgement, body_text
 from .classify import Classification, Directory, automated_reason, classify
-from .commands import find_token, parse_command
 from .headers import ParsedMessage, is_subject_reply, normalise_subject, parse_header_block, valid_text
-from .mailbox.base import Item, MailboxSource, RawMessage
+from .reply_commands import find_token, parse_command
 
 log = logging.getLogger(__name__)
 

@@ -24,18 +24,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
-from . import defaults
-from .classify import SENDER_SUBJECT_RULES, ContactRef, Directory, automated_reason, classify
-from .config import Config, MailboxConfig
-from .errors import FolderMissingError, MailboxError, ReadInterrupted, StoreError
-from .fetchproc import FetchHelper
-from .headers import ParsedMessage, valid_text
-from .locks import write_alone
-from .mailbox import MailboxSource, open_source
-from .mailbox.base import Item, folder_selected, is_pattern
-from .parsing import PreparedBatch, classified, collected_per_batch, prepared_batches
-from .store.db import Store, describe_db_error
-from .store.models import (
+from .. import defaults
+from ..config.settings import Config, MailboxConfig
+from ..errors import FolderMissingError, MailboxError, ReadInterrupted, StoreError
+from ..mailbox import MailboxSource, open_source
+from ..mailbox.base import Item, folder_selected, is_pattern
+from ..store.db import Store, describe_db_error
+from ..store.locks import write_alone
+from ..store.models import (
     AlertCommand,
     Contact,
     FolderState,
@@ -46,7 +42,11 @@ from .store.models import (
     columns,
     table_of,
 )
-from .store.threads import among, finish_threads, link_contacts, plan_threads, refresh_replies
+from ..store.threads import among, finish_threads, link_contacts, plan_threads, refresh_replies
+from .classify import SENDER_SUBJECT_RULES, ContactRef, Directory, automated_reason, classify
+from .headers import ParsedMessage, valid_text
+from .helper import FetchHelper
+from .prepare import PreparedBatch, classified, collected_per_batch, prepared_batches
 from .unreadable import find_unreadable
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from .config import Config, MailboxConfig
-from .errors import CarewatchError, ConfigError, ExitCode, FolderMissingError, MailboxError, StoreError
-from .mailbox.base import first_entry, folder_hint, folders_to_scan, is_pattern
+from ..errors import CarewatchError, ConfigError, ExitCode, FolderMissingError, MailboxError, StoreError
+from ..mailbox.base import first_entry, folder_hint, folders_to_scan, is_pattern
+from .settings import Config, MailboxConfig
 
 
 @dataclass
@@ -47,7 +47,7 @@ def _detail(exc: CarewatchError) -> str:
 
 def check_mailbox(mb: MailboxConfig) -> Check:
     """Log in, then open each configured folder read-only (STATUS: the number of messages)."""
-    from .mailbox import open_source
+    from ..mailbox import open_source
 
     check = Check(f"mailbox {mb.name!r} ({mb.kind}, {mb.where})")
     try:
@@ -126,7 +126,7 @@ def _writable_dir(path: Path) -> str | None:
 def check_store(config: Config) -> Check:
     """Connect to the database and read its schema revision. A SQLite file that does not exist
     yet is not created: its folder must be writable."""
-    from .store.db import SCHEMA_HEAD, describe_db_error, make_engine, schema_revision
+    from ..store.db import SCHEMA_HEAD, describe_db_error, make_engine, schema_revision
 
     try:
         url = config.settings.store.connect_url()
@@ -183,7 +183,7 @@ def recipients(config: Config) -> list[str]:
 def check_delivery(config: Config) -> Check:
     """SMTP: connect, TLS, log in, MAIL FROM and a RCPT TO per recipient, then reset. File
     transport: the outbox folder can be written."""
-    from .notify.transport import SmtpTransport
+    from ..notify.transport import SmtpTransport
 
     n = config.settings.notify
     if n.transport == "file" or n.smtp is None:

@@ -16,12 +16,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import col
 
-from .care.clock import to_ts
-from .care.policy import PolicyBook
-from .config import Config
-from .errors import CarewatchError, ExitCode
-from .store.db import Store
-from .store.models import Client, Contact, Message
+from ..config.settings import Config
+from ..errors import CarewatchError, ExitCode
+from ..store.db import Store
+from ..store.models import Client, Contact, Message
+from .clock import to_ts
+from .policy import PolicyBook
 
 
 class MessageNotFoundError(CarewatchError):

@@ -20,7 +20,7 @@ from email.header import decode_header
 from email.utils import getaddresses, parsedate_to_datetime
 from functools import lru_cache
 
-from . import defaults
+from .. import defaults
 
 #: Header fields fetched with BODY.PEEK[HEADER.FIELDS (...)]: threading, addressing, dates and
 #: everything the automated-mail rules look at. Never the body.

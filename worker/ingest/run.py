@@ -7,9 +7,11 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..config.settings import Config
+from ..store import Store, open_store
+from ..store.sync import load_directory, sync_directory
 from .classify import AUTOMATION_RULES_VERSION, Directory
-from .config import Config
-from .ingest import (
+from .scan import (
     Ingestor,
     Progress,
     ScanReport,
@@ -21,8 +23,6 @@ from .ingest import (
     reclassify_automation,
     unmatched_patterns,
 )
-from .store import Store, open_store
-from .store.sync import load_directory, sync_directory
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def configured_store(config: Config) -> Store:
 def prepare_store(config: Config) -> tuple[Store, Directory]:
     """Open (and migrate) the store, sync who-is-who from the config, and classify stored
     messages again if that changed."""
-    from .locks import held
+    from ..store.locks import held
 
     store = configured_store(config)
     # Replicas starting together sync one after the other (the second finds nothing to do).
@@ -60,7 +60,7 @@ def prepare_store(config: Config) -> tuple[Store, Directory]:
 
 def _meta(store: Store, key: str, value: str | None = None) -> str | None:
     """Read a Meta fact, or write it when `value` is given."""
-    from .store.models import Meta
+    from ..store.models import Meta
 
     with store.session() as db:
         row = db.get(Meta, key)
@@ -79,7 +79,7 @@ def run_scan(config: Config, store: Store, directory: Directory,
     """Scan the chosen mailboxes (all by default). A mailbox that another process is scanning
     right now (the worker, a replica, a second `carewatch scan`) is left to it: two scans of
     one backlog would each read all of it, and report each other's messages as duplicates."""
-    from .locks import exclusive
+    from ..store.locks import exclusive
 
     ingestor = Ingestor(store, config, directory, stop=stop, progress=progress)
     report = ScanReport()
@@ -122,7 +122,7 @@ def replies_not_seen(store: Store, now: datetime) -> str | None:
     from sqlalchemy import exists, literal
     from sqlmodel import col, select
 
-    from .store.models import Contact, MessageContact
+    from ..store.models import Contact, MessageContact
 
     since = now - timedelta(days=REPLIES_WINDOW_DAYS)
 
@@ -147,7 +147,7 @@ def scan_notes(config: Config, store: Store, now: datetime) -> list[str]:
     """What a status or check run by hand should say about the mail it is based on: a mailbox
     never read (every contact reads "never" until it is), or one not read for a while (the
     worker stopped?). Judged at `now`, so a replay of the past says nothing."""
-    from .mailbox.base import is_pattern
+    from ..mailbox.base import is_pattern
 
     rows, listed = folder_states(store), mailboxes_listed(store)
     notes = []

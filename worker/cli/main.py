@@ -28,12 +28,12 @@ from rich.progress import Progress as RichProgress
 from rich.table import Column, Table
 from rich.text import Text
 
-from .defaults import ENV_CONFIG
-from .errors import CarewatchError, ConfigError, ExitCode, UsageError
-from .logs import setup_logging, stderr_console
+from ..defaults import ENV_CONFIG
+from ..errors import CarewatchError, ConfigError, ExitCode, UsageError
+from ..logs import setup_logging, stderr_console
 
 if TYPE_CHECKING:  # the config's models take a tenth of a second to build: not for --help
-    from .config import Config
+    from ..config.settings import Config
 
 log = logging.getLogger(__name__)
 app = typer.Typer(
@@ -64,7 +64,7 @@ class State:
 
     def config(self) -> Config:
         if self._config is None:
-            from .config import load_config
+            from ..config.settings import load_config
 
             self._config = load_config(self.config_path)
         return self._config
@@ -106,7 +106,7 @@ def opened_store(prepare: bool = True, scan: bool = False) -> Iterator[tuple[Any
     """The store for one command, disposed whatever happens. `prepare` also migrates and syncs
     the directory from the config (commands that classify or evaluate need it); `scan` scans the
     mailboxes first. Yields (store, directory); directory is None without `prepare`."""
-    from .app import configured_store, prepare_store, run_scan
+    from ..ingest.run import configured_store, prepare_store, run_scan
 
     cfg = state.config()
     if prepare:
@@ -195,7 +195,7 @@ def validate(
                 if mb.kind == "imap" and mb.auth == "password":
                     mb.read_password()
                 elif mb.kind == "imap" and mb.auth == "xoauth2":
-                    from .oauth import check_oauth_secrets
+                    from ..oauth import check_oauth_secrets
 
                     check_oauth_secrets(mb)
             except ConfigError as exc:
@@ -228,7 +228,7 @@ def validate(
 
 def _print_connections(cfg: Config) -> ExitCode | None:
     """Run the --connect checks, printing each as it finishes; the first failure's exit code."""
-    from .connect import Check, check_delivery, check_mailbox, check_store
+    from ..config.connect import Check, check_delivery, check_mailbox, check_store
 
     out.print("Connections (nothing is read, changed or sent):")
     steps: list[Callable[[], Check]] = [partial(check_mailbox, mb) for mb in cfg.settings.mailboxes]
@@ -311,8 +311,8 @@ def scan(
     A second run reads only what is new."""
     import time
 
-    from .app import run_scan
-    from .ingest import folder_states, mailboxes_listed, matches_no_folder, unmatched_patterns
+    from ..ingest.run import run_scan
+    from ..ingest.scan import folder_states, mailboxes_listed, matches_no_folder, unmatched_patterns
 
     began = time.perf_counter()
     cfg = state.config()
@@ -368,7 +368,7 @@ def _age(dt: datetime | None, now: datetime) -> str:
 
 
 def render_status(picture: Any, console: Console) -> None:
-    from .care.evaluate import fmt_minutes
+    from ..care.evaluate import fmt_minutes
 
     t = Table(title=f"Care at {picture.now:%Y-%m-%d %H:%M} UTC", show_lines=False, expand=False)
     for col in ("client", "contact", "role", "owner", "last in", "last out", "waiting", "median reply",
@@ -405,7 +405,7 @@ def render_status(picture: Any, console: Console) -> None:
 
 def _print_scan_notes(store: Any, at: datetime) -> None:
     """On stderr, so that --json output stays one document."""
-    from .app import scan_notes
+    from ..ingest.run import scan_notes
 
     for note in scan_notes(state.config(), store, at):
         err.print(f"[yellow]note[/]: {escape(note)}", highlight=False, soft_wrap=True)
@@ -422,7 +422,7 @@ def status(
 ) -> None:
     """The care picture per client and named contact at a moment: last word each way, who is
     waiting and for how long (business time), response times, and the current lapses."""
-    from .care.evaluate import evaluate
+    from ..care.evaluate import evaluate
 
     at = parse_now(now)
     with opened_store(scan=scan_first) as (store, _):
@@ -451,7 +451,7 @@ def explain(
     """Why one stored message does or does not make anyone wait: its direction, client and
     contact, whether it is automated (by which rule) or an acknowledgement (and why), its
     thread and how it was joined, and the wait or reply it starts or ends in business minutes."""
-    from .explain import explain as explain_message
+    from ..care.explain import explain as explain_message
 
     with opened_store() as (store, _):
         e = explain_message(store, state.config(), message_id, parse_now(now))
@@ -481,8 +481,8 @@ def check(
 ) -> None:
     """Turn current lapses into alerts and deliver them: one email per owner per check with all
     their new or escalated lapses; never the same episode twice; quiet hours respected."""
-    from .alerts import AlertDesk
-    from .locks import waited_for
+    from ..alerts.desk import AlertDesk
+    from ..store.locks import waited_for
 
     at = parse_now(now)
     with opened_store(scan=scan_first) as (store, _):
@@ -534,8 +534,8 @@ def alerts_list(
     from sqlalchemy import select
     from sqlmodel import col
 
-    from .alerts import CLOSED
-    from .store.models import Alert
+    from ..alerts.desk import CLOSED
+    from ..store.models import Alert
 
     with opened_store(prepare=False) as (store, _), store.session() as db:
         q = select(Alert).order_by(col(Alert.client_name), col(Alert.since))
@@ -558,8 +558,8 @@ def alerts_list(
 
 
 def _set_alert(alert_id: int, event: str, **kw: Any) -> None:
-    from .alerts import CLOSED, transition
-    from .store.models import Alert
+    from ..alerts.desk import CLOSED, transition
+    from ..store.models import Alert
 
     with opened_store(prepare=False) as (store, _), store.session() as db:
         a = db.get(Alert, alert_id)
@@ -582,7 +582,7 @@ def alerts_snooze(
     """Hear about an alert again later."""
     from datetime import timedelta
 
-    from .config import parse_duration_minutes
+    from ..config.settings import parse_duration_minutes
 
     try:
         minutes = parse_duration_minutes(span, business=False)
@@ -624,7 +624,7 @@ def outbox_list(
     from sqlalchemy import select
     from sqlmodel import col
 
-    from .store.models import OutboxEmail
+    from ..store.models import OutboxEmail
 
     with opened_store(prepare=False) as (store, _), store.session() as db:
         q = select(OutboxEmail).order_by(col(OutboxEmail.id))
@@ -652,9 +652,9 @@ def outbox_list(
 @handled
 def outbox_deliver(now: NowOpt = None) -> None:
     """Deliver what is due now (the worker does this after every check)."""
-    from .locks import waited_for
-    from .notify.outbox import deliver
-    from .notify.transport import make_transport
+    from ..notify.outbox import deliver
+    from ..notify.transport import make_transport
+    from ..store.locks import waited_for
 
     cfg = state.config()
     with opened_store(prepare=False) as (store, _), waited_for(store, "outbox"):
@@ -673,7 +673,7 @@ def outbox_retry(
 ) -> None:
     """Put failed emails back in the queue (after fixing what failed them): they are delivered
     at the next delivery, retried for notify.give_up_after again."""
-    from .notify.outbox import retry
+    from ..notify.outbox import retry
 
     if (outbox_id is None) == (not failed):
         raise typer.BadParameter("give an email's id, or --failed for every failed email")
@@ -695,10 +695,10 @@ def digest(
 ) -> None:
     """The weekly partner digest: headline figures against last week, accounts at risk, every
     client's status with an 8-week trend, owner accountability and hygiene."""
-    from .digest import preview_digests, queue_digests
-    from .locks import waited_for
-    from .notify.outbox import deliver
-    from .notify.transport import make_transport
+    from ..digest.build import preview_digests, queue_digests
+    from ..notify.outbox import deliver
+    from ..notify.transport import make_transport
+    from ..store.locks import waited_for
 
     if not preview and not send:
         raise UsageError("say what to do: --preview DIR to look at the digests, --send to send them")
@@ -727,7 +727,7 @@ def run(
 ) -> None:
     """The long-running worker: scans every mailbox on its interval (and on IMAP IDLE), raises and
     delivers alerts after each scan, sends the weekly digest. SIGTERM stops it cleanly."""
-    from .service import Worker
+    from ..service.worker import Worker
 
     cfg = state.config()
     code = Worker(cfg, metrics_port=metrics_port).run()
@@ -751,11 +751,11 @@ def demo(
     import shutil
     import time
 
-    from .alerts import AlertDesk
-    from .app import run_scan
-    from .care.evaluate import evaluate
-    from .demo import DEFAULT_NOW, demo_now, generate
-    from .digest import preview_digests
+    from ..alerts.desk import AlertDesk
+    from ..care.evaluate import evaluate
+    from ..demo import DEFAULT_NOW, demo_now, generate
+    from ..digest.build import preview_digests
+    from ..ingest.run import run_scan
 
     marker = directory / ".carewatch-demo"
     if directory.exists() and any(directory.iterdir()):
@@ -770,7 +770,7 @@ def demo(
     marker.touch()
     out.print(f"[bold]Carewatch demo[/]: {len(firm.clients)} clients, {firm.messages} messages in "
               f"{escape(str(firm.maildir))}")
-    from .config import load_config
+    from ..config.settings import load_config
 
     cfg = load_config(firm.config)
     state._config = cfg
@@ -806,7 +806,7 @@ def demo(
               f"\nDone in {time.perf_counter() - t0:.1f}s.", highlight=False,
               markup=False, soft_wrap=True)  # each command stays one line, to copy and paste
     if run:
-        from .service import Worker
+        from ..service.worker import Worker
 
         port = cfg.settings.service.metrics_port
         out.print(f"\nThe worker on the demo firm: http://127.0.0.1:{port}/healthz and /metrics; "

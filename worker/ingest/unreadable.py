@@ -18,14 +18,14 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from . import defaults
-from .config import MailboxConfig
-from .mailbox import open_source
-from .mailbox.base import Item
-from .parsing import PreparedBatch
+from .. import defaults
+from ..config.settings import MailboxConfig
+from ..mailbox import open_source
+from ..mailbox.base import Item
+from .prepare import PreparedBatch
 
 if TYPE_CHECKING:
-    from .ingest import FolderReport, Ingestor
+    from .scan import FolderReport, Ingestor
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def find_unreadable(ingestor: Ingestor, mb: MailboxConfig, folder: str) -> Folde
     """Read the next batch of `folder` in halves on new connections, storing what can be read
     and recording as skipped each message that cannot; the folder's cursor moves past the
     batch. MailboxError if the mailbox cannot be reached at all."""
-    from .ingest import FolderReport
+    from .scan import FolderReport
 
     t0 = time.perf_counter()
     rep = FolderReport(mb.name, folder)
@@ -79,7 +79,7 @@ def _read_in_halves(ingestor: Ingestor, mb: MailboxConfig, folder: str, uidvalid
                 + _read_in_halves(ingestor, mb, folder, uidvalidity, items[half:], rep))
     reason = (f"the server drops the connection whenever this message is fetched ({error or 'connection lost'}; "
               f"tried on {attempts} new connections)")
-    from .ingest import utcnow
+    from .scan import utcnow
 
     log.error("%s/%s: message %s: %s", mb.name, folder, items[0].key, reason)
     ingestor._store_batch(PreparedBatch(utcnow(), [], [], [], [(items[0], reason[:500])]), mb.name,

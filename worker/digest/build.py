@@ -19,14 +19,14 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlmodel import col
 
-from .alerts import CLOSED
-from .care.clock import to_ts
-from .care.evaluate import DAY, WEEK, CarePicture, ClientCare, evaluate, fmt_minutes, p90
-from .config import Config, PartnerConfig, duration_words, parse_duration_minutes
-from .notify.outbox import enqueue
-from .notify.render import Renderer, build_email, plural
-from .store import Store
-from .store.models import Alert, Contact, OutboxEmail, columns
+from ..alerts.desk import CLOSED
+from ..care.clock import to_ts
+from ..care.evaluate import DAY, WEEK, CarePicture, ClientCare, evaluate, fmt_minutes, p90
+from ..config.settings import Config, PartnerConfig, duration_words, parse_duration_minutes
+from ..notify.outbox import enqueue
+from ..notify.render import Renderer, build_email, plural
+from ..store import Store
+from ..store.models import Alert, Contact, OutboxEmail, columns
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from . import defaults
-from .errors import ConfigError
+from .. import defaults
+from ..errors import ConfigError
 
 ENV_CONFIG = defaults.ENV_CONFIG
 #: Keys that would hold a secret, and how each is given instead (never in the file).
@@ -845,7 +845,7 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
         if n.smtp.username and not (n.smtp.password_env or n.smtp.password_file):
             problems.append(f"notify.smtp: a username needs {PASSWORD_SOURCE}")
     if s.templates_dir is not None:
-        from .notify.render import template_problems  # (jinja2 only for a config that has its own)
+        from ..notify.render import template_problems  # (jinja2 only for a config that has its own)
 
         problems += template_problems(s.templates_dir)
     return problems + _path_problems(s)
@@ -854,7 +854,7 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
 def _path_problems(s: Settings) -> list[str]:
     """Every file and folder the config names that must be there when the worker starts
     (secret files aside: they may be mounted only where it runs; --check-secrets reads them)."""
-    from .care.clock import load_ics_holidays
+    from ..care.clock import load_ics_holidays
 
     problems: list[str] = []
     calendars = [("calendar", s.calendar)] + [(f'clients ("{c.name}").calendar', c.calendar)

@@ -32,12 +32,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select
 from sqlmodel import col
 
-from . import __version__
-from .alerts import CLOSED, AlertDesk
-from .app import prepare_store, replies_not_seen
-from .config import Config, MailboxConfig
-from .errors import CarewatchError, MailboxAuthError, StoreError
-from .ingest import (
+from .. import __version__
+from ..alerts.desk import CLOSED, AlertDesk
+from ..config.settings import Config, MailboxConfig
+from ..errors import CarewatchError, MailboxAuthError, StoreError
+from ..ingest.run import prepare_store, replies_not_seen
+from ..ingest.scan import (
     Ingestor,
     ScanReport,
     configured_folders,
@@ -47,15 +47,15 @@ from .ingest import (
     matches_no_folder,
     unmatched_patterns,
 )
-from .locks import exclusive
-from .mailbox import open_source
-from .mailbox.base import is_pattern
+from ..mailbox import open_source
+from ..mailbox.base import is_pattern
+from ..notify.outbox import deliver
+from ..notify.transport import make_transport
+from ..retry import capped_backoff
+from ..store.db import describe_db_error
+from ..store.locks import exclusive
+from ..store.models import Alert, OutboxEmail
 from .metrics import HealthServer, Metrics
-from .notify.outbox import deliver
-from .notify.transport import make_transport
-from .retry import capped_backoff
-from .store.db import describe_db_error
-from .store.models import Alert, OutboxEmail
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class Worker:
             log.error("delivery failed: %s", exc)
 
     def digest_job(self, at: datetime | None = None) -> None:
-        from .digest import queue_digests
+        from ..digest.build import queue_digests
 
         try:
             with exclusive(self.store, "digest") as mine:
@@ -301,7 +301,7 @@ class Worker:
         week's digest. At start, the latest digest time of the past week is caught up, as of
         that time (the evaluation replays any moment), unless it went out already. Digests
         are one per partner per week (their Message-ID), so this never sends one twice."""
-        from .digest import digest_message_id
+        from ..digest.build import digest_message_id
 
         at = self.missed_digest(now or utcnow())
         if at is None or not self.settings.partners:

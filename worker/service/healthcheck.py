@@ -1,6 +1,6 @@
 """The container's HEALTHCHECK: GET /healthz on the port the config names.
 
-Run as `python -m worker.healthcheck` (or `carewatch healthcheck`). It reads only the
+Run as `python -m worker.service.healthcheck`. It reads only the
 `[service]` section and its CAREWATCH__SERVICE__* overrides, so it starts in a few tens of
 milliseconds every interval instead of loading the whole configuration; the worker has
 validated the rest. Exit 0 when /healthz answers 200, 1 otherwise, printing the body.
@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from .defaults import ENV_CONFIG, METRICS_PORT
+from ..defaults import ENV_CONFIG, METRICS_PORT
 
 ENV_SERVICE = "CAREWATCH__SERVICE__"
 

@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from . import defaults
-from .errors import StoreError
-from .store import Store
+from .. import defaults
+from ..errors import StoreError
+from . import Store
 
 log = logging.getLogger(__name__)
 _local_locks: dict[tuple[str, str], threading.Lock] = {}

@@ -1,0 +1,1 @@
+"""The `carewatch` command (main: one Typer app, a function per command)."""

@@ -1,0 +1,5 @@
+"""`python -m worker.cli`: the carewatch command."""
+
+from .main import main
+
+main()
