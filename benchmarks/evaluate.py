@@ -53,7 +53,7 @@ def write_config(d: Path) -> Path:
 
 
 def populate(cfg_path: Path, n: int) -> None:
-    from worker.config.settings import load_config
+    from worker.config import load_config
     from worker.ingest.run import prepare_store
 
     cfg = load_config(cfg_path)

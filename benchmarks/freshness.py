@@ -101,7 +101,7 @@ def main() -> None:
         now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         firm = generate(d.home, seed=7, now=now, extra_clients=max(0, round(a.size / 95) - 12))
         # Threads to try on: a question a week old from each of 2 x trials contacts, unanswered.
-        from worker.config.settings import load_config
+        from worker.config import load_config
         from worker.demo import FIRM
 
         shared = f"clients@{FIRM}"

@@ -40,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 if TYPE_CHECKING:
     from servers import Dovecot
 
-    from worker.config.settings import Config
+    from worker.config import Config
     from worker.demo import DemoFirm
 
 
@@ -261,7 +261,7 @@ def bench_config(firm: DemoFirm, d: Dovecot, store_url: str) -> Config:
     goes in BENCH_PW, which the config names)."""
     import tomllib
 
-    from worker.config.settings import validate_data
+    from worker.config import validate_data
 
     os.environ["BENCH_PW"] = d.password
     data = tomllib.loads(firm.config.read_text())

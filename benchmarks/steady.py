@@ -55,7 +55,7 @@ def write_config(firm_config: Path, d: object, store_url: str, path: Path) -> Pa
 
 def new_mail(cfg_path: Path, n: int, round_: int) -> dict[str, list[bytes]]:
     """n messages after the demo's last: questions from contacts, and replies to them."""
-    from worker.config.settings import load_config
+    from worker.config import load_config
     from worker.demo import DEFAULT_NOW
     from worker.synth import build_message
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from worker.alerts.desk import AlertDesk
 from worker.cli.main import app
-from worker.config.settings import load_config
+from worker.config import load_config
 from worker.ingest.run import prepare_store, run_scan
 from worker.notify.render import build_email
 from worker.notify.transport import make_transport

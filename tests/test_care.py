@@ -335,7 +335,7 @@ def test_status_table_and_client_filter(tmp_path: Path, mail: Mail) -> None:
 
 def test_a_client_calendar_and_ics_holidays_change_business_time(tmp_path: Path, mail: Mail) -> None:
     from worker.care.evaluate import evaluate
-    from worker.config.settings import load_config
+    from worker.config import load_config
     from worker.ingest.run import prepare_store, run_scan
 
     ics = tmp_path / "holidays.ics"
@@ -372,7 +372,7 @@ def test_status_json_is_streamed_byte_for_byte_as_one_document(tmp_path: Path, m
     import orjson
 
     from worker.care.evaluate import evaluate
-    from worker.config.settings import load_config
+    from worker.config import load_config
     from worker.ingest.run import prepare_store
 
     q = mail.add(ALICE, [SHARED], "Budget \u201cQ4\u201d \\ \"draft\"\nline", london(2026, 11, 16, 10, 0))

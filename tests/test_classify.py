@@ -10,7 +10,7 @@ from conftest import write_config
 from servers import Dovecot
 from sqlalchemy import select
 
-from worker.config.settings import load_config
+from worker.config import load_config
 from worker.ingest.acknowledgement import is_acknowledgement, snippet_text
 from worker.ingest.classify import automated_reason
 from worker.ingest.headers import normalise_subject, parse_header_block

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from worker.cli.main import app
-from worker.config.settings import Settings, load_config, parse_duration_minutes, validate_data
+from worker.config import Settings, load_config, parse_duration_minutes, validate_data
 from worker.errors import ConfigError, ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent

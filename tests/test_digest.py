@@ -19,7 +19,7 @@ from test_care import ALICE, OLIVIA, SHARED
 from typer.testing import CliRunner
 
 from worker.cli.main import app
-from worker.config.settings import load_config
+from worker.config import load_config
 from worker.demo import generate
 from worker.digest.build import build_digest, context, render_digest
 from worker.ingest.run import prepare_store, run_scan

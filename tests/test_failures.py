@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from worker import defaults
 from worker.cli.main import app
-from worker.config.settings import load_config, validate_data
+from worker.config import load_config, validate_data
 from worker.errors import ExitCode, MailboxError, StoreError
 from worker.ingest.run import prepare_store, run_scan
 from worker.ingest.scan import Ingestor
@@ -278,7 +278,7 @@ def test_smtp_that_times_out_is_retried_not_lost(tmp_path: Path) -> None:
     silent.bind(("127.0.0.1", 0))
     silent.listen(5)  # accepts connections, never says a word
     port = silent.getsockname()[1]
-    from worker.config.settings import SmtpConfig
+    from worker.config import SmtpConfig
 
     store_cfg = validate_data({"firm": {"domains": ["firm.example"]},
                                "store": {"url": f"sqlite:///{tmp_path / 'cw.db'}"}}, None, {})
@@ -302,7 +302,7 @@ def test_tls_certificates_are_verified_for_smtp(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path / "tls")
     sink = SmtpSink(tls_cert=cert, tls_key=key).start()
     try:
-        from worker.config.settings import SmtpConfig
+        from worker.config import SmtpConfig
         from worker.errors import DeliveryError
 
         raw = b"From: a@firm.example\r\nTo: o@firm.example\r\nSubject: s\r\n\r\nbody\r\n"
@@ -376,7 +376,7 @@ def test_secrets_never_reach_logs_errors_or_the_database(tmp_path: Path, dovecot
 
 
 def test_smtp_login_is_used_and_a_refused_login_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.config.settings import SmtpConfig
+    from worker.config import SmtpConfig
     from worker.errors import DeliveryError
 
     sink = SmtpSink(login=("carewatch", "Sm7p-Pass")).start()
@@ -451,7 +451,7 @@ def create_table(self, *a, **k):
     return real(self, *a, **k)
 Operations.create_table = create_table
 from worker.ingest.run import prepare_store
-from worker.config.settings import validate_data
+from worker.config import validate_data
 prepare_store(validate_data({{"firm": {{"domains": ["firm.example"]}},
                               "store": {{"url": "sqlite:///{db}"}}}}, None, {{}}))
 """
@@ -496,7 +496,7 @@ def test_a_scan_beside_a_running_one_leaves_the_mailbox_to_it(tmp_path: Path) ->
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 from worker.ingest.run import prepare_store
-from worker.config.settings import load_config
+from worker.config import load_config
 from worker.store.locks import exclusive
 store, _ = prepare_store(load_config({str(cfg)!r}))
 with exclusive(store, "scan:shared") as mine:

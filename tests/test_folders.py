@@ -14,7 +14,7 @@ from servers import Dovecot
 from sqlalchemy import select, update
 from sqlmodel import col
 
-from worker.config.settings import load_config
+from worker.config import load_config
 from worker.ingest.run import prepare_store, run_scan
 from worker.mailbox.base import FolderInfo, folder_selected, folders_to_scan
 from worker.store.models import FolderState, Message

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from worker import defaults
 from worker.cli.main import app
-from worker.config.settings import load_config
+from worker.config import load_config
 from worker.ingest.acknowledgement import is_acknowledgement, snippet_text
 from worker.ingest.classify import Directory, automated_reason, classify
 from worker.ingest.headers import ParsedMessage, normalise_subject, parse_header_block

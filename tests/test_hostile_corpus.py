@@ -12,7 +12,7 @@ from conftest import write_config
 from servers import Dovecot
 from sqlalchemy import func, select
 
-from worker.config.settings import load_config
+from worker.config import load_config
 from worker.ingest.run import prepare_store, run_scan
 from worker.store.models import Message, SkippedMessage
 

@@ -13,7 +13,7 @@ from conftest import write_config
 from servers import Dovecot
 from sqlalchemy import select
 
-from worker.config.settings import load_config
+from worker.config import load_config
 from worker.demo import generate
 from worker.ingest.run import prepare_store, run_scan
 from worker.mailbox import imap as imap_module

@@ -17,7 +17,7 @@ from servers import Dovecot
 from sqlalchemy import func, select
 from sqlmodel import col
 
-from worker.config.settings import load_config
+from worker.config import load_config
 from worker.ingest.run import prepare_store, run_scan
 from worker.ingest.scan import Ingestor
 from worker.mailbox import open_source
@@ -367,7 +367,7 @@ def test_a_rescan_of_an_unchanged_maildir_reports_no_new_mail(tmp_path: Path,
 
 
 def test_fetch_responses_are_split_by_uid_whatever_the_item_order() -> None:
-    from worker.mailbox.imap import fetch_answers
+    from worker.mailbox.imap_answers import fetch_answers
 
     data = [
         (b'1 (UID 7 INTERNALDATE "02-Nov-2026 09:00:00 +0000" BODY[HEADER.FIELDS (FROM)] {12}', b"From: a@b.c\r\n"),
@@ -387,7 +387,7 @@ def test_fetch_responses_are_split_by_uid_whatever_the_item_order() -> None:
 
 
 def test_an_answer_with_the_header_and_the_body_text_gives_both_whatever_their_order() -> None:
-    from worker.mailbox.imap import HEADER, TEXT, fetch_answers
+    from worker.mailbox.imap_answers import HEADER, TEXT, fetch_answers
 
     data = [
         (b'1 (UID 7 INTERNALDATE "02-Nov-2026 09:00:00 +0000" BODY[HEADER.FIELDS (FROM)] {12}', b"From: a@b.c\r\n"),
@@ -426,7 +426,7 @@ def test_the_socket_reader_gives_the_same_answers_in_one_pass_or_the_generic_way
     import io
     from types import SimpleNamespace
 
-    from worker.mailbox.imap import HEADER, TEXT, fetch_answers, read_until_tagged
+    from worker.mailbox.imap_answers import HEADER, TEXT, fetch_answers, read_until_tagged
 
     head = b"BODY[HEADER.FIELDS (FROM SUBJECT)]"
     wire = b"".join([
@@ -465,7 +465,7 @@ def test_the_socket_reader_gives_the_same_answers_in_one_pass_or_the_generic_way
 def test_internaldates_parse_like_imapclient_and_garbage_is_none() -> None:
     from imapclient.datetime_util import parse_to_datetime
 
-    from worker.mailbox.imap import parse_internaldate
+    from worker.mailbox.imap_answers import parse_internaldate
 
     for v in (b"02-Nov-2026 09:00:00 +0100", b" 2-Nov-2026 09:00:00 -0530", b"29-Mar-2026 01:30:00 +0000",
               b"2-nov-2026 23:59:59 +1400"):
@@ -726,7 +726,7 @@ def demo_config(path: Path, dovecot: Dovecot, db_url: str, batch_size: int,  # t
     import os
     import tomllib
 
-    from worker.config.settings import validate_data
+    from worker.config import validate_data
 
     data = tomllib.loads(path.read_text())
     if edit is not None:
@@ -1192,7 +1192,7 @@ def test_answers_the_fast_reader_does_not_understand_are_read_again_by_imapclien
     """A FETCH answer of a shape the fast reader does not know sends every FETCH in flight
     through imapclient's parser instead: headers, INTERNALDATE and snippets come out the
     same, whether asked for together or apart."""
-    from worker.mailbox import imap
+    from worker.mailbox import imap, imap_answers
 
     dovecot.append([inbound(i, body=f"body of message {i}\n") for i in range(12)])
     dovecot.append([b"Subject: no body at all\r\nFrom: alice@acme.example\r\n\r\n"])
@@ -1208,7 +1208,7 @@ def test_answers_the_fast_reader_does_not_understand_are_read_again_by_imapclien
                     [(r.item.key, r.header, r.internal_date, r.snippet) for r in apart()], snippets())
 
         fast = read()
-        monkeypatch.setattr(imap, "_FAST_ANSWER_RE", re.compile(b"(?!)"))  # nothing is read in one pass
+        monkeypatch.setattr(imap_answers, "_FAST_ANSWER_RE", re.compile(b"(?!)"))  # nothing is read in one pass
         monkeypatch.setattr(imap, "fetch_answers", lambda data: None)
         slow = read()
     assert slow == fast

@@ -26,7 +26,7 @@ from test_care import ALICE, BOB, GINA, SHARED, Mail
 from worker.alerts.desk import ACTIVE, AlertDesk
 from worker.care.clock import BusinessCalendar, to_ts
 from worker.care.evaluate import evaluate
-from worker.config.settings import load_config, parse_duration_minutes
+from worker.config import load_config, parse_duration_minutes
 from worker.ingest.run import prepare_store, run_scan
 from worker.store.models import Alert
 

@@ -24,8 +24,8 @@ from servers import Dovecot, dovecot_available
 from typer.testing import CliRunner
 
 from worker.cli.main import app
+from worker.config import validate_data
 from worker.config.connect import check_mailbox
-from worker.config.settings import validate_data
 from worker.errors import MailboxAuthError
 from worker.mailbox import open_source
 from worker.oauth import GOOGLE_SCOPE, MICROSOFT_SCOPE

@@ -217,7 +217,7 @@ def test_folder_names_with_brackets_are_shown_as_written() -> None:
 
     from rich.console import Console
 
-    from worker.cli.main import RichFolderProgress
+    from worker.cli.scan import RichFolderProgress
 
     buf = io.StringIO()
     bar = RichFolderProgress(Console(file=buf, force_terminal=True, width=100), label_width=20)

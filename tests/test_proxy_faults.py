@@ -17,7 +17,7 @@ from servers import Dovecot, ImapAnswers, TcpProxy
 from sqlalchemy import select
 from sqlmodel import col
 
-from worker.config.settings import load_config
+from worker.config import load_config
 from worker.ingest.prepare import NO_ANSWER
 from worker.ingest.run import prepare_store
 from worker.ingest.scan import Ingestor, ScanReport

@@ -274,7 +274,7 @@ def test_idle_sees_new_mail_long_before_the_scan_interval(tmp_path: Path, doveco
 
 
 def test_the_digest_is_scheduled_weekly_in_the_firms_time_zone(tmp_path: Path) -> None:
-    from worker.config.settings import load_config
+    from worker.config import load_config
     from worker.service.worker import Worker
 
     cfg = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=tmp_path / "md"))
@@ -310,7 +310,7 @@ def test_a_metrics_port_that_is_taken_is_a_clear_configuration_error(tmp_path: P
 
 def test_metrics_can_be_turned_off_in_the_config(tmp_path: Path) -> None:
     # -1 turned them off on the command line only; the config refused it (ge=0).
-    from worker.config.settings import load_config
+    from worker.config import load_config
     from worker.service.worker import Worker
 
     cfg_path = write_config(tmp_path, f"sqlite:///{tmp_path / 'cw.db'}", maildir=tmp_path / "md")
@@ -328,7 +328,7 @@ def test_the_worker_evaluates_after_new_mail_and_when_time_is_due_not_after_ever
     from conftest import maildir_config
 
     from worker.alerts.desk import AlertDesk
-    from worker.config.settings import load_config
+    from worker.config import load_config
     from worker.service.worker import Worker, utcnow
 
     raw = build_message(sender="alice@acme.example", to=["shared@firm.example"], subject="Question",

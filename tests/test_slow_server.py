@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import write_config
 from servers import Dovecot, TcpProxy
 
-from worker.config.settings import load_config
+from worker.config import load_config
 from worker.ingest.run import prepare_store, run_scan
 from worker.synth import build_message
 

@@ -15,7 +15,7 @@ from servers import Dovecot
 from sqlalchemy import select
 from sqlmodel import col
 
-from worker.config.settings import load_config
+from worker.config import load_config
 from worker.errors import StoreError
 from worker.ingest.prepare import NO_ANSWER
 from worker.ingest.run import prepare_store, run_scan

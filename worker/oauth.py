@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
-from .config.settings import MailboxConfig
+from .config import MailboxConfig
 from .errors import ConfigError, MailboxAuthError, MailboxError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from sqlmodel import Session, col
 
 from ..care.clock import BusinessCalendar, from_ts, to_ts
 from ..care.evaluate import CarePicture, Lapse, evaluate
-from ..config.settings import Config, parse_duration_minutes
+from ..config import Config, parse_duration_minutes
 from ..errors import ConfigError
 from ..ingest.reply_commands import find_token, parse_command
 from ..notify.outbox import DeliveryReport, enqueue

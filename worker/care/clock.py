@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from ..config.settings import WEEKDAYS, CalendarConfig
+from ..config import WEEKDAYS, CalendarConfig
 
 #: Recurring holidays are expanded over these years around today: a scan of old mail and a
 #: schedule years ahead both see them, and a rule with no end stays finite.

@@ -22,7 +22,7 @@ from sqlalchemy import Boolean, DateTime, bindparam, select, text
 from sqlmodel import col
 
 from .. import defaults
-from ..config.settings import Config
+from ..config import Config
 from ..store import Store
 from ..store.db import epoch_sql
 from ..store.models import Client, Contact, columns

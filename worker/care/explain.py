@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import col
 
-from ..config.settings import Config
+from ..config import Config
 from ..errors import CarewatchError, ExitCode
 from ..store.db import Store
 from ..store.models import Client, Contact, Message

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .. import defaults
-from ..config.settings import ClientConfig, Config, RolePolicy, parse_duration_minutes
+from ..config import ClientConfig, Config, RolePolicy, parse_duration_minutes
 from .clock import BusinessCalendar
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError
 
 from ..errors import CarewatchError, ConfigError, ExitCode, FolderMissingError, MailboxError, StoreError
 from ..mailbox.base import first_entry, folder_hint, folders_to_scan, is_pattern
-from .settings import Config, MailboxConfig
+from .schema import Config, MailboxConfig
 
 
 @dataclass

@@ -22,7 +22,7 @@ from sqlmodel import col
 from ..alerts.desk import CLOSED
 from ..care.clock import to_ts
 from ..care.evaluate import DAY, WEEK, CarePicture, ClientCare, evaluate, fmt_minutes, p90
-from ..config.settings import Config, PartnerConfig, duration_words, parse_duration_minutes
+from ..config import Config, PartnerConfig, duration_words, parse_duration_minutes
 from ..notify.outbox import enqueue
 from ..notify.render import Renderer, build_email, plural
 from ..store import Store

@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import logs
-from ..config.settings import MailboxConfig
+from ..config import MailboxConfig
 from ..errors import MailboxError
 from ..mailbox import open_source
 from ..mailbox.base import Item

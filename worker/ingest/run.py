@@ -7,7 +7,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..config.settings import Config
+from ..config import Config
 from ..store import Store, open_store
 from ..store.sync import load_directory, sync_directory
 from .classify import AUTOMATION_RULES_VERSION, Directory

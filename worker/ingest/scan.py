@@ -25,7 +25,7 @@ from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
 from .. import defaults
-from ..config.settings import Config, MailboxConfig
+from ..config import Config, MailboxConfig
 from ..errors import FolderMissingError, MailboxError, ReadInterrupted, StoreError
 from ..mailbox import MailboxSource, open_source
 from ..mailbox.base import Item, folder_selected, is_pattern

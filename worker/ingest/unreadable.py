@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import defaults
-from ..config.settings import MailboxConfig
+from ..config import MailboxConfig
 from ..mailbox import open_source
 from ..mailbox.base import Item
 from .prepare import PreparedBatch

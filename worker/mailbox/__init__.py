@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config.settings import MailboxConfig
+from ..config import MailboxConfig
 from ..errors import MailboxError
 from .base import FolderStatus, Item, MailboxSource, RawMessage
 from .maildir import MaildirSource

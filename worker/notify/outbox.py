@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlmodel import Session, col
 
 from .. import defaults
-from ..config.settings import duration_words
+from ..config import duration_words
 from ..errors import DeliveryError
 from ..retry import capped_backoff
 from ..store import Store

@@ -14,7 +14,7 @@ import jinja2
 import jinja2.meta
 import jinja2.nodes
 
-from ..config.settings import Config
+from ..config import Config
 from ..errors import TemplateError
 
 _UNSAFE_HEADER_RE = re.compile(r"[\r\n\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029]+")

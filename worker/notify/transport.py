@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import defaults
-from ..config.settings import Config, SmtpConfig
+from ..config import Config, SmtpConfig
 from ..deadline import Watchdog
 from ..errors import DeliveryError, tls_failed
 

@@ -34,7 +34,7 @@ from sqlmodel import col
 
 from .. import __version__
 from ..alerts.desk import CLOSED, AlertDesk
-from ..config.settings import Config, MailboxConfig
+from ..config import Config, MailboxConfig
 from ..errors import CarewatchError, MailboxAuthError, StoreError
 from ..ingest.run import prepare_store, replies_not_seen
 from ..ingest.scan import (

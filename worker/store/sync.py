@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from sqlmodel import select
 
-from ..config.settings import Config
+from ..config import Config
 from ..ingest.classify import ContactRef, Directory
 from .db import Store
 from .models import Client, Contact, Meta, Person
