@@ -41,8 +41,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parent)]
 from ingest import FOLDERS, PHASES, bench_config, demo_dovecot, time_phases  # noqa: E402
 
 from worker.ingest import prepare as parsing  # noqa: E402
+from worker.ingest.reports import FolderReport  # noqa: E402
 from worker.ingest.run import prepare_store  # noqa: E402
-from worker.ingest.scan import FolderReport, Ingestor, scan_batches  # noqa: E402
+from worker.ingest.scan import Ingestor, scan_batches  # noqa: E402
 from worker.mailbox import open_source  # noqa: E402
 from worker.mailbox.base import RawMessage  # noqa: E402
 from worker.mailbox.imap import ImapSource  # noqa: E402

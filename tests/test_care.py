@@ -455,8 +455,8 @@ def test_a_client_added_to_the_config_gets_its_subject_replies_joined(
     subject needs a client, so Olivia's reply without references was not joined to Hana's
     question then. Once Initech is in the config, the next start classifies the stored mail
     again and joins it as ingest would have: the question is answered, not waiting."""
+    from worker.ingest import reclassify as reclassifying
     from worker.ingest import run as application
-    from worker.ingest import scan as ingest
 
     hana = "hana@initech.example"
     q = mail.add(hana, [SHARED], "Audit dates", london(2026, 11, 16, 9, 0))
@@ -471,7 +471,7 @@ domains = ["initech.example"]
 owner = "olivia@firm.example"
 contacts = [{{ name = "Hana Principal", email = "{hana}", role = "principal" }}]
 """)
-    real = ingest.reclassify
+    real = reclassifying.reclassify
     monkeypatch.setattr(application, "reclassify", lambda store, directory: real(store, directory, chunk))
     r = runner.invoke(app, ["--config", str(cfg), "status", "--json", "--now", "2026-11-17T09:00:00Z"])
     h = contact(json.loads(r.stdout), hana)

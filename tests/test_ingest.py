@@ -256,8 +256,8 @@ def test_reclassifying_refreshes_exactly_the_threads_whose_replies_could_change(
     from sqlalchemy import text
 
     from worker.demo import generate
+    from worker.ingest import reclassify as reclassifying
     from worker.ingest import run as application
-    from worker.ingest import scan as ingest
     from worker.store.threads import refresh_replies
 
     firm = generate(dovecot.home, seed=11)
@@ -276,7 +276,7 @@ def test_reclassifying_refreshes_exactly_the_threads_whose_replies_could_change(
     assert run_scan(cfg, store, directory).ok
     before = store_dump(store)
 
-    real = ingest.reclassify
+    real = reclassifying.reclassify
     changed: list[int] = []
 
     def in_small_chunks(store: Any, directory: Any) -> int:

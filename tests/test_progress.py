@@ -20,7 +20,7 @@ import pytest
 
 from worker import defaults
 from worker.demo import generate
-from worker.ingest.scan import LogProgress
+from worker.ingest.reports import LogProgress
 
 COLUMNS, LINES = 100, 40
 

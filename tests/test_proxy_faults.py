@@ -19,8 +19,9 @@ from sqlmodel import col
 
 from worker.config import load_config
 from worker.ingest.prepare import NO_ANSWER
+from worker.ingest.reports import ScanReport
 from worker.ingest.run import prepare_store
-from worker.ingest.scan import Ingestor, ScanReport
+from worker.ingest.scan import Ingestor
 from worker.store.models import FolderState, Message, SkippedMessage
 from worker.synth import build_message
 

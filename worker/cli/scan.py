@@ -73,8 +73,8 @@ def scan(
     A second run reads only what is new."""
     import time
 
+    from ..ingest.folders import folder_states, mailboxes_listed, matches_no_folder, unmatched_patterns
     from ..ingest.run import run_scan
-    from ..ingest.scan import folder_states, mailboxes_listed, matches_no_folder, unmatched_patterns
 
     began = time.perf_counter()
     cfg = state.config()

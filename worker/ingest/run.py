@@ -11,18 +11,10 @@ from ..config import Config
 from ..store import Store, open_store
 from ..store.sync import load_directory, sync_directory
 from .classify import AUTOMATION_RULES_VERSION, Directory
-from .scan import (
-    Ingestor,
-    Progress,
-    ScanReport,
-    configured_folders,
-    folder_states,
-    mailboxes_listed,
-    matches_no_folder,
-    reclassify,
-    reclassify_automation,
-    unmatched_patterns,
-)
+from .folders import configured_folders, folder_states, mailboxes_listed, matches_no_folder, unmatched_patterns
+from .reclassify import reclassify, reclassify_automation
+from .reports import Progress, ScanReport
+from .scan import Ingestor
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
@@ -36,17 +36,22 @@ from ..store.models import (
     Contact,
     FolderState,
     Message,
-    MessageContact,
     Meta,
     SkippedMessage,
     columns,
     table_of,
 )
-from ..store.threads import among, finish_threads, link_contacts, plan_threads, refresh_replies
-from .classify import SENDER_SUBJECT_RULES, ContactRef, Directory, automated_reason, classify
-from .headers import ParsedMessage, valid_text
+from ..store.threads import finish_threads, link_contacts, plan_threads
+from .classify import ContactRef, Directory, classify
+from .folders import (
+    configured_folders,
+    folder_states,
+    listed_key,
+)
 from .helper import FetchHelper
 from .prepare import PreparedBatch, classified, collected_per_batch, prepared_batches
+from .reports import FolderReport, LogProgress, Progress, ScanReport, merge_reports
+from .storing import _isolate, _tied_to_a_message, distinct_from_stored, reuse_id, same_message
 from .unreadable import find_unreadable
 
 log = logging.getLogger(__name__)
@@ -76,62 +81,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-class Progress(Protocol):
-    def start(self, mailbox: str, folder: str, total: int) -> None: ...
-    def advance(self, n: int) -> None: ...
-    def finish(self) -> None: ...
 
 
-class LogProgress:
-    """Plain log lines for non-terminals (containers, CI): one line per ~10% of a folder."""
-
-    def __init__(self) -> None:
-        self.total = self.done = self.next_report = 0
-        self.label = ""
-
-    def start(self, mailbox: str, folder: str, total: int) -> None:
-        self.total, self.done, self.label = total, 0, f"{mailbox}/{folder}"
-        self.next_report = max(total // 10, defaults.SCAN_BATCH_SIZE)
-        if total:
-            log.info("scanning %s: %d new message(s)", self.label, total)
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if self.total and self.done >= self.next_report and self.done < self.total:
-            log.info("scanning %s: %d/%d", self.label, self.done, self.total)
-            self.next_report += max(self.total // 10, defaults.SCAN_BATCH_SIZE)
-
-    def finish(self) -> None:
-        pass
 
 
-@dataclass
-class FolderReport:
-    mailbox: str
-    folder: str
-    new: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    skipped: int = 0
-    automated: int = 0
-    uidvalidity_reset: bool = False
-    unchanged: bool = False
-    interrupted: bool = False
-    seconds: float = 0.0
 
 
-@dataclass
-class ScanReport:
-    folders: list[FolderReport] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def stored(self) -> int:
-        return sum(f.stored for f in self.folders)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
 
 @dataclass
@@ -152,85 +107,20 @@ class _FolderPlan:
     plan_seconds: float
 
 
-def configured_folders(mb: MailboxConfig, rows: Iterable[tuple[str, str, datetime | None]]
-                       ) -> dict[str, datetime | None]:
-    """The folders of `mb` the config asks for now, each with its last good scan: every folder
-    it names (None if never read), then each folder with a scan state (`rows` of folder_state:
-    mailbox, folder, last_ok_at) that one of its patterns matches. A folder taken out of the
-    config keeps its state, to resume if it comes back, and is not among them."""
-    out: dict[str, datetime | None] = {f: None for f in mb.folders if not is_pattern(f)}
-    out.update({f: t for m, f, t in rows if m == mb.name and folder_selected(mb.folders, f)})
-    return out
 
 
-def folder_states(store: Store, mailbox: str | None = None) -> list[tuple[str, str, datetime | None]]:
-    """(mailbox, folder, last good scan) of every folder with a scan state, or one mailbox's."""
-    q = select(col(FolderState.mailbox), col(FolderState.folder), col(FolderState.last_ok_at))
-    if mailbox is not None:
-        q = q.where(col(FolderState.mailbox) == mailbox)
-    with store.session() as db:
-        return [(m, f, t) for m, f, t in db.execute(q).all()]
 
 
-def folder_errors(store: Store) -> dict[tuple[str, str], str]:
-    """(mailbox, folder) -> the error of its last failed scan, for folders whose last scan failed."""
-    q = select(col(FolderState.mailbox), col(FolderState.folder), col(FolderState.last_error)).where(
-        col(FolderState.last_error).is_not(None))
-    with store.session() as db:
-        return {(m, f): e for m, f, e in db.execute(q).all()}
 
 
-def listed_key(mailbox: str) -> str:
-    """The meta key that says a scan has listed a mailbox's folders for its patterns (its value:
-    when it first did)."""
-    return f"folders_listed:{mailbox}"
 
 
-def mailboxes_listed(store: Store) -> set[str]:
-    """The mailboxes whose folders a scan has listed to match their patterns."""
-    prefix = listed_key("")
-    with store.session() as db:
-        keys = db.execute(select(col(Meta.key))
-                          .where(col(Meta.key).startswith(prefix, autoescape=True))).scalars().all()
-    return {k[len(prefix):] for k in keys}
 
 
-def unmatched_patterns(mb: MailboxConfig, rows: Iterable[tuple[str, str, datetime | None]],
-                       listed: set[str]) -> list[str]:
-    """The patterns of `mb` that matched no folder on the server when a scan last listed its
-    folders (`rows` as for configured_folders; `listed` from mailboxes_listed()): nothing is
-    read through them. Empty for a mailbox never listed: nobody knows yet."""
-    if mb.name not in listed:
-        return []
-    names = [f for m, f, _ in rows if m == mb.name]
-    return [p for p in mb.folders if is_pattern(p) and not any(folder_selected([p], f) for f in names)]
 
 
-def matches_no_folder(patterns: Sequence[str]) -> str:
-    """"'Clients/*' matches no folder on the server ...", for a log line or a note."""
-    one = len(patterns) == 1
-    return (f"{' and '.join(map(repr, patterns))} {'matches' if one else 'match'} no folder on the server, so "
-            f"nothing is read through {'it' if one else 'them'} (`carewatch validate --connect` lists the "
-            "server's folders)")
 
 
-def merge_reports(reports: list[FolderReport], extra: list[FolderReport]) -> list[FolderReport]:
-    """`reports` with the counts of `extra` (read meanwhile, for the same folders) added in."""
-    by_folder = {r.folder: r for r in reports}
-    for e in extra:
-        r = by_folder.get(e.folder)
-        if r is None:
-            reports.append(e)
-            by_folder[e.folder] = e
-            continue
-        r.new = max(r.new, e.new)  # each read counts what was new when it began
-        r.stored += e.stored
-        r.duplicates += e.duplicates
-        r.skipped += e.skipped
-        r.automated += e.automated
-        r.seconds += e.seconds
-        r.unchanged = r.unchanged and e.new == 0
-    return reports
 
 
 class Ingestor:
@@ -624,189 +514,17 @@ class Ingestor:
         rep.skipped += len(skipped)
 
 
-def _tied_to_a_message(exc: BaseException) -> bool:
-    """Whether a failure to store a batch may come from what one message holds (a value the
-    database refuses, a bug of ours that a message trips), not from the database being away,
-    locked or full: those stop the scan, to be retried whole."""
-    if isinstance(exc, StoreError):
-        cause = exc.__cause__
-        if isinstance(cause, OperationalError) or cause is None:
-            return False
-        return isinstance(cause, DBAPIError) and not cause.connection_invalidated
-    return isinstance(exc, ValueError | TypeError | KeyError | IndexError | AttributeError | UnicodeError)
 
 
-def _isolate(prepared: PreparedBatch, store: Callable[[PreparedBatch], None]) -> list[tuple[Item, str]]:
-    """Store `prepared` in halves, down to the single messages that fail; returns those, with
-    the error, as skipped messages are kept. The batch's skipped messages and commands go with
-    the first part that holds their message."""
-    failed: list[tuple[Item, str]] = []
-    todo = [prepared]
-    while todo:
-        part = todo.pop(0)
-        try:
-            store(part)
-            continue
-        except Exception as exc:  # noqa: BLE001 - the same sorting as the whole batch's
-            if not _tied_to_a_message(exc):
-                raise
-            if len(part.rows) <= 1:
-                row = part.rows[0] if part.rows else None
-                if row is None:
-                    raise
-                # An IMAP message by its UID; a Maildir one (no UID) by its Message-ID, digested
-                # as skipped_uid() digests a file name.
-                uid = row.get("uid")
-                item = Item(uid, uid) if isinstance(uid, int) else Item(row["message_id"], 0)
-                failed.append((item, valid_text(f"could not be stored: {type(exc).__name__}: {exc}")[:500]))
-                continue
-            todo[:0] = list(_halves(part))
-    return failed
 
 
-def _halves(p: PreparedBatch) -> tuple[PreparedBatch, PreparedBatch]:
-    mid = len(p.rows) // 2
-    parts = []
-    for lo, hi in ((0, mid), (mid, len(p.rows))):
-        rows = p.rows[lo:hi]
-        ids = {r["message_id"] for r in rows}
-        parts.append(PreparedBatch(
-            p.now, rows, [(i - lo, people, pm) for i, people, pm in p.discovered if lo <= i < hi],
-            [c for c in p.commands if c["message_id"] in ids], p.skipped if lo == 0 else []))
-    return parts[0], parts[1]
 
 
-def same_message(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two messages with one Message-ID are copies of one message (INBOX and Sent, Gmail
-    labels, a re-import): the same sender and subject. A promotion that reuses a client's
-    Message-ID (or a broken mailer that gives every message the same one) is not."""
-    return bool(a["from_addr"] == b["from_addr"] and a["norm_subject"] == b["norm_subject"])
 
 
-def reuse_id(row: dict[str, Any]) -> None:
-    """Give a message that reuses another's Message-ID an id of its own, derived from what it
-    is (so reading it again finds it stored), and stop it sharing the other's thread."""
-    original = row["message_id"]
-    mark = hashlib.sha256(f"{row['from_addr']}\n{row['norm_subject']}".encode()).hexdigest()[:12]
-    row["message_id"] = f"{original[:-1][:960]}#reused-{mark}>"
-    note = f"Message-ID {original} is also another message's: stored as {row['message_id']}"
-    row["problems"] = f"{row['problems']}; {note}" if row["problems"] else note
 
 
-def distinct_from_stored(db: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The batch's rows, those that reuse the Message-ID of a different stored message given
-    an id of their own (a copy of a stored message keeps its id and is then a duplicate)."""
-    if not rows:
-        return rows
-    stored = {r.message_id: r for r in db.execute(
-        select(*columns(Message.message_id, Message.from_addr, Message.norm_subject))
-        .where(col(Message.message_id).in_([r["message_id"] for r in rows]))).all()}
-    if not stored:
-        return rows
-    out: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        old = stored.get(row["message_id"])
-        if old is not None and not same_message(old._asdict(), row):
-            reuse_id(row)
-        out.setdefault(row["message_id"], row)
-    return list(out.values())
 
 
-def reclassify_automation(store: Store, chunk: int = 5000) -> int:
-    """Judge stored messages again by the automated-mail rules that need only what is stored
-    (the sender's address and the subject), after those rules changed. A message known as
-    automated by a header (Auto-Submitted, List-Id, a bounce report...) stays so: its headers
-    are not stored. Acknowledgements cannot be judged again: bodies are never stored.
-    Returns how many messages changed."""
-    changed = 0
-    last_id = 0
-    while True:
-        with store.session() as db:
-            write_alone(store, db.connection())
-            rows = db.execute(
-                select(*columns(Message.id, Message.from_addr, Message.subject, Message.automated,
-                                Message.automated_reason, Message.thread_id))
-                .where(col(Message.id) > last_id).order_by(col(Message.id)).limit(chunk)).all()
-            if not rows:
-                return changed
-            threads: set[int] = set()
-            for r in rows:
-                if r.automated and r.automated_reason not in SENDER_SUBJECT_RULES:
-                    continue
-                pm = ParsedMessage(
-                    message_id="", synthetic_id=False, in_reply_to=None, references=[], subject=r.subject,
-                    from_addr=r.from_addr, from_name="", to=[], cc=[], date_header=None, internal_date=None,
-                    sent_at=datetime.min)
-                reason = automated_reason(pm)
-                if (reason is not None) != bool(r.automated) or (reason and reason != r.automated_reason):
-                    db.execute(update(Message).where(Message.id == r.id).values(
-                        automated=reason is not None, automated_reason=reason))
-                    changed += 1
-                    if r.thread_id is not None:
-                        threads.add(r.thread_id)
-            if threads:
-                refresh_replies(db.connection(), threads, merged=threads)
-            db.commit()
-            last_id = rows[-1].id
 
 
-def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
-    """Classify stored messages again after who-is-who changed in the config. Returns changed.
-
-    A message that now has a client is threaded by subject as ingest would have threaded it
-    (which needs a client): a refs-less reply to a client listed only now joins the question
-    it answered, whichever of the two comes first here. Each chunk is stored alone, as a
-    scan's batch is (write_alone), so a scan running meanwhile sees it whole."""
-    changed = 0
-    last_id = 0
-    while True:
-        with store.session() as db:
-            write_alone(store, db.connection())
-            relink: list[dict[str, Any]] = []
-            gained: list[int] = []  # messages that now have a client: to thread by subject
-            threads: set[int] = set()
-            rows = db.execute(
-                select(*columns(Message.id, Message.message_id, Message.from_addr, Message.from_name,
-                                Message.to_addrs, Message.cc_addrs, Message.direction, Message.client_id,
-                                Message.contact_ids, Message.automated, Message.sent_at, Message.thread_id))
-                .where(col(Message.id) > last_id).order_by(col(Message.id)).limit(chunk)
-            ).all()
-            if not rows:
-                return changed
-            for r in rows:
-                pm = ParsedMessage(
-                    message_id="", synthetic_id=False, in_reply_to=None, references=[], subject="",
-                    from_addr=r.from_addr, from_name=r.from_name,
-                    to=[a for a in r.to_addrs.split(",") if a], cc=[a for a in r.cc_addrs.split(",") if a],
-                    date_header=None, internal_date=None, sent_at=datetime.min)
-                cl = classify(pm, directory)
-                ids = ",".join(map(str, cl.contact_ids))
-                if (cl.direction, cl.client_id, ids) != (r.direction, r.client_id, r.contact_ids):
-                    db.execute(update(Message).where(Message.id == r.id).values(
-                        direction=cl.direction, client_id=cl.client_id, contact_ids=ids,
-                        firm_in_to=cl.firm_in_to, firm_in_cc=cl.firm_in_cc))
-                    db.execute(delete(MessageContact).where(MessageContact.message_pk == r.id))
-                    relink.append({"message_id": r.message_id, "contact_ids": ids, "direction": cl.direction,
-                                   "automated": r.automated, "sent_at": r.sent_at})
-                    if r.thread_id is not None:
-                        threads.add(r.thread_id)
-                        if cl.client_id is not None and cl.client_id != r.client_id:
-                            gained.append(r.id)
-                    changed += 1
-            link_contacts(db.connection(), relink)
-            if gained:
-                # Their threading columns (References can run to kilobytes) are read for them
-                # only, as updated above.
-                cond, ids_param = among(store.dialect, "id", "BIGINT")
-                rethread = db.execute(select(*columns(
-                    Message.message_id, Message.client_id, Message.contact_ids, Message.thread_id, Message.sent_at,
-                    Message.norm_subject, Message.subject, Message.in_reply_to, Message.references))
-                    .where(text(cond).bindparams(ids_param)), {"ids": gained}).mappings().all()
-                threads |= finish_threads(db.connection(), [dict(r) for r in rethread])
-            # Directions and contacts changed: the replies and answered episodes of these
-            # threads may have too. (Every chunk used to recompute every thread of the store:
-            # a client spread over the whole history cost that once per 5,000 messages.)
-            if threads:
-                refresh_replies(db.connection(), threads, merged=threads)
-            db.commit()
-            last_id = rows[-1].id

@@ -25,7 +25,8 @@ from ..mailbox.base import Item
 from .prepare import PreparedBatch
 
 if TYPE_CHECKING:
-    from .scan import FolderReport, Ingestor
+    from .reports import FolderReport
+    from .scan import Ingestor
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def find_unreadable(ingestor: Ingestor, mb: MailboxConfig, folder: str) -> Folde
     """Read the next batch of `folder` in halves on new connections, storing what can be read
     and recording as skipped each message that cannot; the folder's cursor moves past the
     batch. MailboxError if the mailbox cannot be reached at all."""
-    from .scan import FolderReport
+    from .reports import FolderReport
 
     t0 = time.perf_counter()
     rep = FolderReport(mb.name, folder)

@@ -36,10 +36,7 @@ from .. import __version__
 from ..alerts.desk import CLOSED, AlertDesk
 from ..config import Config, MailboxConfig
 from ..errors import CarewatchError, MailboxAuthError, StoreError
-from ..ingest.run import prepare_store, replies_not_seen
-from ..ingest.scan import (
-    Ingestor,
-    ScanReport,
+from ..ingest.folders import (
     configured_folders,
     folder_errors,
     folder_states,
@@ -47,6 +44,9 @@ from ..ingest.scan import (
     matches_no_folder,
     unmatched_patterns,
 )
+from ..ingest.reports import ScanReport
+from ..ingest.run import prepare_store, replies_not_seen
+from ..ingest.scan import Ingestor
 from ..mailbox import open_source
 from ..mailbox.base import is_pattern
 from ..notify.outbox import deliver
