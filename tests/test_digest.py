@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from worker.cli.main import app
 from worker.config import load_config
 from worker.demo import generate
-from worker.digest.build import build_digest, context, render_digest
+from worker.digest.build import build_digest
+from worker.digest.present import context, render_digest
 from worker.ingest.run import prepare_store, run_scan
 
 runner = CliRunner()
@@ -305,7 +306,7 @@ def test_the_digest_names_its_seven_days_and_keeps_one_unit_per_column() -> None
     from datetime import datetime as dt
     from zoneinfo import ZoneInfo
 
-    from worker.digest.build import column_unit, in_unit, principal_words, week_days, week_span
+    from worker.digest.present import column_unit, in_unit, principal_words, week_days, week_span
 
     london = ZoneInfo("Europe/London")
     # Sent Monday 07:00: the week that ended on Sunday, seven days.
