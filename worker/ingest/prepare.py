@@ -122,9 +122,9 @@ def prepared_batches(source: MailboxSource, folder: str, batches: list[Sequence[
     the store. The server is never idle: the next batch's headers are requested before this
     one is parsed, and a batch is finished (its snippets read) only after the next one has
     been parsed. On IMAP this pipelines the FETCH commands, so the waits on the server overlap
-    with parsing instead of adding to it. (Finishing each batch as soon as it was parsed let
-    storing start sooner in each folder, but the snippet reads no longer overlapped with
-    parsing: on the 118k demo the two cores were less busy, 77% against 78-81%.)
+    with parsing instead of adding to it. (Finishing each batch as soon as it is parsed would
+    let storing start sooner in each folder, but the snippet reads would no longer overlap with
+    parsing, and the two cores would be less busy.)
 
     Where most messages of a batch wanted their snippet (a folder of client mail), the next
     batch's snippets are fetched with its headers, in one FETCH: the server reads each

@@ -115,8 +115,8 @@ def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
                     .where(text(cond).bindparams(ids_param)), {"ids": gained}).mappings().all()
                 threads |= finish_threads(db.connection(), [dict(r) for r in rethread])
             # Directions and contacts changed: the replies and answered episodes of these
-            # threads may have too. (Every chunk used to recompute every thread of the store:
-            # a client spread over the whole history cost that once per 5,000 messages.)
+            # threads may have too: only these are recomputed, as a client spread over the whole
+            # history would otherwise cost every thread of the store once per chunk.
             if threads:
                 refresh_replies(db.connection(), threads, merged=threads)
             db.commit()
