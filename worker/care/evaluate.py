@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,16 +18,12 @@ from statistics import median
 from typing import Any, BinaryIO
 
 import orjson
-from sqlalchemy import Boolean, DateTime, bindparam, select, text
-from sqlmodel import col
 
 from .. import defaults
 from ..config import Config
 from ..store import Store
-from ..store.db import epoch_sql
-from ..store.models import Client, Contact, columns
-from ..store.threads import among
 from .clock import from_ts, to_ts
+from .facts import Facts, Response, read_facts
 from .policy import PolicyBook
 
 
@@ -58,18 +54,6 @@ class Wait:
     chased: bool
     contact_id: int
     db_id: int
-
-
-@dataclass(slots=True)
-class Response:
-    client_id: int
-    contact_id: int
-    inbound_at: float
-    replied_at: float
-    business_minutes: float
-    wall_minutes: float
-    chased: bool
-    within_policy: bool
 
 
 @dataclass(slots=True)
@@ -299,167 +283,16 @@ def evaluate(store: Store, config: Config, now: datetime, client_filter: str | N
 def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | None,
               history_days: int | None) -> CarePicture:
     book = PolicyBook(config)
+    return _assemble(read_facts(store, book, now, client_filter, history_days), book, now)
+
+
+def _assemble(f: Facts, book: PolicyBook, now: datetime) -> CarePicture:
+    """The care picture from what was read: per client and contact, waits, statistics, lapses."""
     now_ts = to_ts(now)
     window_days = book.stats_window_days
-    history = max(history_days or 0, defaults.SLOWING_BASELINE_DAYS + 7, window_days)
-    keep_from = now_ts - history * DAY
-
-    # --- directory -------------------------------------------------------------------------
-    with store.session() as db:
-        # Plain rows, not ORM objects: 10k contacts as ORM instances cost most of a second.
-        clients = {c.id: c for c in db.execute(select(
-            *columns(Client.id, Client.name, Client.internal, Client.owner_email, Client.backup_email))
-            .where(col(Client.active)))}
-        contacts = {c.id: c for c in db.execute(select(
-            *columns(Contact.id, Contact.email, Contact.name, Contact.role, Contact.client_id, Contact.discovered,
-                     Contact.first_seen_at))
-            .where(col(Contact.active))) if c.client_id in clients}
-    if client_filter:
-        clients = {k: v for k, v in clients.items() if v.name.lower() == client_filter.lower()}
-
-    # --- the heavy lifting happens in the database --------------------------------------------
-    # Threads were joined at ingest, and each inbound message knows when the first reply in its
-    # thread came (reply_at); the inbound messages answered by the same reply form an episode,
-    # kept in the episode table (store/threads.py). So: answered episodes come from that narrow
-    # table (only those answered within the history window), and the messages still waiting at
-    # `now` are grouped here by thread. The work grows with recent activity and open waits, not
-    # with the whole mailbox.
-    sqlite_db = store.dialect == "sqlite"
-
-    def epoch(col: str) -> str:
-        return epoch_sql(store.dialect, col)
-
-    now_param = bindparam("now", type_=DateTime())
-    flags = [bindparam("t", True, type_=Boolean()), bindparam("f", False, type_=Boolean())]
-    client_name = {cid: c.name for cid, c in clients.items()}
-    role_of = {cid: c.role for cid, c in contacts.items()}
-    responses: dict[int, list[Response]] = defaultdict(list)
-    #: contact -> (message pk, since, chased, Message-ID, subject) of each waiting message
-    waits: dict[int, list[tuple[int, float, bool, str, str]]] = defaultdict(list)
-    #: message pk of an open episode's first message -> chasers
-    episode_chasers: dict[int, int] = {}
-    #: lapse keys of threads that stopped waiting unanswered (see CarePicture.expired)
-    expired: set[str] = set()
-    count_cc = book.count_cc
-    with store.connection() as conn:
-        minutes_of = {cid: book.calendar(name).minutes_between for cid, name in client_name.items()}
-        limit_of: dict[tuple[int, int], float] = {}  # (client, contact) -> reply_within minutes
-        for client_id, contact, since, reply, size in conn.execute(text(
-                "SELECT client_id, contact_id, started_ts, reply_ts, size FROM episode "
-                "WHERE scope = :scope AND reply_ts >= :keep AND reply_ts <= :now ORDER BY reply_ts, started_ts"),
-                {"scope": "any" if count_cc else "to", "keep": keep_from, "now": now_ts}).all():
-            minutes = minutes_of.get(client_id)
-            if minutes is None:
-                continue  # an inactive client, or not the one asked for
-            limit = limit_of.get((client_id, contact))
-            if limit is None:
-                limit = limit_of[(client_id, contact)] = book.thresholds(
-                    client_name[client_id], role_of.get(contact, "user")).reply_within_minutes
-            biz = minutes(since, reply)
-            responses[client_id].append(Response(client_id, contact, since, reply, biz, (reply - since) / 60,
-                                                 size > 1, biz <= limit))
-
-        # Waiting at `now`: never answered, or answered only later (a replay of the past). Two
-        # index ranges on (direction, reply_at), sorted by thread in the database.
-        # (SQLite's planner would otherwise walk every inbound message by (direction, sent_at)
-        # and read each row; the hint makes it use the index that finds exactly the open ones.)
-        hint = " INDEXED BY ix_message_dir_reply" if sqlite_db else ""
-        waiting_sql = (
-            f"SELECT m.id, {epoch('m.sent_at')} AS since, m.thread_id, m.client_id, m.contact_ids, m.message_id, "
-            f"m.subject FROM message m{hint} WHERE m.direction = 'inbound' AND {{reply}} AND m.sent_at <= :now "
-            "AND NOT m.automated AND NOT m.acknowledgement AND (m.firm_in_to OR (:cc AND m.firm_in_cc)) "
-            "AND m.contact_ids <> '' AND m.client_id IS NOT NULL AND m.thread_id IS NOT NULL")
-        open_rows = conn.execute(text(
-            waiting_sql.format(reply="m.reply_at IS NULL") + " UNION ALL "
-            + waiting_sql.format(reply="m.reply_at > :now") + " ORDER BY 3, 2, 1").bindparams(now_param),
-            {"now": now, "cc": count_cc}).all()
-        # Per thread, the open messages form one episode: the first began the wait, the others
-        # are chasers. A thread whose last open message is older than the expiry waits no more
-        # (policy.waits_expire_after), chasers and all.
-        expired_before = now_ts - book.waits_expire_seconds if book.waits_expire_seconds else None
-        # Only threads that stopped waiting within the last expiry span can still have an open
-        # alert to end: a worker checks every few minutes. All of them would be years of
-        # unanswered mail on a first start (183k keys, 28 MiB, in benchmarks/evaluate.py at 1M).
-        recently_expired = 2 * expired_before - now_ts if expired_before is not None else 0.0
-        prev_thread = None
-        first = start = 0
-        live = False
-        for i, (pk, since, thread, client_id, contact_ids, mid, subject) in enumerate(open_rows):
-            if thread != prev_thread:
-                prev_thread, first = thread, i
-                n = 1
-                while first + n < len(open_rows) and open_rows[first + n][2] == thread:
-                    n += 1
-                last = first + n - 1
-                # A client message after the thread had stopped waiting (a gap longer than the
-                # expiry) starts an episode of its own, measured from itself: the old question
-                # expired, it is not revived.
-                start = first
-                if expired_before is not None:
-                    for k in range(first + 1, last + 1):
-                        if open_rows[k][1] - open_rows[k - 1][1] > book.waits_expire_seconds:
-                            start = k
-                live = client_id in clients and (expired_before is None or open_rows[last][1] >= expired_before)
-                ended = last if not live else start - 1  # the last message of an episode that expired
-                if ended >= first and client_id in clients and open_rows[ended][1] >= recently_expired:
-                    who, old_mid = open_rows[first][4].partition(",")[0], open_rows[first][5]
-                    expired.update((f"unanswered:{who}:{old_mid}", f"chased:{who}:{old_mid}"))
-                if live:
-                    # Chasers: later messages sent after a real gap (policy.chaser_after), not a
-                    # postscript a minute later.
-                    gap = minutes_of.get(client_id)
-                    episode_chasers[open_rows[start][0]] = sum(
-                        1 for k in range(start + 1, last + 1)
-                        if gap is not None and gap(open_rows[k - 1][1], open_rows[k][1]) >= book.chaser_after_minutes)
-            if live and i >= start:
-                waits[int(contact_ids.split(",")[0])].append((pk, since, i < last, mid, subject))
-        # The last message each way per contact: one index seek each (ix_message_contact_covering).
-        last_in: dict[int, float] = {}
-        last_out: dict[int, float] = {}
-        last_sql = ("(SELECT MAX(mc.sent_at) FROM message_contact mc WHERE mc.contact_id = c.id "
-                    "AND mc.inbound = {dir} AND mc.automated = :f AND mc.sent_at <= :now)")
-        for contact, at_in, at_out in conn.execute(text(
-                f"SELECT c.id, {epoch(last_sql.format(dir=':t'))}, {epoch(last_sql.format(dir=':f'))} "
-                "FROM contact c WHERE c.active").bindparams(now_param, *flags), {"now": now}).all():
-            if at_in is not None:
-                last_in[contact] = at_in
-            if at_out is not None:
-                last_out[contact] = at_out
-        # Clients' mail only: client_id is set on inbound and outbound messages alone, so this
-        # reads the (client_id, sent_at) index and no rows.
-        obs_row = conn.execute(text(
-            f"SELECT {epoch('MIN(sent_at)')}, COUNT(*) FROM message"
-            f"{' INDEXED BY ix_message_client_sent' if sqlite_db else ''} WHERE client_id IS NOT NULL "
-            "AND sent_at <= :now").bindparams(now_param), {"now": now}).one()
-        observation_start: float | None = obs_row[0]  # epoch seconds of the first client message
-        considered = int(obs_row[1])
-
-        # A contact the firm never wrote to is silent since their first message (or, with none,
-        # since records began): one grouped query for those contacts only.
-        first_seen: dict[int, float] = {}
-        never_written = [c for c in contacts if c not in last_out]
-        cond_c, ids_c = among(store.dialect, "contact_id", "INTEGER")
-        first_sql = text(
-            f"SELECT contact_id, {epoch('MIN(sent_at)')} FROM message_contact WHERE {cond_c} "
-            "AND automated = :f AND sent_at <= :now GROUP BY contact_id").bindparams(now_param, flags[1], ids_c)
-        for k in range(0, len(never_written), 500):
-            for contact, first_ts in conn.execute(first_sql, {"now": now, "ids": never_written[k:k + 500]}).all():
-                if first_ts is not None:
-                    first_seen[contact] = first_ts
-        # Going quiet needs each contact's active days, but only for contacts silent longer
-        # than the floor: the rest cannot be going quiet.
-        active_days: dict[int, list[int]] = defaultdict(list)
-        quiet = sorted(c for c, t in last_in.items() if now_ts - t > book.going_quiet_floor_seconds)
-        # One row per contact with its active days joined into a string, read from the index.
-        agg = "GROUP_CONCAT(DISTINCT day)" if sqlite_db else "string_agg(DISTINCT day::text, ',')"
-        cond, ids_param = among(store.dialect, "contact_id", "INTEGER")
-        days_sql = text(
-            f"SELECT contact_id, {agg} FROM message_contact WHERE {cond} AND inbound = :t "
-            "AND automated = :f AND sent_at <= :now GROUP BY contact_id"
-        ).bindparams(now_param, *flags, ids_param)
-        for k in range(0, len(quiet), 500):
-            for contact, days_csv in conn.execute(days_sql, {"now": now, "ids": quiet[k:k + 500]}).all():
-                active_days[contact] = sorted(map(int, str(days_csv).split(",")))
+    clients, contacts, responses, waits = f.clients, f.contacts, f.responses, f.waits
+    episode_chasers, expired, last_in, last_out = f.episode_chasers, f.expired, f.last_in, f.last_out
+    considered, observation_start = f.considered, f.observation_start
 
     # --- assemble the picture and derive lapses ---------------------------------------------
     by_client_contacts: dict[int, list[ContactCare]] = defaultdict(list)
@@ -477,7 +310,6 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
     next_change: float | None = None
     obs = observation_start
     for cid, cl in sorted(clients.items(), key=lambda kv: kv[1].name.lower()):
-        waited = book.calendar(cl.name).minutes_until(now_ts)
         care = ClientCare(id=cid, name=cl.name, internal=cl.internal, owner=cl.owner_email,
                           backup=cl.backup_email, contacts=by_client_contacts.get(cid, []),
                           responses=responses.get(cid, []))  # in (replied, since) order from SQL
@@ -489,100 +321,131 @@ def _evaluate(store: Store, config: Config, now: datetime, client_filter: str | 
             th = book.thresholds(cl.name, cc.role)
             cc.stats = stats_of(per_contact.get(cc.id, []), now_ts - window_days * DAY, now_ts, window_days)
             reply_within = th.reply_within_minutes
-            expected = f"a reply within {fmt_minutes(reply_within)} of business time"
-            for db_id, since, chased, mid, subj in sorted(waits.get(cc.id, ()), key=_wait_order):
-                w = Wait(mid, subj, from_ts(since), waited(since), (now_ts - since) / 60, chased, cc.id, db_id)
-                cc.waiting.append(w)
-                chasers = episode_chasers.get(db_id)
-                if chasers is None:
-                    continue  # a later message of an episode: the first one carries the lapse
-                for mark in (book.warn_at * reply_within if book.warn_at else None, reply_within):
-                    if mark is not None and w.business_minutes < mark:
-                        crossing = book.calendar(cl.name).add_minutes(since, mark)
-                        next_change = crossing if next_change is None else min(next_change, crossing)
-                        break
-                biz = round(w.business_minutes, 1)
-                if book.warn_at and not chasers and book.warn_at * reply_within <= w.business_minutes <= reply_within:
-                    due = from_ts(book.calendar(cl.name).add_minutes(since, reply_within))
-                    cc.due_soon.append(Lapse(
-                        "due_soon", f"due_soon:{cc.id}:{mid}", cl.name, cc.email, w.since,
-                        f"{cc.name} has waited {fmt_minutes(w.business_minutes)} of business time for a reply to "
-                        f"\u201c{subj}\u201d: {fmt_minutes(reply_within - w.business_minutes)} left", expected,
-                        {"message_id": mid, "subject": subj, "business_minutes": biz,
-                         "reply_within_minutes": reply_within, "due_at": iso(due)}))
-                if w.business_minutes > reply_within:
-                    cc.lapses.append(Lapse(
-                        "unanswered", f"unanswered:{cc.id}:{mid}", cl.name, cc.email, w.since,
-                        f"{cc.name} has waited {fmt_minutes(w.business_minutes)} of business time for a reply "
-                        f"to \u201c{subj}\u201d", expected,
-                        {"message_id": mid, "subject": subj, "business_minutes": biz,
-                         "reply_within_minutes": reply_within, "chasers": chasers}))
-                if chasers:
-                    cc.lapses.append(Lapse(
-                        "chased", f"chased:{cc.id}:{mid}", cl.name, cc.email, w.since,
-                        f"{cc.name} had to follow up {'once' if chasers == 1 else f'{chasers} times'} on "
-                        f"\u201c{subj}\u201d, still unanswered",
-                        expected, {"message_id": mid, "subject": subj, "chasers": chasers,
-                                   "business_minutes": biz}))
-            if th.silence_after_days is not None and obs is not None:
-                never = cc.id not in last_out
-                since_ts = last_out[cc.id] if not never else max(first_seen.get(cc.id, obs), obs)
-                listed = contacts[cc.id].first_seen_at if cc.id in contacts else None
-                if never and listed is not None and obs <= to_ts(listed) <= now_ts:
-                    # Not silent since before Carewatch knew of them (the day the client was
-                    # listed); a replay of a time before that counts as it always did.
-                    since_ts = max(since_ts, to_ts(listed))
-                silent_days = (now_ts - since_ts) / DAY
-                if silent_days > th.silence_after_days and not cc.discovered:
-                    # The key of a silence never broken does not move when older mail is stored
-                    # (a new folder, an import): the alert is the same one until the firm writes.
-                    key = f"silent:{cc.id}:never" if never else f"silent:{cc.id}:{int(since_ts)}"
-                    cc.lapses.append(Lapse(
-                        "silent", key, cl.name, cc.email, from_ts(since_ts),
-                        (f"nobody at the firm has written to {cc.name} ({cc.role}) "
-                         + ("since records began" if never else f"for {_whole_days(silent_days)}")),
-                        f"a word at least every {th.silence_after_days:.0f} days",
-                        {"days": round(silent_days, 1), "silence_after_days": th.silence_after_days,
-                         "never": never}))
-            days = active_days.get(cc.id, [])
-            if th.going_quiet and len(days) >= book.going_quiet_min:
-                gaps = [b - a for a, b in zip(days, days[1:], strict=False)]
-                usual = median(gaps)
-                # Counted from their last message itself (not the UTC day it fell on), as the
-                # silence is: the email's "since" and the digest's days agree to the minute.
-                last_word = last_in.get(cc.id, days[-1] * DAY)
-                current = (now_ts - last_word) / DAY
-                if current > book.going_quiet_factor * usual and current * DAY > book.going_quiet_floor_seconds:
-                    cc.lapses.append(Lapse(
-                        "going_quiet", f"going_quiet:{cc.id}:{days[-1]}", cl.name, cc.email, from_ts(last_word),
-                        f"{cc.name} usually writes every {_whole_days(usual, 'day')} but has been quiet for "
-                        f"{_whole_days(current)}",
-                        f"regular contact (about every {_whole_days(usual, 'day')})",
-                        {"usual_gap_days": usual, "current_gap_days": round(current, 1), "active_days": len(days)}))
-        recent = [r.business_minutes for r in care.responses if now_ts - WEEK < r.replied_at <= now_ts]
-        base = [r.business_minutes for r in care.responses
-                if now_ts - WEEK - defaults.SLOWING_BASELINE_DAYS * DAY < r.replied_at <= now_ts - WEEK]
-        if len(recent) >= defaults.SLOWING_MIN_RECENT and len(base) >= defaults.SLOWING_MIN_BASELINE:
-            m_recent, m_base = median(recent), median(base)
-            if m_recent > book.slowing_factor * m_base and m_recent > book.slowing_floor_minutes:
-                year, week, _ = now.isocalendar()
-                care.lapses.append(Lapse(
-                    "slowing", f"slowing:{cid}:{year}-W{week:02d}", cl.name, None, from_ts(now_ts - WEEK),
-                    f"replies to {cl.name} took a median {fmt_minutes(m_recent)} this week against "
-                    f"{fmt_minutes(m_base)} usually", f"replies near the usual {fmt_minutes(m_base)}",
-                    {"recent_median_minutes": rnd(m_recent), "baseline_median_minutes": rnd(m_base),
-                     "recent_count": len(recent), "baseline_count": len(base)}))
-        if not cl.owner_email:
-            care.lapses.append(Lapse("unowned", f"unowned:{cid}:owner", cl.name, None, from_ts(obs or now_ts),
-                                     f"{cl.name} has no owner: nobody is accountable for the relationship",
-                                     "exactly one owner per client", {"missing": "owner"}))
-        principals = [c for c in care.contacts if c.role == "principal" and not c.discovered]
-        if not principals:
-            care.lapses.append(Lapse("unowned", f"unowned:{cid}:principal", cl.name, None, from_ts(obs or now_ts),
-                                     f"{cl.name} has no principal: nobody on the client's side is named "
-                                     "accountable", "exactly one principal contact per client",
-                                     {"missing": "principal"}))
+            crossing = _wait_lapses(cc, cl.name, waits.get(cc.id, ()), episode_chasers, book, now_ts, reply_within)
+            if crossing is not None:
+                next_change = crossing if next_change is None else min(next_change, crossing)
+            _silence_lapse(cc, cl.name, th, f, now_ts)
+            _going_quiet_lapse(cc, cl.name, th, f, book, now_ts)
+        _client_lapses(care, cl, cid, book, now, now_ts, obs)
         out_clients.append(care)
     return CarePicture(now=now, clients=out_clients, observation_start=from_ts(obs) if obs else None,
                        messages_considered=considered, expired=expired,
                        next_change=from_ts(next_change) if next_change is not None else None)
+
+
+def _wait_lapses(cc: ContactCare, client: str, waits: Iterable[tuple[int, float, bool, str, str]],
+                 episode_chasers: dict[int, int], book: PolicyBook, now_ts: float,
+                 reply_within: float) -> float | None:
+    """A contact's waits, their warnings and lapses (unanswered, chased); returns the next
+    moment one of them crosses its warning or its window by time alone."""
+    waited = book.calendar(client).minutes_until(now_ts)
+    expected = f"a reply within {fmt_minutes(reply_within)} of business time"
+    next_change: float | None = None
+    for db_id, since, chased, mid, subj in sorted(waits, key=_wait_order):
+        w = Wait(mid, subj, from_ts(since), waited(since), (now_ts - since) / 60, chased, cc.id, db_id)
+        cc.waiting.append(w)
+        chasers = episode_chasers.get(db_id)
+        if chasers is None:
+            continue  # a later message of an episode: the first one carries the lapse
+        for mark in (book.warn_at * reply_within if book.warn_at else None, reply_within):
+            if mark is not None and w.business_minutes < mark:
+                crossing = book.calendar(client).add_minutes(since, mark)
+                next_change = crossing if next_change is None else min(next_change, crossing)
+                break
+        biz = round(w.business_minutes, 1)
+        if book.warn_at and not chasers and book.warn_at * reply_within <= w.business_minutes <= reply_within:
+            due = from_ts(book.calendar(client).add_minutes(since, reply_within))
+            cc.due_soon.append(Lapse(
+                "due_soon", f"due_soon:{cc.id}:{mid}", client, cc.email, w.since,
+                f"{cc.name} has waited {fmt_minutes(w.business_minutes)} of business time for a reply to "
+                f"\u201c{subj}\u201d: {fmt_minutes(reply_within - w.business_minutes)} left", expected,
+                {"message_id": mid, "subject": subj, "business_minutes": biz,
+                 "reply_within_minutes": reply_within, "due_at": iso(due)}))
+        if w.business_minutes > reply_within:
+            cc.lapses.append(Lapse(
+                "unanswered", f"unanswered:{cc.id}:{mid}", client, cc.email, w.since,
+                f"{cc.name} has waited {fmt_minutes(w.business_minutes)} of business time for a reply "
+                f"to \u201c{subj}\u201d", expected,
+                {"message_id": mid, "subject": subj, "business_minutes": biz,
+                 "reply_within_minutes": reply_within, "chasers": chasers}))
+        if chasers:
+            cc.lapses.append(Lapse(
+                "chased", f"chased:{cc.id}:{mid}", client, cc.email, w.since,
+                f"{cc.name} had to follow up {'once' if chasers == 1 else f'{chasers} times'} on "
+                f"\u201c{subj}\u201d, still unanswered",
+                expected, {"message_id": mid, "subject": subj, "chasers": chasers,
+                           "business_minutes": biz}))
+    return next_change
+
+
+def _silence_lapse(cc: ContactCare, client: str, th: Any, f: Facts, now_ts: float) -> None:
+    """Nobody at the firm has written to the contact for longer than the role allows."""
+    obs, last_out, first_seen, contacts = f.observation_start, f.last_out, f.first_seen, f.contacts
+    if th.silence_after_days is not None and obs is not None:
+        never = cc.id not in last_out
+        since_ts = last_out[cc.id] if not never else max(first_seen.get(cc.id, obs), obs)
+        listed = contacts[cc.id].first_seen_at if cc.id in contacts else None
+        if never and listed is not None and obs <= to_ts(listed) <= now_ts:
+            # Not silent since before Carewatch knew of them (the day the client was
+            # listed); a replay of a time before that counts as it always did.
+            since_ts = max(since_ts, to_ts(listed))
+        silent_days = (now_ts - since_ts) / DAY
+        if silent_days > th.silence_after_days and not cc.discovered:
+            # The key of a silence never broken does not move when older mail is stored
+            # (a new folder, an import): the alert is the same one until the firm writes.
+            key = f"silent:{cc.id}:never" if never else f"silent:{cc.id}:{int(since_ts)}"
+            cc.lapses.append(Lapse(
+                "silent", key, client, cc.email, from_ts(since_ts),
+                (f"nobody at the firm has written to {cc.name} ({cc.role}) "
+                 + ("since records began" if never else f"for {_whole_days(silent_days)}")),
+                f"a word at least every {th.silence_after_days:.0f} days",
+                {"days": round(silent_days, 1), "silence_after_days": th.silence_after_days,
+                 "never": never}))
+
+
+def _going_quiet_lapse(cc: ContactCare, client: str, th: Any, f: Facts, book: PolicyBook, now_ts: float) -> None:
+    """The contact has been quiet much longer than their usual gap between active days."""
+    last_in = f.last_in
+    days = f.active_days.get(cc.id, [])
+    if th.going_quiet and len(days) >= book.going_quiet_min:
+        gaps = [b - a for a, b in zip(days, days[1:], strict=False)]
+        usual = median(gaps)
+        # Counted from their last message itself (not the UTC day it fell on), as the
+        # silence is: the email's "since" and the digest's days agree to the minute.
+        last_word = last_in.get(cc.id, days[-1] * DAY)
+        current = (now_ts - last_word) / DAY
+        if current > book.going_quiet_factor * usual and current * DAY > book.going_quiet_floor_seconds:
+            cc.lapses.append(Lapse(
+                "going_quiet", f"going_quiet:{cc.id}:{days[-1]}", client, cc.email, from_ts(last_word),
+                f"{cc.name} usually writes every {_whole_days(usual, 'day')} but has been quiet for "
+                f"{_whole_days(current)}",
+                f"regular contact (about every {_whole_days(usual, 'day')})",
+                {"usual_gap_days": usual, "current_gap_days": round(current, 1), "active_days": len(days)}))
+
+
+def _client_lapses(care: ClientCare, cl: Any, cid: int, book: PolicyBook, now: datetime, now_ts: float,
+                   obs: float | None) -> None:
+    """A client's own lapses: replies slowing down, no owner, no principal."""
+    recent = [r.business_minutes for r in care.responses if now_ts - WEEK < r.replied_at <= now_ts]
+    base = [r.business_minutes for r in care.responses
+            if now_ts - WEEK - defaults.SLOWING_BASELINE_DAYS * DAY < r.replied_at <= now_ts - WEEK]
+    if len(recent) >= defaults.SLOWING_MIN_RECENT and len(base) >= defaults.SLOWING_MIN_BASELINE:
+        m_recent, m_base = median(recent), median(base)
+        if m_recent > book.slowing_factor * m_base and m_recent > book.slowing_floor_minutes:
+            year, week, _ = now.isocalendar()
+            care.lapses.append(Lapse(
+                "slowing", f"slowing:{cid}:{year}-W{week:02d}", cl.name, None, from_ts(now_ts - WEEK),
+                f"replies to {cl.name} took a median {fmt_minutes(m_recent)} this week against "
+                f"{fmt_minutes(m_base)} usually", f"replies near the usual {fmt_minutes(m_base)}",
+                {"recent_median_minutes": rnd(m_recent), "baseline_median_minutes": rnd(m_base),
+                 "recent_count": len(recent), "baseline_count": len(base)}))
+    if not cl.owner_email:
+        care.lapses.append(Lapse("unowned", f"unowned:{cid}:owner", cl.name, None, from_ts(obs or now_ts),
+                                 f"{cl.name} has no owner: nobody is accountable for the relationship",
+                                 "exactly one owner per client", {"missing": "owner"}))
+    principals = [c for c in care.contacts if c.role == "principal" and not c.discovered]
+    if not principals:
+        care.lapses.append(Lapse("unowned", f"unowned:{cid}:principal", cl.name, None, from_ts(obs or now_ts),
+                                 f"{cl.name} has no principal: nobody on the client's side is named "
+                                 "accountable", "exactly one principal contact per client",
+                                 {"missing": "principal"}))
