@@ -18,7 +18,7 @@ from sqlmodel import col
 from test_care import ALICE, BOB, GINA, OLIVIA, OSCAR, SHARED, Mail
 from typer.testing import CliRunner
 
-from worker.alerts.desk import AlertDesk
+from worker.alerts.desk import AlertLifecycle
 from worker.cli.main import app
 from worker.config import load_config
 from worker.ingest.run import prepare_store, run_scan
@@ -67,7 +67,7 @@ class Firm:
 
     def check(self, now: datetime, **kw):  # type: ignore[no-untyped-def]
         self.scan()
-        return AlertDesk(self.store, self.config).check(now, **kw)
+        return AlertLifecycle(self.store, self.config).check(now, **kw)
 
     def received(self) -> list[email.message.EmailMessage]:
         return [email.message_from_bytes(raw, policy=policy.default) for _, _, raw in self.smtp.messages]
@@ -325,7 +325,7 @@ def test_a_replayed_or_expired_reply_is_not_applied_again(firm: Firm, monkeypatc
     monkeypatch.setattr(worker.alerts.desk, "TOKEN_VALID_DAYS", 2)
     _reply(firm, OLIVIA, "snooze 1w", olivia_mail, london(2026, 11, 20, 10, 0))
     firm.scan()
-    rep = AlertDesk(firm.store, firm.config).check(at(2026, 11, 20, 10, 5), deliver=False)
+    rep = AlertLifecycle(firm.store, firm.config).check(at(2026, 11, 20, 10, 5), deliver=False)
     assert any("expired" in c for c in rep.commands), rep.commands
 
 
@@ -450,7 +450,7 @@ def test_a_snooze_is_capped_at_notify_max_snooze(firm: Firm) -> None:
 
 
 def test_token_secret_env_signs_references_and_is_never_stored(firm: Firm, monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.alerts.desk import make_token, token_secret
+    from worker.alerts.tokens import make_token, token_secret
     from worker.store.models import Meta
 
     monkeypatch.setenv("CW_TEST_TOKEN_SECRET", "a long secret from the vault")

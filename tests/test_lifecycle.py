@@ -23,7 +23,8 @@ from sqlalchemy import select, update
 from sqlmodel import col
 from test_care import ALICE, BOB, GINA, SHARED, Mail
 
-from worker.alerts.desk import ACTIVE, AlertDesk
+from worker.alerts.desk import AlertLifecycle
+from worker.alerts.lifecycle import ACTIVE
 from worker.care.clock import BusinessCalendar, to_ts
 from worker.care.evaluate import evaluate
 from worker.config import load_config, parse_duration_minutes
@@ -114,7 +115,7 @@ class World:
         cfg = self.config
         assert run_scan(cfg, self.store, self.directory).ok
         now = self.naive()
-        rep = AlertDesk(self.store, cfg).check(now, deliver=False)
+        rep = AlertLifecycle(self.store, cfg).check(now, deliver=False)
         picture = evaluate(self.store, cfg, now)
         shown = {lp.key: lp for lp in picture.lapses + picture.warnings}
         calendar = BusinessCalendar.from_config(cfg.settings.calendar)

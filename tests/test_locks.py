@@ -90,7 +90,7 @@ def test_a_job_whose_lock_connection_dropped_stops_before_writing(pg_url: str) -
     a network cut), the lock is gone without a word and a replica may take over. The next write
     notices and stops, instead of working beside the replica."""
     from worker.errors import StoreError
-    from worker.store.locks import assert_locks_held, write_alone
+    from worker.store.locks import assert_locks_held, lock_for_storing
 
     store, other = _stores(pg_url, pg_url)
     try:
@@ -108,7 +108,7 @@ def test_a_job_whose_lock_connection_dropped_stops_before_writing(pg_url: str) -
             with exclusive(other, "scan:shared") as replica:
                 assert replica  # released with the connection
             with pytest.raises(StoreError, match="lost the 'scan:shared' lock"), store.session() as db:
-                write_alone(store, db.connection())
+                lock_for_storing(store, db.connection())
     finally:
         store.dispose()
         other.dispose()

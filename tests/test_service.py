@@ -327,7 +327,7 @@ def test_the_worker_evaluates_after_new_mail_and_when_time_is_due_not_after_ever
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import maildir_config
 
-    from worker.alerts.desk import AlertDesk
+    from worker.alerts.desk import AlertLifecycle
     from worker.config import load_config
     from worker.service.worker import Worker, utcnow
 
@@ -335,13 +335,13 @@ def test_the_worker_evaluates_after_new_mail_and_when_time_is_due_not_after_ever
                         date=datetime.now(UTC) - timedelta(minutes=5), message_id="<w1@acme.example>")
     cfg = load_config(maildir_config(tmp_path, [raw]))
     checks: list[datetime] = []
-    real = AlertDesk.check
+    real = AlertLifecycle.check
 
-    def counted(self: AlertDesk, now: datetime, *a: object, **kw: object):  # type: ignore[no-untyped-def]
+    def counted(self: AlertLifecycle, now: datetime, *a: object, **kw: object):  # type: ignore[no-untyped-def]
         checks.append(now)
         return real(self, now, *a, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(AlertDesk, "check", counted)
+    monkeypatch.setattr(AlertLifecycle, "check", counted)
     w = Worker(cfg, metrics_port=-1)
     try:
         name = cfg.settings.mailboxes[0].name

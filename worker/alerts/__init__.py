@@ -1,2 +1,3 @@
-"""Step 4: lapses become alerts with a lifecycle (open, notified, escalated, resolved...),
-owners' replies are applied, and one email per owner per check is queued (desk)."""
+"""Step 4: lapses become alerts (desk: AlertLifecycle.check applies owners' replies, syncs
+alerts with the lapses and queues one email per owner), moved only by lifecycle.transition;
+tokens signs the references in alert emails."""

@@ -9,8 +9,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
-import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,17 +18,17 @@ from sqlalchemy import select
 from sqlmodel import Session, col
 
 from ..care.clock import BusinessCalendar, from_ts, to_ts
-from ..care.evaluate import CarePicture, Lapse, evaluate
+from ..care.evaluate import CarePicture, evaluate
 from ..config import Config, parse_duration_minutes
-from ..errors import ConfigError
-from ..ingest.reply_commands import find_token, parse_command
 from ..notify.outbox import DeliveryReport, enqueue
 from ..notify.outbox import deliver as deliver_outbox
 from ..notify.render import Renderer, build_email
 from ..notify.transport import Transport, make_transport
 from ..store import Store
 from ..store.locks import assert_locks_held, waited_for
-from ..store.models import Alert, AlertCommand, Meta, OutboxEmail, table_of
+from ..store.models import Alert, AlertCommand, OutboxEmail
+from .lifecycle import ACTIVE, CLOSED, last_notice, transition
+from .tokens import TOKEN_VALID_DAYS, ensure_token_secret, make_token, token_secret
 
 log = logging.getLogger(__name__)
 
@@ -58,89 +56,18 @@ ACTIONS = {
 #: Most urgent first, in an email and in its subject: a client who had to chase, then one
 #: waiting, then hygiene, then the slower signals.
 URGENCY = ("chased", "unanswered", "due_soon", "unowned", "silent", "going_quiet", "slowing")
-ACTIVE = ("open", "notified", "escalated", "snoozed", "acknowledged")
-#: An alert ends "resolved" when its lapse cleared (the reply was sent, the firm wrote), or
-#: "expired" when its thread stopped waiting without ever being answered
-#: (policy.waits_expire_after): a failure of care, not a success, so the two are kept apart.
-CLOSED = ("resolved", "expired")
 
 
-def transition(a: Alert, event: str, now: datetime, *, until: datetime | None = None, by: str | None = None,
-               at: datetime | None = None, ended: str = "resolved") -> None:
-    """Every state change of an alert, in one place, each resetting what it must:
-
-    - "told":      open -> notified (the owner was emailed);
-    - "escalated": notified/escalated -> escalated, one level up (the backup was emailed too);
-    - "snoozed":   active -> snoozed until `until` (by reply or `alerts snooze`);
-    - "done":      active -> acknowledged (by reply or `alerts ack`; `by` who, `at` when they
-                   said so, if not now);
-    - "wake":      snoozed -> open when the snooze is over: told again, and the escalation
-                   clock starts again from that notice;
-    - "reopen":    resolved/expired -> open, level 0, when its lapse is back (a chaser, a
-                   policy change); resolved_at stays, telling this notice from the first;
-    - "end":       active -> `ended` ("resolved" when the lapse cleared, "expired" when its
-                   thread stopped waiting unanswered).
-    """
-    if event == "told":
-        a.state, a.notified_at = "notified", now
-    elif event == "escalated":
-        a.state, a.level, a.escalated_at = "escalated", a.level + 1, now
-    elif event == "snoozed":
-        a.state, a.snoozed_until = "snoozed", until
-    elif event == "done":
-        a.state, a.acknowledged_at, a.acknowledged_by = "acknowledged", at or now, by
-    elif event == "wake":
-        a.state, a.notified_at, a.escalated_at = "open", None, None
-    elif event == "reopen":
-        a.state, a.level, a.notified_at, a.escalated_at = "open", 0, None, None
-    elif event == "end":
-        a.state, a.resolved_at = ended, now
-    else:
-        raise ValueError(f"no such alert transition: {event!r}")
-    a.updated_at = now
 
 
-def last_notice(a: Alert) -> datetime | None:
-    """When the alert was last in an email (told or escalated), if ever."""
-    return max((t for t in (a.notified_at, a.escalated_at) if t is not None), default=None)
 
 
-#: Replies to an alert email are accepted for this long after it was sent.
-TOKEN_VALID_DAYS = 30
-# --- tokens --------------------------------------------------------------------------------------
-def token_secret(store: Store, db: Session, env_name: str | None = None) -> bytes:
-    """The secret that signs the references in alert emails. From the environment variable
-    `notify.token_secret_env` names, when set (never written anywhere); otherwise a
-    per-deployment secret kept in the store (shared by replicas), made on first use."""
-    if env_name:
-        value = os.environ.get(env_name, "")
-        if not value:
-            raise ConfigError([f"notify.token_secret_env: the environment variable {env_name} is not set or empty"])
-        return hashlib.sha256(value.encode()).digest()
-    return bytes.fromhex(_stored_secret(store, db))
 
 
-def _stored_secret(store: Store, db: Session) -> str:
-    """The stored secret (hex), made on first use (in the caller's transaction)."""
-    row = db.get(Meta, "token_secret")
-    if row is None:
-        store.insert_ignore(db, table_of(Meta), [{"key": "token_secret", "value": secrets.token_hex(32)}], ["key"])
-        db.flush()
-        row = db.get(Meta, "token_secret")
-    assert row is not None
-    return row.value
 
 
-def ensure_token_secret(store: Store) -> None:
-    """Make the stored secret, in a transaction of its own, before a check begins: a dry run
-    (rolled back) must sign with the secret the real send will use."""
-    with store.session() as db:
-        _stored_secret(store, db)
-        db.commit()
 
 
-def make_token(secret: bytes, message_id: str) -> str:
-    return hmac.new(secret, message_id.encode(), hashlib.sha256).hexdigest()[:20]
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -194,7 +121,7 @@ class CheckReport:
                     "sent": self.delivery.sent, "retrying": self.delivery.retrying, "failed": self.delivery.failed}}
 
 
-class AlertDesk:
+class AlertLifecycle:
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
         self.config = config
@@ -507,7 +434,3 @@ def _one_per_thread_and_contact(entries: list[tuple[Alert, bool]]) -> list[tuple
 def from_naive(dt: datetime) -> datetime:
     """Stored (naive UTC) -> aware UTC."""
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
-
-
-__all__ = ["AlertDesk", "CheckReport", "Lapse", "find_token", "last_notice", "parse_command", "make_token",
-           "transition"]

@@ -21,7 +21,7 @@ from ..errors import CarewatchError, ExitCode
 from ..store.db import Store
 from ..store.models import Client, Contact, Message
 from .clock import to_ts
-from .policy import PolicyBook
+from .policy import Policies
 
 
 class MessageNotFoundError(CarewatchError):
@@ -64,7 +64,7 @@ def _normal_id(message_id: str) -> str:
 
 
 def explain(store: Store, config: Config, message_id: str, now: datetime) -> Explanation:
-    book = PolicyBook(config)
+    book = Policies(config)
     with store.session() as db:
         m = db.execute(select(Message).where(col(Message.message_id) == _normal_id(message_id))).scalar_one_or_none()
         if m is None:

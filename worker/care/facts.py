@@ -17,9 +17,9 @@ from .. import defaults
 from ..store import Store
 from ..store.db import epoch_sql
 from ..store.models import Client, Contact, columns
-from ..store.threads import among
+from ..store.threads import sql_in_list
 from .clock import to_ts
-from .policy import PolicyBook
+from .policy import Policies
 
 DAY = 86400.0
 
@@ -57,7 +57,7 @@ class Facts:
     active_days: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
 
 
-def read_facts(store: Store, book: PolicyBook, now: datetime, client_filter: str | None,
+def read_facts(store: Store, book: Policies, now: datetime, client_filter: str | None,
                history_days: int | None) -> Facts:
     now_ts = to_ts(now)
     history = max(history_days or 0, defaults.SLOWING_BASELINE_DAYS + 7, book.stats_window_days)
@@ -96,7 +96,7 @@ def _params() -> tuple[Any, list[Any]]:
             [bindparam("t", True, type_=Boolean()), bindparam("f", False, type_=Boolean())])
 
 
-def _read_responses(conn: Any, book: PolicyBook, f: Facts, keep_from: float, now_ts: float) -> None:
+def _read_responses(conn: Any, book: Policies, f: Facts, keep_from: float, now_ts: float) -> None:
     """Answered episodes from the narrow episode table, with their business minutes."""
     clients, contacts, responses = f.clients, f.contacts, f.responses
     count_cc = book.count_cc
@@ -121,7 +121,7 @@ def _read_responses(conn: Any, book: PolicyBook, f: Facts, keep_from: float, now
 
 
 
-def _read_waits(conn: Any, dialect: str, book: PolicyBook, f: Facts, now: datetime, now_ts: float) -> None:
+def _read_waits(conn: Any, dialect: str, book: Policies, f: Facts, now: datetime, now_ts: float) -> None:
     """The messages waiting at `now`, grouped by thread into episodes."""
     clients, waits, episode_chasers, expired = f.clients, f.waits, f.episode_chasers, f.expired
     count_cc = book.count_cc
@@ -188,7 +188,7 @@ def _read_waits(conn: Any, dialect: str, book: PolicyBook, f: Facts, now: dateti
             waits[int(contact_ids.split(",")[0])].append((pk, since, i < last, mid, subject))
 
 
-def _read_contact_times(conn: Any, dialect: str, book: PolicyBook, f: Facts, now: datetime, now_ts: float) -> None:
+def _read_contact_times(conn: Any, dialect: str, book: Policies, f: Facts, now: datetime, now_ts: float) -> None:
     """Per contact: the last message each way, the first one of those never written to, and
     the active days of those quiet longer than the going-quiet floor."""
     contacts, last_in, last_out = f.contacts, f.last_in, f.last_out
@@ -221,7 +221,7 @@ def _read_contact_times(conn: Any, dialect: str, book: PolicyBook, f: Facts, now
     # A contact the firm never wrote to is silent since their first message (or, with none,
     # since records began): one grouped query for those contacts only.
     never_written = [c for c in contacts if c not in last_out]
-    cond_c, ids_c = among(dialect, "contact_id", "INTEGER")
+    cond_c, ids_c = sql_in_list(dialect, "contact_id", "INTEGER")
     first_sql = text(
         f"SELECT contact_id, {epoch('MIN(sent_at)')} FROM message_contact WHERE {cond_c} "
         "AND automated = :f AND sent_at <= :now GROUP BY contact_id").bindparams(now_param, flags[1], ids_c)
@@ -234,7 +234,7 @@ def _read_contact_times(conn: Any, dialect: str, book: PolicyBook, f: Facts, now
     quiet = sorted(c for c, t in last_in.items() if now_ts - t > book.going_quiet_floor_seconds)
     # One row per contact with its active days joined into a string, read from the index.
     agg = "GROUP_CONCAT(DISTINCT day)" if sqlite_db else "string_agg(DISTINCT day::text, ',')"
-    cond, ids_param = among(dialect, "contact_id", "INTEGER")
+    cond, ids_param = sql_in_list(dialect, "contact_id", "INTEGER")
     days_sql = text(
         f"SELECT contact_id, {agg} FROM message_contact WHERE {cond} AND inbound = :t "
         "AND automated = :f AND sent_at <= :now GROUP BY contact_id"

@@ -19,7 +19,7 @@ class Thresholds:
     going_quiet: bool
 
 
-class PolicyBook:
+class Policies:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.policy = config.settings.policy

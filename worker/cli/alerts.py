@@ -46,13 +46,13 @@ def check(
 ) -> None:
     """Turn current lapses into alerts and deliver them: one email per owner per check with all
     their new or escalated lapses; never the same episode twice; quiet hours respected."""
-    from ..alerts.desk import AlertDesk
+    from ..alerts.desk import AlertLifecycle
     from ..store.locks import waited_for
 
     at = parse_now(now)
     with opened_store(scan=scan_first) as (store, _):
         with contextlib.nullcontext() if dry_run else waited_for(store, "check"):
-            report = AlertDesk(store, state.config()).check(at, dry_run=dry_run)
+            report = AlertLifecycle(store, state.config()).check(at, dry_run=dry_run)
         print_scan_notes(store, at)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
@@ -93,7 +93,7 @@ def alerts_list(
     from sqlalchemy import select
     from sqlmodel import col
 
-    from ..alerts.desk import CLOSED
+    from ..alerts.lifecycle import CLOSED
     from ..store.models import Alert
 
     with opened_store(prepare=False) as (store, _), store.session() as db:
@@ -117,7 +117,7 @@ def alerts_list(
 
 
 def _set_alert(alert_id: int, event: str, **kw: Any) -> None:
-    from ..alerts.desk import CLOSED, transition
+    from ..alerts.lifecycle import CLOSED, transition
     from ..store.models import Alert
 
     with opened_store(prepare=False) as (store, _), store.session() as db:

@@ -63,7 +63,7 @@ def demo(
     import shutil
     import time
 
-    from ..alerts.desk import AlertDesk
+    from ..alerts.desk import AlertLifecycle
     from ..care.evaluate import evaluate
     from ..demo import DEFAULT_NOW, demo_now, generate
     from ..digest.build import preview_digests
@@ -93,7 +93,7 @@ def demo(
         picture = evaluate(store, cfg, at)
         render_status(picture, out)
         # The picture just shown is the one the alerts come from: no second evaluation.
-        check_report = AlertDesk(store, cfg).check(at, picture=picture)
+        check_report = AlertLifecycle(store, cfg).check(at, picture=picture)
         digest_paths = preview_digests(store, cfg, at, directory.resolve() / "digest")
     out.print(f"\n[bold]Alerts[/]: {len(check_report.new)} new lapse(s) told to their owners in "
               f"{len(check_report.emails)} email(s):")

@@ -203,7 +203,7 @@ def validate_data(data: dict[str, Any], cfg_path: Path | None,
         secrets = [(_format_loc(err["loc"][:-1], data), f"{err['loc'][-1]}_env") for err in errors
                    if err["type"] == "extra_forbidden" and err["loc"] and err["loc"][-1] in SECRET_KEYS]
         _resolve_paths(partial, base)
-        moot = _moot_checks(errors, data)
+        moot = _checks_on_defaulted_keys(errors, data)
         problems += [p for p in _cross_check(partial, csv_lines) if not p.startswith(reported)
                      and not moot(p) and not any(p.startswith(w) and k in p for w, k in secrets)]
         raise ConfigError(problems, str(cfg_path or "")) from None
@@ -216,7 +216,7 @@ def validate_data(data: dict[str, Any], cfg_path: Path | None,
     return Config(settings=s, path=cfg_path, findings=findings(s))
 
 
-def _moot_checks(errors: list[Any], data: Mapping[str, Any]) -> Callable[[str], bool]:
+def _checks_on_defaulted_keys(errors: list[Any], data: Mapping[str, Any]) -> Callable[[str], bool]:
     """Which cross-check problems to leave out because a key they depend on was wrong: the
     copy the checks read gave that key its default, so they would be about settings nobody
     wrote. A mailbox with a wrong kind took "imap" (no host? no username? no password?) and

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlmodel import col
 
-from ..alerts.desk import CLOSED
+from ..alerts.lifecycle import CLOSED
 from ..care.clock import to_ts
 from ..care.evaluate import DAY, WEEK, CarePicture, ClientCare, evaluate, fmt_minutes, p90
 from ..config import Config, PartnerConfig

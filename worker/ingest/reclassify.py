@@ -10,13 +10,13 @@ from sqlalchemy import delete, select, text, update
 from sqlmodel import col
 
 from ..store.db import Store
-from ..store.locks import write_alone
+from ..store.locks import lock_for_storing
 from ..store.models import (
     Message,
     MessageContact,
     columns,
 )
-from ..store.threads import among, finish_threads, link_contacts, refresh_replies
+from ..store.threads import finish_threads, link_contacts, refresh_replies, sql_in_list
 from .classify import SENDER_SUBJECT_RULES, Directory, automated_reason, classify
 from .headers import ParsedMessage
 
@@ -33,7 +33,7 @@ def reclassify_automation(store: Store, chunk: int = 5000) -> int:
     last_id = 0
     while True:
         with store.session() as db:
-            write_alone(store, db.connection())
+            lock_for_storing(store, db.connection())
             rows = db.execute(
                 select(*columns(Message.id, Message.from_addr, Message.subject, Message.automated,
                                 Message.automated_reason, Message.thread_id))
@@ -67,12 +67,12 @@ def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
     A message that now has a client is threaded by subject as ingest would have threaded it
     (which needs a client): a refs-less reply to a client listed only now joins the question
     it answered, whichever of the two comes first here. Each chunk is stored alone, as a
-    scan's batch is (write_alone), so a scan running meanwhile sees it whole."""
+    scan's batch is (lock_for_storing), so a scan running meanwhile sees it whole."""
     changed = 0
     last_id = 0
     while True:
         with store.session() as db:
-            write_alone(store, db.connection())
+            lock_for_storing(store, db.connection())
             relink: list[dict[str, Any]] = []
             gained: list[int] = []  # messages that now have a client: to thread by subject
             threads: set[int] = set()
@@ -108,7 +108,7 @@ def reclassify(store: Store, directory: Directory, chunk: int = 5000) -> int:
             if gained:
                 # Their threading columns (References can run to kilobytes) are read for them
                 # only, as updated above.
-                cond, ids_param = among(store.dialect, "id", "BIGINT")
+                cond, ids_param = sql_in_list(store.dialect, "id", "BIGINT")
                 rethread = db.execute(select(*columns(
                     Message.message_id, Message.client_id, Message.contact_ids, Message.thread_id, Message.sent_at,
                     Message.norm_subject, Message.subject, Message.in_reply_to, Message.references))

@@ -30,7 +30,7 @@ from ..errors import FolderMissingError, MailboxError, ReadInterrupted, StoreErr
 from ..mailbox import MailboxSource, open_source
 from ..mailbox.base import Item, folder_selected, is_pattern
 from ..store.db import Store, describe_db_error
-from ..store.locks import write_alone
+from ..store.locks import lock_for_storing
 from ..store.models import (
     AlertCommand,
     Contact,
@@ -483,7 +483,7 @@ class Ingestor:
         try:
             with self.store.session() as db:
                 conn = db.connection()
-                write_alone(self.store, conn)
+                lock_for_storing(self.store, conn)
                 batch_rows = distinct_from_stored(db, list(rows.values()))
                 merged = plan_threads(conn, batch_rows) if batch_rows else set()  # sets thread_id
                 inserted = self.store.insert_ignore(db, table_of(Message), batch_rows, ["message_id"])

@@ -33,7 +33,8 @@ from sqlalchemy import func, select
 from sqlmodel import col
 
 from .. import __version__
-from ..alerts.desk import CLOSED, AlertDesk
+from ..alerts.desk import AlertLifecycle
+from ..alerts.lifecycle import CLOSED
 from ..config import Config, MailboxConfig
 from ..errors import CarewatchError, MailboxAuthError, StoreError
 from ..ingest.folders import (
@@ -229,7 +230,7 @@ class Worker:
             with exclusive(self.store, "check") as mine:
                 if mine:
                     now = utcnow()
-                    rep = AlertDesk(self.store, self.config).check(now, deliver=False)
+                    rep = AlertLifecycle(self.store, self.config).check(now, deliver=False)
                     self.check_due = min(rep.next_check or now + CHECK_MAX_INTERVAL, now + CHECK_MAX_INTERVAL)
                     if rep.held:
                         log.info("quiet hours: %d alert(s) held until %s UTC", len(rep.held),

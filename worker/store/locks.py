@@ -167,7 +167,7 @@ def assert_locks_held() -> None:
                              f"{type(cause).__name__}); stopping before writing") from exc
 
 
-def write_alone(store: Store, conn: Connection) -> None:
+def lock_for_storing(store: Store, conn: Connection) -> None:
     """Make the transaction just begun on `conn` the only one storing mail until it ends.
 
     Storing a batch reads the threads its messages link to and then writes: two scans at once

@@ -73,16 +73,16 @@ def sync_directory(store: Store, config: Config) -> bool:
 
         clients = {c.name: c for c in db.exec(select(Client)).all()}
         seen_clients: set[str] = set()
-        for cc in s.clients:
-            c = clients.get(cc.name) or Client(name=cc.name)
-            c.internal = cc.internal
-            c.domains = " ".join(cc.domains)
-            c.owner_email = s.find_person(cc.owner)
-            c.backup_email = s.find_person(cc.backup)
+        for client_cfg in s.clients:
+            c = clients.get(client_cfg.name) or Client(name=client_cfg.name)
+            c.internal = client_cfg.internal
+            c.domains = " ".join(client_cfg.domains)
+            c.owner_email = s.find_person(client_cfg.owner)
+            c.backup_email = s.find_person(client_cfg.backup)
             c.active = True
             db.add(c)
-            clients[cc.name] = c
-            seen_clients.add(cc.name)
+            clients[client_cfg.name] = c
+            seen_clients.add(client_cfg.name)
         for name, c in clients.items():
             if name not in seen_clients and c.active:
                 c.active = False
@@ -91,10 +91,10 @@ def sync_directory(store: Store, config: Config) -> bool:
 
         contacts = {c.email: c for c in db.exec(select(Contact)).all()}
         listed: set[str] = set()
-        for cc in s.clients:
-            client_id = clients[cc.name].id
+        for client_cfg in s.clients:
+            client_id = clients[client_cfg.name].id
             assert client_id is not None
-            for ct in cc.contacts:
+            for ct in client_cfg.contacts:
                 contact = contacts.get(ct.email) or Contact(email=ct.email, client_id=client_id)
                 if contact.first_seen_at is None:
                     # When Carewatch first heard of this person: a silence never broken is not

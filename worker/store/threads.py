@@ -95,7 +95,7 @@ class _JsonArray(TypeDecorator[list[Any]]):
         return json.dumps(list(value), ensure_ascii=False)
 
 
-def among(dialect: str, column: str, pg_type: str) -> tuple[str, BindParameter[Any]]:
+def sql_in_list(dialect: str, column: str, pg_type: str) -> tuple[str, BindParameter[Any]]:
     """SQL for "column is one of :ids" and the parameter to bind: one parameter either way.
     PostgreSQL gets an array (= ANY), SQLite a JSON array read by json_each() (the planner
     probes the column's index per value, as for an IN list). An expanding IN list of 500
@@ -144,7 +144,7 @@ def episodes_sql(dialect: str, some_threads: bool) -> str:
     reply_at); its first message began the wait. Computed for both readings of count_cc."""
     first_contact = ("CAST(contact_ids AS INTEGER)" if dialect == "sqlite"  # the leading number of "12,34"
                      else "split_part(contact_ids, ',', 1)::bigint")
-    only = f"AND {among(dialect, 'm.thread_id', 'BIGINT')[0]}" if some_threads else ""
+    only = f"AND {sql_in_list(dialect, 'm.thread_id', 'BIGINT')[0]}" if some_threads else ""
     # For a few threads, SQLite's planner preferred (direction, reply_at) and so read every
     # answered inbound message of the store for each batch: ingest slowed as the store grew.
     hint = " INDEXED BY ix_message_thread_dir_sent" if some_threads and dialect == "sqlite" else ""
@@ -184,7 +184,7 @@ def refresh_replies(conn: Connection, thread_ids: Iterable[int] | None = None,
         conn.execute(text(episodes_sql(dialect, False)))
         return
     ids = sorted(set(thread_ids))
-    cond, ids_param = among(dialect, "thread_id", "BIGINT")
+    cond, ids_param = sql_in_list(dialect, "thread_id", "BIGINT")
     differs = "IS NOT" if dialect == "sqlite" else "IS DISTINCT FROM"
     update_sql = text(f"{REFRESH_REPLIES} AND {cond} AND reply_at {differs} {FIRST_REPLY} "
                       "RETURNING thread_id").bindparams(ids_param)
@@ -211,7 +211,7 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: boo
 
     ids = list(mids.parent)
     existing: dict[str, int] = {}
-    cond, ids_param = among(conn.dialect.name, "mid", "TEXT")
+    cond, ids_param = sql_in_list(conn.dialect.name, "mid", "TEXT")
     known_sql = text(f"SELECT mid, thread_id FROM thread_link WHERE {cond}").bindparams(ids_param)
     for chunk in _chunks(ids):
         # .all(): one fetchall, where iterating fetches (and hands the GIL over) row by row
@@ -281,7 +281,7 @@ class _EarlierBySubject:
         #: (client, subject) -> [sent_at, message_id, thread_id, contact_ids] of each candidate.
         self.by_key: dict[tuple[int, str], list[list[Any]]] = {}
         wanted = {(r["client_id"], r["norm_subject"]) for r in replies}
-        cond, ids_param = among(conn.dialect.name, "client_id", "INTEGER")
+        cond, ids_param = sql_in_list(conn.dialect.name, "client_id", "INTEGER")
         sql = (text(f"SELECT sent_at, message_id, thread_id, contact_ids, client_id, norm_subject FROM message "
                     f"WHERE {cond} AND sent_at >= :lo AND sent_at <= :hi AND thread_id IS NOT NULL")
                .bindparams(ids_param, bindparam("lo", type_=DateTime), bindparam("hi", type_=DateTime))
@@ -343,7 +343,7 @@ def _late_parents(conn: Connection, rows: Sequence[dict[str, Any]],
             parents.setdefault((r["client_id"], r["norm_subject"]), []).append(r)
     if not parents:
         return []
-    cond, ids_param = among(conn.dialect.name, "norm_subject", "TEXT")
+    cond, ids_param = sql_in_list(conn.dialect.name, "norm_subject", "TEXT")
     sql = (text(_SUBJECT_REPLIES.format(cond=cond))
            .bindparams(ids_param, bindparam("lo", type_=DateTime), bindparam("hi", type_=DateTime))
            .columns(column("message_id", String), column("client_id", Integer), column("norm_subject", String),
@@ -453,7 +453,7 @@ def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]], day: bool = 
     migration 0003, before the column existed (0005 fills it)."""
     pks: dict[str, int] = {}
     mids = [r["message_id"] for r in rows if r.get("contact_ids")]
-    cond, ids_param = among(conn.dialect.name, "message_id", "TEXT")
+    cond, ids_param = sql_in_list(conn.dialect.name, "message_id", "TEXT")
     pk_sql = text(f"SELECT id, message_id FROM message WHERE {cond}").bindparams(ids_param)
     for chunk in _chunks(mids):
         for pk, mid in conn.execute(pk_sql, {"ids": list(chunk)}).all():
