@@ -7,15 +7,17 @@ import sys
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import css_inline
 import jinja2
 import jinja2.meta
 import jinja2.nodes
 
-from ..config import Config
 from ..errors import TemplateError
+
+if TYPE_CHECKING:  # (the config checks a templates_dir with template_problems, below)
+    from ..config import Config
 
 _UNSAFE_HEADER_RE = re.compile(r"[\r\n\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029]+")
 
