@@ -177,6 +177,42 @@ def build_digest(
     scope = in_scope(config, partner)
     names = {o.email: o.name for o in config.settings.owners}
     week_start = now - timedelta(days=7)
+    alert_rows, expired, discovered, failed, failed_count = _from_store(store, now, week_start)
+    open_alerts: dict[str, int] = {}
+    escalated: dict[str, int] = {}
+    for name, st, _owner in alert_rows:
+        open_alerts[name] = open_alerts.get(name, 0) + 1
+        if st == "escalated":
+            escalated[name] = escalated.get(name, 0) + 1
+
+    rows = _client_rows(picture, scope, names, open_alerts, now)
+    at_risk = sorted((r for r in rows if r.score > 0), key=lambda r: (-r.score, r.risk_since or now, r.name.lower()))[
+        :8
+    ]
+    owners = _owner_rows(config, picture, scope, open_alerts, escalated, now)
+    client_names = {c.id: c.name for c in picture.clients}
+    in_scope_clients = [c for c in picture.clients if c.name in scope]
+    never_answered, before = _never_answered(expired, scope, in_scope_clients, names, week_start)
+    return Digest(
+        partner=partner,
+        now=now,
+        week_start=week_start,
+        this_week=headline(picture, scope),
+        last_week=headline(previous, scope),
+        at_risk=at_risk,
+        clients=rows,
+        owners=owners,
+        unowned=sorted(c.name for c in in_scope_clients if not c.owner),
+        no_principal=sorted(c.name for c in in_scope_clients if c.principal is None),
+        discovered=sorted((client_names[cid], e, n) for e, n, cid in discovered if client_names.get(cid) in scope),
+        undelivered=[(r, s) for r, s in failed],
+        never_answered=never_answered,
+        extra={"undelivered_total": failed_count, "never_answered_before": len(before)},
+    )
+
+
+def _from_store(store: Store, now: datetime, week_start: datetime) -> tuple[Any, Any, Any, Any, int]:
+    """Open alerts, alerts that expired in the last two weeks, discovered contacts, failed emails."""
     with store.session() as db:
         alert_rows = db.execute(
             select(*columns(Alert.client_name, Alert.state, Alert.owner_email)).where(col(Alert.state).notin_(CLOSED))
@@ -201,13 +237,12 @@ def build_digest(
         failed_count = db.execute(
             select(func.count()).select_from(OutboxEmail).where(col(OutboxEmail.status) == "failed")
         ).scalar_one()
-    open_alerts: dict[str, int] = {}
-    escalated: dict[str, int] = {}
-    for name, st, _owner in alert_rows:
-        open_alerts[name] = open_alerts.get(name, 0) + 1
-        if st == "escalated":
-            escalated[name] = escalated.get(name, 0) + 1
+    return alert_rows, expired, discovered, failed, failed_count
 
+
+def _client_rows(picture: CarePicture, scope: set[str], names: dict[str, str], open_alerts: dict[str, int],
+                 now: datetime) -> list[ClientRow]:
+    """One row per client in scope, with its RAG and the reasons for it, by name."""
     rows: list[ClientRow] = []
     for c in picture.clients:
         if c.name not in scope:
@@ -240,10 +275,13 @@ def build_digest(
             )
         )
     rows.sort(key=lambda r: r.name.lower())
-    at_risk = sorted((r for r in rows if r.score > 0), key=lambda r: (-r.score, r.risk_since or now, r.name.lower()))[
-        :8
-    ]
+    return rows
 
+
+
+def _owner_rows(config: Config, picture: CarePicture, scope: set[str], open_alerts: dict[str, int],
+                escalated: dict[str, int], now: datetime) -> list[OwnerRow]:
+    """One row per owner holding clients in scope."""
     owners: list[OwnerRow] = []
     for o in config.settings.owners:
         held = [c for c in picture.clients if c.name in scope and c.owner == o.email]
@@ -265,8 +303,13 @@ def build_digest(
                 median(window) if window else None,
             )
         )
-    client_names = {c.id: c.name for c in picture.clients}
-    in_scope_clients = [c for c in picture.clients if c.name in scope]
+    return owners
+
+
+def _never_answered(expired: Any, scope: set[str], in_scope_clients: list[ClientCare], names: dict[str, str],
+                    week_start: datetime) -> tuple[list[NeverAnswered], set[tuple[str, str]]]:
+    """The threads that stopped waiting unanswered this week (one line a thread), and the keys
+    of the week before's, for the headline's comparison."""
     contact_names = {ct.email: ct.name for c in in_scope_clients for ct in c.contacts}
     never_answered: dict[tuple[str, str], NeverAnswered] = {}
     before: set[tuple[str, str]] = set()  # the week before's, for the headline's comparison
@@ -282,46 +325,7 @@ def build_digest(
         never_answered.setdefault(key, NeverAnswered(
             client, contact_names.get(contact or "", contact or ""), thread.get("subject") or "",
             since, names.get(owner or "", owner or "no owner")))
-    return Digest(
-        partner=partner,
-        now=now,
-        week_start=week_start,
-        this_week=headline(picture, scope),
-        last_week=headline(previous, scope),
-        at_risk=at_risk,
-        clients=rows,
-        owners=owners,
-        unowned=sorted(c.name for c in in_scope_clients if not c.owner),
-        no_principal=sorted(c.name for c in in_scope_clients if c.principal is None),
-        discovered=sorted((client_names[cid], e, n) for e, n, cid in discovered if client_names.get(cid) in scope),
-        undelivered=[(r, s) for r, s in failed],
-        never_answered=list(never_answered.values()),
-        extra={"undelivered_total": failed_count, "never_answered_before": len(before)},
-    )
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+    return list(never_answered.values()), before
 
 
 def digest_message_id(config: Config, partner: PartnerConfig, now: datetime) -> str:
