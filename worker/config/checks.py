@@ -8,10 +8,12 @@ from .schema import KNOWN_ROLES, PASSWORD_SOURCE, Settings
 
 def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str]:
     """Rules that span several keys: references, uniqueness, mailbox completeness."""
-    problems: list[str] = []
-    people = {o.email: o for o in s.owners}
-    names = {o.name.lower(): o.email for o in s.owners}
+    return (_mailbox_problems(s) + _people_problems(s) + _client_problems(s, csv_lines) + _notify_problems(s)
+            + _path_problems(s))
 
+
+def _mailbox_problems(s: Settings) -> list[str]:
+    problems: list[str] = []
     seen_mb: set[str] = set()
     for i, mb in enumerate(s.mailboxes):
         where = f'mailboxes[{i}] ("{mb.name}")'
@@ -39,6 +41,14 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
         for f in sorted({f for f in mb.folders if mb.folders.count(f) > 1}):
             problems.append(f"{where}.folders: {f!r} is listed twice")
 
+    return problems
+
+
+def _people_problems(s: Settings) -> list[str]:
+    """Owners' and partners' references to one another."""
+    problems: list[str] = []
+    people = {o.email: o for o in s.owners}
+    names = {o.name.lower(): o.email for o in s.owners}
     for i, o in enumerate(s.owners):
         if o.backup and not s.find_person(o.backup):
             problems.append(f'owners[{i}] ("{o.name}").backup: {o.backup!r} is neither an owner nor a '
@@ -50,6 +60,13 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
                 if ref.strip().lower() not in owner_set:
                     problems.append(f'partners[{i}] ("{p.name}").scope: {ref!r} is not an owner')
 
+    return problems
+
+
+def _client_problems(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str]:
+    """Clients: unique names, owners and backups that exist, each contact at one client."""
+    problems: list[str] = []
+    owner_set = {o.email for o in s.owners} | {o.name.lower() for o in s.owners}
     seen_clients: set[str] = set()
     contact_home: dict[str, str] = {}
     for i, c in enumerate(s.clients):
@@ -77,6 +94,11 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
                                 f"{contact_home[ct.email]!r}; a person belongs to one client")
             contact_home.setdefault(ct.email, c.name)
 
+    return problems
+
+
+def _notify_problems(s: Settings) -> list[str]:
+    problems: list[str] = []
     n = s.notify
     if n.transport == "smtp" and n.smtp is None:
         problems.append('notify.smtp: notify.transport = "smtp" needs a [notify.smtp] section (at least host)')
@@ -90,7 +112,7 @@ def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str
         from ..notify.render import template_problems  # (jinja2 only for a config that has its own)
 
         problems += template_problems(s.templates_dir)
-    return problems + _path_problems(s)
+    return problems
 
 
 def _path_problems(s: Settings) -> list[str]:
