@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -15,10 +15,6 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import UsageError
-
-if TYPE_CHECKING:  # the config's models take a tenth of a second to build: not for --help
-    pass
-
 from .common import (
     NowOpt,
     _delivery_outcome,

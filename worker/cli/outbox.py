@@ -7,17 +7,13 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from ..errors import UsageError
-
-if TYPE_CHECKING:  # the config's models take a tenth of a second to build: not for --help
-    pass
-
 from .common import (
     NowOpt,
     _delivery_outcome,

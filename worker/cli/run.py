@@ -7,16 +7,12 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from ..errors import UsageError
-
-if TYPE_CHECKING:  # the config's models take a tenth of a second to build: not for --help
-    pass
-
 from .common import (
     NowOpt,
     app,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -14,10 +14,6 @@ from rich.progress import Progress as RichProgress
 from rich.table import Column, Table
 
 from ..errors import ExitCode, UsageError
-
-if TYPE_CHECKING:  # the config's models take a tenth of a second to build: not for --help
-    pass
-
 from .common import (
     app,
     err,

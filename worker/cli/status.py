@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,10 +14,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
-
-if TYPE_CHECKING:  # the config's models take a tenth of a second to build: not for --help
-    pass
-
 from .common import (
     NowOpt,
     app,
