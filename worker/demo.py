@@ -124,6 +124,21 @@ def generate(root: Path, seed: int = 7, now: datetime = DEFAULT_NOW, months: int
     w = _Writer(maildir)
     shared = f"clients@{FIRM}"
     owner_addr = {k: f"{k}@{FIRM}" for _, k in OWNERS}
+    clients = _roster(rng, extra_clients)
+    start = now - timedelta(days=30 * months)
+    count = 0
+    for c in clients:
+        owner = owner_addr[c.owner]
+        principal = next((ct for ct in c.contacts if ct[2] == "principal"), c.contacts[0])
+        count = _correspondence(w, rng, c, owner, principal, shared, start, now, count)
+        count = _situations(w, rng, c, owner, principal, shared, start, now, count)
+    config = root / "carewatch.toml"
+    config.write_text(_config_text(root, maildir, clients, shared))
+    return DemoFirm(root, config, maildir, now, clients, count)
+
+
+def _roster(rng: random.Random, extra_clients: int) -> list[DemoClient]:
+    """The firm's clients, each with two to four contacts."""
     used: set[str] = set()
     clients: list[DemoClient] = []
     roster = list(CLIENTS) + [(f"Client {k:03d} Ltd", f"client{k:03d}.example", OWNERS[k % len(OWNERS)][1], "healthy")
@@ -139,122 +154,126 @@ def generate(root: Path, seed: int = 7, now: datetime = DEFAULT_NOW, months: int
         c.reply_minutes = {"slowing": (60, 14 * 60), "healthy": (75, 75)}.get(situation, (110, 110))
         clients.append(c)
 
-    start = now - timedelta(days=30 * months)
-    count = 0
-    for c in clients:
-        owner = owner_addr[c.owner]
-        principal = next((ct for ct in c.contacts if ct[2] == "principal"), c.contacts[0])
-        # Regular correspondence: every contact writes every few days; the firm answers.
-        for ct_name, ct_email, role in c.contacts:
-            gap = {"principal": 4, "sponsor": 9}.get(role, 12)
-            t = start + timedelta(days=rng.uniform(0, gap), hours=rng.uniform(0, 8))
-            stop_at = now - timedelta(days=3)
-            if c.situation == "going_quiet" and role == "principal":
-                stop_at = now - timedelta(days=26)
-            if c.situation == "silent_principal" and role == "principal":
-                stop_at = now - timedelta(days=45)
-            k = 0
-            while t < stop_at:
-                t = _biz(t)
-                if t >= stop_at:
-                    break
-                topic = f"{rng.choice(TOPICS)}"
-                mid = f"<d{count}.{k}@{c.domain}>"
-                frm = (ct_name, ct_email)
-                w.write(build_message(sender=frm, to=[shared], cc=[owner], subject=topic, date=t, message_id=mid,
-                                      body=f"Hi,\n\n{rng.choice(QUESTIONS)}\n\nBest,\n{ct_name.split()[0]}"), t)
-                count += 1
-                # The firm replies (from Sent), faster or slower by client and week.
-                last_week = t > now - timedelta(days=7)
-                base = c.reply_minutes[1] if last_week else c.reply_minutes[0]
-                delay = timedelta(minutes=max(10, rng.gauss(base, base / 4)))
-                silent_principal = c.situation == "silent_principal" and ct_email == principal[1]
-                rt = _biz(t + delay)
-                if rt < now and not (silent_principal and t > now - timedelta(days=40)):
-                    w.write(build_message(sender=(dict((k2, n) for n, k2 in OWNERS)[c.owner], owner), to=[frm],
-                                          cc=[shared], subject=f"Re: {topic}", date=rt,
-                                          message_id=f"<r{count}@{FIRM}>", in_reply_to=mid, references=[mid],
-                                          body="Thanks, here is the update you asked for."), rt, folder="Sent")
-                    count += 1
-                    if rng.random() < 0.25 and rt + timedelta(hours=1) < now:
-                        ta = _biz(rt + timedelta(minutes=rng.randrange(20, 200)))
-                        if ta < now:
-                            w.write(build_message(sender=frm, to=[shared, owner], subject=f"Re: {topic}", date=ta,
-                                                  message_id=f"<a{count}@{c.domain}>",
-                                                  in_reply_to=f"<r{count - 1}@{FIRM}>",
-                                                  body=rng.choice(THANKS) + f"\n\n{ct_name.split()[0]}"), ta)
-                            count += 1
-                k += 1
-                t = t + timedelta(days=rng.uniform(gap * 0.6, gap * 1.4))
-        # The firm's own news to the principal now and then (not for the silent one).
-        if c.situation != "silent_principal":
-            t = start + timedelta(days=10)
-            while t < now - timedelta(days=2):
-                tt = _biz(t)
-                w.write(build_message(sender=owner, to=[principal[1]], subject="Quarterly update", date=tt,
-                                      message_id=f"<u{count}@{FIRM}>"), tt, folder="Sent")
-                count += 1
-                t += timedelta(days=rng.uniform(12, 20))
-        # The situations that matter.
-        if c.situation == "unanswered_weekend":
-            t = datetime.combine((now - timedelta(days=now.weekday() + 3)).date(), datetime.min.time(),
-                                 TZ).replace(hour=13, minute=40)
-            w.write(build_message(sender=(principal[0], principal[1]), to=[shared], cc=[owner],
-                                  subject="Urgent: revised supplier contract", date=t, message_id=f"<wk@{c.domain}>",
-                                  body="Hi,\n\nCould you confirm the indemnity clause before Monday?\n\nThanks"), t)
-            count += 1
-        if c.situation == "chased":
-            t1 = _biz(now - timedelta(days=4, hours=3))
-            w.write(build_message(sender=(principal[0], principal[1]), to=[shared], subject="Licence renewal terms",
-                                  date=t1, message_id=f"<ch1@{c.domain}>",
-                                  body="Hello,\n\nWhat are the options for the renewal?\n\nRegards"), t1)
-            t2 = _biz(now - timedelta(days=1, hours=2))
-            w.write(build_message(sender=(principal[0], principal[1]), to=[shared], cc=[owner],
-                                  subject="Re: Licence renewal terms", date=t2, message_id=f"<ch2@{c.domain}>",
-                                  in_reply_to=f"<ch1@{c.domain}>", references=[f"<ch1@{c.domain}>"],
-                                  body="Any news on this? We need to decide this week."), t2)
-            count += 2
-        if c.situation == "ooo":
-            # A client asks; the owner's out-of-office answers - which is not a reply.
-            t = _biz(now - timedelta(days=4, hours=1))
-            w.write(build_message(sender=(principal[0], principal[1]), to=[owner, shared], subject="Site visit dates",
-                                  date=t, message_id=f"<ooo-q@{c.domain}>"), t)
-            w.write(build_message(sender=owner, to=[principal[1]], subject="Automatic reply: Site visit dates",
-                                  date=t + timedelta(minutes=1), message_id=f"<ooo-r@{FIRM}>",
-                                  in_reply_to=f"<ooo-q@{c.domain}>", extra_headers={"Auto-Submitted": "auto-replied"},
-                                  body="I am out of the office until Wednesday."), t + timedelta(minutes=1), "Sent")
-            count += 2
-        if c.situation == "slowing":
-            # This week the team is swamped: every reply takes most of a day.
-            for k in range(4):
-                t = _biz((now - timedelta(days=6 - k)).replace(hour=9, minute=30))
-                if t >= now:
-                    continue
-                q = f"<slow{k}@{c.domain}>"
-                w.write(build_message(sender=(principal[0], principal[1]), to=[shared], subject=f"Shipment {k + 101}",
-                                      date=t, message_id=q), t)
-                rt = _biz(t + timedelta(hours=26))
-                if rt < now:
-                    w.write(build_message(sender=owner, to=[principal[1]], subject=f"Re: Shipment {k + 101}",
-                                          date=rt, message_id=f"<slowr{k}@{FIRM}>", in_reply_to=q, references=[q]),
-                            rt, folder="Sent")
-                count += 2
-        if c.situation == "discovered":
-            t = _biz(now - timedelta(days=1, hours=5))
-            w.write(build_message(sender=("Nadia Frost", f"nadia.frost@{c.domain}"), to=[shared],
-                                  subject="Introduction: new finance lead", date=t, message_id=f"<nf@{c.domain}>",
-                                  body="Hello, I have taken over finance at Kestrel. Who should I talk to?"), t)
-            count += 1
-        # Some automated noise: a newsletter from the client.
-        t = _biz(now - timedelta(days=rng.randrange(3, 20)))
-        w.write(build_message(sender=f"news@{c.domain}", to=[shared], subject=f"{c.name} monthly newsletter", date=t,
-                              message_id=f"<nl{count}@{c.domain}>",
-                              extra_headers={"List-Id": f"<news.{c.domain}>", "Precedence": "bulk"}), t)
-        count += 1
+    return clients
 
-    config = root / "carewatch.toml"
-    config.write_text(_config_text(root, maildir, clients, shared))
-    return DemoFirm(root, config, maildir, now, clients, count)
+
+def _correspondence(w: _Writer, rng: random.Random, c: DemoClient, owner: str, principal: tuple[str, str, str],
+                    shared: str, start: datetime, now: datetime, count: int) -> int:
+    """Regular correspondence: every contact writes every few days; the firm answers."""
+    for ct_name, ct_email, role in c.contacts:
+        gap = {"principal": 4, "sponsor": 9}.get(role, 12)
+        t = start + timedelta(days=rng.uniform(0, gap), hours=rng.uniform(0, 8))
+        stop_at = now - timedelta(days=3)
+        if c.situation == "going_quiet" and role == "principal":
+            stop_at = now - timedelta(days=26)
+        if c.situation == "silent_principal" and role == "principal":
+            stop_at = now - timedelta(days=45)
+        k = 0
+        while t < stop_at:
+            t = _biz(t)
+            if t >= stop_at:
+                break
+            topic = f"{rng.choice(TOPICS)}"
+            mid = f"<d{count}.{k}@{c.domain}>"
+            frm = (ct_name, ct_email)
+            w.write(build_message(sender=frm, to=[shared], cc=[owner], subject=topic, date=t, message_id=mid,
+                                  body=f"Hi,\n\n{rng.choice(QUESTIONS)}\n\nBest,\n{ct_name.split()[0]}"), t)
+            count += 1
+            # The firm replies (from Sent), faster or slower by client and week.
+            last_week = t > now - timedelta(days=7)
+            base = c.reply_minutes[1] if last_week else c.reply_minutes[0]
+            delay = timedelta(minutes=max(10, rng.gauss(base, base / 4)))
+            silent_principal = c.situation == "silent_principal" and ct_email == principal[1]
+            rt = _biz(t + delay)
+            if rt < now and not (silent_principal and t > now - timedelta(days=40)):
+                w.write(build_message(sender=(dict((k2, n) for n, k2 in OWNERS)[c.owner], owner), to=[frm],
+                                      cc=[shared], subject=f"Re: {topic}", date=rt,
+                                      message_id=f"<r{count}@{FIRM}>", in_reply_to=mid, references=[mid],
+                                      body="Thanks, here is the update you asked for."), rt, folder="Sent")
+                count += 1
+                if rng.random() < 0.25 and rt + timedelta(hours=1) < now:
+                    ta = _biz(rt + timedelta(minutes=rng.randrange(20, 200)))
+                    if ta < now:
+                        w.write(build_message(sender=frm, to=[shared, owner], subject=f"Re: {topic}", date=ta,
+                                              message_id=f"<a{count}@{c.domain}>",
+                                              in_reply_to=f"<r{count - 1}@{FIRM}>",
+                                              body=rng.choice(THANKS) + f"\n\n{ct_name.split()[0]}"), ta)
+                        count += 1
+            k += 1
+            t = t + timedelta(days=rng.uniform(gap * 0.6, gap * 1.4))
+    return count
+
+
+def _situations(w: _Writer, rng: random.Random, c: DemoClient, owner: str, principal: tuple[str, str, str],
+                shared: str, start: datetime, now: datetime, count: int) -> int:
+    """The firm's own news, the situation the client is in, and some automated noise."""
+    # The firm's own news to the principal now and then (not for the silent one).
+    if c.situation != "silent_principal":
+        t = start + timedelta(days=10)
+        while t < now - timedelta(days=2):
+            tt = _biz(t)
+            w.write(build_message(sender=owner, to=[principal[1]], subject="Quarterly update", date=tt,
+                                  message_id=f"<u{count}@{FIRM}>"), tt, folder="Sent")
+            count += 1
+            t += timedelta(days=rng.uniform(12, 20))
+    # The situations that matter.
+    if c.situation == "unanswered_weekend":
+        t = datetime.combine((now - timedelta(days=now.weekday() + 3)).date(), datetime.min.time(),
+                             TZ).replace(hour=13, minute=40)
+        w.write(build_message(sender=(principal[0], principal[1]), to=[shared], cc=[owner],
+                              subject="Urgent: revised supplier contract", date=t, message_id=f"<wk@{c.domain}>",
+                              body="Hi,\n\nCould you confirm the indemnity clause before Monday?\n\nThanks"), t)
+        count += 1
+    if c.situation == "chased":
+        t1 = _biz(now - timedelta(days=4, hours=3))
+        w.write(build_message(sender=(principal[0], principal[1]), to=[shared], subject="Licence renewal terms",
+                              date=t1, message_id=f"<ch1@{c.domain}>",
+                              body="Hello,\n\nWhat are the options for the renewal?\n\nRegards"), t1)
+        t2 = _biz(now - timedelta(days=1, hours=2))
+        w.write(build_message(sender=(principal[0], principal[1]), to=[shared], cc=[owner],
+                              subject="Re: Licence renewal terms", date=t2, message_id=f"<ch2@{c.domain}>",
+                              in_reply_to=f"<ch1@{c.domain}>", references=[f"<ch1@{c.domain}>"],
+                              body="Any news on this? We need to decide this week."), t2)
+        count += 2
+    if c.situation == "ooo":
+        # A client asks; the owner's out-of-office answers - which is not a reply.
+        t = _biz(now - timedelta(days=4, hours=1))
+        w.write(build_message(sender=(principal[0], principal[1]), to=[owner, shared], subject="Site visit dates",
+                              date=t, message_id=f"<ooo-q@{c.domain}>"), t)
+        w.write(build_message(sender=owner, to=[principal[1]], subject="Automatic reply: Site visit dates",
+                              date=t + timedelta(minutes=1), message_id=f"<ooo-r@{FIRM}>",
+                              in_reply_to=f"<ooo-q@{c.domain}>", extra_headers={"Auto-Submitted": "auto-replied"},
+                              body="I am out of the office until Wednesday."), t + timedelta(minutes=1), "Sent")
+        count += 2
+    if c.situation == "slowing":
+        # This week the team is swamped: every reply takes most of a day.
+        for k in range(4):
+            t = _biz((now - timedelta(days=6 - k)).replace(hour=9, minute=30))
+            if t >= now:
+                continue
+            q = f"<slow{k}@{c.domain}>"
+            w.write(build_message(sender=(principal[0], principal[1]), to=[shared], subject=f"Shipment {k + 101}",
+                                  date=t, message_id=q), t)
+            rt = _biz(t + timedelta(hours=26))
+            if rt < now:
+                w.write(build_message(sender=owner, to=[principal[1]], subject=f"Re: Shipment {k + 101}",
+                                      date=rt, message_id=f"<slowr{k}@{FIRM}>", in_reply_to=q, references=[q]),
+                        rt, folder="Sent")
+            count += 2
+    if c.situation == "discovered":
+        t = _biz(now - timedelta(days=1, hours=5))
+        w.write(build_message(sender=("Nadia Frost", f"nadia.frost@{c.domain}"), to=[shared],
+                              subject="Introduction: new finance lead", date=t, message_id=f"<nf@{c.domain}>",
+                              body="Hello, I have taken over finance at Kestrel. Who should I talk to?"), t)
+        count += 1
+    # Some automated noise: a newsletter from the client.
+    t = _biz(now - timedelta(days=rng.randrange(3, 20)))
+    w.write(build_message(sender=f"news@{c.domain}", to=[shared], subject=f"{c.name} monthly newsletter", date=t,
+                          message_id=f"<nl{count}@{c.domain}>",
+                          extra_headers={"List-Id": f"<news.{c.domain}>", "Precedence": "bulk"}), t)
+    count += 1
+
+    return count
 
 
 def _q(s: str) -> str:
