@@ -564,7 +564,7 @@ def test_subject_replies_read_together_thread_as_when_each_looks_back_alone(
     def partition(db: Path, batched: bool) -> set[frozenset[str]]:
         with monkeypatch.context() as m:
             if not batched:
-                m.setattr(threads._EarlierBySubject, "usable", staticmethod(lambda replies, window: False))
+                m.setattr(threads.EarlierBySubject, "usable", staticmethod(lambda replies, window: False))
             cfg = write_config(tmp_path, f"sqlite:///{db}", maildir=mail.root)
             assert runner.invoke(app, ["--config", str(cfg), "scan"]).exit_code == 0
         with create_engine(f"sqlite:///{db}").connect() as c:

@@ -17,7 +17,7 @@ from .. import defaults
 from ..store import Store
 from ..store.db import epoch_sql
 from ..store.models import Client, Contact, columns
-from ..store.threads import sql_in_list
+from ..store.sql import sql_in_list
 from .clock import to_ts
 from .policy import Policies
 

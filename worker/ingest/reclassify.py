@@ -16,7 +16,8 @@ from ..store.models import (
     MessageContact,
     columns,
 )
-from ..store.threads import finish_threads, link_contacts, refresh_replies, sql_in_list
+from ..store.sql import sql_in_list
+from ..store.threads import finish_threads, link_contacts, refresh_replies
 from .classify import SENDER_SUBJECT_RULES, Directory, automated_reason, classify
 from .headers import ParsedMessage
 

@@ -13,25 +13,19 @@ reads integer thread ids.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from types import SimpleNamespace
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
-    BindParameter,
     Boolean,
     Column,
     Connection,
     DateTime,
     Integer,
     MetaData,
-    String,
     Table,
-    TypeDecorator,
     bindparam,
-    column,
     or_,
     select,
     text,
@@ -43,9 +37,8 @@ from .. import defaults
 from ..ingest.headers import is_subject_reply
 from .db import epoch_sql, insert_ignore
 from .models import Message, MessageContact, ThreadLink, table_of
-
-CHUNK = 500
-
+from .sql import chunks, sql_in_list
+from .subjects import EarlierBySubject, late_parents, latest_before, share_people
 
 EPOCH = datetime(1970, 1, 1)
 
@@ -85,29 +78,10 @@ class UnionFind(Generic[T]):
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-class _JsonArray(TypeDecorator[list[Any]]):
-    """A list bound as one JSON text, for SQLite's json_each()."""
-
-    impl = String
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Any) -> str:
-        return json.dumps(list(value), ensure_ascii=False)
 
 
-def sql_in_list(dialect: str, column: str, pg_type: str) -> tuple[str, BindParameter[Any]]:
-    """SQL for "column is one of :ids" and the parameter to bind: one parameter either way.
-    PostgreSQL gets an array (= ANY), SQLite a JSON array read by json_each() (the planner
-    probes the column's index per value, as for an IN list). An expanding IN list of 500
-    parameters was rendered by SQLAlchemy and parsed by the database again for every batch."""
-    if dialect == "postgresql":
-        return f"{column} = ANY(CAST(:ids AS {pg_type}[]))", bindparam("ids")
-    return f"{column} IN (SELECT value FROM json_each(:ids))", bindparam("ids", type_=_JsonArray())
 
 
-def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
 
 
 MERGE_STATEMENTS = (
@@ -189,9 +163,9 @@ def refresh_replies(conn: Connection, thread_ids: Iterable[int] | None = None,
     update_sql = text(f"{REFRESH_REPLIES} AND {cond} AND reply_at {differs} {FIRST_REPLY} "
                       "RETURNING thread_id").bindparams(ids_param)
     changed = set(merged)
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         changed.update(conn.execute(update_sql, {"ids": list(chunk)}).scalars())
-    for chunk in _chunks(sorted(changed)):
+    for chunk in chunks(sorted(changed)):
         params = {"ids": list(chunk)}
         conn.execute(text(f"DELETE FROM episode WHERE {cond}").bindparams(ids_param), params)
         conn.execute(text(episodes_sql(dialect, True)).bindparams(ids_param), params)
@@ -213,7 +187,7 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: boo
     existing: dict[str, int] = {}
     cond, ids_param = sql_in_list(conn.dialect.name, "mid", "TEXT")
     known_sql = text(f"SELECT mid, thread_id FROM thread_link WHERE {cond}").bindparams(ids_param)
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         # .all(): one fetchall, where iterating fetches (and hands the GIL over) row by row
         for mid, tid in conn.execute(known_sql, {"ids": list(chunk)}).all():
             existing[mid] = tid
@@ -253,119 +227,14 @@ def _refs(r: dict[str, Any]) -> list[str]:
     return ([r["in_reply_to"]] if r.get("in_reply_to") else []) + (r.get("references") or "").split()
 
 
-def _latest_before(conn: Connection, r: dict[str, Any], window: timedelta, *, not_thread: int | None = None,
-                   not_mid: str | None = None) -> Any:
-    """The latest message at r's client with r's subject sent in the window up to r (not in
-    thread `not_thread`, not message `not_mid`): its Message-ID, thread and contacts."""
-    q = select(col(Message.message_id), col(Message.thread_id), col(Message.contact_ids)).where(
-        col(Message.client_id) == r["client_id"], col(Message.norm_subject) == r["norm_subject"],
-        col(Message.sent_at) <= r["sent_at"], col(Message.sent_at) >= r["sent_at"] - window,
-        col(Message.thread_id).is_not(None))
-    if not_thread is not None:
-        q = q.where(col(Message.thread_id) != not_thread)
-    if not_mid is not None:
-        q = q.where(col(Message.message_id) != not_mid)
-    return conn.execute(q.order_by(col(Message.sent_at).desc()).limit(1)).first()
 
 
-class _EarlierBySubject:
-    """_latest_before for a batch's subject replies, from one query instead of one each.
-
-    Used when the replies were sent within one window of each other (new mail, as a running
-    worker reads it): the messages any of them may look back to are then the touched clients'
-    messages from a window before the first reply to the last, few enough to read at once. A
-    first scan's batches span years: there each reply asks on its own."""
-
-    def __init__(self, conn: Connection, replies: Sequence[dict[str, Any]], window: timedelta) -> None:
-        self.window = window
-        #: (client, subject) -> [sent_at, message_id, thread_id, contact_ids] of each candidate.
-        self.by_key: dict[tuple[int, str], list[list[Any]]] = {}
-        wanted = {(r["client_id"], r["norm_subject"]) for r in replies}
-        cond, ids_param = sql_in_list(conn.dialect.name, "client_id", "INTEGER")
-        sql = (text(f"SELECT sent_at, message_id, thread_id, contact_ids, client_id, norm_subject FROM message "
-                    f"WHERE {cond} AND sent_at >= :lo AND sent_at <= :hi AND thread_id IS NOT NULL")
-               .bindparams(ids_param, bindparam("lo", type_=DateTime), bindparam("hi", type_=DateTime))
-               .columns(column("sent_at", DateTime), column("message_id", String), column("thread_id", Integer),
-                        column("contact_ids", String), column("client_id", Integer),
-                        column("norm_subject", String)))
-        span = {"lo": min(r["sent_at"] for r in replies) - window, "hi": max(r["sent_at"] for r in replies)}
-        for chunk in _chunks(sorted({client for client, _ in wanted})):
-            for sent_at, mid, thread, contacts, client, subject in conn.execute(sql, {"ids": list(chunk), **span}):
-                if (client, subject) in wanted:
-                    self.by_key.setdefault((client, subject), []).append([sent_at, mid, thread, contacts])
-
-    @staticmethod
-    def usable(replies: Sequence[dict[str, Any]], window: timedelta) -> bool:
-        return len(replies) > 1 and (max(r["sent_at"] for r in replies) - min(r["sent_at"] for r in replies)
-                                     <= window)
-
-    def latest_before(self, r: dict[str, Any], not_thread: int | None) -> Any:
-        """As _latest_before(conn, r, window, not_thread=...) would answer now."""
-        best: list[Any] | None = None
-        lo, hi = r["sent_at"] - self.window, r["sent_at"]
-        for c in self.by_key.get((r["client_id"], r["norm_subject"]), ()):
-            if lo <= c[0] <= hi and c[2] != not_thread and (best is None or c[0] > best[0]):
-                best = c
-        return None if best is None else SimpleNamespace(message_id=best[1], thread_id=best[2], contact_ids=best[3])
-
-    def merged(self, threads: set[int], target: int) -> None:
-        """Threads joined into `target` since the candidates were read (as _merge does in the store)."""
-        for candidates in self.by_key.values():
-            for c in candidates:
-                if c[2] in threads:
-                    c[2] = target
 
 
-def _share_people(a: str | None, b: str | None) -> bool:
-    """Whether two messages with one subject may be one conversation: they share a contact,
-    or one of them names none. (Same subject, other people: another conversation.)"""
-    mine = set((a or "").split(",")) - {""}
-    theirs = set((b or "").split(",")) - {""}
-    return not (mine and theirs) or bool(mine & theirs)
 
 
-#: Replies known by their subject alone, stored before, with one of these subjects (the
-#: partial index ix_message_subject_reply holds only them).
-_SUBJECT_REPLIES = ("SELECT message_id, client_id, norm_subject, sent_at, contact_ids FROM message "
-                    "WHERE subject_reply AND {cond} AND sent_at >= :lo AND sent_at <= :hi")
 
 
-def _late_parents(conn: Connection, rows: Sequence[dict[str, Any]],
-                  window: timedelta) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(reply, parent) pairs: a reply known by its subject alone, stored in an earlier batch,
-    whose latest earlier message with its subject is a row of this batch. The reply joined
-    nothing (or an older message) when it was stored; a scan reads INBOX and Sent one after
-    the other, so a client's reply can come before the firm's message it answers, and the
-    firm's reply before the client's question when Sent is listed first or INBOX failed."""
-    parents: dict[tuple[int, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        if r.get("norm_subject") and r.get("client_id") is not None:
-            parents.setdefault((r["client_id"], r["norm_subject"]), []).append(r)
-    if not parents:
-        return []
-    cond, ids_param = sql_in_list(conn.dialect.name, "norm_subject", "TEXT")
-    sql = (text(_SUBJECT_REPLIES.format(cond=cond))
-           .bindparams(ids_param, bindparam("lo", type_=DateTime), bindparam("hi", type_=DateTime))
-           .columns(column("message_id", String), column("client_id", Integer), column("norm_subject", String),
-                    column("sent_at", DateTime), column("contact_ids", String)))
-    in_batch = {r["message_id"]: r for r in rows}
-    sent = [r["sent_at"] for group in parents.values() for r in group]
-    span = {"lo": min(sent), "hi": max(sent) + window}
-    pairs = []
-    for chunk in _chunks(sorted({subject for _, subject in parents})):
-        for found in conn.execute(sql, {"ids": list(chunk), **span}).mappings().all():
-            reply = dict(found)
-            here = parents.get((reply["client_id"], reply["norm_subject"]))
-            if not here or reply["message_id"] in in_batch:
-                continue  # (a reply of this batch looked back already, after the batch was inserted)
-            if not any(p["sent_at"] <= reply["sent_at"] <= p["sent_at"] + window for p in here):
-                continue
-            # Exactly the message it would have joined had everything come in order: the latest
-            # before it, whatever thread that is in.
-            latest = _latest_before(conn, reply, window, not_mid=reply["message_id"])
-            if latest is not None and latest.message_id in in_batch:
-                pairs.append((reply, in_batch[latest.message_id]))
-    return sorted(pairs, key=lambda pair: pair[0]["sent_at"])
 
 
 def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bool = True,
@@ -377,7 +246,7 @@ def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
     merged = set(merged or ())
     window = timedelta(days=defaults.SUBJECT_THREAD_WINDOW_DAYS)
 
-    earlier: _EarlierBySubject | None = None
+    earlier: EarlierBySubject | None = None
 
     def join(a: int, b: int) -> None:
         target = min(a, b)
@@ -392,16 +261,16 @@ def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bo
     replies = [r for r in sorted(rows, key=lambda r: r["sent_at"])
                if r.get("norm_subject") and r.get("client_id") is not None
                and is_subject_reply(r.get("in_reply_to"), (r.get("references") or "").split(), r.get("subject") or "")]
-    if _EarlierBySubject.usable(replies, window):
-        earlier = _EarlierBySubject(conn, replies, window)
+    if EarlierBySubject.usable(replies, window):
+        earlier = EarlierBySubject(conn, replies, window)
     for r in replies:
         prev = (earlier.latest_before(r, r["thread_id"]) if earlier is not None
-                else _latest_before(conn, r, window, not_thread=r["thread_id"]))
-        if prev is not None and _share_people(r.get("contact_ids"), prev.contact_ids):
+                else latest_before(conn, r, window, not_thread=r["thread_id"]))
+        if prev is not None and share_people(r.get("contact_ids"), prev.contact_ids):
             join(r["thread_id"], prev.thread_id)
     # (Not in migration 0003, before subject_reply existed: 0006 joins what it left apart.)
-    for reply, parent in _late_parents(conn, rows, window) if refresh else ():
-        if not _share_people(reply["contact_ids"], parent.get("contact_ids")):
+    for reply, parent in late_parents(conn, rows, window) if refresh else ():
+        if not share_people(reply["contact_ids"], parent.get("contact_ids")):
             continue
         # Its thread now: a join before this one may have moved it.
         thread = conn.execute(select(col(Message.thread_id))
@@ -440,7 +309,7 @@ def mark_subject_replies(conn: Connection) -> int:
     # joined where threading can, as finish_threads decides.
     replies = [dict(r) for r in candidates if is_subject_reply(r["in_reply_to"], r["references"].split(),
                                                                r["subject"] or "")]
-    for chunk in _chunks([r["id"] for r in replies]):
+    for chunk in chunks([r["id"] for r in replies]):
         conn.execute(update(m).where(m.c.id.in_(list(chunk))).values(subject_reply=True))
     threaded = [r for r in replies if r["thread_id"] is not None]
     if threaded:
@@ -455,7 +324,7 @@ def link_contacts(conn: Connection, rows: Sequence[dict[str, Any]], day: bool = 
     mids = [r["message_id"] for r in rows if r.get("contact_ids")]
     cond, ids_param = sql_in_list(conn.dialect.name, "message_id", "TEXT")
     pk_sql = text(f"SELECT id, message_id FROM message WHERE {cond}").bindparams(ids_param)
-    for chunk in _chunks(mids):
+    for chunk in chunks(mids):
         for pk, mid in conn.execute(pk_sql, {"ids": list(chunk)}).all():
             pks[mid] = pk
     links = []
