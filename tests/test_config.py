@@ -669,3 +669,22 @@ def test_json_logs_keep_structured_fields_and_backoff_is_one_rule() -> None:
     assert "args" not in doc and "levelno" not in doc  # the record's own fields stay out
     assert [capped_backoff(n, 5, 600) for n in (1, 2, 3, 8, 9, 20)] == [5, 10, 20, 600, 600, 600]
     assert backoff_seconds(3) == 20 and backoff(2).total_seconds() == 120
+
+
+def test_a_countrys_public_holidays_are_days_off(tmp_path: Path) -> None:
+    from datetime import date
+
+    from worker.care.clock import BusinessCalendar
+    from worker.config import CalendarConfig
+
+    cal = BusinessCalendar.from_config(CalendarConfig(holidays_country="GB-ENG"))
+    assert {date(2026, 12, 25), date(2026, 12, 28), date(2027, 1, 1), date(2026, 8, 31)} <= cal.holidays
+    assert date(2026, 11, 16) not in cal.holidays
+    scotland = BusinessCalendar.from_config(CalendarConfig(holidays_country="GB-SCT"))
+    assert date(2026, 11, 30) in scotland.holidays and date(2026, 11, 30) not in cal.holidays  # St Andrew's Day
+    # A code it does not know is refused by validate, by key, with what to write instead.
+    p = tmp_path / "c.toml"
+    p.write_text('[firm]\ndomains = ["firm.example"]\n[calendar]\nholidays_country = "England"\n')
+    r = run("--config", str(p), "validate", env={"COLUMNS": "300"})
+    text = " ".join(r.output.split())
+    assert r.exit_code == ExitCode.CONFIG and "calendar.holidays_country" in text and "'GB-ENG'" in text, text

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from ..config import WEEKDAYS, CalendarConfig
+from ..config import WEEKDAYS, CalendarConfig, country_holidays
 
 #: Recurring holidays are expanded over these years around today: a scan of old mail and a
 #: schedule years ahead both see them, and a rule with no end stays finite.
@@ -79,6 +79,10 @@ class BusinessCalendar:
         holidays = set(cal.holidays)
         if cal.holidays_ics:
             holidays |= load_ics_holidays(cal.holidays_ics)
+        if cal.holidays_country:
+            this_year = date.today().year
+            holidays |= country_holidays(cal.holidays_country,
+                                         *range(this_year - ICS_YEARS_BACK, this_year + ICS_YEARS_AHEAD + 1))
         return cls(cal.timezone, cal.hours, holidays)
 
     @property

@@ -18,6 +18,7 @@ from .schema import (
     RolePolicy,
     Settings,
     SmtpConfig,
+    country_holidays,
     duration_words,
     parse_duration_minutes,
     resolve_secret,
@@ -25,4 +26,5 @@ from .schema import (
 
 __all__ = ["ENV_CONFIG", "KNOWN_ROLES", "PASSWORD_SOURCE", "WEEKDAYS", "CalendarConfig", "ClientConfig", "Config",
            "ContactConfig", "MailboxConfig", "OwnerConfig", "PartnerConfig", "RolePolicy", "Settings", "SmtpConfig",
+           "country_holidays",
            "duration_words", "load_config", "parse_duration_minutes", "resolve_secret", "validate_data"]

@@ -120,6 +120,16 @@ class CalendarConfig(_Model):
     holidays: list[date] = []
     #: An iCalendar file whose all-day events are holidays (relative to the config file).
     holidays_ics: Path | None = None
+    #: A country's public holidays, by ISO code with an optional subdivision ("GB-ENG",
+    #: "DE-BY", "US-NY", "FR"), from the `holidays` package.
+    holidays_country: str | None = None
+
+    @field_validator("holidays_country")
+    @classmethod
+    def _country(cls, v: str | None) -> str | None:
+        if v is not None:
+            country_holidays(v, 2026)  # ValueError, with the reason, for a code it does not know
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -490,3 +500,16 @@ def resolve_secret(env: str | None, file: Path | None, what: str,
             raise ConfigError([f"{what}: secret file {file} is empty"])
         return secret
     raise ConfigError([f"{what}: no secret configured"])
+
+
+def country_holidays(code: str, *years: int) -> set[date]:
+    """The public holidays of a country ("GB", or with a subdivision: "GB-ENG") in `years`."""
+    import holidays
+
+    country, _, subdiv = code.strip().partition("-")
+    try:
+        table = holidays.country_holidays(country.upper(), subdiv=subdiv.upper() or None, years=list(years))
+    except NotImplementedError as exc:
+        raise ValueError(f"{code!r}: {exc}; use an ISO country code, with a subdivision where the "
+                         "holidays differ by region (e.g. 'GB-ENG', 'DE-BY', 'US-NY')") from None
+    return set(table)
