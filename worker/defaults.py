@@ -134,6 +134,8 @@ SMTP_SECONDS_PER_RECIPIENT = 2.0
 # --- configuration ------------------------------------------------------------------------
 #: The environment variable naming the config file.
 ENV_CONFIG = "CAREWATCH_CONFIG"
+#: The prefix of settings given in the environment: CAREWATCH__SECTION__KEY.
+ENV_PREFIX = "CAREWATCH__"
 
 # --- service ----------------------------------------------------------------------------
 #: The port of /healthz and /metrics (service.metrics_port).

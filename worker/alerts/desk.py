@@ -253,6 +253,7 @@ class AlertLifecycle:
         """Recipient -> [(alert, escalated?)] that should be told now."""
         out: dict[str, list[tuple[Alert, bool]]] = {}
         now_ts = to_ts(now)
+        escalates_if_told_now = from_ts(self.calendar.add_minutes(now_ts, self.escalate_after))
         for a in db.execute(select(Alert).where(col(Alert.state).in_(("open", "notified", "escalated", "snoozed")))
                             .order_by(col(Alert.client_name), col(Alert.since), col(Alert.id))).scalars():
             if a.state == "snoozed":
@@ -263,7 +264,7 @@ class AlertLifecycle:
                 for r in self.first_recipients(a):
                     out.setdefault(r, []).append((a, False))
                 if a.kind != "due_soon" and a.level < self.levels:  # told now: escalates from now on
-                    report.due_by(from_ts(self.calendar.add_minutes(now_ts, self.escalate_after)))
+                    report.due_by(escalates_if_told_now)
                 continue
             if a.kind == "due_soon":
                 continue  # a warning, told once: the lapse it warns of escalates if it comes

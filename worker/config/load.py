@@ -16,8 +16,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError
+from ..overrides import apply_env_overrides
 from .checks import _cross_check, findings
-from .schema import ENV_CONFIG, ENV_PREFIX, LENIENT, PASSWORD_SOURCE, SECRET_KEYS, Config, Settings
+from .schema import ENV_CONFIG, LENIENT, PASSWORD_SOURCE, SECRET_KEYS, Config, Settings
 
 
 def _format_loc(loc: tuple[Any, ...], data: Mapping[str, Any]) -> str:
@@ -40,27 +41,6 @@ def _format_loc(loc: tuple[Any, ...], data: Mapping[str, Any]) -> str:
             parts.append(str(item))
             node = node.get(item) if isinstance(node, Mapping) else None
     return "".join(parts)
-
-
-def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """CAREWATCH__STORE__URL=postgresql://... sets data["store"]["url"]; values parsed as TOML."""
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
-        if not path:
-            continue
-        try:
-            value: Any = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw  # a bare string
-        node = data
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                break
-        else:
-            node[path[-1]] = value
 
 
 def _column(name: str) -> str:
@@ -162,7 +142,7 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
 def validate_data(data: dict[str, Any], cfg_path: Path | None,
                   environ: Mapping[str, str] | None = None) -> Config:
     environ = os.environ if environ is None else environ
-    _apply_env_overrides(data, environ)
+    apply_env_overrides(data, environ)
     base = cfg_path.parent if cfg_path else Path.cwd()
     problems: list[str] = []
 

@@ -29,7 +29,7 @@ SECRET_KEYS = {
 PASSWORD_SOURCE = ("password_env (an environment variable name) or password_file (e.g. a container secret); "
                    "passwords never go in the file")
 #: Environment overrides: CAREWATCH__STORE__URL=... sets [store] url (double underscore = nesting).
-ENV_PREFIX = "CAREWATCH__"
+ENV_PREFIX = defaults.ENV_PREFIX
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: The names a weekday may be given by in `hours`: its three letters or its full English name.
@@ -101,7 +101,7 @@ class CalendarConfig(_Model):
     @classmethod
     def _country(cls, v: str | None) -> str | None:
         if v is not None:
-            country_holidays(v, 2026)  # ValueError, with the reason, for a code it does not know
+            country_holidays(v, date.today().year)  # ValueError, with the reason, for a code it does not know
         return v
 
     @field_validator("timezone")

@@ -17,27 +17,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..defaults import ENV_CONFIG, METRICS_PORT
-
-ENV_SERVICE = "CAREWATCH__SERVICE__"
+from ..overrides import apply_env_overrides
 
 
 def health_url(environ: Mapping[str, str] | None = None) -> str | None:
     """http://host:port/healthz of the worker the config describes; None when it serves none."""
     environ = os.environ if environ is None else environ
-    service: dict[str, Any] = {}
+    data: dict[str, Any] = {}
     path = environ.get(ENV_CONFIG)
     if path:
         try:
             with open(path, "rb") as f:
-                service = dict(tomllib.load(f).get("service") or {})
+                data = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError):
             pass  # the worker reports a broken config; here the defaults stand
-    for key, raw in environ.items():
-        if key.upper().startswith(ENV_SERVICE):
-            try:
-                service[key[len(ENV_SERVICE):].lower()] = tomllib.loads(f"v = {raw}")["v"]
-            except tomllib.TOMLDecodeError:
-                service[key[len(ENV_SERVICE):].lower()] = raw
+    apply_env_overrides(data, environ)
+    found = data.get("service")
+    service: dict[str, Any] = found if isinstance(found, dict) else {}
     port = int(service.get("metrics_port", METRICS_PORT))
     if port < 0:
         return None
