@@ -24,8 +24,8 @@ COPY config/carewatch.example.toml /config/
 ENV PATH=/opt/carewatch/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CAREWATCH_CONFIG=/config/carewatch.toml \
-    CAREWATCH__STORE__URL="\"sqlite:////data/carewatch.db\"" \
-    CAREWATCH__NOTIFY__DIR="\"/data/outbox\""
+    CAREWATCH__STORE__URL=sqlite:////data/carewatch.db \
+    CAREWATCH__NOTIFY__DIR=/data/outbox
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]

@@ -460,6 +460,72 @@ def test_environment_overrides_any_setting(tmp_path: Path) -> None:
     assert cfg.settings.firm.domains == ["a.example", "b.example"]
 
 
+def test_environment_values_as_text_as_toml_or_as_json(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[firm]\ndomains = ["firm.example"]\nname = "Kept"\n[policy]\nreply_within = "2h"\n')
+    cfg = load_config(p, environ={
+        "CAREWATCH__NOTIFY__TRANSPORT": '"smtp"',  # quoted as TOML quotes a string
+        "CAREWATCH__NOTIFY__SMTP": '{ host = "mail.firm.example", port = 2525 }',  # a TOML table
+        "CAREWATCH__STORE__URL": "sqlite:///x.db",  # text as written
+        "carewatch__service__metrics_port": "9300",  # any case
+        "CAREWATCH__DIGEST__DAY_OF_WEEK": "'fri'",  # TOML's literal string
+        "CAREWATCH__FIRM__ADDRESSES": "['desk@elsewhere.example']",  # a TOML list
+        "CAREWATCH__CALENDAR__HOURS": '{"mon": ["08:00-12:00"]}',  # a JSON table
+        "CAREWATCH__MAILBOXES": '[{ name = "m", kind = "maildir", path = "2026" }]',  # a whole list
+        "CAREWATCH__SERVICE__METRICS_HOST": "2026",  # a text key keeps digits as text
+    })
+    s = cfg.settings
+    assert s.notify.transport == "smtp"
+    assert s.notify.smtp is not None and (s.notify.smtp.host, s.notify.smtp.port) == ("mail.firm.example", 2525)
+    assert s.store.url.endswith("/x.db") and s.service.metrics_port == 9300
+    assert s.digest.day_of_week == "fri" and s.firm.addresses == ["desk@elsewhere.example"]
+    assert s.calendar.hours["mon"] == ["08:00-12:00"]
+    assert s.service.metrics_host == "2026" and [(m.name, m.path) for m in s.mailboxes] == [("m", tmp_path / "2026")]
+    # What the environment leaves alone stays as the file says.
+    assert (s.firm.name, s.firm.domains, s.policy.reply_within) == ("Kept", ["firm.example"], "2h")
+
+
+def test_environment_problems_name_the_variable(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[firm]\ndomains = ["firm.example"]\n[[mailboxes]]\nname = "m"\nkind = "maildir"\npath = "m"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(p, environ={
+            "CAREWATCH__STORE__URLL": "sqlite:///x.db",
+            "CAREWATCH__STOER__URL": "sqlite:///x.db",
+            "CAREWATCH__MAILBOXES__0__PATH": "elsewhere",
+            "CAREWATCH__FIRM__DOMAINS": "a.example",
+            "CAREWATCH__POLICY__REPLY_WITHIN": "soon",
+            "CAREWATCH_LOG_LEVEL": "info",  # one underscore: not a setting of the file
+        })
+    text = "\n".join(e.value.problems)
+    assert "store.urll (set by CAREWATCH__STORE__URLL): unknown key" in text
+    assert "CAREWATCH__STOER__URL: no such setting" in text
+    assert "CAREWATCH__MAILBOXES__0__PATH: the entries of [[mailboxes]] cannot be set one key at a time" in text
+    assert "CAREWATCH__FIRM__DOMAINS: 'a.example' is not a list or table" in text
+    assert "policy.reply_within (set by CAREWATCH__POLICY__REPLY_WITHIN): 'soon' is not a duration" in text
+    assert len(e.value.problems) == 5, text
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    {"CAREWATCH__SERVICE__METRICS_PORT": "9400"},
+    {"CAREWATCH__SERVICE__METRICS_PORT": "9400", "CAREWATCH__SERVICE__METRICS_HOST": '"127.0.0.2"'},
+    {"carewatch__service__metrics_host": "::1"},
+    {"CAREWATCH__SERVICE": "{ metrics_port = 9401, metrics_host = \"127.0.0.3\" }"},
+    {"CAREWATCH__SERVICE__METRICS_PORT": "-1"},
+])
+def test_the_healthcheck_reads_the_service_keys_as_the_worker_does(tmp_path: Path, env: dict[str, str]) -> None:
+    from worker.service.healthcheck import health_url
+
+    p = tmp_path / "c.toml"
+    p.write_text('[firm]\ndomains = ["firm.example"]\n[service]\nmetrics_port = 9123\n')
+    s = load_config(p, environ=env).settings.service
+    host = "127.0.0.1" if s.metrics_host in ("0.0.0.0", "::") else s.metrics_host
+    host = f"[{host}]" if ":" in host else host
+    want = None if s.metrics_port < 0 else f"http://{host}:{s.metrics_port}/healthz"
+    assert health_url({**env, "CAREWATCH_CONFIG": str(p)}) == want
+
+
 def test_scanning_a_mailbox_that_is_not_configured_is_refused(tmp_path: Path) -> None:
     from worker.demo import generate
 

@@ -1,6 +1,13 @@
-"""Settings from the environment: CAREWATCH__SECTION__KEY=value, the value in TOML syntax (or a
-bare string). Kept apart from the config package, which builds pydantic models on import, so
-that the container's HEALTHCHECK reads the same overrides in milliseconds."""
+"""How a value given in the environment (CAREWATCH__SECTION__KEY=value) is read.
+
+The worker's config finds these variables with pydantic-settings (`config/environment.py`);
+the container's HEALTHCHECK reads its two keys here, without importing pydantic, so that it
+starts in milliseconds. Both read a value by the same rule:
+
+- text as written (`smtp`, `postgresql://db/cw`, `true`, `9200`), converted by the key's type;
+- or in quotes as TOML writes a string (`"smtp"`), for shells and compose files that keep them;
+- a list or table in TOML or JSON (`["a.example", "b.example"]`, `{ host = "mail" }`).
+"""
 
 from __future__ import annotations
 
@@ -11,22 +18,38 @@ from typing import Any
 from .defaults import ENV_PREFIX
 
 
-def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """CAREWATCH__STORE__URL=postgresql://... sets data["store"]["url"]; values parsed as TOML."""
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
-        if not path:
-            continue
-        try:
-            value: Any = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw  # a bare string
-        node = data
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                break
-        else:
-            node[path[-1]] = value
+def env_prefixed(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables that name a setting: CAREWATCH__ in any case, then at least one key."""
+    n = len(ENV_PREFIX)
+    return {k: v for k, v in environ.items()
+            if k[:n].upper() == ENV_PREFIX and k[n:].strip("_")}
+
+
+def env_text(raw: str) -> str:
+    """The text a value stands for: the string when it is quoted as TOML quotes one."""
+    if raw[:1] not in ('"', "'"):
+        return raw
+    try:
+        value: Any = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+    return value if isinstance(value, str) else raw
+
+
+def service_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The [service] keys the environment sets, for the HEALTHCHECK: CAREWATCH__SERVICE__KEY,
+    or a whole table in CAREWATCH__SERVICE."""
+    out: dict[str, Any] = {}
+    section = ENV_PREFIX + "SERVICE"
+    for name, raw in env_prefixed(environ).items():
+        if name.upper() == section:
+            try:
+                table = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                continue
+            if isinstance(table, dict):
+                out.update({k.lower(): v for k, v in table.items()})
+    for name, raw in env_prefixed(environ).items():
+        if name.upper().startswith(section + "__"):
+            out[name[len(section) + 2:].lower()] = env_text(raw)
+    return out

@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError
-from ..overrides import apply_env_overrides
 from .checks import _cross_check, findings
+from .environment import environment_overrides, merge
 from .schema import ENV_CONFIG, LENIENT, PASSWORD_SOURCE, SECRET_KEYS, Config, Settings
 
 
@@ -142,9 +142,9 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
 def validate_data(data: dict[str, Any], cfg_path: Path | None,
                   environ: Mapping[str, str] | None = None) -> Config:
     environ = os.environ if environ is None else environ
-    apply_env_overrides(data, environ)
+    env_data, env_paths, problems = environment_overrides(environ)
+    data = merge(data, env_data)
     base = cfg_path.parent if cfg_path else Path.cwd()
-    problems: list[str] = []
 
     # Clients from CSV join those written in the file, before validation, so that both are
     # checked by the same rules.
@@ -164,7 +164,7 @@ def validate_data(data: dict[str, Any], cfg_path: Path | None,
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        problems += [_schema_problem(err, data) for err in errors]
+        problems += [_schema_problem(err, data, env_paths) for err in errors]
         # Every problem at once: the checks across entries (references, duplicates, missing
         # hosts) run too, on a copy without the keys just reported, when that copy is valid.
         pruned = _without(data, [err["loc"] for err in errors if not _kept_when_lenient(err)]) \
@@ -214,9 +214,14 @@ def _checks_on_defaulted_keys(errors: list[Any], data: Mapping[str, Any]) -> Cal
     return lambda p: (p.startswith(by_kind) and not p.startswith(names)) or p.startswith(by_auth)
 
 
-def _schema_problem(err: Any, data: Mapping[str, Any]) -> str:
-    """One pydantic error as a problem line: the key, then what is wrong and how to fix it."""
+def _schema_problem(err: Any, data: Mapping[str, Any], env_paths: Mapping[tuple[str, ...], str]) -> str:
+    """One pydantic error as a problem line: the key (and the variable that set it, if one
+    did), then what is wrong and how to fix it."""
     where = _format_loc(err["loc"], data)
+    loc = tuple(str(p) for p in err["loc"])
+    setter = next((name for path, name in env_paths.items() if loc[:len(path)] == path), None)
+    if setter:
+        where += f" (set by {setter})"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden" and err["loc"] and err["loc"][-1] in SECRET_KEYS:
         msg = (f"secrets never go in the config file (it gets copied, committed and shown): "

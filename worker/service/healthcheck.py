@@ -1,7 +1,7 @@
 """The container's HEALTHCHECK: GET /healthz on the port the config names.
 
 Run as `python -m worker.service.healthcheck`. It reads only the
-`[service]` section and its CAREWATCH__SERVICE__* overrides, so it starts in a few tens of
+`[service]` section and its CAREWATCH__SERVICE__* settings, so it starts in a few tens of
 milliseconds every interval instead of loading the whole configuration; the worker has
 validated the rest. Exit 0 when /healthz answers 200, 1 otherwise, printing the body.
 """
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..defaults import ENV_CONFIG, METRICS_PORT
-from ..overrides import apply_env_overrides
+from ..overrides import service_overrides
 
 
 def health_url(environ: Mapping[str, str] | None = None) -> str | None:
@@ -31,10 +31,12 @@ def health_url(environ: Mapping[str, str] | None = None) -> str | None:
                 data = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError):
             pass  # the worker reports a broken config; here the defaults stand
-    apply_env_overrides(data, environ)
     found = data.get("service")
-    service: dict[str, Any] = found if isinstance(found, dict) else {}
-    port = int(service.get("metrics_port", METRICS_PORT))
+    service: dict[str, Any] = {**(found if isinstance(found, dict) else {}), **service_overrides(environ)}
+    try:
+        port = int(service.get("metrics_port", METRICS_PORT))
+    except (TypeError, ValueError):
+        port = METRICS_PORT  # the worker refuses such a config and says why; this checks the default
     if port < 0:
         return None
     host = str(service.get("metrics_host", "0.0.0.0"))
