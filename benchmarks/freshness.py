@@ -118,7 +118,6 @@ def main() -> None:
         db = root / "fresh.db"
         port = free_port()
 
-
         cfg = re.sub(r'(?m)^url = ".*"$', f'url = "sqlite:///{db}"', cfg, count=1)
         cfg = re.sub(r"(?ms)^\[\[mailboxes\]\]\n.*?(?=^\[)",
                      f'[[mailboxes]]\nname = "shared"\nhost = "127.0.0.1"\nport = {d.port}\ntls = "none"\n'

@@ -58,18 +58,6 @@ ACTIONS = {
 URGENCY = ("chased", "unanswered", "due_soon", "unowned", "silent", "going_quiet", "slowing")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # --- the check -----------------------------------------------------------------------------------
 @dataclass
 class PlannedEmail:

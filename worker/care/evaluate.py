@@ -43,7 +43,6 @@ DAY = 86400.0
 WEEK = 7 * DAY
 
 
-
 @dataclass(slots=True)
 class Wait:
     message_id: str

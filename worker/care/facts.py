@@ -120,7 +120,6 @@ def _read_responses(conn: Any, book: Policies, f: Facts, keep_from: float, now_t
                                              size > 1, biz <= limit))
 
 
-
 def _read_waits(conn: Any, dialect: str, book: Policies, f: Facts, now: datetime, now_ts: float) -> None:
     """The messages waiting at `now`, grouped by thread into episodes."""
     clients, waits, episode_chasers, expired = f.clients, f.waits, f.episode_chasers, f.expired
@@ -242,4 +241,3 @@ def _read_contact_times(conn: Any, dialect: str, book: Policies, f: Facts, now: 
     for k in range(0, len(quiet), 500):
         for contact, days_csv in conn.execute(days_sql, {"now": now, "ids": quiet[k:k + 500]}).all():
             active_days[contact] = sorted(map(int, str(days_csv).split(",")))
-

@@ -39,4 +39,3 @@ if __name__ == "__main__":
     main()
 
 __all__ = ["app", "main", "parse_now"]
-

@@ -41,10 +41,6 @@ _EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 _HOURS_RE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 
 
-
-
-
-
 #: Validation context for a second pass over a config that failed: required values that are
 #: malformed (an email, a firm domain) are kept as written, so the checks across entries can
 #: still run; their own problems were reported by the first pass.
@@ -369,7 +365,6 @@ class NotifyConfig(_Model):
     #: The longest an alert can be snoozed for, by reply or by `alerts snooze`.
     max_snooze: str = "4w"
 
-
     @property
     def give_up_delta(self) -> timedelta:
         return timedelta(minutes=parse_duration_minutes(self.give_up_after, business=False))
@@ -448,7 +443,3 @@ class Config:
     @property
     def clients(self) -> list[ClientConfig]:
         return self.settings.clients
-
-
-
-

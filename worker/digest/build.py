@@ -278,7 +278,6 @@ def _client_rows(picture: CarePicture, scope: set[str], names: dict[str, str], o
     return rows
 
 
-
 def _owner_rows(config: Config, picture: CarePicture, scope: set[str], open_alerts: dict[str, int],
                 escalated: dict[str, int], now: datetime) -> list[OwnerRow]:
     """One row per owner holding clients in scope."""

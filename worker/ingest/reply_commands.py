@@ -10,7 +10,6 @@ _COMMAND_RE = re.compile(
     r"(?:\s*#?\s*(\d{1,3}))?\b", re.IGNORECASE)
 
 
-
 def parse_command(text: str) -> tuple[str, str | None, int | None] | None:
     """("snooze", "3d", item) / ("done", None, item) from the first line that says something."""
     for line in text.splitlines():

@@ -81,14 +81,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-
-
-
-
-
-
-
-
 @dataclass
 class _FolderPlan:
     """One folder as a scan found it before reading it (Ingestor._plan_folder)."""
@@ -105,22 +97,6 @@ class _FolderPlan:
     in_helper: bool
     #: Seconds spent finding all that (FolderReport.seconds counts them).
     plan_seconds: float
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 class Ingestor:
@@ -512,19 +488,3 @@ class Ingestor:
         rep.stored += inserted
         rep.duplicates += len(rows) - inserted
         rep.skipped += len(skipped)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

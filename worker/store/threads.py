@@ -78,12 +78,6 @@ class UnionFind(Generic[T]):
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-
-
-
-
-
-
 MERGE_STATEMENTS = (
     text("UPDATE message SET thread_id = :target WHERE thread_id = :old"),
     text("UPDATE thread_link SET thread_id = :target WHERE thread_id = :old"),
@@ -225,16 +219,6 @@ def plan_threads(conn: Connection, rows: Sequence[dict[str, Any]], episodes: boo
 
 def _refs(r: dict[str, Any]) -> list[str]:
     return ([r["in_reply_to"]] if r.get("in_reply_to") else []) + (r.get("references") or "").split()
-
-
-
-
-
-
-
-
-
-
 
 
 def finish_threads(conn: Connection, rows: Sequence[dict[str, Any]], refresh: bool = True,
