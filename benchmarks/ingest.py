@@ -55,7 +55,7 @@ def time_phases(clock: Callable[[], float] = time.perf_counter) -> None:
     from sqlalchemy.orm import Session
 
     from worker.ingest import prepare as parsing
-    from worker.ingest import scan as ingest
+    from worker.ingest import storing
     from worker.store.db import Store
 
     def wrap(owner: object, name: str, label: str) -> None:
@@ -74,12 +74,12 @@ def time_phases(clock: Callable[[], float] = time.perf_counter) -> None:
     # On a helper thread these overlap with storing; in a helper process (big folders) only
     # "store batches" is seen here, and the rest of the time is waiting for the helper. IMAP
     # waits are not shown: FETCHes are pipelined and overlap with parsing.
-    wrap(ingest.Ingestor, "_store_batch", "store batches")
+    wrap(storing.BatchWriter, "store", "store batches")
     wrap(parsing, "parse_batch", "parse and classify")
-    wrap(ingest, "plan_threads", "plan threads")
+    wrap(storing, "plan_threads", "plan threads")
     wrap(Store, "insert_ignore", "insert")
-    wrap(ingest, "finish_threads", "finish threads")
-    wrap(ingest, "link_contacts", "link contacts")
+    wrap(storing, "finish_threads", "finish threads")
+    wrap(storing, "link_contacts", "link contacts")
     wrap(Session, "commit", "commit")
 
 

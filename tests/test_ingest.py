@@ -1266,7 +1266,7 @@ def test_a_skipped_maildir_message_is_recorded_under_the_same_number_in_every_pr
     import subprocess
     import sys
 
-    code = ("from worker.ingest.scan import skipped_uid; from worker.mailbox.base import Item; "
+    code = ("from worker.ingest.storing import skipped_uid; from worker.mailbox.base import Item; "
             "print(skipped_uid(Item('cur/1700000000.M1P2.host:2,S', 5)), skipped_uid(Item(42, 42)))")
     seen = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
                            capture_output=True, text=True, check=True).stdout for seed in ("1", "2", "3")}

@@ -122,7 +122,7 @@ def test_one_message_that_cannot_be_stored_is_isolated_and_the_folder_goes_on(
     """A message that trips a failure while its batch is stored (a value the database refuses,
     or a bug of ours) is found by storing the batch in halves, recorded as skipped with the
     error, and every other message is stored; the next scan goes on past it."""
-    from worker.ingest import scan as ingest
+    from worker.ingest import storing as ingest
 
     dovecot.append([question(i) for i in range(12)])
     real = ingest.link_contacts
@@ -149,7 +149,7 @@ def test_a_database_that_goes_away_is_not_taken_for_a_poison_message(
         tmp_path: Path, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy.exc import OperationalError
 
-    from worker.ingest import scan as ingest
+    from worker.ingest import storing as ingest
 
     dovecot.append([question(i) for i in range(4)])
 

@@ -1,22 +1,23 @@
-"""Folder states as stored, which /healthz, the notes and the scan read: each configured
-folder's last good scan and last error, and folder patterns that match nothing."""
+"""Folder states as stored, which the scan keeps and /healthz and the notes read: each
+configured folder's cursor, last good scan and last error, and folder patterns that match
+nothing."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
-from sqlmodel import col
+from sqlalchemy import delete, select, update
+from sqlmodel import Session, col
+from sqlmodel import select as sm_select
 
 from ..config import MailboxConfig
+from ..errors import StoreError
 from ..mailbox.base import folder_selected, is_pattern
 from ..store.db import Store
-from ..store.models import (
-    FolderState,
-    Meta,
-)
+from ..store.models import FolderState, Meta, table_of
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +82,80 @@ def matches_no_folder(patterns: Sequence[str]) -> str:
     return (f"{' and '.join(map(repr, patterns))} {'matches' if one else 'match'} no folder on the server, so "
             f"nothing is read through {'it' if one else 'them'} (`carewatch validate --connect` lists the "
             "server's folders)")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def add_states(store: Store, db: Session, mailbox: str, folders: list[str]) -> None:
+    """A scan state for each folder that has none yet (insert-or-ignore: another replica may
+    create the same row at the same moment)."""
+    store.insert_ignore(db, table_of(FolderState), [
+        {"mailbox": mailbox, "folder": f, "last_uid": 0, "messages_seen": 0, "messages_skipped": 0}
+        for f in folders], ["mailbox", "folder"])
+
+
+def folder_state(store: Store, mailbox: str, folder: str) -> FolderState:
+    """The folder's scan state, made if it has none yet."""
+    where = (FolderState.mailbox == mailbox, FolderState.folder == folder)
+    with store.session() as db:
+        st = db.exec(sm_select(FolderState).where(*where)).first()
+        if st is None:
+            add_states(store, db, mailbox, [folder])
+            db.commit()
+            st = db.exec(sm_select(FolderState).where(*where)).one()
+        return st
+
+
+def record_error(store: Store, mailbox: str, folders: Iterable[str], error: str) -> None:
+    """Note why these folders were not read (for /healthz, whichever replica asks). A folder
+    never read yet gets its state row here: a first start that cannot log in says why too."""
+    folders = list(folders)
+    try:
+        with store.session() as db:
+            add_states(store, db, mailbox, folders)
+            db.execute(update(FolderState).where(
+                col(FolderState.mailbox) == mailbox, col(FolderState.folder).in_(list(folders))
+            ).values(last_error=error[:2000], last_scan_at=utcnow()))
+            db.commit()
+    except StoreError:
+        log.warning("could not record the scan error in the store")
+
+
+def mark_ok(store: Store, mailbox: str, folder: str, uidvalidity: int, last_uid: int | None) -> None:
+    """A good scan of the folder, up to `last_uid` (None: the cursor stays where it is)."""
+    values: dict[str, Any] = {"uidvalidity": uidvalidity, "last_ok_at": utcnow(),
+                              "last_scan_at": utcnow(), "last_error": None}
+    if last_uid is not None:
+        values["last_uid"] = last_uid
+    with store.session() as db:
+        db.execute(update(FolderState).where(col(FolderState.mailbox) == mailbox,
+                                             col(FolderState.folder) == folder).values(**values))
+        db.commit()
+
+
+def sync_matched(store: Store, mb: MailboxConfig, folders: list[str]) -> None:
+    """Bring the scan states of a mailbox's pattern-matched folders in line with what the
+    server listed just now, and note that it was listed (see unmatched_patterns):
+    * a folder matched before and no more (a client's folder deleted or renamed on the
+      server) loses its state: it would never be scanned again and look stale to /healthz
+      for ever. The messages read from it are kept;
+    * a newly matched folder gets one before it is read, so that a scan stopped before
+      reaching it does not make its pattern look as if it matched nothing."""
+    patterns = [f for f in mb.folders if is_pattern(f)]
+    if not patterns:
+        return
+    names = {f for _, f, _ in folder_states(store, mb.name)}
+    with store.session() as db:
+        gone = [n for n in names if n not in folders and n not in mb.folders and folder_selected(patterns, n)]
+        if gone:
+            db.execute(delete(FolderState).where(col(FolderState.mailbox) == mb.name,
+                                                 col(FolderState.folder).in_(gone)))
+        add_states(store, db, mb.name, [f for f in folders if f not in names and f not in mb.folders])
+        store.insert_ignore(db, table_of(Meta), [{"key": listed_key(mb.name), "value": utcnow().isoformat()}],
+                            ["key"])
+        db.commit()
+    for n in gone:
+        log.info("mailbox %s: folder %r is no longer on the server (or no longer matched): its scan "
+                 "state is dropped; the messages read from it are kept", mb.name, n)

@@ -8,62 +8,31 @@ UIDVALIDITY re-reads the folder without duplicating anything.
 
 from __future__ import annotations
 
-import hashlib
 import imaplib
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlmodel import Session, col
-from sqlmodel import select as sm_select
 
 from .. import defaults
 from ..config import Config, MailboxConfig
 from ..errors import FolderMissingError, MailboxError, ReadInterrupted, StoreError
 from ..mailbox import MailboxSource, open_source
-from ..mailbox.base import Item, folder_selected, is_pattern
-from ..store.db import Store, describe_db_error
-from ..store.locks import lock_for_storing
-from ..store.models import (
-    AlertCommand,
-    Contact,
-    FolderState,
-    Message,
-    Meta,
-    SkippedMessage,
-    columns,
-    table_of,
-)
-from ..store.threads import finish_threads, link_contacts, plan_threads
-from .classify import ContactRef, Directory, classify
-from .folders import (
-    configured_folders,
-    folder_states,
-    listed_key,
-)
+from ..mailbox.base import Item, is_pattern
+from ..store.db import Store
+from .classify import Directory
+from .folders import configured_folders, folder_state, folder_states, mark_ok, record_error, sync_matched
 from .helper import FetchHelper
-from .prepare import PreparedBatch, classified, collected_per_batch, prepared_batches
+from .prepare import PreparedBatch, collected_per_batch, prepared_batches
 from .reports import FolderReport, LogProgress, Progress, ScanReport, merge_reports
-from .storing import _isolate, _tied_to_a_message, distinct_from_stored, reuse_id, same_message
+from .storing import BatchWriter
 from .unreadable import find_unreadable
 
 log = logging.getLogger(__name__)
-
-
-def skipped_uid(item: Item) -> int:
-    """The number a skipped message is recorded under: its UID, or for a Maildir file a
-    digest of its name. Not hash(): that changes with every process (PYTHONHASHSEED)."""
-    if isinstance(item.key, int):
-        return item.cursor
-    digest = hashlib.blake2b(str(item.key).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % 2**62
 
 
 def scan_batches(items: Sequence[Item], batch_size: int = defaults.SCAN_BATCH_SIZE,
@@ -75,10 +44,6 @@ def scan_batches(items: Sequence[Item], batch_size: int = defaults.SCAN_BATCH_SI
         return []
     first = min(batch_size, defaults.SCAN_FIRST_BATCH_SIZE) if small_first else batch_size
     return [items[:first]] + [items[i:i + batch_size] for i in range(first, len(items), batch_size)]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass
@@ -110,42 +75,10 @@ class Ingestor:
         self.progress = progress or LogProgress()
         #: Test and metrics hook, called after each committed batch.
         self.on_batch = on_batch
+        self.writer = BatchWriter(store, directory)
         #: What a scan of a mailbox read before it was interrupted, and what find_unreadable
         #: read, added to that mailbox's folder reports when its scan ends.
         self.carried_reports: dict[str, list[FolderReport]] = {}
-
-    # --- state -------------------------------------------------------------------------------
-    def _add_states(self, db: Session, mailbox: str, folders: list[str]) -> None:
-        """A scan state for each folder that has none yet (insert-or-ignore: another replica may
-        create the same row at the same moment)."""
-        self.store.insert_ignore(db, table_of(FolderState), [
-            {"mailbox": mailbox, "folder": f, "last_uid": 0, "messages_seen": 0, "messages_skipped": 0}
-            for f in folders], ["mailbox", "folder"])
-
-    def _state(self, mailbox: str, folder: str) -> FolderState:
-        where = (FolderState.mailbox == mailbox, FolderState.folder == folder)
-        with self.store.session() as db:
-            st = db.exec(sm_select(FolderState).where(*where)).first()
-            if st is None:
-                # insert-or-ignore: another replica may create the same row at the same moment
-                self._add_states(db, mailbox, [folder])
-                db.commit()
-                st = db.exec(sm_select(FolderState).where(*where)).one()
-            return st
-
-    def record_error(self, mailbox: str, folders: Iterable[str], error: str) -> None:
-        """Note why these folders were not read (for /healthz, whichever replica asks). A folder
-        never read yet gets its state row here: a first start that cannot log in says why too."""
-        folders = list(folders)
-        try:
-            with self.store.session() as db:
-                self._add_states(db, mailbox, folders)
-                db.execute(update(FolderState).where(
-                    col(FolderState.mailbox) == mailbox, col(FolderState.folder).in_(list(folders))
-                ).values(last_error=error[:2000], last_scan_at=utcnow()))
-                db.commit()
-        except StoreError:
-            log.warning("could not record the scan error in the store")
 
     # --- scanning ----------------------------------------------------------------------------
     def scan(self, mailboxes: list[MailboxConfig] | None = None) -> ScanReport:
@@ -185,7 +118,7 @@ class Ingestor:
     def _mailbox_failed(self, mb: MailboxConfig, exc: MailboxError, report: ScanReport) -> None:
         log.error("%s", exc)
         report.errors.append(str(exc))
-        self.record_error(mb.name, self._known_folders(mb), str(exc))
+        record_error(self.store, mb.name, self._known_folders(mb), str(exc))
         self.carried_reports.pop(mb.name, None)
 
     def _known_folders(self, mb: MailboxConfig) -> list[str]:
@@ -197,31 +130,6 @@ class Ingestor:
         except (StoreError, OperationalError, DBAPIError):
             return [f for f in mb.folders if not is_pattern(f)]  # the error is logged and reported either way
         return list(configured_folders(mb, rows))
-
-    def _sync_matched(self, mb: MailboxConfig, folders: list[str]) -> None:
-        """Bring the scan states of a mailbox's pattern-matched folders in line with what the
-        server listed just now, and note that it was listed (see unmatched_patterns):
-        * a folder matched before and no more (a client's folder deleted or renamed on the
-          server) loses its state: it would never be scanned again and look stale to /healthz
-          for ever. The messages read from it are kept;
-        * a newly matched folder gets one before it is read, so that a scan stopped before
-          reaching it does not make its pattern look as if it matched nothing."""
-        patterns = [f for f in mb.folders if is_pattern(f)]
-        if not patterns:
-            return
-        names = {f for _, f, _ in folder_states(self.store, mb.name)}
-        with self.store.session() as db:
-            gone = [n for n in names if n not in folders and n not in mb.folders and folder_selected(patterns, n)]
-            if gone:
-                db.execute(delete(FolderState).where(col(FolderState.mailbox) == mb.name,
-                                                     col(FolderState.folder).in_(gone)))
-            self._add_states(db, mb.name, [f for f in folders if f not in names and f not in mb.folders])
-            self.store.insert_ignore(db, table_of(Meta), [{"key": listed_key(mb.name),
-                                                           "value": utcnow().isoformat()}], ["key"])
-            db.commit()
-        for n in gone:
-            log.info("mailbox %s: folder %r is no longer on the server (or no longer matched): its scan "
-                     "state is dropped; the messages read from it are kept", mb.name, n)
 
     def scan_mailbox(self, mb: MailboxConfig, source: MailboxSource,
                      errors: list[str] | None = None) -> list[FolderReport]:
@@ -235,7 +143,7 @@ class Ingestor:
                       errors: list[str] | None) -> list[FolderReport]:
         out = []
         folders = source.folders_to_scan(mb.folders)
-        self._sync_matched(mb, folders)
+        sync_matched(self.store, mb, folders)
         # One folder ahead: the next folder is looked at (and, if its backlog is big, handed
         # to the helper process) before this one is stored, so that the helper reads its
         # first batches while the last ones of this folder are stored.
@@ -253,7 +161,7 @@ class Ingestor:
             except FolderMissingError as exc:
                 # A deleted or renamed folder must not stop the others.
                 log.error("%s", exc)
-                self.record_error(mb.name, [folder], str(exc))
+                record_error(self.store, mb.name, [folder], str(exc))
                 if errors is None:
                     raise
                 errors.append(str(exc))
@@ -293,7 +201,7 @@ class Ingestor:
         backlog is handed to the `helper` at once (see FetchHelper.submit)."""
         t0 = time.perf_counter()
         rep = FolderReport(mailbox, folder)
-        st = self._state(mailbox, folder)
+        st = folder_state(self.store, mailbox, folder)
         status = source.folder_status(folder)
         last = st.last_uid
         if st.uidvalidity is not None and st.uidvalidity != status.uidvalidity:
@@ -328,7 +236,7 @@ class Ingestor:
         t0 = time.perf_counter() - plan.plan_seconds
         rep, mailbox, folder = plan.report, plan.report.mailbox, plan.report.folder
         if plan.set_cursor:  # unchanged, or read from `cursor` on (the first time, or anew)
-            self._mark_ok(mailbox, folder, plan.uidvalidity, plan.cursor)
+            mark_ok(self.store, mailbox, folder, plan.uidvalidity, plan.cursor)
         if rep.unchanged:
             rep.seconds = time.perf_counter() - t0
             return rep
@@ -347,7 +255,7 @@ class Ingestor:
                         log.info("%s/%s: stop requested; committed up to here, the next scan resumes",
                                  mailbox, folder)
                         break
-                    self._store_isolating(next(prepared), mailbox, folder, plan.uidvalidity, batch, rep)
+                    self.writer.store_isolating(next(prepared), mailbox, folder, plan.uidvalidity, batch, rep)
                     collect()
                     self.progress.advance(len(batch))
                     if self.on_batch:
@@ -356,7 +264,7 @@ class Ingestor:
             prepared.close()  # ends the helper: no FETCH left running on a connection in use
             self.progress.finish()
         if not rep.interrupted:
-            self._mark_ok(mailbox, folder, plan.uidvalidity, None)
+            mark_ok(self.store, mailbox, folder, plan.uidvalidity, None)
         rep.seconds = time.perf_counter() - t0
         return rep
 
@@ -378,113 +286,3 @@ class Ingestor:
             pool.shutdown(wait=True, cancel_futures=True)
             stage.close()
 
-    def _mark_ok(self, mailbox: str, folder: str, uidvalidity: int, last_uid: int | None) -> None:
-        values: dict[str, Any] = {"uidvalidity": uidvalidity, "last_ok_at": utcnow(),
-                                  "last_scan_at": utcnow(), "last_error": None}
-        if last_uid is not None:
-            values["last_uid"] = last_uid
-        with self.store.session() as db:
-            db.execute(update(FolderState).where(col(FolderState.mailbox) == mailbox,
-                                                 col(FolderState.folder) == folder).values(**values))
-            db.commit()
-
-    def _discover(self, found: dict[str, tuple[str, int]], now: datetime) -> None:
-        """Record unknown people at client domains as discovered contacts."""
-        rows = [{"email": addr, "name": name or addr, "role": "user", "client_id": cid,
-                 "discovered": True, "active": True, "first_seen_at": now}
-                for addr, (name, cid) in found.items()]
-        with self.store.session() as db:
-            self.store.insert_ignore(db, table_of(Contact), rows, ["email"])
-            db.commit()
-            for c in db.execute(select(*columns(Contact.id, Contact.email, Contact.client_id, Contact.role,
-                                                Contact.active))
-                                .where(col(Contact.email).in_(list(found)))).all():
-                if c.active and c.client_id in self.directory.domain_clients.values():
-                    self.directory.contacts[c.email] = ContactRef(c.id, c.client_id, c.role)
-
-    def _store_isolating(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
-                         batch: Sequence[Item], rep: FolderReport) -> None:
-        """Store a batch; if that fails for a reason tied to what a message holds (not the
-        database being away), store it in halves until the message is found, record it as
-        skipped with the error, and go on: one poison message (or a bug of ours that it trips)
-        never stops the firm's mailbox. The cursor moves only once the whole batch is done."""
-        cursor = max(it.cursor for it in batch)
-        try:
-            self._store_batch(prepared, mailbox, folder, uidvalidity, cursor, rep)
-        except Exception as exc:  # noqa: BLE001 - sorted below: only a message's fault is isolated
-            if not _tied_to_a_message(exc) or len(prepared.rows) == 0:
-                raise
-            log.warning("%s/%s: a batch of %d could not be stored (%s); finding the message that fails",
-                        mailbox, folder, len(prepared.rows), exc)
-            failed = _isolate(prepared, lambda b: self._store_batch(b, mailbox, folder, uidvalidity, None, rep))
-            # The messages that fail are recorded as skipped, as any unreadable one is, and the
-            # cursor moves past the batch with them.
-            self._store_batch(PreparedBatch(prepared.now, [], [], [], failed), mailbox, folder, uidvalidity, cursor,
-                              rep)
-
-    def _store_batch(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
-                     cursor: int | None, rep: FolderReport) -> None:
-        """Stage two, on the scanning thread: discovered contacts, then one transaction that
-        stores the batch, threads it and moves the folder's cursor to `cursor` (None: it stays)."""
-        now, command_rows, skipped = prepared.now, prepared.commands, prepared.skipped
-        # People, not newsletters or bounces, become discovered contacts.
-        found: dict[str, tuple[str, int]] = {}
-        for i, people, _ in prepared.discovered:
-            if not prepared.rows[i]["automated"]:
-                for addr, name, cid in people:
-                    found.setdefault(addr, (name, cid))
-        if found:
-            self._discover(found, now)
-        for i, _, pm in prepared.discovered:
-            # Classified before the people it names were stored (here, by the batch before, or
-            # in another process): classify again to link them.
-            prepared.rows[i].update(classified(classify(pm, self.directory)))
-        rows: dict[str, dict[str, Any]] = {}
-        for row in prepared.rows:
-            seen = rows.get(row["message_id"])
-            if seen is not None and not same_message(seen, row):
-                reuse_id(row)  # another message under a reused Message-ID: kept, not dropped
-                seen = rows.get(row["message_id"])
-            if seen is not None:
-                rep.duplicates += 1
-                continue
-            rows[row["message_id"]] = row
-            if row["automated"]:
-                rep.automated += 1
-            if row["problems"]:
-                log.debug("%s/%s uid %s: %s", mailbox, folder, row["uid"], row["problems"])
-
-        for item, reason in skipped:
-            log.warning("%s/%s: skipped message %s: %s", mailbox, folder, item.cursor, reason)
-        try:
-            with self.store.session() as db:
-                conn = db.connection()
-                lock_for_storing(self.store, conn)
-                batch_rows = distinct_from_stored(db, list(rows.values()))
-                merged = plan_threads(conn, batch_rows) if batch_rows else set()  # sets thread_id
-                inserted = self.store.insert_ignore(db, table_of(Message), batch_rows, ["message_id"])
-                if batch_rows:
-                    finish_threads(conn, batch_rows, merged=merged)
-                    link_contacts(conn, batch_rows)
-                if command_rows:
-                    self.store.insert_ignore(db, table_of(AlertCommand), command_rows, ["message_id"])
-                if skipped:
-                    self.store.insert_ignore(db, table_of(SkippedMessage), [
-                        {"mailbox": mailbox, "folder": folder, "uidvalidity": uidvalidity,
-                         "uid": skipped_uid(it),
-                         "reason": reason, "seen_at": now} for it, reason in skipped
-                    ], ["mailbox", "folder", "uidvalidity", "uid"])
-                moved = {} if cursor is None else {"last_uid": cursor}
-                db.execute(update(FolderState).where(
-                    col(FolderState.mailbox) == mailbox, col(FolderState.folder) == folder).values(
-                    **moved, uidvalidity=uidvalidity,
-                    messages_seen=FolderState.messages_seen + inserted,
-                    messages_skipped=FolderState.messages_skipped + len(skipped),
-                    last_scan_at=now))
-                db.commit()
-        except (OperationalError, DBAPIError) as exc:
-            raise StoreError(f"{mailbox}/{folder}: could not store a batch: "
-                             f"{describe_db_error(exc)}") from exc
-        rep.stored += inserted
-        rep.duplicates += len(rows) - inserted
-        rep.skipped += len(skipped)

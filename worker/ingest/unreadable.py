@@ -22,6 +22,7 @@ from .. import defaults
 from ..config import MailboxConfig
 from ..mailbox import open_source
 from ..mailbox.base import Item
+from .folders import folder_state, utcnow
 from .prepare import PreparedBatch
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def find_unreadable(ingestor: Ingestor, mb: MailboxConfig, folder: str) -> Folde
 
     t0 = time.perf_counter()
     rep = FolderReport(mb.name, folder)
-    st = ingestor._state(mb.name, folder)
+    st = folder_state(ingestor.store, mb.name, folder)
     with open_source(mb) as source:
         source.stop = ingestor.stop
         status = source.folder_status(folder)
@@ -80,10 +81,8 @@ def _read_in_halves(ingestor: Ingestor, mb: MailboxConfig, folder: str, uidvalid
                 + _read_in_halves(ingestor, mb, folder, uidvalidity, items[half:], rep))
     reason = (f"the server drops the connection whenever this message is fetched ({error or 'connection lost'}; "
               f"tried on {attempts} new connections)")
-    from .scan import utcnow
-
     log.error("%s/%s: message %s: %s", mb.name, folder, items[0].key, reason)
-    ingestor._store_batch(PreparedBatch(utcnow(), [], [], [], [(items[0], reason[:500])]), mb.name,
+    ingestor.writer.store(PreparedBatch(utcnow(), [], [], [], [(items[0], reason[:500])]), mb.name,
                           folder, uidvalidity, items[0].cursor, rep)
     return 1
 
@@ -94,6 +93,6 @@ def _store_on_new_connection(ingestor: Ingestor, mb: MailboxConfig, folder: str,
         source.stop = ingestor.stop
         prepared = ingestor._prepared_in_thread(source, mb.name, folder, [items])
         try:
-            ingestor._store_isolating(next(prepared), mb.name, folder, uidvalidity, items, rep)
+            ingestor.writer.store_isolating(next(prepared), mb.name, folder, uidvalidity, items, rep)
         finally:
             prepared.close()
