@@ -1151,7 +1151,7 @@ def test_two_fetches_in_flight_for_the_same_messages_each_get_every_answer() -> 
     assert [(r.item.key, r.header, r.snippet) for r in both()] == [
         (1, b"Subject: m1\r\n", b"hi one"), (2, b"Subject: m2\r\n", b"hi two")]
     assert snippet() == {1: b"hi one"}
-    assert not src._answers and not src._more and file.read() == b""
+    assert not src.pipeline.answers and not src.pipeline.more and file.read() == b""
 
 
 def test_a_colleague_reading_the_shared_inbox_during_a_fetch_costs_the_scan_nothing(
@@ -1192,7 +1192,7 @@ def test_answers_the_fast_reader_does_not_understand_are_read_again_by_imapclien
     """A FETCH answer of a shape the fast reader does not know sends every FETCH in flight
     through imapclient's parser instead: headers, INTERNALDATE and snippets come out the
     same, whether asked for together or apart."""
-    from worker.mailbox import imap, imap_answers
+    from worker.mailbox import imap_answers, imap_pipeline
 
     dovecot.append([inbound(i, body=f"body of message {i}\n") for i in range(12)])
     dovecot.append([b"Subject: no body at all\r\nFrom: alice@acme.example\r\n\r\n"])
@@ -1209,7 +1209,7 @@ def test_answers_the_fast_reader_does_not_understand_are_read_again_by_imapclien
 
         fast = read()
         monkeypatch.setattr(imap_answers, "_FAST_ANSWER_RE", re.compile(b"(?!)"))  # nothing is read in one pass
-        monkeypatch.setattr(imap, "fetch_answers", lambda data: None)
+        monkeypatch.setattr(imap_pipeline, "fetch_answers", lambda data: None)
         slow = read()
     assert slow == fast
     together, apart, snippets = fast

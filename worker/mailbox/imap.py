@@ -9,9 +9,7 @@ import logging
 import re
 import socket
 import ssl
-from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +26,9 @@ from .imap_answers import (
     _IDATE_RE,
     HEADER,
     TEXT,
-    fetch_answers,
     parse_internaldate,
-    read_until_tagged,
 )
+from .imap_pipeline import Answered, InFlight, Pipeline, chunk_by_command_length
 from .imap_wire import Wire, imaplib_of, wire_of
 
 log = logging.getLogger(__name__)
@@ -52,24 +49,6 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
-
-
-def chunk_by_command_length(uids: list[int], max_count: int, max_bytes: int) -> list[list[int]]:
-    """Split UIDs so that no FETCH command line exceeds max_bytes (Exchange fails far below
-    Dovecot's 64 KiB) nor max_count UIDs."""
-    out: list[list[int]] = []
-    cur: list[int] = []
-    size = 0
-    for u in uids:
-        n = len(str(u)) + 1
-        if cur and (len(cur) >= max_count or size + n > max_bytes):
-            out.append(cur)
-            cur, size = [], 0
-        cur.append(u)
-        size += n
-    if cur:
-        out.append(cur)
-    return out
 
 
 #: RFC 6154 attributes: which folder holds sent mail, drafts...
@@ -95,20 +74,6 @@ def _lookup(data: dict[bytes, Any], prefix: bytes) -> Any:
     return None
 
 
-@dataclass(eq=False)
-class _InFlight:
-    """Pipelined FETCH commands (one item, some UIDs) whose answers may not be read yet.
-    Two FETCHes in flight at once may share UIDs only if they ask for different sections."""
-
-    item: bytes
-    uids: list[int]
-    tags: list[bytes]
-
-    @property
-    def sections(self) -> tuple[bytes, ...]:
-        return tuple(s for s, name in ((HEADER, b"[HEADER."), (TEXT, b"[TEXT]")) if name in self.item)
-
-
 class ImapSource(MailboxSource):
     def __init__(self, name: str, host: str, port: int, tls: str, username: str,
                  password: Callable[[], str] | None = None,
@@ -131,16 +96,7 @@ class ImapSource(MailboxSource):
         self._wire_of: Any = None  # the client self._wire was made for
         self._wire: Wire | None = None
         self._selected: str | None = None
-        self._inflight: deque[_InFlight] = deque()
-        #: Answers read for pipelined FETCHes: (section, uid) -> (the answer's metadata, the
-        #: section's bytes); completion status per tag (None: OK); and whether a response came
-        #: in an unexpected shape.
-        self._answers: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
-        #: Further answers for a (section, uid) filed already: two FETCHes in flight asked
-        #: for the same section of one message, and each gets one.
-        self._more: dict[tuple[bytes, int], list[tuple[bytes, bytes]]] = {}
-        self._completed: dict[bytes, str | None] = {}
-        self._odd_shape = False
+        self.pipeline = Pipeline()
         self.capabilities: tuple[bytes, ...] = ()
 
     def _where(self) -> str:
@@ -175,10 +131,7 @@ class ImapSource(MailboxSource):
         self._selected = None
 
     def close(self) -> None:
-        self._inflight.clear()  # unread responses go with the connection
-        self._answers.clear()
-        self._more.clear()
-        self._completed.clear()
+        self.pipeline.clear()  # unread responses go with the connection
         c, self.client = self.client, None
         if c is None:
             return
@@ -211,11 +164,7 @@ class ImapSource(MailboxSource):
     def _select(self, folder: str) -> dict[bytes, Any]:
         self._settle()
         # FETCHes still in flight were abandoned (a scan stopped early): forget their answers.
-        self._inflight.clear()
-        self._answers.clear()
-        self._more.clear()
-        self._completed.clear()
-        self._odd_shape = False
+        self.pipeline.clear()
         try:
             info = self.c.select_folder(folder, readonly=True)
         except imaplib.IMAP4.abort:
@@ -350,27 +299,19 @@ class ImapSource(MailboxSource):
                     raise
         return out
 
-    def _send_fetch(self, folder: str, uids: list[int], item: bytes) -> _InFlight:
-        """Send the hot FETCH without waiting for its answer (IMAP pipelining, RFC 3501 5.5):
-        the server prepares the next batch while this one is parsed."""
+    def _send_fetch(self, folder: str, uids: list[int], item: bytes) -> InFlight:
+        """Send the hot FETCH without waiting for its answer: the server prepares the next
+        batch while this one is parsed."""
         if self._selected != folder:
             self._select(folder)
         wire = self.wire
         assert wire is not None, "the fast path only where wire_of found what it needs"
-        f = _InFlight(item, uids, [])
-        for part in chunk_by_command_length(uids, defaults.FETCH_UIDS_PER_COMMAND, self.max_command_bytes):
-            f.tags.append(wire.send_command(b"UID FETCH " + ",".join(map(str, part)).encode()
-                                            + b" (UID INTERNALDATE " + item + b")"))
-        self._inflight.append(f)
-        return f
+        return self.pipeline.send(wire, uids, item, defaults.FETCH_UIDS_PER_COMMAND, self.max_command_bytes)
 
-    def _settle(self, upto: _InFlight | None = None) -> None:
-        """Read answers to pipelined FETCHes until `upto` (every one if None) is complete.
-
-        Untagged answers are filed by item and UID, not by position: commands running side
-        by side may interleave their answers."""
-        wanted = set(upto.tags) if upto is not None else {t for f in self._inflight for t in f.tags}
-        if not wanted - self._completed.keys():
+    def _settle(self, upto: InFlight | None = None) -> None:
+        """Read answers to pipelined FETCHes until `upto` (every one if None) is complete."""
+        wanted = self.pipeline.unanswered(upto)
+        if not wanted:
             return
         wire = self.wire
         assert wire is not None
@@ -378,75 +319,24 @@ class ImapSource(MailboxSource):
         # timeout) would hold the scan for ever: the answers have a deadline, in proportion to
         # what was asked, and the watchdog ends the connection when it passes, or when the scan
         # is told to stop (Ctrl-C, SIGTERM), whatever the server does.
-        messages = sum(len(f.uids) for f in self._inflight)
-        budget = self.timeout + messages * defaults.IMAP_SECONDS_PER_MESSAGE
+        budget = self.timeout + self.pipeline.messages * defaults.IMAP_SECONDS_PER_MESSAGE
         with Watchdog(self._socket, budget, self.stop) as watchdog:
             try:
-                self._read_answers(wire, wanted, watchdog)
+                self.pipeline.read(wire, wanted, watchdog, self._where())
             finally:
                 if watchdog.fired:
                     self.gave_up = watchdog.reason
 
-    def _read_answers(self, wire: Wire, wanted: set[bytes], watchdog: Watchdog) -> None:
-        while wanted - self._completed.keys():
-            try:
-                answers, data, tag, status, text = read_until_tagged(wire)
-            except (imaplib.IMAP4.abort, OSError, ValueError) as exc:  # the connection is gone, every answer with it
-                self._inflight.clear()
-                if watchdog.fired:
-                    raise MailboxError(watchdog.reason, where=self._where()) from None
-                if isinstance(exc, imaplib.IMAP4.abort):
-                    raise
-                raise imaplib.IMAP4.abort(f"connection lost: {exc}") from exc
-            self._completed[tag] = None if status == b"OK" else (
-                f"FETCH {status.decode(errors='replace')}: {text.decode(errors='replace')}"[:500])
-            others = fetch_answers(data) if data else []
-            if others is None:  # every FETCH in flight goes the slow way (see _fetch_fast)
-                self._odd_shape = True
-                continue
-            filed, more = self._answers, self._more
-            for uid, meta, sections in answers + others if others else answers:
-                for section, literal in sections.items():
-                    if (section, uid) in filed:
-                        more.setdefault((section, uid), []).append((meta, literal))
-                    else:
-                        filed[(section, uid)] = (meta, literal)
-
-    def _fetch_fast(self, pending: _InFlight) -> dict[int, tuple[bytes, dict[bytes, bytes]]] | None:
+    def _fetch_fast(self, pending: InFlight) -> Answered | None:
         """The answer to a pipelined FETCH, read without imapclient's pure-Python lexer.
 
         imapclient tokenises every response byte in Python, mostly the long
         `BODY[HEADER.FIELDS (...)]` echo, which caps a header fetch at a few thousand
         messages/s. read_until_tagged() splits literals out as bytes, so for this one response
-        shape we read UID and INTERNALDATE with a regex. Returns uid -> (metadata, {section:
-        bytes}) for the UIDs answered, or None when a response was not the expected shape (the
-        caller then uses imapclient)."""
+        shape we read UID and INTERNALDATE with a regex. None when a response was not the
+        expected shape (the caller then uses imapclient)."""
         self._settle(pending)
-        with contextlib.suppress(ValueError):
-            self._inflight.remove(pending)
-        errors = [self._completed.pop(t) for t in pending.tags]
-        failed = next((e for e in errors if e), None)
-        out: dict[int, tuple[bytes, dict[bytes, bytes]]] = {}
-        answers, more, sections = self._answers, self._more, pending.sections
-        for uid in pending.uids:
-            for section in sections:
-                got = answers.pop((section, uid), None)
-                if got is not None:
-                    if more and (another := more.get((section, uid))):  # for the other FETCH
-                        answers[(section, uid)] = another.pop()
-                        if not another:
-                            del more[(section, uid)]
-                    meta, parts = out.setdefault(uid, (got[0], {}))
-                    parts[section] = got[1]
-        if failed:
-            raise MailboxError(failed, where=self._where())
-        if self._odd_shape:
-            # Some answer could not be filed, and it may have been anyone's: this FETCH and
-            # every other one in flight are made again through imapclient.
-            if not self._inflight:
-                self._odd_shape = False
-            return None
-        return out
+        return self.pipeline.take(pending, self._where())
 
     def start_fetch(self, folder: str, items: Sequence[Item], snippets: bool = False) -> Callable[[], list[RawMessage]]:
         by_uid = {int(i.key): i for i in items}  # type: ignore[call-overload]
