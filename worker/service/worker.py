@@ -3,8 +3,11 @@
 APScheduler 3.x runs, from config (jobs live in memory; replicas coordinate through the
 database, never through a shared job store):
   * a scan per mailbox every N minutes (coalesced, never overlapping itself, a missed run runs
-    once), each followed by evaluation, alerts and delivery;
-  * IMAP IDLE per mailbox where the server supports it, as a wake-up signal for that scan;
+    once);
+  * the check (evaluation, alerts, delivery) after a scan that stored mail, when the last
+    check said something falls due, and at least every 10 minutes;
+  * IMAP IDLE per mailbox where the server supports it, as a wake-up signal for that scan
+    (service/idle.py);
   * outbox delivery every minute (retries with backoff);
   * the weekly digest on a cron in the firm's time zone.
 Failures are logged, counted and retried with capped exponential backoff without stopping the
@@ -23,11 +26,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select
 from sqlmodel import col
@@ -36,10 +37,9 @@ from .. import __version__
 from ..alerts.desk import AlertLifecycle
 from ..alerts.lifecycle import CLOSED
 from ..config import Config, MailboxConfig
-from ..errors import CarewatchError, MailboxAuthError, StoreError
+from ..digest.schedule import digest_trigger, last_digest_time
+from ..errors import CarewatchError, MailboxAuthError
 from ..ingest.folders import (
-    configured_folders,
-    folder_errors,
     folder_states,
     mailboxes_listed,
     matches_no_folder,
@@ -48,14 +48,14 @@ from ..ingest.folders import (
 from ..ingest.reports import ScanReport
 from ..ingest.run import prepare_store, replies_not_seen
 from ..ingest.scan import Ingestor
-from ..mailbox import open_source
 from ..mailbox.base import is_pattern
 from ..notify.outbox import deliver
 from ..notify.transport import make_transport
 from ..retry import capped_backoff
-from ..store.db import describe_db_error
 from ..store.locks import exclusive
 from ..store.models import Alert, OutboxEmail
+from . import idle
+from .health import health
 from .metrics import HealthServer, Metrics
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,6 @@ log = logging.getLogger(__name__)
 #: Capped exponential backoff after failures, in seconds.
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 600.0
-#: IDLE is renewed well within RFC 2177's 29 minutes (Office 365 hangs after an hour or two).
-IDLE_RENEW_SECONDS = 540.0
-#: How often an IDLE loop looks at the stop flag.
-IDLE_POLL_SECONDS = 1.0
 DELIVERY_INTERVAL_SECONDS = 60.0
 #: How often the worker asks whether a check (an evaluation of every client) is due.
 CHECK_POLL_SECONDS = 60.0
@@ -280,23 +276,6 @@ class Worker:
             self.metrics.job_errors.labels("digest").inc()
             log.error("digest failed: %s", exc)
 
-    def digest_trigger(self) -> CronTrigger:
-        d = self.settings.digest
-        return CronTrigger(day_of_week=d.day_of_week, hour=d.hour, minute=d.minute,
-                           timezone=self.settings.calendar.timezone)
-
-    def missed_digest(self, now: datetime) -> datetime | None:
-        """The latest digest time in the 7 days before `now` (naive UTC), as naive UTC."""
-        trigger = self.digest_trigger()
-        tz = ZoneInfo(self.settings.calendar.timezone)
-        local_now = now.replace(tzinfo=UTC).astimezone(tz)
-        fire = trigger.get_next_fire_time(None, local_now - timedelta(days=7))
-        last = None
-        while fire is not None and fire <= local_now:
-            last = fire
-            fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
-        return last.astimezone(UTC).replace(tzinfo=None) if last else None
-
     def catch_up_digest(self, now: datetime | None = None) -> bool:
         """Jobs live in memory: a worker that was down at the digest's time would skip that
         week's digest. At start, the latest digest time of the past week is caught up, as of
@@ -304,7 +283,7 @@ class Worker:
         are one per partner per week (their Message-ID), so this never sends one twice."""
         from ..digest.build import digest_message_id
 
-        at = self.missed_digest(now or utcnow())
+        at = last_digest_time(self.settings, now or utcnow())
         if at is None or not self.settings.partners:
             return False
         ids = [digest_message_id(self.config, p, at) for p in self.settings.partners]
@@ -331,37 +310,7 @@ class Worker:
 
     # --- IDLE -----------------------------------------------------------------------------------
     def idle_loop(self, mb: MailboxConfig) -> None:
-        """Wait for the server to announce new mail, then wake the scan. Reconnect with backoff."""
-        failures = 0
-        folder = next((f for f in mb.folders if not is_pattern(f)), "INBOX")  # IDLE watches one folder
-        while not self.stop.is_set():
-            try:
-                with open_source(mb) as src:
-                    if not getattr(src, "supports_idle", lambda: False)():
-                        log.info("mailbox %s: no IDLE support; scanning every %s min", mb.name,
-                                 mb.scan_interval_minutes)
-                        return
-                    failures = 0
-                    c = src.c  # type: ignore[attr-defined]
-                    c.select_folder(folder, readonly=True)
-                    while not self.stop.is_set():
-                        c.idle()
-                        started = time.monotonic()
-                        woke = False
-                        while not self.stop.is_set() and time.monotonic() - started < IDLE_RENEW_SECONDS:
-                            if c.idle_check(timeout=IDLE_POLL_SECONDS):
-                                woke = True
-                                break
-                        c.idle_done()
-                        if woke:
-                            log.debug("mailbox %s: IDLE says something changed", mb.name)
-                            self.wake(mb.name)
-            except Exception as exc:  # noqa: BLE001 - any failure here means: reconnect later
-                failures += 1
-                wait = backoff_seconds(failures)
-                log.warning("mailbox %s: IDLE connection lost (%s); reconnecting in %.0fs", mb.name,
-                            exc or type(exc).__name__, wait)
-                self.stop.wait(wait)
+        idle.watch(mb, self.stop, self.wake, backoff_seconds)
 
     def wake(self, name: str) -> None:
         if self.stop.is_set():
@@ -373,43 +322,8 @@ class Worker:
 
     # --- health ---------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when the store answers and every mailbox had a good scan recently (by any
-        replica: the state is read from the database)."""
-        detail: dict[str, Any] = {"mailboxes": {}}
-        try:
-            rows, listed = folder_states(self.store), mailboxes_listed(self.store)
-            errors = folder_errors(self.store)
-        except StoreError as exc:
-            return False, {"store": f"unreachable: {exc}"}
-        except Exception as exc:  # noqa: BLE001 - /healthz answers, whatever went wrong
-            return False, {"store": f"unreachable: {describe_db_error(exc)}"}
-        detail["store"] = "ok"
-        ok = True
-        now = utcnow()
-        for mb in self.settings.mailboxes:
-            # Only these: a folder taken out of the config made the mailbox stale for ever.
-            last = configured_folders(mb, rows)
-            limit = max(timedelta(minutes=mb.scan_interval_minutes * self.settings.service.health_stale_intervals),
-                        timedelta(seconds=30))
-            stale = sorted(f for f, t in last.items() if t is None or now - t > limit)
-            seen = min((t for t in last.values() if t is not None), default=None)
-            fresh = bool(last) and not stale
-            # A pattern that matches no folder reads nothing; if it is all the mailbox has,
-            # the mailbox is never fresh, and this says why.
-            detail["mailboxes"][mb.name] = {"last_ok": seen.isoformat() + "Z" if seen else None, "ok": fresh,
-                                            "stale_folders": stale,
-                                            # why each is stale, as the last scan of it (by any replica) failed
-                                            "folder_errors": {f: errors[mb.name, f][:1000] for f in stale
-                                                              if (mb.name, f) in errors},
-                                            "unmatched_patterns": unmatched_patterns(mb, rows, listed)}
-            if mb.name in self.scan_error:  # why it is stale, without reading the log
-                at, error = self.scan_error[mb.name]
-                detail["mailboxes"][mb.name]["last_error"] = {"at": at, "error": error[:1000]}
-            ok = ok and fresh
-        warnings = [w for w in (self.replies_warning, self.delivery_alarm) if w]
-        if warnings:  # worth knowing, but the worker is doing its job: still ready
-            detail["warnings"] = warnings
-        return ok, detail
+        return health(self.store, self.settings, utcnow(), self.scan_error,
+                      [self.replies_warning, self.delivery_alarm])
 
     # --- running ----------------------------------------------------------------------------------
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -439,7 +353,7 @@ class Worker:
                                misfire_grace_time=int(DELIVERY_INTERVAL_SECONDS))
         self.scheduler.add_job(self.check_if_due, IntervalTrigger(seconds=CHECK_POLL_SECONDS), id="check",
                                misfire_grace_time=int(CHECK_POLL_SECONDS))
-        self.scheduler.add_job(self.digest_job, self.digest_trigger(), id="digest", misfire_grace_time=3600)
+        self.scheduler.add_job(self.digest_job, digest_trigger(self.settings), id="digest", misfire_grace_time=3600)
         self.scheduler.add_job(self.catch_up_digest, id="digest-catch-up", next_run_time=now)
 
     def log_start(self) -> None:
@@ -474,7 +388,7 @@ class Worker:
         # flag between batches and return after committing.
         self.scheduler.shutdown(wait=True)
         for t in self.idle_threads:
-            t.join(timeout=IDLE_POLL_SECONDS * 3)
+            t.join(timeout=idle.IDLE_POLL_SECONDS * 3)
         if self.health_server:
             self.health_server.stop()
         self.store.dispose()
