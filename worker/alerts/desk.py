@@ -18,7 +18,8 @@ from sqlalchemy import select
 from sqlmodel import Session, col
 
 from ..care.clock import BusinessCalendar, from_ts, to_ts
-from ..care.evaluate import CarePicture, evaluate
+from ..care.evaluate import evaluate
+from ..care.picture import CarePicture
 from ..config import Config, parse_duration_minutes
 from ..notify.outbox import DeliveryReport, enqueue
 from ..notify.outbox import deliver as deliver_outbox

@@ -36,7 +36,7 @@ def _age(dt: datetime | None, now: datetime) -> str:
 
 
 def render_status(picture: Any, console: Console) -> None:
-    from ..care.evaluate import fmt_minutes
+    from ..care.picture import fmt_minutes
 
     t = Table(title=f"Care at {picture.now:%Y-%m-%d %H:%M} UTC", show_lines=False, expand=False)
     for col in ("client", "contact", "role", "owner", "last in", "last out", "waiting", "median reply",

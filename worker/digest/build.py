@@ -20,7 +20,8 @@ from sqlmodel import col
 
 from ..alerts.lifecycle import CLOSED
 from ..care.clock import to_ts
-from ..care.evaluate import DAY, WEEK, CarePicture, ClientCare, evaluate, fmt_minutes, p90
+from ..care.evaluate import evaluate
+from ..care.picture import DAY, WEEK, CarePicture, ClientCare, fmt_minutes, p90
 from ..config import Config, PartnerConfig
 from ..notify.outbox import enqueue
 from ..notify.render import Renderer, build_email

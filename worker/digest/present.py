@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from ..care.evaluate import fmt_minutes
+from ..care.picture import fmt_minutes
 from ..config import Config, duration_words, parse_duration_minutes
 from ..notify.render import Renderer, plural
 
