@@ -18,7 +18,7 @@ from sqlmodel import col
 from test_care import ALICE, BOB, GINA, OLIVIA, OSCAR, SHARED, Mail
 from typer.testing import CliRunner
 
-from worker.alerts.desk import AlertLifecycle
+from worker.alerts.check import AlertLifecycle
 from worker.cli.main import app
 from worker.config import load_config
 from worker.ingest.run import prepare_store, run_scan
@@ -320,9 +320,9 @@ def test_a_replayed_or_expired_reply_is_not_applied_again(firm: Firm, monkeypatc
         cmds = db.execute(select(AlertCommand)).scalars().all()
     assert len(cmds) == 1 and cmds[0].status == "applied"
     # A reference used long after the email was sent is refused (the window is 30 days; 2 here).
-    import worker.alerts.desk
+    import worker.alerts.check
 
-    monkeypatch.setattr(worker.alerts.desk, "TOKEN_VALID_DAYS", 2)
+    monkeypatch.setattr(worker.alerts.check, "TOKEN_VALID_DAYS", 2)
     _reply(firm, OLIVIA, "snooze 1w", olivia_mail, london(2026, 11, 20, 10, 0))
     firm.scan()
     rep = AlertLifecycle(firm.store, firm.config).check(at(2026, 11, 20, 10, 5), deliver=False)

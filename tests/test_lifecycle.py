@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from sqlmodel import col
 from test_care import ALICE, BOB, GINA, SHARED, Mail
 
-from worker.alerts.desk import AlertLifecycle
+from worker.alerts.check import AlertLifecycle
 from worker.alerts.lifecycle import ACTIVE
 from worker.care.clock import BusinessCalendar, to_ts
 from worker.care.evaluate import evaluate

@@ -327,7 +327,7 @@ def test_the_worker_evaluates_after_new_mail_and_when_time_is_due_not_after_ever
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import maildir_config
 
-    from worker.alerts.desk import AlertLifecycle
+    from worker.alerts.check import AlertLifecycle
     from worker.config import load_config
     from worker.service.worker import Worker, utcnow
 

@@ -1,3 +1,4 @@
-"""Step 4: lapses become alerts (desk: AlertLifecycle.check applies owners' replies, syncs
-alerts with the lapses and queues one email per owner), moved only by lifecycle.transition;
-tokens signs the references in alert emails."""
+"""Step 4: lapses become alerts. check: AlertLifecycle.check applies owners' replies, syncs
+alerts with the lapses and queues one email per recipient; emails: what such an email says;
+lifecycle: the only place an alert's state moves (transition); tokens: the signed references
+owners reply with."""

@@ -42,7 +42,7 @@ def check(
 ) -> None:
     """Turn current lapses into alerts and deliver them: one email per owner per check with all
     their new or escalated lapses; never the same episode twice; quiet hours respected."""
-    from ..alerts.desk import AlertLifecycle
+    from ..alerts.check import AlertLifecycle
     from ..store.locks import waited_for
 
     at = parse_now(now)

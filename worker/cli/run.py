@@ -59,7 +59,7 @@ def demo(
     import shutil
     import time
 
-    from ..alerts.desk import AlertLifecycle
+    from ..alerts.check import AlertLifecycle
     from ..care.evaluate import evaluate
     from ..demo import DEFAULT_NOW, demo_now, generate
     from ..digest.build import preview_digests

@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 from sqlmodel import col
 
 from .. import __version__
-from ..alerts.desk import AlertLifecycle
+from ..alerts.check import AlertLifecycle
 from ..alerts.lifecycle import CLOSED
 from ..config import Config, MailboxConfig
 from ..digest.schedule import digest_trigger, last_digest_time
