@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker.ingest.acknowledgement import is_acknowledgement, snippet_text  # noqa: E402
+from worker.ingest.acknowledgement import is_acknowledgement  # noqa: E402
+from worker.ingest.body import snippet_text  # noqa: E402
 from worker.ingest.classify import Directory, automated_reason, classify  # noqa: E402
 from worker.ingest.headers import parse_header_block  # noqa: E402
 

@@ -11,9 +11,11 @@ from servers import Dovecot
 from sqlalchemy import select
 
 from worker.config import load_config
-from worker.ingest.acknowledgement import is_acknowledgement, snippet_text
+from worker.ingest.acknowledgement import is_acknowledgement
+from worker.ingest.body import snippet_text
 from worker.ingest.classify import automated_reason
-from worker.ingest.headers import normalise_subject, parse_header_block
+from worker.ingest.fields import normalise_subject
+from worker.ingest.headers import parse_header_block
 from worker.ingest.run import prepare_store, run_scan
 from worker.store.models import Message, SkippedMessage
 from worker.synth import build_message
@@ -273,7 +275,7 @@ def test_date_headers_parse_to_utc_the_same_on_the_fast_path_and_the_stdlib(valu
                                                                              expected: datetime | None) -> None:
     from email.utils import parsedate_to_datetime
 
-    from worker.ingest.headers import parse_date
+    from worker.ingest.fields import parse_date
 
     assert parse_date(value) == expected
     try:  # whatever our own regex accepts must agree with the stdlib's reading

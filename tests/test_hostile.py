@@ -19,9 +19,11 @@ from typer.testing import CliRunner
 from worker import defaults
 from worker.cli.main import app
 from worker.config import load_config
-from worker.ingest.acknowledgement import is_acknowledgement, snippet_text
+from worker.ingest.acknowledgement import is_acknowledgement
+from worker.ingest.body import snippet_text
 from worker.ingest.classify import Directory, automated_reason, classify
-from worker.ingest.headers import ParsedMessage, normalise_subject, parse_header_block
+from worker.ingest.fields import normalise_subject
+from worker.ingest.headers import ParsedMessage, parse_header_block
 from worker.ingest.run import prepare_store, run_scan
 from worker.store.models import Message, SkippedMessage
 

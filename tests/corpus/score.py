@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from worker import defaults
-from worker.ingest.acknowledgement import acknowledgement, body_text
+from worker.ingest.acknowledgement import acknowledgement
+from worker.ingest.body import body_text
 from worker.ingest.classify import automated_reason
 from worker.ingest.headers import parse_header_block
 

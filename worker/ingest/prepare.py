@@ -18,9 +18,11 @@ from typing import Any
 
 from .. import defaults
 from ..mailbox.base import Item, MailboxSource, RawMessage
-from .acknowledgement import acknowledgement, body_text
+from .acknowledgement import acknowledgement
+from .body import body_text
 from .classify import Classification, Directory, automated_reason, classify
-from .headers import ParsedMessage, is_subject_reply, normalise_subject, parse_header_block, valid_text
+from .fields import is_subject_reply, normalise_subject
+from .headers import ParsedMessage, parse_header_block, valid_text
 from .reply_commands import find_token, parse_command
 
 log = logging.getLogger(__name__)

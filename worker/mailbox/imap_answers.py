@@ -12,7 +12,7 @@ from typing import Any
 
 from imapclient.datetime_util import parse_to_datetime
 
-from ..ingest.headers import MONTHS, zone_offset
+from ..ingest.fields import MONTHS, zone_offset
 from .imap_wire import Wire
 
 _UID_RE = re.compile(rb"[( ]UID (\d+)")

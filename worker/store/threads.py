@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlmodel import col
 
 from .. import defaults
-from ..ingest.headers import is_subject_reply
+from ..ingest.fields import is_subject_reply
 from .db import epoch_sql, insert_ignore
 from .models import Message, MessageContact, ThreadLink, table_of
 from .sql import chunks, sql_in_list
