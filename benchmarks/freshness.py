@@ -38,6 +38,9 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ingest import bench_config_text  # noqa: E402
 
 FOLDERS = ("INBOX", "Sent")
 
@@ -114,15 +117,9 @@ def main() -> None:
         d.start()
         for folder in FOLDERS:
             d.doveadm("index", "-u", d.user, folder)
-        cfg = firm.config.read_text()
-        db = root / "fresh.db"
         port = free_port()
-
-        cfg = re.sub(r'(?m)^url = ".*"$', f'url = "sqlite:///{db}"', cfg, count=1)
-        cfg = re.sub(r"(?ms)^\[\[mailboxes\]\]\n.*?(?=^\[)",
-                     f'[[mailboxes]]\nname = "shared"\nhost = "127.0.0.1"\nport = {d.port}\ntls = "none"\n'
-                     f'allow_plaintext = true\nusername = "{d.user}"\npassword_env = "BENCH_PW"\n'
-                     f'folders = ["INBOX", "Sent"]\nidle = true\n\n', cfg, count=1)
+        db = root / "fresh.db"
+        cfg = bench_config_text(firm.config, d, f"sqlite:///{db}", name="shared", idle=True)
         cfg = re.sub(r"(?m)^\[notify\]\n", '[notify]\ntransport = "smtp"\nquiet_hours = false\n', cfg, count=1)
         cfg += (f'\n[notify.smtp]\nhost = "127.0.0.1"\nport = {sink.port}\ntls = "none"\nallow_plaintext = true\n'
                 f'\n[service]\nmetrics_port = {port}\nmetrics_host = "127.0.0.1"\n')

@@ -256,30 +256,34 @@ def demo_dovecot(n: int) -> tuple[Path, Dovecot, DemoFirm]:
     return root, d, firm
 
 
+def bench_mailbox(d: Dovecot, name: str = "bench", idle: bool = False) -> dict[str, object]:
+    """The [[mailboxes]] entry that reads the throwaway Dovecot (its password in BENCH_PW)."""
+    os.environ["BENCH_PW"] = d.password
+    return {"name": name, "host": "127.0.0.1", "port": d.port, "tls": "none", "allow_plaintext": True,
+            "username": d.user, "password_env": "BENCH_PW", "folders": list(FOLDERS), "idle": idle}
+
+
+def bench_config_text(firm: Path, d: Dovecot, store_url: str, name: str = "bench", idle: bool = False) -> str:
+    """The demo firm's config file as text, its store and its mailbox replaced, for benchmarks
+    that run the CLI or the worker on it (the rest as the demo writes it)."""
+    import re
+
+    text = re.sub(r'(?m)^url = ".*"$', f'url = "{store_url}"', firm.read_text(), count=1)
+    mailbox = "[[mailboxes]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in bench_mailbox(d, name, idle).items())
+    return re.sub(r"(?ms)^\[\[mailboxes\]\]\n.*?(?=^\[)", lambda _: mailbox + "\n", text, count=1)
+
+
 def bench_config(firm: DemoFirm, d: Dovecot, store_url: str) -> Config:
-    """The demo firm's config, reading the throwaway Dovecot into `store_url` (its password
-    goes in BENCH_PW, which the config names)."""
+    """The demo firm's config, reading the throwaway Dovecot into `store_url`."""
     import tomllib
 
     from worker.config import validate_data
 
-    os.environ["BENCH_PW"] = d.password
     data = tomllib.loads(firm.config.read_text())
     data["store"] = {"url": store_url}
     if os.environ.get("BENCH_SQLITE_CACHE_MIB"):
         data["store"]["sqlite_cache_mib"] = int(os.environ["BENCH_SQLITE_CACHE_MIB"])
-    data["mailboxes"] = [
-        {
-            "name": "bench",
-            "host": "127.0.0.1",
-            "port": d.port,
-            "tls": "none",
-            "allow_plaintext": True,
-            "username": d.user,
-            "password_env": "BENCH_PW",
-            "folders": list(FOLDERS),
-        }
-    ]
+    data["mailboxes"] = [{k: v for k, v in bench_mailbox(d).items() if k != "idle"}]
     return validate_data(data, None, os.environ)
 
 

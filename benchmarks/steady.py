@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -35,21 +34,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest import FOLDERS, cold, demo_dovecot  # noqa: E402
+from ingest import FOLDERS, bench_config_text, cold, demo_dovecot  # noqa: E402
+from servers import Dovecot  # noqa: E402
 
 CLI = [sys.executable, "-m", "worker.cli"]
 
 
-def write_config(firm_config: Path, d: object, store_url: str, path: Path) -> Path:
-    """The demo firm's config, reading the throwaway Dovecot (its password in BENCH_PW)."""
-    text = firm_config.read_text()
-    text = re.sub(r'(?m)^url = ".*"$', f'url = "{store_url}"', text, count=1)
-    mailbox = (f'[[mailboxes]]\nname = "bench"\nhost = "127.0.0.1"\nport = {d.port}\ntls = "none"\n'  # type: ignore[attr-defined]
-               f'allow_plaintext = true\nusername = "{d.user}"\npassword_env = "BENCH_PW"\n'  # type: ignore[attr-defined]
-               f'folders = {json.dumps(list(FOLDERS))}\nidle = false\n')
-    text = re.sub(r"(?ms)^\[\[mailboxes\]\]\n.*?(?=^\[)", mailbox + "\n", text, count=1)
-    os.environ["BENCH_PW"] = d.password  # type: ignore[attr-defined]
-    path.write_text(text)
+def write_config(firm_config: Path, d: Dovecot, store_url: str, path: Path) -> Path:
+    """The demo firm's config, reading the throwaway Dovecot."""
+    path.write_text(bench_config_text(firm_config, d, store_url))
     return path
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -91,3 +92,36 @@ def test_a_benchmark_that_fails_leaves_no_dovecot_and_no_mail_behind() -> None:
             assert left.stdout == "", args
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _json_lines(out: str) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_steady_benchmark_reports_every_figure_per_round_and_their_medians() -> None:
+    rows = _json_lines(run_benchmark("benchmarks/steady.py", "--size", "1200", "--new", "40", "--rounds", "2"))
+    first, rounds, median = rows[0], rows[1:-1], rows[-1]["median"]
+    assert isinstance(first["size"], int) and first["size"] > 1000
+    figures_ = ["bare_fetch_s", "scan_wall_s", "scan_in_process_s", "scan_command_s", "no_new_wall_s",
+                "no_new_in_process_s", "no_new_command_s", "help_s", "scan_vs_bare"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert all(isinstance(r[k], float) and r[k] > 0 for k in figures_), r
+        # The ratio is the in-process scan's over the bare fetch (each rounded when printed).
+        assert abs(r["scan_vs_bare"] - r["scan_in_process_s"] / r["bare_fetch_s"]) <= 0.02 * r["scan_vs_bare"] + 0.05
+    assert isinstance(median, dict) and set(median) == set(figures_)
+
+
+def test_freshness_benchmark_times_the_alert_and_its_resolution_end_to_end() -> None:
+    rows = _json_lines(run_benchmark("benchmarks/freshness.py", "--size", "1200", "--trials", "2",
+                                     "--idle-seconds", "2"))
+    ready, trials, summary = rows[0], rows[1:-1], rows[-1]
+    assert isinstance(ready["told"], int) and ready["told"] > 0
+    assert [t["trial"] for t in trials] == [1, 2]
+    assert all(isinstance(t[k], float) and t[k] > 0 for t in trials
+               for k in ("chaser_to_email_s", "reply_to_resolved_s"))
+    for k in ("chaser_to_email_s", "reply_to_resolved_s"):
+        assert summary[k]["worst"] == max(t[k] for t in trials)
+    assert summary["idle_seconds"] == 2.0 and 0 <= summary["idle_cpu_share_of_one_core"] < 1
