@@ -48,8 +48,11 @@ def test_the_example_config_validates_as_copied_and_takes_a_crm_csv(tmp_path: Pa
 
 
 def _keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
-    """Every key the config accepts, dotted (list entries and dict values as their model)."""
+    """Every key the config accepts and uses, dotted (list entries and dict values as their
+    model); a deprecated key, which does nothing, is left out."""
     for name, field in model.model_fields.items():
+        if field.deprecated:
+            continue
         yield prefix + name
         stack = [field.annotation]
         while stack:
@@ -754,3 +757,13 @@ def test_a_countrys_public_holidays_are_days_off(tmp_path: Path) -> None:
     r = run("--config", str(p), "validate", env={"COLUMNS": "300"})
     text = " ".join(r.output.split())
     assert r.exit_code == ExitCode.CONFIG and "calendar.holidays_country" in text and "'GB-ENG'" in text, text
+
+
+def test_a_key_that_does_nothing_loads_with_a_finding_that_says_so(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[firm]\ndomains = ["firm.example"]\n[notify]\nmax_attempts = 8\ngive_up_after = "2d"\n')
+    cfg = load_config(p, environ={})
+    assert ("notify.max_attempts does nothing: an email is retried for give_up_after (2d) from when it was "
+            "queued; delete the key") in cfg.findings
+    p.write_text('[firm]\ndomains = ["firm.example"]\n')
+    assert not any("max_attempts" in f for f in load_config(p, environ={}).findings)

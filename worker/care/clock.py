@@ -85,10 +85,6 @@ class BusinessCalendar:
                                          *range(this_year - ICS_YEARS_BACK, this_year + ICS_YEARS_AHEAD + 1))
         return cls(cal.timezone, cal.hours, holidays)
 
-    @property
-    def weekly_open_seconds(self) -> float:
-        return sum(e - s for day in self.week for s, e in day) * 60.0
-
     # --- the day table -----------------------------------------------------------------------
     def _intervals(self, d: date) -> list[tuple[float, float]]:
         if d in self.holidays:

@@ -28,7 +28,6 @@ def _as_is(dt: datetime | None) -> datetime | None:
 #: How a document writes its dates: iso() strings, or datetimes for orjson to format (_as_is).
 DateOut = Callable[[datetime | None], str | datetime | None]
 
-LAPSE_KINDS = ("unanswered", "chased", "silent", "going_quiet", "slowing", "unowned")
 DAY = 86400.0
 WEEK = 7 * DAY
 

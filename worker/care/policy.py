@@ -27,7 +27,6 @@ class Policies:
         self.firm_calendar = BusinessCalendar.from_config(config.settings.calendar)
         self._calendars: dict[str, BusinessCalendar] = {}
         self.count_cc = self.policy.count_cc
-        self.escalate_after_minutes = parse_duration_minutes(self.policy.escalate_after, business=True)
         self.going_quiet_factor = self.policy.going_quiet_factor
         self.going_quiet_floor_seconds = parse_duration_minutes(self.policy.going_quiet_floor, business=False) * 60
         self.going_quiet_min = self.policy.going_quiet_min_messages

@@ -163,4 +163,7 @@ def findings(s: Settings) -> list[str]:
             if ct.role not in KNOWN_ROLES and ct.role not in s.policy.roles:
                 out.append(f"client {c.name!r}: contact {ct.email} has role {ct.role!r}, which has "
                            "no policy of its own; the defaults apply")
+    if "max_attempts" in s.notify.model_fields_set:
+        out.append(f"notify.max_attempts does nothing: an email is retried for give_up_after "
+                   f"({s.notify.give_up_after}) from when it was queued; delete the key")
     return out

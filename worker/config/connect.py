@@ -209,7 +209,3 @@ def check_delivery(config: Config) -> Check:
     for rcpt, said in refused.items():
         check.fail(f"refuses recipient {rcpt!r}: {said}", ExitCode.DELIVERY)
     return check
-
-
-def check_all(config: Config) -> list[Check]:
-    return [*(check_mailbox(mb) for mb in config.settings.mailboxes), check_store(config), check_delivery(config)]

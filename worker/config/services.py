@@ -127,8 +127,9 @@ class NotifyConfig(Section):
     #: How long an email is retried (with capped backoff) before it is given up as failed,
     #: counted from when it was queued: an SMTP outage over a weekend loses nothing.
     give_up_after: str = defaults.OUTBOX_GIVE_UP_AFTER
-    #: No longer used: retries are bounded by give_up_after. Accepted so old configs load.
-    max_attempts: int | None = Field(default=None, ge=1)
+    #: Does nothing (give_up_after bounds the retries); accepted, with a finding, so that a
+    #: config that sets it still loads. Not shown in the example config.
+    max_attempts: int | None = Field(default=None, ge=1, deprecated="give_up_after bounds the retries")
     #: The environment variable holding the secret that signs the references in alert emails
     #: (never stored); without it, a random secret is made and kept in the store.
     token_secret_env: str | None = None

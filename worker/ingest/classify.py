@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 
 from .headers import ParsedMessage
 
-DIRECTIONS = ("inbound", "outbound", "internal", "other")
-
 # --- automated mail -------------------------------------------------------------------------
 #: Sender local parts (and one domain form) that only machines use. Not info@, support@ or
 #: office@: people write from those. "noreply" may stand anywhere in the local part
@@ -146,8 +144,6 @@ class Directory:
     contacts: dict[str, ContactRef] = field(default_factory=dict)
     #: Domains of external clients -> client id (internal clients match by contact email only).
     domain_clients: dict[str, int] = field(default_factory=dict)
-    #: Addresses of our own alert mail (never counted).
-    own_addresses: frozenset[str] = frozenset()
 
     def is_firm(self, addr: str) -> bool:
         return addr in self.firm_addresses or addr.rpartition("@")[2] in self.firm_domains

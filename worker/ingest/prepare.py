@@ -1,7 +1,7 @@
 """The CPU half of ingest: fetched header blocks -> parsed, classified message rows.
 
 Functions of their arguments, a mailbox source and a classification directory, never the
-store: a scan runs them on a helper thread or in a helper process (fetchproc.py) while the
+store: a scan runs them on a helper thread or in a helper process (helper.py) while the
 previous batch is stored, and a test can run them without either.
 """
 

@@ -7,7 +7,6 @@ import contextlib
 import imaplib
 import logging
 import re
-import socket
 import ssl
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
@@ -38,10 +37,8 @@ _LIST_LINE_RE = re.compile(rb'^\((?P<flags>[^)]*)\) (?P<delim>"(?:[^"\\]|\\.)*"|
 
 HEADER_ITEM = ("BODY.PEEK[HEADER.FIELDS (" + " ".join(f.upper() for f in FETCH_FIELDS) + ")]").encode()
 SNIPPET_ITEM = f"BODY.PEEK[TEXT]<0.{defaults.SNIPPET_BYTES}>".encode()
-#: Both at once, for folders where most messages want their snippet (see parsing.py).
+#: Both at once, for folders where most messages want their snippet (see ingest/prepare.py).
 HEADER_AND_SNIPPET_ITEM = HEADER_ITEM + b" " + SNIPPET_ITEM
-#: Errors that mean "the connection is gone": the caller reconnects with backoff.
-CONNECTION_ERRORS = (OSError, socket.timeout, ssl.SSLError, imapclient.imaplib.IMAP4.abort, EOFError)
 
 
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:

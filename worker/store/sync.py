@@ -140,9 +140,8 @@ def load_directory(store: Store, config: Config) -> Directory:
                 .where(Contact.active == True)).all():  # noqa: E712
             if client_id in clients and ct_id is not None:
                 contacts[email] = ContactRef(ct_id, client_id, role)
-    own = {s.notify.from_address.lower()}
     return Directory(
         firm_domains=frozenset(s.firm.domains),
         firm_addresses=frozenset(a.lower() for a in s.firm.addresses),
-        contacts=contacts, domain_clients=domain_clients, own_addresses=frozenset(own),
+        contacts=contacts, domain_clients=domain_clients,
     )
