@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
@@ -767,3 +769,66 @@ def test_a_key_that_does_nothing_loads_with_a_finding_that_says_so(tmp_path: Pat
             "queued; delete the key") in cfg.findings
     p.write_text('[firm]\ndomains = ["firm.example"]\n')
     assert not any("max_attempts" in f for f in load_config(p, environ={}).findings)
+
+
+# --- any config, any environment: problems are reported, never raised as something else -------
+_KEY_PATHS = sorted(set(tuple(k.split(".")) for k in _keys(Settings)))
+_LISTS = {"mailboxes", "owners", "partners", "clients", "contacts"}
+_HOSTILE = st.one_of(
+    st.sampled_from([0, -1, 10**20, 1.5, float("inf"), True, "", "x", "x" * 300, "/tmp/" + "y" * 300,
+                     "../../etc/passwd", "Europe/Nowhere", "09:00-08:00", "4x", [], [1], ["a"], [{}], {},
+                     {"a": 1}, {"name": "n", "email": "n@x.example"}]),
+    st.text(max_size=20), st.integers(), st.lists(st.text(max_size=5), max_size=3),
+)
+
+
+@st.composite
+def _hostile_config(draw: st.DrawFn) -> dict[str, object]:
+    data: dict[str, object] = {"firm": {"domains": ["firm.example"]}}
+    for path in draw(st.lists(st.sampled_from(_KEY_PATHS), min_size=1, max_size=4)):
+        node: dict[str, object] = data
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if part in _LISTS:  # one entry of a list of tables
+                if not (isinstance(nxt, list) and nxt and isinstance(nxt[0], dict)):
+                    nxt = [{}]
+                    node[part] = nxt
+                node = nxt[0]
+            else:
+                if not isinstance(nxt, dict):
+                    nxt = {}
+                    node[part] = nxt
+                node = nxt
+        node[path[-1]] = draw(_HOSTILE)
+    return data
+
+
+_ENV_NAMES = st.sampled_from(["STORE__URL", "NOTIFY", "NOTIFY__SMTP", "NOTIFY__SMTP__PORT", "CALENDAR__HOURS",
+                              "CALENDAR__HOURS__MON", "FIRM", "FIRM__DOMAINS", "MAILBOXES", "MAILBOXES__0__HOST",
+                              "CLIENTS", "CLIENTS_CSV", "POLICY__ROLES", "POLICY__ROLES__PRINCIPAL__REPLY_WITHIN",
+                              "SERVICE", "TEMPLATES_DIR", "X", "__", "STORE____URL", "CALENDAR__HOURS__MON__X"])
+_ENV_VALUES = st.one_of(st.sampled_from(['', '"', "'", "{", "[1,", "null", "true", "-1", "1e999", '"x"', "[]",
+                                         "{}", "{ a = 1 }", '{"mon": 5}', '[{"name": "m"}]', "[[1]]", "x" * 300]),
+                        st.text(max_size=12))
+
+
+_LONG = "/tmp/" + "y" * 300  # a file name longer than the file system allows (ENAMETOOLONG)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@example(data={"firm": {"domains": ["firm.example"]}, "calendar": {"timezone": "x" * 300}}, env={})
+@example(data={"firm": {"domains": ["firm.example"]}, "templates_dir": _LONG}, env={})
+@example(data={"firm": {"domains": ["firm.example"]}, "notify": {"smtp": {"host": "h", "ca_file": _LONG}}}, env={})
+@example(data={"firm": {"domains": ["firm.example"]}, "clients": 1, "clients_csv": "x.csv"}, env={})
+@example(data={"firm": {"domains": ["firm.example"]}},
+         env={"CAREWATCH__CLIENTS": "1", "CAREWATCH__CLIENTS_CSV": "x.csv"})
+@given(data=_hostile_config(), env=st.dictionaries(_ENV_NAMES.map(lambda k: "CAREWATCH__" + k), _ENV_VALUES,
+                                                   max_size=3))
+def test_any_config_and_environment_gives_a_config_or_its_problems(data: dict[str, object],
+                                                                   env: dict[str, str]) -> None:
+    """A config broken in any way, from the file or the environment, is refused with its
+    problems listed (exit 3 in the CLI), never with a traceback."""
+    try:
+        validate_data(data, Path("/tmp/carewatch-fuzz/c.toml"), env)
+    except ConfigError as exc:
+        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)

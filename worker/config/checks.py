@@ -4,6 +4,7 @@ findings: what good client management asks for but the config lacks."""
 from __future__ import annotations
 
 from .schema import KNOWN_ROLES, PASSWORD_SOURCE, Settings
+from .values import not_usable
 
 
 def _cross_check(s: Settings, csv_lines: dict[tuple[str, str], int]) -> list[str]:
@@ -135,7 +136,8 @@ def _path_problems(s: Settings) -> list[str]:
     files = [(f'mailboxes[{i}] ("{mb.name}").ca_file', mb.ca_file) for i, mb in enumerate(s.mailboxes)]
     if s.notify.smtp is not None:
         files.append(("notify.smtp.ca_file", s.notify.smtp.ca_file))
-    problems += [f"{where}: {path} is not a file" for where, path in files if path is not None and not path.is_file()]
+    problems += [f"{where}: {why}" for where, path in files
+                 if path is not None and (why := not_usable(path, "file"))]
     # (A Maildir may be filled only later, by another program: `validate --connect` and the scan
     # say when it is not there.)
     return problems

@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError
 from ..errors import CarewatchError, ConfigError, ExitCode, FolderMissingError, MailboxError, StoreError
 from ..mailbox.base import first_entry, folder_hint, folders_to_scan, is_pattern
 from .schema import Config, MailboxConfig
+from .values import not_usable
 
 
 @dataclass
@@ -112,12 +113,16 @@ def _writable_dir(path: Path) -> str | None:
     """None if files can be made in `path` (or in the folder that would be made for it),
     else why not."""
     probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is not a folder"
+    try:
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+    except OSError as exc:  # a name too long, a folder that may not be looked into
+        return f"cannot look at {probe}: {exc.strerror or exc}"
+    why = not_usable(probe, "folder")
+    if why:
+        return why
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{probe} is not writable by this user (uid {os.getuid()})"
     return None
@@ -141,7 +146,12 @@ def check_store(config: Config) -> Check:
     check = Check(f"store {u.render_as_string(hide_password=True) if u is not None else url}")
     if u is not None and u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
         path = Path(u.database)
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except OSError as exc:
+            check.fail(f"cannot look at {path}: {exc.strerror or exc}", ExitCode.STORE)
+            return check
+        if not exists:
             why = _writable_dir(path.parent)
             if why:
                 check.fail(f"cannot create {path}: {why}", ExitCode.STORE)

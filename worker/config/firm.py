@@ -58,7 +58,7 @@ class CalendarConfig(Section):
     def _tz(cls, v: str) -> str:
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
             raise ValueError(f"unknown time zone {v!r}: use an IANA name such as 'Europe/London'") from None
         return v
 

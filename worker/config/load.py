@@ -158,7 +158,8 @@ def validate_data(data: dict[str, Any], cfg_path: Path | None,
             for contact in c["contacts"]:
                 csv_lines[(c["name"], contact["email"].lower())] = contact.pop("_line")
         data = dict(data)
-        data["clients"] = list(data.get("clients") or []) + csv_clients
+        if isinstance(data.get("clients", []), list):  # (anything else is the schema's to report)
+            data["clients"] = list(data.get("clients") or []) + csv_clients
 
     try:
         settings = Settings.model_validate(data)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
+from typing import Literal
 
 from ..errors import ConfigError
 
@@ -78,3 +80,16 @@ def country_holidays(code: str, *years: int) -> set[date]:
         raise ValueError(f"{code!r}: {exc}; use an ISO country code, with a subdivision where the "
                          "holidays differ by region (e.g. 'GB-ENG', 'DE-BY', 'US-NY')") from None
     return set(table)
+
+
+def not_usable(path: Path, kind: Literal["file", "folder"]) -> str | None:
+    """Why `path` is not a {kind} the worker can use, or None when it is one. Never raises:
+    a name too long, a folder that may not be looked into, are said as what they are."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{path} is not a {kind}"
+    except OSError as exc:
+        return f"cannot look at {path}: {exc.strerror or exc}"
+    return None if (stat.S_ISREG(mode) if kind == "file" else stat.S_ISDIR(mode)) else f"{path} is not a {kind}"
+

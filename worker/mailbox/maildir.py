@@ -41,7 +41,12 @@ class MaildirSource(MailboxSource):
         self._clock = clock
 
     def open(self) -> None:
-        if not self.path.is_dir():
+        try:
+            found = self.path.is_dir()
+        except OSError as exc:  # a name too long, a folder that may not be looked into
+            raise MailboxError(f"cannot look at Maildir {self.path}: {exc.strerror or exc}",
+                               where=f"mailbox {self.name!r}") from None
+        if not found:
             raise MailboxError(f"Maildir {self.path} does not exist", where=f"mailbox {self.name!r}")
 
     def close(self) -> None:

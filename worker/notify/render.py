@@ -50,9 +50,12 @@ CONTEXT = {
 def template_problems(folder: Path) -> list[str]:
     """What is wrong with a folder of one's own templates, for validation: it is not there,
     it holds none of ours (so ours would be used, silently), or one of them does not parse."""
-    if not folder.is_dir():
-        return [f"templates_dir: {folder} is not a folder"]
-    present = [n for n in TEMPLATE_NAMES if (folder / n).is_file()]
+    from ..config.values import not_usable
+
+    why = not_usable(folder, "folder")
+    if why:
+        return [f"templates_dir: {why}"]
+    present = [n for n in TEMPLATE_NAMES if not not_usable(folder / n, "file")]
     if not present:
         return [f"templates_dir: {folder} holds none of Carewatch's templates ({', '.join(TEMPLATE_NAMES)}), "
                 "so the built-in ones would be used: copy the ones to change from templates/"]
