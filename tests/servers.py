@@ -6,6 +6,7 @@ Shared by tests/conftest.py and benchmarks/, so both exercise exactly the same s
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -418,7 +419,8 @@ class TcpProxy:
     restarts or a network path fails) and restore."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1", rate: int | None = None,
-                 fast: int = 0, on_server: Callable[[], Callable[[bytes], bytes | None]] | None = None) -> None:
+                 fast: int = 0,
+                 on_server: Callable[[], Callable[[bytes], Iterable[bytes] | bytes | None]] | None = None) -> None:
         """`rate`: pass what the server sends at that many bytes a second (after its first
         `fast` bytes), as a server that trickles does; None relays at full speed.
         `on_server`: makes, for each connection, a filter that each chunk the server sends goes
@@ -457,7 +459,7 @@ class TcpProxy:
                 threading.Thread(target=self._pump, args=(a, b, rate, f), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, rate: int | None = None,
-              on_data: Callable[[bytes], bytes | None] | None = None) -> None:
+              on_data: Callable[[bytes], Iterable[bytes] | bytes | None] | None = None) -> None:
         sent = 0
         deadline = time.monotonic() + 300  # a trickle is bounded: tests end long before
         try:
@@ -466,6 +468,10 @@ class TcpProxy:
                     passed = on_data(data)
                     if passed is None:
                         break  # cut: both ends are shut below
+                    if not isinstance(passed, bytes):  # pieces, as they come
+                        for piece in passed:
+                            dst.sendall(piece)
+                        continue
                     data = passed
                 if rate is None:
                     dst.sendall(data)
@@ -504,24 +510,25 @@ class TcpProxy:
 class ImapAnswers:
     """What a proxy's `on_server` is given: the server's IMAP stream, cut into whole responses
     (a line, with its literals), each passed to `change(response)`: return it as it is, other
-    bytes in its place (b"" leaves it out), or None to cut the connection there. Bytes stay
-    held only until their response is complete."""
+    bytes in its place (b"" leaves it out), pieces to send one by one (an iterator that may
+    sleep between them, as a server that trickles does), or None to cut the connection there.
+    Bytes stay held only until their response is complete."""
 
-    def __init__(self, change: Callable[[bytes], bytes | None]) -> None:
+    def __init__(self, change: Callable[[bytes], bytes | Iterable[bytes] | None]) -> None:
         self.change = change
         self.buffer = b""
         self.lock = threading.Lock()
 
-    def __call__(self, data: bytes) -> bytes | None:
+    def __call__(self, data: bytes) -> Iterable[bytes] | None:
         with self.lock:
             self.buffer += data
-            out = b""
+            out: list[bytes | Iterable[bytes]] = []
             while (response := self._take()) is not None:
                 changed = self.change(response)
                 if changed is None:
                     return None
-                out += changed
-            return out
+                out.append(changed)
+        return itertools.chain.from_iterable([piece] if isinstance(piece, bytes) else piece for piece in out)
 
     def _take(self) -> bytes | None:
         """The first whole response in the buffer, removed from it; None if it is not all here."""

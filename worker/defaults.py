@@ -44,6 +44,9 @@ UNREADABLE_SEARCHES_PER_SCAN = 3
 UNREADABLE_ATTEMPTS = 3
 #: Seconds before an IMAP socket operation times out.
 IMAP_TIMEOUT_SECONDS = 60.0
+#: An IMAP command other than FETCH (LOGIN, LIST, EXAMINE, STATUS, SEARCH, LOGOUT) is given
+#: up when its answer is not complete within this many times timeout_seconds.
+IMAP_COMMAND_TIMEOUTS = 4
 #: Longest header value we keep, in characters; hostile mail has 100k-character headers.
 MAX_HEADER_CHARS = 4000
 #: Most recipient addresses kept per message (To and Cc each).

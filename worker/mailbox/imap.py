@@ -8,7 +8,7 @@ import imaplib
 import logging
 import re
 import ssl
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,20 +99,39 @@ class ImapSource(MailboxSource):
     def _where(self) -> str:
         return f"mailbox {self.name!r} ({self.host}:{self.port})"
 
+    @contextlib.contextmanager
+    def _answered_in_time(self, what: str, client: imapclient.IMAPClient | None = None) -> Iterator[None]:
+        """A command other than FETCH (whose answers have a deadline by size, in _settle),
+        answered within IMAP_COMMAND_TIMEOUTS x timeout_seconds and ended by a stop request.
+        The socket's timeout catches a server that goes silent; one that trickles its answer
+        to LOGIN, LIST, EXAMINE, STATUS or SEARCH would hold the scan, and a stop, for ever."""
+        c = client or self.client
+        seconds = self.timeout * defaults.IMAP_COMMAND_TIMEOUTS
+        with Watchdog(lambda: getattr(imaplib_of(c), "sock", None), seconds, self.stop,
+                      what=f"its answer to {what}") as watchdog:
+            try:
+                yield
+            except (imaplib.IMAP4.error, OSError, EOFError):
+                if watchdog.fired:
+                    self.gave_up = watchdog.reason
+                    raise MailboxError(watchdog.reason, where=self._where()) from None
+                raise
+
     def open(self) -> None:
         try:
             ctx = tls_context(self.ca_file) if self.tls != "none" else None
             c = imapclient.IMAPClient(self.host, port=self.port, ssl=self.tls == "implicit",
                                       ssl_context=ctx, timeout=self.timeout)
-            if self.tls == "starttls":
-                c.starttls(ctx)
             c.normalise_times = False  # keep INTERNALDATE's zone
-            if self._oauth_token is not None:
-                c.oauth2_login(self.username, self._oauth_token())
-            else:
-                assert self._password is not None
-                c.login(self.username, self._password())
-            self.capabilities = tuple(c.capabilities())
+            with self._answered_in_time("the login", c):
+                if self.tls == "starttls":
+                    c.starttls(ctx)
+                if self._oauth_token is not None:
+                    c.oauth2_login(self.username, self._oauth_token())
+                else:
+                    assert self._password is not None
+                    c.login(self.username, self._password())
+                self.capabilities = tuple(c.capabilities())
         except LoginError as exc:
             raise MailboxAuthError(f"login refused for {self.username!r}: "
                                    f"{_reason(exc)}", where=self._where()) from None
@@ -133,7 +152,8 @@ class ImapSource(MailboxSource):
         if c is None:
             return
         try:
-            c.logout()
+            with self._answered_in_time("LOGOUT", c):
+                c.logout()
         except Exception:  # the connection may already be gone; closing must never raise
             with contextlib.suppress(Exception):
                 c.shutdown()
@@ -163,7 +183,8 @@ class ImapSource(MailboxSource):
         # FETCHes still in flight were abandoned (a scan stopped early): forget their answers.
         self.pipeline.clear()
         try:
-            info = self.c.select_folder(folder, readonly=True)
+            with self._answered_in_time("EXAMINE"):
+                info = self.c.select_folder(folder, readonly=True)
         except imaplib.IMAP4.abort:
             raise  # the connection is gone (imapclient's errors include it): not a missing folder
         except IMAPClientError as exc:
@@ -175,7 +196,8 @@ class ImapSource(MailboxSource):
     def folder_status(self, folder: str) -> FolderStatus:
         self._settle()
         try:
-            st = self.c.folder_status(folder, [b"UIDNEXT", b"UIDVALIDITY", b"MESSAGES"])
+            with self._answered_in_time("STATUS"):
+                st = self.c.folder_status(folder, [b"UIDNEXT", b"UIDVALIDITY", b"MESSAGES"])
         except imaplib.IMAP4.abort:
             raise  # the connection is gone: not a missing folder
         except ProtocolError:
@@ -191,7 +213,8 @@ class ImapSource(MailboxSource):
     def _status_raw(self, folder: str) -> FolderStatus:
         quoted = b'"' + imapclient.imap_utf7.encode(folder).replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
         try:
-            typ, data = imaplib_of(self.c).status(quoted.decode("ascii"), "(UIDNEXT UIDVALIDITY MESSAGES)")
+            with self._answered_in_time("STATUS"):
+                typ, data = imaplib_of(self.c).status(quoted.decode("ascii"), "(UIDNEXT UIDVALIDITY MESSAGES)")
         except imaplib.IMAP4.abort:
             raise
         except imaplib.IMAP4.error as exc:
@@ -207,7 +230,8 @@ class ImapSource(MailboxSource):
     def list_folders(self) -> list[FolderInfo]:
         self._settle()
         try:
-            listed = self.c.list_folders()
+            with self._answered_in_time("LIST"):
+                listed = self.c.list_folders()
         except imaplib.IMAP4.abort:
             raise
         except IMAPClientError as exc:
@@ -230,7 +254,8 @@ class ImapSource(MailboxSource):
     def _list_lines(self) -> list[tuple[list[bytes], bytes, str]]:
         """LIST "" "*" read one line at a time: (flags, delimiter, name) for each line that reads."""
         try:
-            typ, lines = imaplib_of(self.c).list('""', "*")
+            with self._answered_in_time("LIST"):
+                typ, lines = imaplib_of(self.c).list('""', "*")
         except imaplib.IMAP4.error as exc:
             raise MailboxError(f"cannot list folders: {_reason(exc)}", where=self._where()) from None
         if typ != "OK":
@@ -265,7 +290,8 @@ class ImapSource(MailboxSource):
         def listed(low: int, high: int | None) -> list[int]:
             """The UIDs in low..high (None: "*"), ascending. "UID N:*" always matches the
             highest UID even when N is above it (PITFALLS), hence the bounds check."""
-            got = map(int, self.c.search(["UID", f"{low}:{'*' if high is None else high}"]))
+            with self._answered_in_time("SEARCH"):
+                got = map(int, self.c.search(["UID", f"{low}:{'*' if high is None else high}"]))
             return sorted(u for u in got if low <= u and (high is None or u <= high))
 
         uids = UidItems()
