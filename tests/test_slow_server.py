@@ -108,7 +108,7 @@ class StallingAnswer:
     "* OK still working" every 0.3 s for `seconds` before the answer: the socket is never
     silent, so only an overall deadline (or a stop) ends the wait."""
 
-    def __init__(self, dovecot: Dovecot, command: str, seconds: float = 240) -> None:
+    def __init__(self, dovecot: Dovecot, command: str, seconds: float = 600) -> None:
         from servers import ImapAnswers
 
         self.started = threading.Event()
@@ -156,7 +156,7 @@ def test_an_answer_that_never_completes_is_given_up_at_its_deadline(tmp_path: Pa
         text = cfg.read_text().replace(f"port = {dovecot.port}", f"port = {slow.proxy.port}")
         cfg.write_text(text.replace('folders = ["INBOX", "Sent"]', 'folders = ["INB*", "Sent"]'))
         t, done, store = _scan_in_thread(cfg, threading.Event())
-        t.join(200)  # the stall alone lasts 240 s
+        t.join(200)  # the stall alone lasts 600 s
     finally:
         slow.proxy.close()
     assert slow.started.is_set() and done, "the scan did not end"
@@ -181,7 +181,7 @@ def test_a_stop_ends_a_scan_waiting_for_any_answer(tmp_path: Path, dovecot: Dove
         t, done, _ = _scan_in_thread(cfg, stop)
         assert slow.started.wait(60), f"the scan never sent {command}"
         stop.set()  # while the server is answering "still working"
-        t.join(200)  # the stall alone lasts 240 s, the deadline 40 minutes
+        t.join(200)  # the stall alone lasts 600 s, the deadline 40 minutes
     finally:
         slow.proxy.close()
     assert done, "the scan did not stop"
