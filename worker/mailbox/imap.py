@@ -25,15 +25,15 @@ from .imap_answers import (
     _IDATE_RE,
     HEADER,
     TEXT,
+    Listed,
+    folder_infos,
+    list_lines,
     parse_internaldate,
 )
 from .imap_pipeline import Answered, InFlight, Pipeline, chunk_by_command_length
 from .imap_wire import Wire, imaplib_of, wire_of
 
 log = logging.getLogger(__name__)
-#: One line of a LIST answer, past "* LIST ": (flags) "delimiter" name.
-_LIST_LINE_RE = re.compile(rb'^\((?P<flags>[^)]*)\) (?P<delim>"(?:[^"\\]|\\.)*"|NIL) (?P<name>.+?)\s*(?:\{\d+\})?$',
-                           re.IGNORECASE)
 
 HEADER_ITEM = ("BODY.PEEK[HEADER.FIELDS (" + " ".join(f.upper() for f in FETCH_FIELDS) + ")]").encode()
 SNIPPET_ITEM = f"BODY.PEEK[TEXT]<0.{defaults.SNIPPET_BYTES}>".encode()
@@ -46,11 +46,6 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
-
-
-#: RFC 6154 attributes: which folder holds sent mail, drafts...
-SPECIAL_USE = {m.lower().encode(): m for m in ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk",
-                                               "\\Sent", "\\Trash")}
 
 
 def _reason(exc: Exception) -> str:
@@ -241,17 +236,9 @@ class ImapSource(MailboxSource):
             log.warning("%s: imapclient could not read the folder list (%s); reading it line by line",
                         self._where(), _reason(exc))
             listed = self._list_lines()
-        out = []
-        for flags, delimiter, name in listed:
-            marks = {f.lower() for f in flags}  # attributes are case-insensitive (RFC 3501)
-            if b"\\noselect" in marks or b"\\nonexistent" in marks:  # a level of the hierarchy, not a folder
-                continue
-            special = next((SPECIAL_USE[m] for m in marks if m in SPECIAL_USE), None)
-            out.append(FolderInfo(name if isinstance(name, str) else name.decode(errors="replace"), special,
-                                  delimiter.decode() if isinstance(delimiter, bytes) else delimiter or "/"))
-        return sorted(out, key=lambda f: (f.name.upper() != "INBOX", f.name.casefold()))
+        return folder_infos(listed)
 
-    def _list_lines(self) -> list[tuple[list[bytes], bytes, str]]:
+    def _list_lines(self) -> list[Listed]:
         """LIST "" "*" read one line at a time: (flags, delimiter, name) for each line that reads."""
         try:
             with self._answered_in_time("LIST"):
@@ -260,26 +247,10 @@ class ImapSource(MailboxSource):
             raise MailboxError(f"cannot list folders: {_reason(exc)}", where=self._where()) from None
         if typ != "OK":
             raise MailboxError(f"cannot list folders: {lines!r}", where=self._where())
-        out: list[tuple[list[bytes], bytes, str]] = []
-        for line in lines:
-            literal = None
-            if isinstance(line, tuple):  # the name came as a literal: (b'(...) "/" {12}', b'name')
-                line, literal = line
-            m = _LIST_LINE_RE.match(line or b"")
-            if m is None:
-                log.warning("%s: a folder list line that cannot be read is left out: %r", self._where(), line[:200])
-                continue
-            name_raw = literal if literal is not None else m.group("name")
-            if name_raw.startswith(b'"') and name_raw.endswith(b'"') and len(name_raw) >= 2:
-                name_raw = re.sub(rb'\\(.)', rb"\1", name_raw[1:-1])
-            delim = m.group("delim")
-            delimiter = b"" if delim.upper() == b"NIL" else re.sub(rb'\\(.)', rb"\1", delim.strip(b'"'))
-            try:
-                name = imapclient.imap_utf7.decode(name_raw)
-            except (ValueError, UnicodeError):
-                name = name_raw.decode("utf-8", "replace")
-            out.append((m.group("flags").split(), delimiter, name))
-        return out
+        listed, unreadable = list_lines(lines)
+        for line in unreadable:
+            log.warning("%s: a folder list line that cannot be read is left out: %r", self._where(), line[:200])
+        return listed
 
     def new_items(self, folder: str, after_cursor: int) -> UidItems:
         info = self._select(folder)

@@ -1,18 +1,20 @@
-"""Reading IMAP FETCH answers: the fast reader's one pass over the socket file
-(read_until_tagged), imaplib-shaped answers (fetch_answers), and INTERNALDATE."""
+"""Reading IMAP answers: FETCH's, by the fast reader's one pass over the socket file
+(read_until_tagged) or imaplib-shaped (fetch_answers), INTERNALDATE, and LIST's folders."""
 
 from __future__ import annotations
 
 import imaplib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
+import imapclient.imap_utf7
 from imapclient.datetime_util import parse_to_datetime
 
 from ..ingest.fields import MONTHS, zone_offset
+from .base import FolderInfo
 from .imap_wire import Wire
 
 _UID_RE = re.compile(rb"[( ]UID (\d+)")
@@ -197,3 +199,54 @@ def parse_internaldate(value: bytes) -> datetime | None:
         return parse_to_datetime(value, normalise=False)
     except (ValueError, TypeError, OverflowError):
         return None
+
+
+# --- LIST --------------------------------------------------------------------------------------
+#: One line of a LIST answer, past "* LIST ": (flags) "delimiter" name.
+_LIST_LINE_RE = re.compile(rb'^\((?P<flags>[^)]*)\) (?P<delim>"(?:[^"\\]|\\.)*"|NIL) (?P<name>.+?)\s*(?:\{\d+\})?$',
+                           re.IGNORECASE)
+#: RFC 6154 attributes: which folder holds sent mail, drafts...
+SPECIAL_USE = {m.lower().encode(): m for m in ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk",
+                                               "\\Sent", "\\Trash")}
+#: A folder as LIST gives it: (flags, delimiter, name).
+Listed = tuple[list[bytes], bytes | str | None, str | bytes]
+
+
+def list_lines(lines: list[Any]) -> tuple[list[Listed], list[bytes]]:
+    """The folders in imaplib's LIST answer, read one line at a time, for names imapclient's
+    parser refuses ("Clients/a[b"); and the lines that cannot be read at all, left out."""
+    out: list[Listed] = []
+    unreadable: list[bytes] = []
+    for line in lines:
+        literal = None
+        if isinstance(line, tuple):  # the name came as a literal: (b'(...) "/" {12}', b'name')
+            line, literal = line
+        m = _LIST_LINE_RE.match(line or b"")
+        if m is None:
+            unreadable.append(line or b"")
+            continue
+        name_raw = literal if literal is not None else m.group("name")
+        if name_raw.startswith(b'"') and name_raw.endswith(b'"') and len(name_raw) >= 2:
+            name_raw = re.sub(rb'\\(.)', rb"\1", name_raw[1:-1])
+        delim = m.group("delim")
+        delimiter = b"" if delim.upper() == b"NIL" else re.sub(rb'\\(.)', rb"\1", delim.strip(b'"'))
+        try:
+            name = imapclient.imap_utf7.decode(name_raw)
+        except (ValueError, UnicodeError):
+            name = name_raw.decode("utf-8", "replace")
+        out.append((m.group("flags").split(), delimiter, name))
+    return out, unreadable
+
+
+def folder_infos(listed: Iterable[Listed]) -> list[FolderInfo]:
+    """The folders that can be opened, INBOX first, then by name; each with its RFC 6154
+    special use and its hierarchy delimiter."""
+    out = []
+    for flags, delimiter, name in listed:
+        marks = {f.lower() for f in flags}  # attributes are case-insensitive (RFC 3501)
+        if b"\\noselect" in marks or b"\\nonexistent" in marks:  # a level of the hierarchy, not a folder
+            continue
+        special = next((SPECIAL_USE[m] for m in marks if m in SPECIAL_USE), None)
+        out.append(FolderInfo(name if isinstance(name, str) else name.decode(errors="replace"), special,
+                              delimiter.decode() if isinstance(delimiter, bytes) else delimiter or "/"))
+    return sorted(out, key=lambda f: (f.name.upper() != "INBOX", f.name.casefold()))
