@@ -13,9 +13,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import maildir_config, set_folders, write_config
@@ -486,6 +488,42 @@ def test_a_store_url_that_cannot_work_says_why(tmp_path: Path) -> None:
                           env={"CAREWATCH__STORE__URL": json.dumps(url), "COLUMNS": "300"})
         assert r.exit_code == ExitCode.STORE, (url, r.output)
         assert expected in r.output and "Traceback" not in r.output, (url, r.output)
+
+
+@pytest.mark.parametrize("query", ["", "?connect_timeout=2"])
+def test_a_database_server_that_accepts_and_says_nothing_is_given_up(tmp_path: Path, query: str) -> None:
+    """A PostgreSQL endpoint that takes the connection and never answers (a hung server, a
+    proxy with nothing behind it) held the scan for ever. Now the connection is given up
+    after connect_timeout: 10 s, or what the store URL says."""
+    cfg = maildir_config(tmp_path)
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:  # and never answer
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"postgresql://cw@127.0.0.1:{listener.getsockname()[1]}/test{query}"
+    done: list[Any] = []
+
+    def scan() -> None:
+        done.append(runner.invoke(app, ["--config", str(cfg), "scan"],
+                                  env={"CAREWATCH__STORE__URL": url, "COLUMNS": "300"}))
+
+    t = threading.Thread(target=scan, daemon=True)
+    t.start()
+    t.join(120)  # without a connect_timeout the scan waits for ever
+    listener.close()
+    for s in held:
+        s.close()
+    assert done, "the scan is still waiting for the database"
+    r = done[0]
+    assert r.exit_code == ExitCode.STORE, r.output
+    text = " ".join(r.output.split())
+    assert "the database server accepted the connection but did not answer in time" in text, text
+    assert "Traceback" not in r.output
 
 
 def test_a_scan_beside_a_running_one_leaves_the_mailbox_to_it(tmp_path: Path) -> None:

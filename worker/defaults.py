@@ -125,6 +125,12 @@ SQLITE_WAL_CHECKPOINT_PAGES = 16384
 LOCK_WAIT_SECONDS = 120.0
 #: Seconds a job waits for a free database connection before it fails with a store error.
 STORE_POOL_TIMEOUT_SECONDS = 30.0
+#: PostgreSQL connection settings (libpq's), unless the store URL sets them: a server that
+#: accepts the connection and then says nothing is given up after connect_timeout seconds,
+#: and a connection whose peer is gone (a network path that fails without a reset) is found
+#: dead by TCP keepalives after about idle + interval x count seconds, not hours.
+POSTGRES_CONNECT = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                    "keepalives_count": 3}
 
 # --- delivery -----------------------------------------------------------------------------
 #: An SMTP login (greeting, EHLO, STARTTLS, EHLO, AUTH) may take this many timeouts in all.

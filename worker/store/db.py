@@ -36,6 +36,9 @@ def describe_db_error(exc: BaseException) -> str:
         return f"the database is locked by another process ({text}); it will be retried"
     if "unable to open database" in low or "readonly" in low or "read-only" in low:
         return f"cannot open or write the database file ({text}); check the path and permissions"
+    if "timeout expired" in low:
+        return (f"the database server accepted the connection but did not answer in time ({text}; "
+                "connect_timeout, 10 s unless the store URL sets it); it will be retried")
     if "connection refused" in low or "could not connect" in low or "connection" in low:
         return f"cannot reach the database server ({text})"
     return text
@@ -93,7 +96,8 @@ def _engine(u: URL, sqlite_cache_mib: int | None, pool_size: int) -> Engine:
         cache_kib = defaults.SQLITE_CACHE_KIB if sqlite_cache_mib is None else sqlite_cache_mib * 1024
         event.listen(engine, "connect", lambda c, r: _sqlite_pragmas(c, r, cache_kib))
         return engine
-    connect_args: dict[str, Any] = {}
+    # What the URL sets (?connect_timeout=30) stays as set.
+    connect_args: dict[str, Any] = {k: v for k, v in defaults.POSTGRES_CONNECT.items() if k not in u.query}
     if u.get_backend_name() == "postgresql" and u.get_driver_name() == "psycopg":
         # psycopg prepares a statement after five runs, and PostgreSQL may then keep a generic
         # plan costed while the tables were small (a first scan fills them from empty): an
