@@ -155,6 +155,42 @@ def test_human_mail_is_not_taken_for_automated(name: str) -> None:
     assert automated_reason(pm) is None, name
 
 
+#: Subjects with no automation header to go by: what the subject alone says.
+SUBJECT_ONLY = {
+    # A person asking, in words an out-of-office also uses: the client waits.
+    "Absence: who covers my account while Jane is away?": None,
+    "On leave from Monday, who should I contact?": None,
+    "Holiday notice - please confirm the office closure dates?": None,
+    "Out of office: can we move our call?": None,
+    "Abwesenheit: Wer vertritt Frau Müller?": None,
+    "Assenza: chi mi risponde?": None,
+    "¿Ausencia: quién me atiende mañana": None,
+    "不在通知：誰が担当ですか？": None,
+    # The words only a machine writes count even when the echoed subject asks.
+    "Automatic reply: Can you send the figures?": "out-of-office subject",
+    "Out of Office AutoReply: Invoice 44?": "out-of-office subject",
+    "Réponse automatique : Budget 2027 ?": "out-of-office subject",
+    "自動返信：予算は？": "out-of-office subject",
+    "Undeliverable: Can you send the figures?": "out-of-office subject",
+    # Without a question, the notice words count as before.
+    "Out of Office: Budget 2027": "out-of-office subject",
+    "Absence du bureau : Budget 2027": "out-of-office subject",
+    "OOO until 3 December": "out-of-office subject",
+}
+
+
+@pytest.mark.parametrize("subject", sorted(SUBJECT_ONLY))
+def test_a_subject_alone_marks_an_auto_reply_only_where_a_person_would_not_write_it(subject: str) -> None:
+    pm = parse_header_block(hdr(f"""
+From: Alice Principal <alice@acme.example>
+To: shared@firm.example
+Subject: {subject}
+Date: Fri, 20 Nov 2026 10:00:00 +0000
+Message-ID: <s@acme.example>
+"""), IDATE, NOW)
+    assert automated_reason(pm) == SUBJECT_ONLY[subject], subject
+
+
 @pytest.mark.parametrize(
     "subject,body,ack",
     [
@@ -389,11 +425,13 @@ def test_stored_mail_is_judged_again_when_the_sender_and_subject_rules_change(tm
 
     person = build_message(sender=("Gina", "gina@globex.example"), to=["shared@firm.example"],
                            subject="Out of office cover over Christmas", date=NOW, message_id="<g@globex.example>")
+    asking = build_message(sender=("Gina", "gina@globex.example"), to=["shared@firm.example"],
+                           subject="Absence: who covers for Jane?", date=NOW, message_id="<q@globex.example>")
     news = build_message(sender=("Acme", "enews@acme.example"), to=["shared@firm.example"],
                          subject="November news", date=NOW, message_id="<n@acme.example>")
     listed = build_message(sender=("Acme", "alice@acme.example"), to=["shared@firm.example"], subject="Notes",
                            date=NOW, message_id="<l@acme.example>", extra_headers={"List-Id": "<x.acme.example>"})
-    cfg = maildir_config(tmp_path, [person, news, listed])
+    cfg = maildir_config(tmp_path, [person, asking, news, listed])
     cfg_obj = load_config(cfg)
     store, directory = prepare_store(cfg_obj)
     run_scan(cfg_obj, store, directory)
@@ -401,7 +439,7 @@ def test_stored_mail_is_judged_again_when_the_sender_and_subject_rules_change(tm
     db_path = tmp_path / "cw.db"
     with sqlite3.connect(db_path) as db:  # as an older version of the rules left them
         db.execute("UPDATE message SET automated = 1, automated_reason = 'out-of-office subject' "
-                   "WHERE message_id = '<g@globex.example>'")
+                   "WHERE message_id IN ('<g@globex.example>', '<q@globex.example>')")
         db.execute("UPDATE message SET automated = 0, automated_reason = NULL WHERE message_id = '<n@acme.example>'")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'automation_rules'")
     store, _ = prepare_store(cfg_obj)
@@ -409,5 +447,6 @@ def test_stored_mail_is_judged_again_when_the_sender_and_subject_rules_change(tm
     with sqlite3.connect(db_path) as db:
         got = dict(db.execute("SELECT message_id, automated_reason FROM message").fetchall())
         version = db.execute("SELECT value FROM meta WHERE key = 'automation_rules'").fetchone()[0]
-    assert got == {"<g@globex.example>": None, "<n@acme.example>": "automated sender", "<l@acme.example>": "list-id"}
+    assert got == {"<g@globex.example>": None, "<q@globex.example>": None, "<n@acme.example>": "automated sender",
+                   "<l@acme.example>": "list-id"}
     assert version == AUTOMATION_RULES_VERSION

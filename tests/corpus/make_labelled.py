@@ -333,6 +333,19 @@ for kind in ("base64", "qp", "html-outlook", "html-gmail"):
     _encoded("thanks", "Thanks, got it.", "yes", kind)
     _encoded("ask", "Thanks, please send the signed copy.", "no", kind)
 
+# --- people asking, in the words of an out-of-office notice (no automation header at all) ----------
+# Appended last, so the files above keep their numbers.
+ASKING_IN_NOTICE_WORDS = [
+    ("Xena <xena@acme.example>", "Absence: who covers my account while Jane is away?"),
+    ("Yuri <yuri@acme.example>", "On leave from Monday, who should I contact?"),
+    ("Zora <zora@acme.example>", "Abwesenheit: Wer vertritt Frau Müller?"),
+    ("Amos <amos@globex.example>", "Holiday notice - can you confirm the closure dates?"),
+    ("Bea <bea@globex.example>", "Assenza: chi mi risponde?"),
+]
+for k, (frm, subject) in enumerate(ASKING_IN_NOTICE_WORDS):
+    add(f"person-asking-notice-words-{k}", "", base(frm, subject, 300 + k),
+        "Hello,\n\nWho should I speak to while she is away?\n\nThanks\n")
+
 
 def main() -> None:
     OUT.mkdir(exist_ok=True)

@@ -32,25 +32,29 @@ _BOUNCE_ADDRESS_RE = re.compile(
 #: the start of the subject (after tags like "[EXT]"), or anywhere when a colon follows it or
 #: brackets hold it ("Invoice (Automatic Response)"), never after a reply prefix: "RE:
 #: Automatic reply: ..." is a person answering an auto-reply.
-_OOO_PHRASES = (
+#: The words only a machine writes ("Automatic reply", "Réponse automatique")...
+_OOO_MACHINE = (
     r"automatic reply|auto[- ]?reply|autoreply|auto[- ]?respon[cs]e|automatic respon[cs]e|autorespons\w*"
-    r"|out of (?:the )?office|ooo|away from (?:the )?office|vacation reply|on vacation|on leave|holiday notice"
-    r"|abwesenheitsnotiz|automatische antwort|abwesenheit|abwesend|autom\. antwort"
-    r"|r[ée]ponse automatique|absence du bureau|absent du bureau|message d'absence|absence"
-    r"|respuesta autom[áa]tica|fuera de (?:la )?oficina|ausencia"
-    r"|risposta automatica|fuori ufficio|fuori sede|assenza"
-    r"|automatisch antwoord|afwezigheidsbericht|afwezig|niet aanwezig"
-    r"|resposta autom[áa]tica|fora do escrit[óo]rio|aus[êe]ncia"
-    r"|automatiskt svar|automatisk svar|automatisk besked|fr[åa]nvarande|fr[åa]nvaro|frav[æa]rende|frav[æa]r"
-    r"|ikke på kontoret|automaattinen vastaus|poissa toimistolta|poissaolo"
-    r"|automatyczna odpowied[źz]|odpowied[źz] automatyczna|poza biurem|nieobecno[śs][ćc]"
-    r"|automatick[áa] odpov[ěe][dď]|automatick[áa] odpove[ďd]|mimo kancel[áa][řr]|mimo kancel[áa]rie"
-    r"|automatikus v[áa]lasz|h[áa]zon k[íi]v[üu]l|irod[áa]n k[íi]v[üu]l|r[ăa]spuns automat|[îi]n afara biroului"
-    r"|автоматичен отговор|извън офиса|automatski odgovor|izvan ureda|samodejni odgovor|odsoten"
-    r"|automaatne vastus|kontorist eemal|autom[āa]tisk[āa] atbilde|[āa]rpus biroja|automatinis atsakymas|ne biure"
-    r"|αυτόματη απάντηση|εκτός γραφείου|freagra uathoibr[íi]och|twe[ġg]iba awtomatika"
-    r"|自動応答|自動返信|不在通知|自动回复|自動回覆|自動回復|外出通知|休假通知"
+    r"|vacation reply|abwesenheitsnotiz|automatische antwort|autom\. antwort|r[ée]ponse automatique"
+    r"|message d'absence|respuesta autom[áa]tica|risposta automatica|automatisch antwoord|afwezigheidsbericht"
+    r"|resposta autom[áa]tica|automatiskt svar|automatisk svar|automatisk besked|automaattinen vastaus"
+    r"|automatyczna odpowied[źz]|odpowied[źz] automatyczna|automatick[áa] odpov[ěe][dď]|automatick[áa] odpove[ďd]"
+    r"|automatikus v[áa]lasz|r[ăa]spuns automat|автоматичен отговор|automatski odgovor|samodejni odgovor"
+    r"|automaatne vastus|autom[āa]tisk[āa] atbilde|automatinis atsakymas|αυτόματη απάντηση"
+    r"|freagra uathoibr[íi]och|twe[ġg]iba awtomatika|自動応答|自動返信|自动回复|自動回覆|自動回復"
 )
+#: ...and the words a person writes too ("Absence: who covers for Jane?", "On leave from
+#: Monday"): a subject with these that asks a question is a person's (see _ooo_subject).
+_OOO_HUMAN = (
+    r"out of (?:the )?office|ooo|away from (?:the )?office|on vacation|on leave|holiday notice"
+    r"|abwesenheit|abwesend|absence du bureau|absent du bureau|absence"
+    r"|fuera de (?:la )?oficina|ausencia|fuori ufficio|fuori sede|assenza|afwezig|niet aanwezig"
+    r"|fora do escrit[óo]rio|aus[êe]ncia|fr[åa]nvarande|fr[åa]nvaro|frav[æa]rende|frav[æa]r|ikke på kontoret"
+    r"|poissa toimistolta|poissaolo|poza biurem|nieobecno[śs][ćc]|mimo kancel[áa][řr]|mimo kancel[áa]rie"
+    r"|h[áa]zon k[íi]v[üu]l|irod[áa]n k[íi]v[üu]l|[îi]n afara biroului|извън офиса|izvan ureda|odsoten"
+    r"|kontorist eemal|[āa]rpus biroja|ne biure|εκτός γραφείου|不在通知|外出通知|休假通知"
+)
+_OOO_PHRASES = f"{_OOO_MACHINE}|{_OOO_HUMAN}"
 _BOUNCE_PHRASES = (
     r"undeliverable|undelivered mail|delivery status notification|mail delivery (?:failed|failure|subsystem)"
     r"|returned mail|non[- ]?delivery|delivery failure|delivery has failed|failure notice|message not delivered"
@@ -66,23 +70,42 @@ _OOO_FOLLOW = (r"(?:\s*(?:$|[:：\-–—(\[【,.!])|\s+(?:from|re|autoreply|aut
                r"|bis|jusqu|hasta|fino|tot|do|od|i am|je suis|ich bin)\b)")
 # Three patterns, each tried only where it can match: one long alternation tried at every
 # position of every subject cost more than the rest of classification together.
-_OOO_START_RE = re.compile(
-    rf"{_TAGS}(?:(?:{_OOO_PHRASES}){_OOO_FOLLOW}|{_BOUNCE_PHRASES}|auto:|i am (?:currently )?out of"
-    rf"|i will be out of)", re.IGNORECASE)
-_OOO_COLON_RE = re.compile(rf"(?<!\w)(?:{_OOO_PHRASES})\s*[:：]", re.IGNORECASE)
-_OOO_BRACKET_RE = re.compile(rf"[\(\[【]\s*(?:{_OOO_PHRASES})\s*[\)\]】]", re.IGNORECASE)
+
+
+def _ooo_patterns(phrases: str, human: bool) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """The three places an auto-reply phrase counts: at the start, before a colon, in brackets."""
+    sentences = r"|auto:|i am (?:currently )?out of|i will be out of" if human else r"|auto:"
+    return (re.compile(rf"{_TAGS}(?:(?:{phrases}){_OOO_FOLLOW}|{_BOUNCE_PHRASES}{sentences})", re.IGNORECASE),
+            re.compile(rf"(?<!\w)(?:{phrases})\s*[:：]", re.IGNORECASE),
+            re.compile(rf"[\(\[【]\s*(?:{phrases})\s*[\)\]】]", re.IGNORECASE))
+
+
+_OOO_ANY = _ooo_patterns(_OOO_PHRASES, human=True)
+_OOO_MACHINE_ONLY = _ooo_patterns(_OOO_MACHINE, human=False)
+#: A subject that asks: "?" in Latin, full-width and Arabic script, and Spanish's opening "¿".
+_ASKS_RE = re.compile(r"[?？¿؟]")
+
+
+def _matches(subject: str, patterns: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]) -> bool:
+    start, colon, bracket = patterns
+    return bool(start.match(subject)
+                or (("：" in subject or ":" in subject) and colon.search(subject))
+                or (("(" in subject or "[" in subject or "【" in subject) and bracket.search(subject)))
 
 
 def _ooo_subject(subject: str) -> bool:
-    return bool(_OOO_START_RE.match(subject)
-                or (("：" in subject or ":" in subject) and _OOO_COLON_RE.search(subject))
-                or (("(" in subject or "[" in subject or "【" in subject) and _OOO_BRACKET_RE.search(subject)))
+    """Whether the subject says it is an automatic reply or a bounce. Where it asks a question,
+    only the words a machine writes count: "Absence: who covers my account?" is a client
+    waiting for an answer, "Automatic reply: Can you send the figures?" is not."""
+    if not _matches(subject, _OOO_ANY):
+        return False
+    return not _ASKS_RE.search(subject) or _matches(subject, _OOO_MACHINE_ONLY)
 _REPLY_FIRST_RE = re.compile(rf"^{_TAGS}(?:re|aw|sv|vs|antw|odp|ref|r|wg|fw|fwd|tr|rv|enc)\s*[:：]", re.IGNORECASE)
 _PRECEDENCE_AUTO = {"bulk", "junk", "list", "auto_reply", "auto-reply"}
 #: The rules decided by what is stored (sender and subject): mail stored under older versions
 #: of them is judged again at start-up when AUTOMATION_RULES_VERSION changes.
 SENDER_SUBJECT_RULES = frozenset({"automated sender", "out-of-office subject"})
-AUTOMATION_RULES_VERSION = "2"
+AUTOMATION_RULES_VERSION = "3"
 
 
 def automated_reason(pm: ParsedMessage) -> str | None:
