@@ -517,6 +517,8 @@ def test_environment_problems_name_the_variable(tmp_path: Path) -> None:
     {"CAREWATCH__SERVICE__METRICS_PORT": "9400", "CAREWATCH__SERVICE__METRICS_HOST": '"127.0.0.2"'},
     {"carewatch__service__metrics_host": "::1"},
     {"CAREWATCH__SERVICE": "{ metrics_port = 9401, metrics_host = \"127.0.0.3\" }"},
+    {"CAREWATCH__SERVICE": '{"metrics_port": 9402}'},  # a JSON table
+    {"CAREWATCH__SERVICE": "{ metrics_port = 9403 }", "CAREWATCH__SERVICE__METRICS_PORT": "9404"},
     {"CAREWATCH__SERVICE__METRICS_PORT": "-1"},
 ])
 def test_the_healthcheck_reads_the_service_keys_as_the_worker_does(tmp_path: Path, env: dict[str, str]) -> None:

@@ -11,6 +11,8 @@ starts in milliseconds. Both read a value by the same rule:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -36,20 +38,30 @@ def env_text(raw: str) -> str:
     return value if isinstance(value, str) else raw
 
 
+def list_or_table(raw: str) -> Any:
+    """A list or table written in JSON or in TOML; ValueError when it is neither."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        pass
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{raw!r} is neither JSON nor TOML") from exc
+
+
 def service_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """The [service] keys the environment sets, for the HEALTHCHECK: CAREWATCH__SERVICE__KEY,
-    or a whole table in CAREWATCH__SERVICE."""
-    out: dict[str, Any] = {}
+    or a whole table in CAREWATCH__SERVICE (the keys one at a time win, as in the config)."""
+    table: dict[str, Any] = {}
+    keys: dict[str, Any] = {}
     section = ENV_PREFIX + "SERVICE"
     for name, raw in env_prefixed(environ).items():
         if name.upper() == section:
-            try:
-                table = tomllib.loads(f"v = {raw}")["v"]
-            except tomllib.TOMLDecodeError:
-                continue
-            if isinstance(table, dict):
-                out.update({k.lower(): v for k, v in table.items()})
-    for name, raw in env_prefixed(environ).items():
-        if name.upper().startswith(section + "__"):
-            out[name[len(section) + 2:].lower()] = env_text(raw)
-    return out
+            with contextlib.suppress(ValueError):
+                found = list_or_table(env_text(raw))
+                if isinstance(found, dict):
+                    table = {k.lower(): v for k, v in found.items()}
+        elif name.upper().startswith(section + "__"):
+            keys[name[len(section) + 2:].lower()] = env_text(raw)
+    return {**table, **keys}

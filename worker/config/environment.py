@@ -8,15 +8,13 @@ written, or in quotes as TOML writes it; a list or table in TOML or JSON.
 
 from __future__ import annotations
 
-import json
-import tomllib
 from collections.abc import Mapping
 from typing import Any, get_origin
 
 from pydantic.fields import FieldInfo
 from pydantic_settings import EnvSettingsSource
 
-from ..overrides import env_prefixed, env_text
+from ..overrides import env_prefixed, env_text, list_or_table
 from .schema import ENV_PREFIX, Settings
 
 
@@ -32,12 +30,8 @@ class _CarewatchEnv(EnvSettingsSource):
         if not isinstance(value, str):
             return value
         try:
-            return json.loads(value)
+            return list_or_table(value)
         except ValueError:
-            pass
-        try:
-            return tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
             return _Undecodable(value)
 
 
