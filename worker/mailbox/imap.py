@@ -95,15 +95,18 @@ class ImapSource(MailboxSource):
         return f"mailbox {self.name!r} ({self.host}:{self.port})"
 
     @contextlib.contextmanager
-    def _answered_in_time(self, what: str, client: imapclient.IMAPClient | None = None) -> Iterator[None]:
-        """A command other than FETCH (whose answers have a deadline by size, in _settle),
-        answered within IMAP_COMMAND_TIMEOUTS x timeout_seconds and ended by a stop request.
-        The socket's timeout catches a server that goes silent; one that trickles its answer
-        to LOGIN, LIST, EXAMINE, STATUS or SEARCH would hold the scan, and a stop, for ever."""
+    def _answered_in_time(self, what: str | None, client: imapclient.IMAPClient | None = None,
+                          seconds: float | None = None) -> Iterator[None]:
+        """A command answered within `seconds` (by default IMAP_COMMAND_TIMEOUTS x
+        timeout_seconds) and ended by a stop request. The socket's timeout catches a server
+        that goes silent; one that trickles its answer to LOGIN, LIST, EXAMINE, STATUS, SEARCH
+        or FETCH would hold the scan, and a stop, for ever. (Pipelined FETCHes have theirs in
+        _settle.) `what` names the command in the message ("its answer to LIST")."""
         c = client or self.client
-        seconds = self.timeout * defaults.IMAP_COMMAND_TIMEOUTS
-        with Watchdog(lambda: getattr(imaplib_of(c), "sock", None), seconds, self.stop,
-                      what=f"its answer to {what}") as watchdog:
+        if seconds is None:
+            seconds = self.timeout * defaults.IMAP_COMMAND_TIMEOUTS
+        with Watchdog(lambda: self._socket(c), seconds, self.stop,
+                      what="its answer" if what is None else f"its answer to {what}") as watchdog:
             try:
                 yield
             except (imaplib.IMAP4.error, OSError, EOFError):
@@ -169,9 +172,10 @@ class ImapSource(MailboxSource):
                          "using imapclient's fetch (slower, the same results)", self._where())
         return self._wire
 
-    def _socket(self) -> Any:
-        """The connection's socket, for a watchdog to shut (None if there is none)."""
-        return getattr(imaplib_of(self.client), "sock", None)
+    def _socket(self, client: imapclient.IMAPClient | None = None) -> Any:
+        """The socket of `client` (this source's connection by default), for a watchdog to
+        shut; None if there is none."""
+        return getattr(imaplib_of(client or self.client), "sock", None)
 
     def _select(self, folder: str) -> dict[bytes, Any]:
         self._settle()
@@ -283,14 +287,8 @@ class ImapSource(MailboxSource):
         for part in chunk_by_command_length(uids, defaults.FETCH_UIDS_PER_COMMAND, self.max_command_bytes):
             # The same deadline as the fast path's: a trickling server fails either way.
             budget = self.timeout + len(part) * defaults.IMAP_SECONDS_PER_MESSAGE
-            with Watchdog(self._socket, budget, self.stop) as watchdog:
-                try:
-                    out.update(self.c.fetch(part, what))
-                except (imaplib.IMAP4.abort, OSError):
-                    if watchdog.fired:
-                        self.gave_up = watchdog.reason
-                        raise MailboxError(watchdog.reason, where=self._where()) from None
-                    raise
+            with self._answered_in_time(None, seconds=budget):
+                out.update(self.c.fetch(part, what))
         return out
 
     def _send_fetch(self, folder: str, uids: list[int], item: bytes) -> InFlight:

@@ -96,9 +96,11 @@ def _engine(u: URL, sqlite_cache_mib: int | None, pool_size: int) -> Engine:
         cache_kib = defaults.SQLITE_CACHE_KIB if sqlite_cache_mib is None else sqlite_cache_mib * 1024
         event.listen(engine, "connect", lambda c, r: _sqlite_pragmas(c, r, cache_kib))
         return engine
-    # What the URL sets (?connect_timeout=30) stays as set.
-    connect_args: dict[str, Any] = {k: v for k, v in defaults.POSTGRES_CONNECT.items() if k not in u.query}
+    connect_args: dict[str, Any] = {}
     if u.get_backend_name() == "postgresql" and u.get_driver_name() == "psycopg":
+        # libpq's parameters (another driver takes none of them); what the URL sets
+        # (?connect_timeout=30) stays as set.
+        connect_args.update({k: v for k, v in defaults.POSTGRES_CONNECT.items() if k not in u.query})
         # psycopg prepares a statement after five runs, and PostgreSQL may then keep a generic
         # plan costed while the tables were small (a first scan fills them from empty): an
         # ingest batch's lookups turned into table scans and the scan slowed with every batch.
