@@ -74,7 +74,7 @@ def time_phases(clock: Callable[[], float] = time.perf_counter) -> None:
     # On a helper thread these overlap with storing; in a helper process (big folders) only
     # "store batches" is seen here, and the rest of the time is waiting for the helper. IMAP
     # waits are not shown: FETCHes are pipelined and overlap with parsing.
-    wrap(storing.BatchWriter, "store", "store batches")
+    wrap(storing.BatchWriter, "write", "store batches")
     wrap(parsing, "parse_batch", "parse and classify")
     wrap(storing, "plan_threads", "plan threads")
     wrap(Store, "insert_ignore", "insert")

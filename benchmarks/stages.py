@@ -200,7 +200,7 @@ def store_stage(caps: list[Captured], cfg: Any, runs: dict[str, list[dict[str, f
                     rep: FolderReport = rep) -> None:
                 with parsing.collected_per_batch() as collect:
                     for p, batch in zip(prepared, cap.batches, strict=True):
-                        ingestor.writer.store(p, "bench", cap.folder, 1, max(it.cursor for it in batch), rep)
+                        ingestor.writer.write(p, "bench", cap.folder, 1, max(it.cursor for it in batch), rep)
                         collect()
 
             total = cpu(run)

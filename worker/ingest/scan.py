@@ -255,7 +255,7 @@ class Ingestor:
                         log.info("%s/%s: stop requested; committed up to here, the next scan resumes",
                                  mailbox, folder)
                         break
-                    self.writer.store_isolating(next(prepared), mailbox, folder, plan.uidvalidity, batch, rep)
+                    self.writer.write_isolating(next(prepared), mailbox, folder, plan.uidvalidity, batch, rep)
                     collect()
                     self.progress.advance(len(batch))
                     if self.on_batch:

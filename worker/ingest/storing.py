@@ -130,7 +130,7 @@ class BatchWriter:
     transaction that stores, threads and moves the folder's cursor."""
 
     def __init__(self, store: Store, directory: Directory) -> None:
-        self.db = store
+        self.store = store
         self.directory = directory
 
     def discover(self, found: dict[str, tuple[str, int]], now: datetime) -> None:
@@ -138,8 +138,8 @@ class BatchWriter:
         rows = [{"email": addr, "name": name or addr, "role": "user", "client_id": cid,
                  "discovered": True, "active": True, "first_seen_at": now}
                 for addr, (name, cid) in found.items()]
-        with self.db.session() as db:
-            self.db.insert_ignore(db, table_of(Contact), rows, ["email"])
+        with self.store.session() as db:
+            self.store.insert_ignore(db, table_of(Contact), rows, ["email"])
             db.commit()
             for c in db.execute(select(*columns(Contact.id, Contact.email, Contact.client_id, Contact.role,
                                                 Contact.active))
@@ -147,7 +147,7 @@ class BatchWriter:
                 if c.active and c.client_id in self.directory.domain_clients.values():
                     self.directory.contacts[c.email] = ContactRef(c.id, c.client_id, c.role)
 
-    def store_isolating(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
+    def write_isolating(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
                          batch: Sequence[Item], rep: FolderReport) -> None:
         """Store a batch; if that fails for a reason tied to what a message holds (not the
         database being away), store it in halves until the message is found, record it as
@@ -155,19 +155,19 @@ class BatchWriter:
         never stops the firm's mailbox. The cursor moves only once the whole batch is done."""
         cursor = max(it.cursor for it in batch)
         try:
-            self.store(prepared, mailbox, folder, uidvalidity, cursor, rep)
+            self.write(prepared, mailbox, folder, uidvalidity, cursor, rep)
         except Exception as exc:  # noqa: BLE001 - sorted below: only a message's fault is isolated
             if not _tied_to_a_message(exc) or len(prepared.rows) == 0:
                 raise
             log.warning("%s/%s: a batch of %d could not be stored (%s); finding the message that fails",
                         mailbox, folder, len(prepared.rows), exc)
-            failed = _isolate(prepared, lambda b: self.store(b, mailbox, folder, uidvalidity, None, rep))
+            failed = _isolate(prepared, lambda b: self.write(b, mailbox, folder, uidvalidity, None, rep))
             # The messages that fail are recorded as skipped, as any unreadable one is, and the
             # cursor moves past the batch with them.
-            self.store(PreparedBatch(prepared.now, [], [], [], failed), mailbox, folder, uidvalidity, cursor,
+            self.write(PreparedBatch(prepared.now, [], [], [], failed), mailbox, folder, uidvalidity, cursor,
                               rep)
 
-    def store(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
+    def write(self, prepared: PreparedBatch, mailbox: str, folder: str, uidvalidity: int,
                      cursor: int | None, rep: FolderReport) -> None:
         """Stage two, on the scanning thread: discovered contacts, then one transaction that
         stores the batch, threads it and moves the folder's cursor to `cursor` (None: it stays)."""
@@ -202,19 +202,19 @@ class BatchWriter:
         for item, reason in skipped:
             log.warning("%s/%s: skipped message %s: %s", mailbox, folder, item.cursor, reason)
         try:
-            with self.db.session() as db:
+            with self.store.session() as db:
                 conn = db.connection()
-                lock_for_storing(self.db, conn)
+                lock_for_storing(self.store, conn)
                 batch_rows = distinct_from_stored(db, list(rows.values()))
                 merged = plan_threads(conn, batch_rows) if batch_rows else set()  # sets thread_id
-                inserted = self.db.insert_ignore(db, table_of(Message), batch_rows, ["message_id"])
+                inserted = self.store.insert_ignore(db, table_of(Message), batch_rows, ["message_id"])
                 if batch_rows:
                     finish_threads(conn, batch_rows, merged=merged)
                     link_contacts(conn, batch_rows)
                 if command_rows:
-                    self.db.insert_ignore(db, table_of(AlertCommand), command_rows, ["message_id"])
+                    self.store.insert_ignore(db, table_of(AlertCommand), command_rows, ["message_id"])
                 if skipped:
-                    self.db.insert_ignore(db, table_of(SkippedMessage), [
+                    self.store.insert_ignore(db, table_of(SkippedMessage), [
                         {"mailbox": mailbox, "folder": folder, "uidvalidity": uidvalidity,
                          "uid": skipped_uid(it),
                          "reason": reason, "seen_at": now} for it, reason in skipped

@@ -82,7 +82,7 @@ def _read_in_halves(ingestor: Ingestor, mb: MailboxConfig, folder: str, uidvalid
     reason = (f"the server drops the connection whenever this message is fetched ({error or 'connection lost'}; "
               f"tried on {attempts} new connections)")
     log.error("%s/%s: message %s: %s", mb.name, folder, items[0].key, reason)
-    ingestor.writer.store(PreparedBatch(utcnow(), [], [], [], [(items[0], reason[:500])]), mb.name,
+    ingestor.writer.write(PreparedBatch(utcnow(), [], [], [], [(items[0], reason[:500])]), mb.name,
                           folder, uidvalidity, items[0].cursor, rep)
     return 1
 
@@ -93,6 +93,6 @@ def _store_on_new_connection(ingestor: Ingestor, mb: MailboxConfig, folder: str,
         source.stop = ingestor.stop
         prepared = ingestor._prepared_in_thread(source, mb.name, folder, [items])
         try:
-            ingestor.writer.store_isolating(next(prepared), mb.name, folder, uidvalidity, items, rep)
+            ingestor.writer.write_isolating(next(prepared), mb.name, folder, uidvalidity, items, rep)
         finally:
             prepared.close()
