@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError
+from ..overrides import env_prefixed
 from .checks import _cross_check, findings
-from .environment import environment_overrides, merge
 from .schema import ENV_CONFIG, LENIENT, PASSWORD_SOURCE, SECRET_KEYS, Config, Settings
 
 
@@ -142,8 +142,13 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
 def validate_data(data: dict[str, Any], cfg_path: Path | None,
                   environ: Mapping[str, str] | None = None) -> Config:
     environ = os.environ if environ is None else environ
-    env_data, env_paths, problems = environment_overrides(environ)
-    data = merge(data, env_data)
+    env_paths: dict[tuple[str, ...], str] = {}
+    problems: list[str] = []
+    if env_prefixed(environ):  # pydantic-settings (30 ms to import) only when there is something to read
+        from .environment import environment_overrides, merge
+
+        env_data, env_paths, problems = environment_overrides(environ)
+        data = merge(data, env_data)
     base = cfg_path.parent if cfg_path else Path.cwd()
 
     # Clients from CSV join those written in the file, before validation, so that both are
